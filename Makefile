@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` (set up + run the chained pipeline on demo data)
+# and `make test` (set up + lint + tests). Everything installs into .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo_output
+
+.PHONY: setup test lint demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m custom_components demo --out $(DEMO_DIR)
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

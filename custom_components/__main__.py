@@ -1,0 +1,4 @@
+from custom_components.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Command line interface: ``python -m custom_components <command> --help``."""
+
+from __future__ import annotations
+
+import sys
+
+import fire
+
+
+def validate_datalist(path: str, labels: str | None = None, allow_empty: bool = False) -> None:
+    """Check a datalist and every file it names; exit 0 when valid, 1 with one line per problem.
+
+    Args:
+        path: datalist JSON file.
+        labels: label convention of the label files (internal, brats2023, brats2021, brats2015);
+            default: the datalist's own top-level "labels" entry, else brats2023.
+        allow_empty: accept label volumes without tumour voxels (healthy or control cases).
+    """
+    from custom_components.data.validation import validate_datalist as _validate
+
+    problems = _validate(path, labels=labels, require_tumour=not allow_empty)
+    for p in problems:
+        print(p)
+    if problems:
+        sys.exit(1)
+    print(f"{path}: valid")
+
+
+def make_datalist(
+    root: str,
+    out: str,
+    kind: str = "brats",
+    modalities: str | tuple[str, ...] = "t1n",
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    labels: str = "brats2023",
+    masks: str | None = None,
+) -> None:
+    """Build a datalist from a BraTS folder or a folder of healthy scans.
+
+    Args:
+        root: BraTS folder (<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz or 2021 naming
+            <case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz) or a folder of healthy scans (one NIfTI each).
+        out: datalist JSON to write.
+        kind: "brats" or "healthy".
+        modalities: comma-separated modalities in 2023 names (t1n, t1c, t2w, t2f), one channel each.
+        val_fraction: fraction of cases moved to the "validation" section (seeded shuffle).
+        seed: seed of the split.
+        labels: label convention of the BraTS label files, recorded in the datalist.
+        masks: for kind=healthy, optional folder of brain masks named like the scans.
+    """
+    from custom_components.data.datalist import write_datalist
+    from custom_components.data.discovery import make_brats_datalist, make_healthy_datalist
+
+    if kind == "brats":
+        mods = tuple(modalities.split(",")) if isinstance(modalities, str) else tuple(modalities)
+        data = make_brats_datalist(root, modalities=mods, val_fraction=val_fraction, seed=seed, labels=labels)
+    elif kind == "healthy":
+        data = make_healthy_datalist(root, mask_dir=masks)
+    else:
+        raise SystemExit(f"--kind must be 'brats' or 'healthy', got {kind!r}")
+    print(write_datalist(out, data))
+
+
+def prepare_healthy(healthy: str, reference: str, out: str, qc: bool = True) -> None:
+    """Register healthy scans to the tumour data's space, brain-mask them, rescale to [-1, 1].
+
+    Args:
+        healthy: folder of skull-stripped healthy scans or a healthy datalist.
+        reference: one image of the real tumour data (its grid and affine are the target space).
+        out: output folder (prepared volumes, brain masks, QC PNGs and healthy datalist.json).
+        qc: write a QC overlay PNG per scan.
+    """
+    from custom_components.data.healthy_prep import prepare_healthy as _prepare
+
+    print(_prepare(healthy, reference, out, qc=qc))
+
+
+def demo_data(out: str, n_healthy: int = 4, n_tumour: int = 6, spacing: float = 2.0, seed: int = 0) -> None:
+    """Make demo data (no downloads): deformed MNI152 healthy scans and PHANTOM glioma cases.
+
+    Args:
+        out: output folder; writes healthy/ and tumour/ with a datalist.json each.
+        n_healthy: number of healthy subjects.
+        n_tumour: number of annotated phantom tumour cases.
+        spacing: voxel size in mm of the demo grid.
+        seed: random seed.
+    """
+    from custom_components.data.demo import make_demo_data
+
+    for kind, path in make_demo_data(out, n_healthy=n_healthy, n_tumour=n_tumour, spacing=spacing, seed=seed).items():
+        print(f"{kind}: {path}")
+
+
+def qc(image: str, label: str, out: str, title: str = "") -> None:
+    """Write a PNG montage (axial, coronal, sagittal through the tumour) with the label overlaid.
+
+    Args:
+        image: NIfTI image (first channel is shown).
+        label: NIfTI label in the internal convention.
+        out: PNG file to write.
+        title: optional title.
+    """
+    from custom_components.qc import save_montage
+
+    print(save_montage(image, label, out, title=title))
+
+
+COMMANDS = {
+    "validate-datalist": validate_datalist,
+    "make-datalist": make_datalist,
+    "prepare-healthy": prepare_healthy,
+    "demo-data": demo_data,
+    "qc": qc,
+}
+
+
+def main() -> None:
+    fire.Fire(COMMANDS, name="python -m custom_components")

@@ -1,0 +1,100 @@
+"""MONAI Decathlon-style datalists: read, resolve and write.
+
+A datalist is a JSON object whose list-valued sections (``training``, ``validation``, ``test``, ...)
+hold items such as ``{"image": [t1.nii.gz, ...] | "t1.nii.gz", "label": "seg.nii.gz", "case_id": ...}``.
+Paths are relative to the datalist file unless absolute. Other top-level keys (``labels``: the label
+convention of the ``label`` files, ``modalities``, ``description``, ...) are metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from custom_components.data.atomic import atomic_write_text
+
+PATH_KEYS: tuple[str, ...] = ("image", "label", "brain_mask", "roi", "source_image", "source_label")
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, str):
+        return value if os.path.isabs(value) else str((base / value).resolve())
+    if isinstance(value, list | tuple):
+        return [_resolve(v, base) for v in value]
+    return value
+
+
+def _relativise(value: Any, base: Path) -> Any:
+    if isinstance(value, str):
+        p = Path(value)
+        if not p.is_absolute():
+            return value
+        try:
+            return os.path.relpath(p, base)
+        except ValueError:  # different drive on Windows
+            return value
+    if isinstance(value, list | tuple):
+        return [_relativise(v, base) for v in value]
+    return value
+
+
+def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a datalist JSON and return it with every path key resolved to an absolute path.
+
+    Args:
+        path: the datalist file.
+
+    Raises:
+        FileNotFoundError / ValueError naming the file when it is missing or not a datalist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: datalist file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a datalist must be a JSON object with list sections such as 'training'")
+    base = path.parent.resolve()
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            out[key] = [{k: (_resolve(v, base) if k in PATH_KEYS else v) for k, v in item.items()} for item in value]
+        else:
+            out[key] = value
+    return out
+
+
+def load_section(path: str | os.PathLike, section: str = "training") -> list[dict[str, Any]]:
+    """Return one section of a datalist with absolute paths (for use in bundle configs).
+
+    Args:
+        path: the datalist file.
+        section: the list to return (``training``, ``validation``, ``test``...).
+    """
+    data = read_datalist(path)
+    if section not in data:
+        raise KeyError(f"{path}: datalist has no section {section!r} (has: {', '.join(sorted(data))})")
+    return data[section]
+
+
+def write_datalist(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write a datalist atomically, storing paths relative to the datalist's folder.
+
+    Args:
+        path: destination JSON file.
+        data: datalist object; path keys may hold absolute paths.
+    """
+    path = Path(path)
+    base = path.parent.resolve()
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            out[key] = [{k: (_relativise(v, base) if k in PATH_KEYS else v) for k, v in item.items()} for item in value]
+        else:
+            out[key] = value
+    atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    return path
