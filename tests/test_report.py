@@ -1,0 +1,49 @@
+"""Report: aggregation over seeds, paired t-test against the baseline, written files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from custom_components.pipeline.report import ArmResult, summarise, table_rows, write_report
+
+
+def _results() -> list[ArmResult]:
+    base = [(0.50, 0.60, 0.70), (0.52, 0.61, 0.72), (0.49, 0.58, 0.71)]
+    tf = [(0.55, 0.62, 0.71), (0.56, 0.64, 0.73), (0.53, 0.61, 0.72)]
+    out = []
+    for arm, values in (("baseline", base), ("tf", tf)):
+        for seed, (et, tc, wt) in enumerate(values):
+            out.append(ArmResult(arm, seed, {"ET": et, "TC": tc, "WT": wt}))
+    return out
+
+
+def test_summary_matches_hand_computation():
+    rows = {s.arm: s for s in summarise(_results())}
+    base_means = np.array([0.6, (0.52 + 0.61 + 0.72) / 3, (0.49 + 0.58 + 0.71) / 3])
+    tf_means = np.array([(0.55 + 0.62 + 0.71) / 3, (0.56 + 0.64 + 0.73) / 3, (0.53 + 0.61 + 0.72) / 3])
+    assert rows["baseline"].mean["ET"] == pytest.approx((0.50 + 0.52 + 0.49) / 3)
+    assert rows["baseline"].std["ET"] == pytest.approx(np.std([0.50, 0.52, 0.49], ddof=1))
+    assert rows["tf"].mean["Mean"] == pytest.approx(tf_means.mean())
+    assert rows["tf"].diff == pytest.approx((tf_means - base_means).mean())
+    assert rows["tf"].p_value == pytest.approx(stats.ttest_rel(tf_means, base_means).pvalue)
+    assert rows["baseline"].diff is None and rows["baseline"].p_value is None
+
+
+def test_single_seed_has_no_p_value():
+    one = [r for r in _results() if r.seed == 0]
+    tf = {s.arm: s for s in summarise(one)}["tf"]
+    assert tf.p_value is None and tf.diff == pytest.approx((0.55 + 0.62 + 0.71 - 0.5 - 0.6 - 0.7) / 3)
+    assert tf.std["ET"] == 0.0
+
+
+def test_write_report(tmp_path):
+    paths = write_report(_results(), tmp_path / "report", notes=["tiny run"])
+    md = paths["markdown"].read_text()
+    header, sep, base_row, tf_row = [line for line in md.splitlines() if line.startswith("|")]
+    assert "ET (%)" in header and "p-value" in header
+    assert tf_row.startswith("| tf | 54.67 ± 1.53")
+    assert table_rows(summarise(_results()))[2][0] == "tf"
+    assert "<table>" in paths["html"].read_text()
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
