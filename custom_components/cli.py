@@ -18,7 +18,11 @@ def validate_datalist(path: str, labels: str | None = None, allow_empty: bool = 
     """
     from custom_components.data.validation import validate_datalist as _validate
 
-    problems = _validate(path, labels=labels, require_tumour=not allow_empty)
+    try:
+        problems = _validate(path, labels=labels, require_tumour=not allow_empty)
+    except (ValueError, FileNotFoundError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
     for p in problems:
         print(p)
     if problems:
@@ -35,6 +39,7 @@ def make_datalist(
     seed: int = 0,
     labels: str = "brats2023",
     masks: str | None = None,
+    allow_unlabelled: bool = False,
 ) -> None:
     """Build a datalist from a BraTS folder or a folder of healthy scans.
 
@@ -48,13 +53,21 @@ def make_datalist(
         seed: seed of the split.
         labels: label convention of the BraTS label files, recorded in the datalist.
         masks: for kind=healthy, optional folder of brain masks named like the scans.
+        allow_unlabelled: list BraTS cases without a seg file (challenge validation sets).
     """
     from custom_components.data.datalist import write_datalist
     from custom_components.data.discovery import make_brats_datalist, make_healthy_datalist
 
     if kind == "brats":
         mods = tuple(modalities.split(",")) if isinstance(modalities, str) else tuple(modalities)
-        data = make_brats_datalist(root, modalities=mods, val_fraction=val_fraction, seed=seed, labels=labels)
+        data = make_brats_datalist(
+            root,
+            modalities=mods,
+            val_fraction=val_fraction,
+            seed=seed,
+            labels=labels,
+            require_label=not allow_unlabelled,
+        )
     elif kind == "healthy":
         data = make_healthy_datalist(root, mask_dir=masks)
     else:

@@ -19,14 +19,20 @@ PATH_KEYS: tuple[str, ...] = ("image", "label", "brain_mask", "roi", "source_ima
 
 
 def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if isinstance(value, str):
-        return value if os.path.isabs(value) else str((base / value).resolve())
+        # normalise lexically, never follow symlinks: the file name MONAI records (and names outputs
+        # after) must stay the one in the datalist, not that of a link's target
+        return value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
     if isinstance(value, list | tuple):
         return [_resolve(v, base) for v in value]
     return value
 
 
 def _relativise(value: Any, base: Path) -> Any:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if isinstance(value, str):
         p = Path(value)
         if not p.is_absolute():

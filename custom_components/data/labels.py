@@ -49,7 +49,8 @@ def allowed_values(convention: str) -> tuple[int, ...]:
 
 def _remap(label: np.ndarray, table: dict[int, int], convention: str, direction: str) -> np.ndarray:
     values = np.unique(label)
-    unknown = [v for v in values.tolist() if v not in table]
+    # integral float values (labels loaded as float32) are shown as integers
+    unknown = [int(v) if float(v).is_integer() else v for v in values.tolist() if v not in table]
     if unknown:
         raise ValueError(
             f"label values {unknown} are not valid {direction} convention {convention!r} (allowed: {sorted(table)})"
