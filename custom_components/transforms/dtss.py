@@ -1,0 +1,552 @@
+"""Deformation Tumor Synthesis (DTSS) of the DSMA paper (section 3.1, eqs. 1-5).
+
+DTSS derives a new tumour from a real one, online during training:
+
+1. **Deformation area** (eq. 1) ``d = l * m``: ``l`` is the whole-tumour mask of the real label and
+   ``m`` a threshold mask whose threshold comes from the lesion's size. The paper leaves ``m``
+   open; here ``m`` keeps the voxels whose Euclidean distance to the outside of the lesion is at
+   most ``tau = max(1, shell_fraction * R_eq)``, where ``R_eq = (3 |l| / 4 pi)^(1/3)`` is the radius of
+   the sphere with the lesion's volume. ``d`` is therefore the lesion's outer shell, as thick as a
+   fixed fraction of the lesion's size (one voxel for tiny lesions, ~4 voxels for a 30 ml
+   whole tumour). Monomers are seeded there, so each one partly collides with the real tumour
+   and partly grows out of it: the morphology changes at the lesion's surface while the new
+   lesion stays attached to the old one. (A deeper ``d`` only retextures the interior; a ``d``
+   outside the lesion would create detached tumours, which eq. 1's ``d = l * m`` rules out.)
+2. **Monomers**: ellipsoids with semi-axes drawn uniformly in ``radius_range`` voxels per axis,
+   elastically deformed by a smooth random displacement field (uniform random displacements of
+   at most ``elastic_magnitude`` voxels on a ``elastic_grid``^3 control grid, linearly
+   interpolated over the monomer's patch; a voxel ``x`` belongs to the monomer when
+   ``x + u(x)`` lies inside the ellipsoid). Each monomer is cut to the brain (voxels above the
+   channel minimum in some channel, or labelled) and to its connected part containing its seed,
+   so every monomer is one piece touching the real lesion.
+3. **Iterative synthesis**: ``iterations_range`` monomers are placed one after another. Voxels
+   are filled with texture taken from the real lesion: each monomer voxel gets the intensities
+   (all channels at once, so cross-modal correlation is kept) of a randomly drawn real-lesion
+   voxel of its class. The tumour prototype ``t`` is an intensity offset (the fusion subtracts
+   it, eq. 4) per channel:
+
+   * monomer voxels outside the real tumour become tumour: ``t = i - v`` (``v`` the sampled
+     texture, so the fused voxel takes the real lesion's texture); a later monomer paints over
+     an earlier one there;
+   * where a monomer collides with the real tumour, one action per monomer is drawn with
+     ``collision_probs``: *retain* (``t`` unchanged), *overlap* (the monomer's tumour signal
+     ``v - h`` is added, ``t -= collision_strength * (v - h)``: the texture moves further from
+     healthy tissue) or *reduce* (it is subtracted, ``t += collision_strength * (v - h)``: the
+     texture fades towards healthy tissue). ``h`` is the channel's healthy-tissue reference,
+     the median of brain voxels near but outside the lesion. Reduce acts on the texture only:
+     it never deletes labelled voxels, so the new lesion always contains the old one.
+
+   ``T = t (x) g(sigma)`` (eq. 2) smooths the voxel-wise sampled texture. By default
+   (``masked_blur``) the Gaussian is a normalised convolution within the prototype's own domain,
+   separately over the grown voxels and over the collision voxels (``g * (t m) / g * m`` on each
+   part ``m``): a plain convolution pulls in the zeros of ``t`` outside the monomers and on
+   retained lesion voxels, and since the grown layers are only a few voxels thick it leaves most
+   grown voxels half-way between healthy and lesion intensities although they are labelled
+   tumour (TCGA-FG-6692, seed 0, 10 monomers: mean FLAIR of grown voxels 0.79 against 0.93 for the real
+   oedema and 0.56 for healthy tissue; 0.92 with the masked blur). ``masked_blur=False`` gives
+   the plain convolution of eq. 2.
+4. **Fusion**. Labels (eq. 3, ``G_L = L + G_t``): the deformation tumour's label ``G_t`` is its
+   support restricted to voxels outside the real tumour, each voxel taking the class of the
+   nearest real-lesion voxel, so the sum stays in {0, 1, 2, 3} and the anatomy stays nested
+   (new voxels next to oedema are oedema; ET/NCR only grow where they already touch the
+   lesion's surface). Images (eqs. 4-5, :func:`fuse_image`): ``G_t = intensity_scale * T``,
+   ``G_t' = G_t + n`` with ``n`` Gaussian noise of standard deviation ``noise_std`` times the
+   channel's real-lesion standard deviation (so the noise has the same meaning for [-1, 1]
+   images and z-scores), ``l' = (i - G_t') * l`` and ``i' = i * (1 - l) + l'`` where ``l`` is the
+   fused lesion region (real whole tumour plus the monomers' support). With ``clip`` the fused
+   voxels are clipped to the channel's input range (a [-1, 1] image stays in [-1, 1]). Voxels
+   outside ``l`` are never written: image and label are bit-identical there.
+
+All work is done on the lesion's bounding box plus the largest monomer's reach, so a
+240x240x155 four-channel case takes a fraction of a second on one core.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils import convert_data_type, convert_to_dst_type
+from scipy import ndimage
+
+from custom_components.data.labels import INTERNAL_LABELS, TUMOUR_CLASSES
+
+RETAIN, OVERLAP, REDUCE = 0, 1, 2
+
+
+def fuse_image(
+    image: NdarrayOrTensor,
+    lesion: NdarrayOrTensor,
+    deformation_tumour: NdarrayOrTensor,
+    noise: NdarrayOrTensor | None = None,
+) -> NdarrayOrTensor:
+    """Image fusion of DTSS, eqs. 4-5: ``i' = i * (1 - l) + (i - (G_t + n)) * l``.
+
+    Args:
+        image: the real image ``i`` (C, *spatial) or any shape.
+        lesion: the lesion region ``l``, broadcastable to ``image`` (boolean or weights in [0, 1]).
+        deformation_tumour: the deformation tumour ``G_t``, broadcastable to ``image``.
+        noise: Gaussian noise ``n`` added to ``G_t`` (``G_t' = G_t + n``); ``None`` for none.
+
+    Returns:
+        ``i'`` in the type of ``image``.
+    """
+    lesion_w = convert_to_dst_type(lesion, image, dtype=image.dtype)[0]
+    g = convert_to_dst_type(deformation_tumour, image, dtype=image.dtype)[0]
+    if noise is not None:
+        g = g + convert_to_dst_type(noise, image, dtype=image.dtype)[0]
+    fused_lesion = (image - g) * lesion_w  # eq. 4: l' = (i - G_t') . l
+    return image * (1 - lesion_w) + fused_lesion  # eq. 5: i' = i . (1 - l) + l'
+
+
+def deformation_area(lesion: np.ndarray, shell_fraction: float) -> tuple[np.ndarray, float]:
+    """Deformation area ``d = l * m`` (eq. 1): the lesion's outer shell of size-dependent thickness.
+
+    ``m`` keeps voxels at Euclidean distance ``<= tau`` from the outside of the lesion, with
+    ``tau = max(1, shell_fraction * R_eq)`` and ``R_eq`` the radius of a sphere of the lesion's volume.
+
+    Args:
+        lesion: boolean lesion mask ``l`` (3D, non-empty).
+        shell_fraction: thickness of the shell as a fraction of ``R_eq``.
+
+    Returns:
+        (``d`` as a boolean mask, the threshold ``tau`` in voxels).
+    """
+    lesion = np.asarray(lesion, dtype=bool)
+    if not lesion.any():
+        raise ValueError("the deformation area needs a lesion: the lesion mask is empty")
+    r_eq = (3.0 * float(lesion.sum()) / (4.0 * math.pi)) ** (1.0 / 3.0)
+    tau = max(1.0, shell_fraction * r_eq)
+    depth = ndimage.distance_transform_edt(lesion)
+    return lesion & (depth <= tau), tau
+
+
+def monomer_mask(radii: Sequence[float], displacement: np.ndarray) -> np.ndarray:
+    """An elastically deformed ellipsoid on a cubic patch centred on the monomer's seed.
+
+    Voxel ``x`` (offset from the patch centre) is inside when ``sum_a ((x_a + u_a(x)) / r_a)^2 <= 1``.
+
+    Args:
+        radii: the three semi-axes in voxels.
+        displacement: displacement field ``u`` (3, P, P, P), P odd (zeros: a plain ellipsoid).
+
+    Returns:
+        boolean mask (P, P, P).
+    """
+    size = displacement.shape[1]
+    if displacement.shape != (3, size, size, size) or size % 2 == 0:
+        raise ValueError(f"displacement must be (3, P, P, P) with P odd, got {displacement.shape}")
+    offsets = np.arange(size, dtype=np.float32) - size // 2
+    grids = np.meshgrid(offsets, offsets, offsets, indexing="ij")
+    level = sum(((grids[a] + displacement[a]) / float(radii[a])) ** 2 for a in range(3))
+    return level <= 1.0
+
+
+def _displacement_field(control: np.ndarray, size: int) -> np.ndarray:
+    """Linear interpolation of a (3, g, g, g) control grid onto a (3, size, size, size) patch."""
+    g = control.shape[1]
+    pos = np.linspace(0.0, g - 1.0, size)
+    coords = np.stack(np.meshgrid(pos, pos, pos, indexing="ij"))
+    return np.stack([ndimage.map_coordinates(control[a], coords, order=1) for a in range(3)]).astype(np.float32)
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels, clipped to the array."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
+    return tuple(box)
+
+
+class DeformationTumorSynthesis(RandomizableTransform):
+    """DSMA's Deformation Tumor Synthesis: grow and retexture the real tumour of a case.
+
+    See the module docstring for the method and the choices made where the paper is silent.
+    Called as ``image, label = dtss(image, label)``; the inputs are not modified.
+
+    Args:
+        prob: probability of synthesising; otherwise the inputs are returned unchanged.
+        radius_range: (r_min, r_max), range of a monomer's semi-axes in voxels (paper: [3, 5]).
+        iterations_range: inclusive range of the number of monomers (paper: [3, 10]).
+        sigma: standard deviation (voxels) of the Gaussian that blurs the prototype (eq. 2); 0: no blur.
+        noise_std: standard deviation of the noise added to the deformation tumour (eq. 4's
+            ``G_t'``), in units of the channel's real-lesion intensity standard deviation.
+        shell_fraction: thickness of the deformation area (eq. 1) as a fraction of the lesion's
+            equivalent-sphere radius (at least one voxel).
+        elastic_magnitude: largest elastic displacement of a monomer's voxels, in voxels.
+        elastic_grid: control points per axis of a monomer's displacement field.
+        collision_probs: probabilities of (retain, overlap, reduce) when a monomer collides with
+            the real tumour.
+        collision_strength: fraction of the monomer's tumour signal ``v - h`` that overlap adds and
+            reduce subtracts on collision voxels.
+        intensity_scale: weight of the deformation tumour in the fusion, ``G_t = intensity_scale * T``
+            (1: new voxels take the real lesion's texture; below 1: fainter new tumour).
+        clip: clip fused voxels to each channel's input range.
+        masked_blur: blur the prototype by normalised convolution within the grown voxels and
+            within the collision voxels (default), instead of a plain convolution of ``t``.
+    """
+
+    def __init__(
+        self,
+        prob: float = 1.0,
+        radius_range: Sequence[float] = (3.0, 5.0),
+        iterations_range: Sequence[int] = (3, 10),
+        sigma: float = 1.0,
+        noise_std: float = 0.1,
+        shell_fraction: float = 0.2,
+        elastic_magnitude: float = 1.0,
+        elastic_grid: int = 4,
+        collision_probs: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
+        collision_strength: float = 0.5,
+        intensity_scale: float = 1.0,
+        clip: bool = True,
+        masked_blur: bool = True,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob)
+        r_min, r_max = (float(r) for r in radius_range)
+        if not 0 < r_min <= r_max:
+            raise ValueError(f"radius_range must satisfy 0 < r_min <= r_max, got {tuple(radius_range)}")
+        n_min, n_max = (int(n) for n in iterations_range)
+        if not 1 <= n_min <= n_max:
+            raise ValueError(f"iterations_range must satisfy 1 <= min <= max, got {tuple(iterations_range)}")
+        probs = np.asarray(collision_probs, dtype=np.float64)
+        if probs.shape != (3,) or (probs < 0).any() or not np.isclose(probs.sum(), 1.0):
+            raise ValueError(f"collision_probs must be 3 non-negative numbers summing to 1, got {collision_probs}")
+        for name, value in (
+            ("sigma", sigma),
+            ("noise_std", noise_std),
+            ("elastic_magnitude", elastic_magnitude),
+            ("collision_strength", collision_strength),
+            ("intensity_scale", intensity_scale),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be non-negative, got {value}")
+        if shell_fraction <= 0:
+            raise ValueError(f"shell_fraction must be positive, got {shell_fraction}")
+        if elastic_grid < 2:
+            raise ValueError(f"elastic_grid must be at least 2, got {elastic_grid}")
+        self.radius_range = (r_min, r_max)
+        self.iterations_range = (n_min, n_max)
+        self.sigma = float(sigma)
+        self.noise_std = float(noise_std)
+        self.shell_fraction = float(shell_fraction)
+        self.elastic_magnitude = float(elastic_magnitude)
+        self.elastic_grid = int(elastic_grid)
+        self.collision_probs = probs / probs.sum()
+        self.collision_strength = float(collision_strength)
+        self.intensity_scale = float(intensity_scale)
+        self.clip = bool(clip)
+        self.masked_blur = bool(masked_blur)
+        # half-width of a monomer's patch: the farthest a deformed monomer voxel can be from its seed
+        self.patch_half = int(math.ceil(r_max + self.elastic_magnitude))
+        self._n_monomers = 0
+        self._seed_positions = np.zeros(0)
+        self._radii = np.zeros((0, 3))
+        self._controls = np.zeros((0, 3, self.elastic_grid, self.elastic_grid, self.elastic_grid))
+        self._actions = np.zeros(0, dtype=np.int64)
+        self._texture_seed = 0
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw whether to synthesise and every random value of one synthesis.
+
+        Draws the number of monomers, each monomer's seed position (a fraction of the way through
+        the deformation area's voxels), semi-axes, elastic control displacements and collision
+        action, and the seed of the generator that samples the voxel-level texture and noise.
+        The draws do not depend on the data, so one ``randomize()`` can be replayed on any case
+        with ``__call__(..., randomize=False)``.
+        """
+        super().randomize(None)
+        if not self._do_transform:
+            return
+        n = int(self.R.randint(self.iterations_range[0], self.iterations_range[1] + 1))
+        g, mag = self.elastic_grid, self.elastic_magnitude
+        self._n_monomers = n
+        self._seed_positions = self.R.uniform(0.0, 1.0, size=n)
+        self._radii = self.R.uniform(self.radius_range[0], self.radius_range[1], size=(n, 3))
+        self._controls = self.R.uniform(-mag, mag, size=(n, 3, g, g, g))
+        # one uniform per monomer, mapped through the cumulative probabilities: the stream of draws
+        # is the same whatever collision_probs are
+        u = self.R.uniform(0.0, 1.0, size=n)
+        self._actions = np.minimum(np.searchsorted(np.cumsum(self.collision_probs), u, side="right"), 2)
+        self._texture_seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(
+        self, img: NdarrayOrTensor, label: NdarrayOrTensor, randomize: bool = True
+    ) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
+        """Synthesise a derived case.
+
+        Args:
+            img: image (C, H, W, D), float (normalised, e.g. [-1, 1] brain intensities); every
+                channel is fused with one shared geometry.
+            label: label (1, H, W, D) or (H, W, D) in the internal convention (0 background,
+                1 NCR, 2 ED, 3 ET) with at least one tumour voxel.
+            randomize: draw new random values first (``False`` replays the last draw).
+
+        Returns:
+            (image, label) in the types of the inputs (MetaTensor metadata kept); the inputs
+            themselves when the transform is skipped (``prob``).
+        """
+        image_np = convert_data_type(img, np.ndarray)[0]
+        label_np = convert_data_type(label, np.ndarray)[0]
+        label_sp = self.check_inputs(image_np, label_np)
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return img, label
+        dtype = image_np.dtype if np.issubdtype(image_np.dtype, np.floating) else np.float32
+        out_img = image_np.astype(dtype, copy=True)
+        out_lab = label_np.copy()
+        self._synthesise(out_img, out_lab.reshape(label_sp.shape), label_sp)
+        out_img_t = convert_to_dst_type(out_img, img, dtype=out_img.dtype)[0]
+        out_lab_t = convert_to_dst_type(out_lab, label, dtype=out_lab.dtype)[0]
+        return out_img_t, out_lab_t
+
+    @staticmethod
+    def check_inputs(image: NdarrayOrTensor, label: NdarrayOrTensor) -> np.ndarray:
+        """Validate shapes and label values (ValueError); return the label as numpy without its channel axis."""
+        image = convert_data_type(image, np.ndarray)[0]
+        label = convert_data_type(label, np.ndarray)[0]
+        if image.ndim != 4:
+            raise ValueError(f"DTSS needs a channel-first 3D image (C, H, W, D), got shape {image.shape}")
+        if label.shape == (1, *image.shape[1:]):
+            label_sp = label[0]
+        elif label.shape == image.shape[1:]:
+            label_sp = label
+        else:
+            raise ValueError(
+                f"DTSS needs a label of shape (1, H, W, D) or (H, W, D) on the image's grid "
+                f"{tuple(image.shape[1:])}, got {label.shape}"
+            )
+        lo, hi = float(label_sp.min()), float(label_sp.max())
+        fractional = np.issubdtype(label_sp.dtype, np.floating) and not np.array_equal(label_sp, np.round(label_sp))
+        if lo < 0 or hi > max(INTERNAL_LABELS) or fractional:
+            raise ValueError(
+                f"DTSS needs labels in the internal convention {INTERNAL_LABELS} (values in [{lo}, {hi}] found); "
+                "map BraTS labels first with MapBratsLabelsd"
+            )
+        if hi == 0:
+            raise ValueError("DTSS needs a tumour to deform: the label has no tumour voxels (all background)")
+        return label_sp
+
+    def _synthesise(self, out_img: np.ndarray, out_lab_sp: np.ndarray, label_sp: np.ndarray) -> None:
+        """Write the derived case into ``out_img`` / ``out_lab_sp`` (copies of the inputs), in place."""
+        n_ch = out_img.shape[0]
+        lesion_full = label_sp > 0
+        channel_min = out_img.reshape(n_ch, -1).min(axis=1)
+        channel_max = out_img.reshape(n_ch, -1).max(axis=1)
+        box = _bounding_box(lesion_full, self.patch_half + 1)
+        img_c = out_img[(slice(None), *box)]  # a view: fused voxels are written through it
+        lab_c = label_sp[box].astype(np.int64)
+        les = lesion_full[box]
+        shape = les.shape
+        brain = (img_c > channel_min[:, None, None, None]).any(axis=0) | les
+
+        # eq. 1: where monomers are seeded
+        area, _ = deformation_area(les, self.shell_fraction)
+        area_idx = np.flatnonzero(area)
+        # nearest real-lesion voxel of every voxel (class of new voxels) and distance to the lesion
+        dist_out, nearest = ndimage.distance_transform_edt(~les, return_indices=True)
+        nearest_flat = np.ravel_multi_index(tuple(nearest), shape).ravel()
+
+        img_flat = img_c.reshape(n_ch, -1).astype(np.float64)
+        lab_flat = lab_c.ravel()
+        les_flat = les.ravel()
+        class_voxels = {c: np.flatnonzero(lab_flat == c) for c in TUMOUR_CLASSES}
+        healthy = self._healthy_reference(img_flat, les_flat, brain.ravel(), dist_out.ravel(), channel_min)
+        lesion_std = img_flat[:, les_flat].std(axis=1)
+
+        rng = np.random.default_rng(self._texture_seed)
+        proto = np.zeros((n_ch, les.size))  # the tumour prototype t, flattened
+        support = np.zeros(les.size, dtype=bool)
+        half, size = self.patch_half, 2 * self.patch_half + 1
+        for k in range(self._n_monomers):
+            origin = np.unravel_index(area_idx[int(self._seed_positions[k] * area_idx.size)], shape)
+            mono = monomer_mask(self._radii[k], _displacement_field(self._controls[k], size))
+            # the patch around the seed, clipped to the box
+            lo = [max(s - half, 0) for s in origin]
+            hi = [min(s + half + 1, n) for s, n in zip(origin, shape, strict=True)]
+            patch = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            local = tuple(slice(a - s + half, b - s + half) for a, b, s in zip(lo, hi, origin, strict=True))
+            mono = mono[local] & brain[patch]
+            centre = tuple(s - a for s, a in zip(origin, lo, strict=True))
+            mono[centre] = True
+            parts, _ = ndimage.label(mono)
+            mono = parts == parts[centre]
+            coords = np.nonzero(mono)
+            idx = np.ravel_multi_index(tuple(c + a for c, a in zip(coords, lo, strict=True)), shape)
+            # texture: all channels of a random real-lesion voxel of the voxel's class
+            classes = lab_flat[nearest_flat[idx]]
+            texture = np.empty((n_ch, idx.size))
+            for c in np.unique(classes):
+                sel = classes == c
+                pool = class_voxels[int(c)]
+                texture[:, sel] = img_flat[:, pool[rng.integers(0, pool.size, size=int(sel.sum()))]]
+            inside = les_flat[idx]
+            new = idx[~inside]
+            proto[:, new] = img_flat[:, new] - texture[:, ~inside]
+            if self._actions[k] != RETAIN:
+                signal = self.collision_strength * (texture[:, inside] - healthy[:, None])
+                proto[:, idx[inside]] += -signal if self._actions[k] == OVERLAP else signal
+            support[idx] = True
+
+        region = les_flat | support  # l of eqs. 4-5: the fused lesion region
+        grown = support & ~les_flat
+        deformation = self.intensity_scale * self._blur(
+            proto.reshape(n_ch, *shape), grown.reshape(shape), (support & les_flat).reshape(shape)
+        )
+        noise = np.zeros_like(proto)
+        noise[:, region] = rng.standard_normal((n_ch, int(region.sum()))) * (self.noise_std * lesion_std[:, None])
+        fused = fuse_image(img_flat, region[None].astype(np.float64), deformation.reshape(n_ch, -1), noise)
+        fused = fused[:, region]
+        if self.clip:
+            fused = np.clip(fused, channel_min[:, None], channel_max[:, None])
+        region_3d = region.reshape(shape)
+        img_c[:, region_3d] = fused.astype(out_img.dtype)
+        # eq. 3: new voxels take the class of the nearest real-lesion voxel
+        lab_view = out_lab_sp[box]
+        lab_view[grown.reshape(shape)] = lab_flat[nearest_flat[grown]].astype(out_lab_sp.dtype)
+
+    def _blur(self, proto: np.ndarray, grown: np.ndarray, collided: np.ndarray) -> np.ndarray:
+        """Eq. 2, ``T = t (x) g(sigma)``, on the monomers' bounding box (``t`` is zero elsewhere).
+
+        With ``masked_blur`` the convolution is normalised within the grown voxels and within the
+        collision voxels separately, ``T = g * (t m) / g * m`` on each part ``m``.
+        """
+        support = grown | collided
+        if self.sigma == 0 or not support.any():
+            return proto
+        truncate = 4.0
+        sub = _bounding_box(support, int(math.ceil(truncate * self.sigma)) + 1)
+
+        def smooth(x: np.ndarray) -> np.ndarray:
+            return ndimage.gaussian_filter(x, self.sigma, mode="constant", cval=0.0, truncate=truncate)
+
+        out = np.zeros_like(proto)
+        if not self.masked_blur:
+            for c in range(proto.shape[0]):
+                out[(c, *sub)] = smooth(proto[(c, *sub)])
+            return out
+        for part in (grown[sub], collided[sub]):
+            if not part.any():
+                continue
+            weight = smooth(part.astype(proto.dtype))[part]
+            for c in range(proto.shape[0]):
+                view = out[(c, *sub)]
+                view[part] = smooth(np.where(part, proto[(c, *sub)], 0.0))[part] / weight
+        return out
+
+    @staticmethod
+    def _healthy_reference(
+        img_flat: np.ndarray, les: np.ndarray, brain: np.ndarray, dist_out: np.ndarray, channel_min: np.ndarray
+    ) -> np.ndarray:
+        """Per channel, the median of brain voxels near but not touching the lesion (h)."""
+        ref = np.empty(img_flat.shape[0])
+        for c in range(img_flat.shape[0]):
+            values = img_flat[c]
+            for pool in ((dist_out >= 2) & (values > channel_min[c]), ~les & brain, ~les, les):
+                if pool.any():
+                    ref[c] = np.median(values[pool])
+                    break
+        return ref
+
+
+class DeformationTumorSynthesisd(RandomizableTransform, MapTransform):
+    """Dictionary version of :class:`DeformationTumorSynthesis`.
+
+    Sets ``d[applied_key]`` to whether the sample was synthesised by this transform, and
+    ``d[flag_key]`` to True when it was (left as it was, default False, otherwise), the flag the
+    trainer's MAS weighting and CarveMix share to tell synthetic samples from real ones.
+
+    Args:
+        keys: keys this transform reads and writes; must contain ``image_key`` and ``label_key``.
+        image_key: key of the image (C, H, W, D).
+        label_key: key of the label (1, H, W, D) or (H, W, D), internal convention.
+        prob: probability of synthesising a given sample.
+        radius_range, iterations_range, sigma, noise_std, shell_fraction, elastic_magnitude,
+        elastic_grid, collision_probs, collision_strength, intensity_scale, clip, masked_blur: see
+            :class:`DeformationTumorSynthesis`.
+        flag_key: key set to True when the sample was synthesised (synthetic-sample flag).
+        applied_key: key set to True / False: whether DTSS was applied to this sample.
+        allow_missing_keys: return the sample unchanged (not applied) when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        image_key: str = "image",
+        label_key: str = "label",
+        prob: float = 1.0,
+        radius_range: Sequence[float] = (3.0, 5.0),
+        iterations_range: Sequence[int] = (3, 10),
+        sigma: float = 1.0,
+        noise_std: float = 0.1,
+        shell_fraction: float = 0.2,
+        elastic_magnitude: float = 1.0,
+        elastic_grid: int = 4,
+        collision_probs: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
+        collision_strength: float = 0.5,
+        intensity_scale: float = 1.0,
+        clip: bool = True,
+        masked_blur: bool = True,
+        flag_key: str = "is_synthetic",
+        applied_key: str = "dtss_applied",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        for role, key in (("image_key", image_key), ("label_key", label_key)):
+            if key not in self.keys:
+                raise ValueError(f"{role} {key!r} must be one of keys {self.keys}")
+        self.image_key, self.label_key = image_key, label_key
+        self.flag_key, self.applied_key = flag_key, applied_key
+        self.dtss = DeformationTumorSynthesis(
+            prob=1.0,
+            radius_range=radius_range,
+            iterations_range=iterations_range,
+            sigma=sigma,
+            noise_std=noise_std,
+            shell_fraction=shell_fraction,
+            elastic_magnitude=elastic_magnitude,
+            elastic_grid=elastic_grid,
+            collision_probs=collision_probs,
+            collision_strength=collision_strength,
+            intensity_scale=intensity_scale,
+            clip=clip,
+            masked_blur=masked_blur,
+        )
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> DeformationTumorSynthesisd:
+        super().set_random_state(seed, state)
+        self.dtss.set_random_state(state=self.R)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw whether to synthesise and, if so, the synthesis' random values."""
+        super().randomize(None)
+        if self._do_transform:
+            self.dtss.randomize(None)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        d.setdefault(self.flag_key, False)
+        d[self.applied_key] = False
+        present = set(self.key_iterator(d))
+        if self.image_key not in present or self.label_key not in present:
+            return d
+        if not self._do_transform:
+            # same errors whether or not this sample is synthesised
+            self.dtss.check_inputs(d[self.image_key], d[self.label_key])
+            return d
+        d[self.image_key], d[self.label_key] = self.dtss(d[self.image_key], d[self.label_key], randomize=False)
+        d[self.flag_key] = True
+        d[self.applied_key] = True
+        return d
