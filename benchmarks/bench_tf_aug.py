@@ -1,0 +1,110 @@
+"""Benchmark TF-Aug synthesis per 240x240x155 case on one CPU thread.
+
+Times, per case, (1) the synthesis itself (mask augmentation, ROI blur, class-wise intensity, clip)
+with the inputs already in memory, and (2) writing the case's uncompressed NIfTI files (image, label,
+ROI, brain mask, provenance record) with the bundle's writer. Uses the real glioma case in
+``../shared/data`` when present (its label as the mask pool, its own brain as the "healthy" scan, its
+T1 rescaled to [-1, 1]); otherwise a synthetic stand-in of the same size.
+
+    .venv/bin/python benchmarks/bench_tf_aug.py [--cases 10] [--num-masks 1 2] [--seed 0]
+
+Target: under 1 s per case for (1) + (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
+
+from custom_components.data.labels import to_internal
+from custom_components.tf_aug_synthesis import TFAugSynthesizer, plan_cases
+from custom_components.transforms.classwise_intensity import ClasswiseIntensity
+from custom_components.transforms.intensity import RescaleBrainIntensity
+from custom_components.transforms.mask_augment import MaskPool, TumorMaskAugmentd
+from custom_components.transforms.roi_blur import RoiGaussianBlurd
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tumor" / "TCGA-FG-6692"
+SHAPE = (240, 240, 155)
+
+
+def _inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """(t1 in [-1, 1], brain mask, internal label, affine, description)."""
+    if (REAL / "TCGA-FG-6692-t1n.nii.gz").is_file():
+        img = nib.load(REAL / "TCGA-FG-6692-t1n.nii.gz")
+        t1 = np.asarray(img.dataobj, dtype=np.float32)
+        label = to_internal(np.asarray(nib.load(REAL / "TCGA-FG-6692-seg.nii.gz").dataobj), "brats2021")
+        brain = t1 != 0
+        x = RescaleBrainIntensity()(t1[None])[0]
+        return x, brain, label, img.affine, "real case TCGA-FG-6692 (its label as the mask pool)"
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in SHAPE], indexing="ij"))
+    brain = (grid**2).sum(0) < 0.8
+    x = np.where(brain, rng.uniform(-0.5, 0.8, SHAPE), -1.0).astype(np.float32)
+    dist = ((grid - np.array([0.2, 0.1, 0.0])[:, None, None, None]) ** 2).sum(0)
+    label = np.select([dist < 0.005, dist < 0.01, dist < 0.03], [1, 3, 2], 0).astype(np.uint8)
+    return x, brain, label, np.eye(4), "synthetic stand-in (ellipsoid brain, spherical tumour)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=10)
+    parser.add_argument("--num-masks", type=int, nargs=2, default=(1, 2))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    x, brain, label, affine, what = _inputs()
+    pool = MaskPool([label], names=["real"])
+    synthesis = Compose(
+        [
+            TumorMaskAugmentd("brain_mask", pool, num_masks=tuple(args.num_masks), min_voxels=100),
+            RoiGaussianBlurd("image", roi_key="roi", mask_key="brain_mask", sigma=2.0, truncated=3.0),
+        ]
+    )
+    image_t = MetaTensor(torch.as_tensor(x[None]), affine=torch.as_tensor(affine))
+    brain_t = MetaTensor(torch.as_tensor(brain[None].astype(np.uint8)), affine=torch.as_tensor(affine))
+
+    def preprocessing(_: dict) -> dict:  # inputs already in memory: no file I/O is timed
+        return {"image": image_t, "brain_mask": brain_t}
+
+    network = ClasswiseIntensity(1, a_init=[0.8, 1.1, 1.3], b_init=[-0.3, 0.1, 0.4])
+    healthy = [{"case_id": "bench", "image": ["in-memory"], "brain_mask": "in-memory"}]
+    cases = plan_cases(healthy, args.cases, seed=args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = TFAugSynthesizer("cpu", cases, network, preprocessing, synthesis, tmp, qc_cases=0, output_ext=".nii")
+        synth_s, write_s = [], []
+        for case in cases:
+            t0 = time.perf_counter()
+            data = engine.synthesise(case)
+            t1 = time.perf_counter()
+            engine.write_case(case, data)
+            t2 = time.perf_counter()
+            synth_s.append(t1 - t0)
+            write_s.append(t2 - t1)
+    total = [a + b for a, b in zip(synth_s, write_s, strict=True)]
+    print(f"TF-Aug synthesis benchmark: {args.cases} cases of {'x'.join(map(str, x.shape))}, 1 thread, {what}")
+    print(
+        f"  synthesis (mask aug + ROI blur + intensity + clip): median {statistics.median(synth_s):.3f} s, "
+        f"max {max(synth_s):.3f} s"
+    )
+    print(
+        f"  writing uncompressed NIfTI + provenance:           median {statistics.median(write_s):.3f} s, "
+        f"max {max(write_s):.3f} s"
+    )
+    print(
+        f"  per case total:                                    median {statistics.median(total):.3f} s, "
+        f"mean {statistics.mean(total):.3f} s (target < 1 s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

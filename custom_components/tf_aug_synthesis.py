@@ -1,0 +1,720 @@
+"""TF-Aug stage 1 of Tumor Fabrication: inputs, training pairs and the synthesis engine.
+
+* :func:`load_healthy` / :func:`load_real` read and validate the prepared healthy datalist and the real
+  tumour datalist (every file checked before anything is written) and select the configured modalities.
+* :func:`training_pairs` pairs healthy scans with real cases for the training of a, b.
+* :func:`plan_cases` lists the synthetic cases to make: case ``i`` uses healthy scan ``i mod n``
+  (``pairing="round_robin"``, the default: every healthy scan is used equally often) or a healthy scan
+  drawn from its own seed (``pairing="random"``), and the per-case seed :func:`case_seed` derived from
+  the global seed and ``i`` only, so case ``i`` does not depend on how many cases are requested.
+* :class:`TFAugSynthesizer` is the bundle's inference "evaluator": a MONAI/Ignite engine whose iteration
+  makes one case (mask augmentation, ROI blur, learned class-wise intensity, clip), writes it atomically
+  with a provenance record, skips cases already complete with the same settings (resume), and writes
+  the coarse datalist when all cases are done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import Evaluator
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import Compose, Randomizable
+
+from custom_components.data.atomic import atomic_write_text, save_nifti
+from custom_components.data.datalist import read_datalist, write_datalist
+from custom_components.data.labels import check_convention, from_internal
+from custom_components.data.validation import check_items
+from custom_components.transforms.classwise_intensity import ClasswiseIntensity
+from custom_components.transforms.mask_augment import MaskPool, TumorMaskAugmentd
+from custom_components.transforms.roi_blur import RoiGaussianBlurd
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
+PAIRINGS: tuple[str, ...] = ("round_robin", "random")
+RECORD_VERSION = 1
+
+
+def _select(item: Mapping[str, Any], available: Sequence[str], wanted: Sequence[str], source: str, i: int) -> list:
+    images = item.get("image")
+    images = [images] if isinstance(images, str) else list(images or [])
+    if len(images) != len(available):
+        raise ValueError(
+            f"{source}: item {i} ({item.get('case_id', '?')}) has {len(images)} image files but the datalist's "
+            f"modalities are {list(available)}"
+        )
+    missing = [m for m in wanted if m not in available]
+    if missing:
+        raise ValueError(f"{source}: modalities {missing} requested but the datalist has only {list(available)}")
+    return [images[list(available).index(m)] for m in wanted]
+
+
+def _datalist_modalities(data: Mapping[str, Any], items: Sequence[Mapping[str, Any]], source: str) -> list[str]:
+    mods = data.get("modalities")
+    if mods is not None:
+        return list(mods)
+    n = {len(it["image"]) if isinstance(it.get("image"), list) else 1 for it in items}
+    if n == {1}:
+        return ["t1n"]
+    if n == {len(DEFAULT_MODALITIES)}:
+        return list(DEFAULT_MODALITIES)
+    raise ValueError(f'{source}: no top-level \'modalities\'; add e.g. "modalities": ["t1n"] to the datalist')
+
+
+def _section(path: str | os.PathLike, section: str, what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    data = read_datalist(path)
+    items = data.get(section)
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{path}: the {what} datalist has no items in section {section!r}")
+    return data, items
+
+
+def _convention(data: Mapping[str, Any], label_convention: str | None, path: str | os.PathLike) -> str:
+    declared = data.get("labels")
+    if label_convention is None:
+        return check_convention(declared if declared is not None else "brats2023")
+    check_convention(label_convention)
+    if declared is not None and declared != label_convention:
+        raise ValueError(
+            f"{path}: the datalist declares labels {declared!r} but label_convention is {label_convention!r}; "
+            "set label_convention to the datalist's convention (or null to use it)"
+        )
+    return label_convention
+
+
+def resolve_convention(path: str | os.PathLike, label_convention: str | None = None) -> str:
+    """The label convention of a real datalist: ``label_convention`` (checked against the datalist's
+    top-level ``labels``), or when None the datalist's ``labels`` (else ``brats2023``)."""
+    return _convention(read_datalist(path), label_convention, path)
+
+
+def load_healthy(
+    path: str | os.PathLike, modalities: Sequence[str] = ("t1n",), section: str = "training"
+) -> list[dict[str, Any]]:
+    """Read and validate a prepared healthy datalist (``prepare-healthy`` output).
+
+    Every item needs a ``brain_mask``; images must be in [-1, 1] space already (not checked here, the
+    synthesis copies them unchanged outside the tumour).
+
+    Args:
+        path: healthy datalist JSON.
+        modalities: image channels to use, by name (must be in the datalist's ``modalities``).
+        section: datalist section.
+
+    Returns:
+        items ``{"case_id", "image": [files in `modalities` order], "brain_mask"}`` with absolute paths.
+
+    Raises:
+        ValueError / FileNotFoundError naming the file for any problem.
+    """
+    data, items = _section(path, section, "healthy")
+    available = _datalist_modalities(data, items, str(path))
+    out = []
+    for i, item in enumerate(items):
+        if not item.get("brain_mask"):
+            raise ValueError(
+                f"{path}: healthy item {i} ({item.get('case_id', '?')}) has no 'brain_mask'; prepare healthy scans "
+                "with `python -m custom_components prepare-healthy`"
+            )
+        images = _select(item, available, modalities, str(path), i)
+        out.append(
+            {
+                "case_id": str(item.get("case_id") or Path(images[0]).name),
+                "image": images,
+                "brain_mask": item["brain_mask"],
+            }
+        )
+    check_items(out, labels="internal", require_tumour=False, source=str(path), section=section, modalities=modalities)
+    return out
+
+
+def load_real(
+    path: str | os.PathLike,
+    modalities: Sequence[str] = ("t1n",),
+    label_convention: str | None = None,
+    section: str = "training",
+) -> list[dict[str, Any]]:
+    """Read and validate the real tumour datalist (images and labels with tumour voxels).
+
+    Args:
+        path: real tumour datalist JSON.
+        modalities: image channels to use, by name.
+        label_convention: convention of the label files; must agree with the datalist's top-level ``labels``;
+            None: the datalist's ``labels`` (else ``brats2023``).
+        section: datalist section.
+
+    Returns:
+        items ``{"case_id", "image": [files], "label"}`` with absolute paths.
+    """
+    data, items = _section(path, section, "real tumour")
+    label_convention = _convention(data, label_convention, path)
+    available = _datalist_modalities(data, items, str(path))
+    out = []
+    for i, item in enumerate(items):
+        if not item.get("label"):
+            raise ValueError(f"{path}: real item {i} ({item.get('case_id', '?')}) has no 'label'")
+        images = _select(item, available, modalities, str(path), i)
+        out.append(
+            {"case_id": str(item.get("case_id") or Path(images[0]).name), "image": images, "label": item["label"]}
+        )
+    check_items(
+        out, labels=label_convention, require_tumour=True, source=str(path), section=section, modalities=modalities
+    )
+    return out
+
+
+def load_real_labels(
+    path: str | os.PathLike, label_convention: str | None = None, section: str = "training"
+) -> list[str]:
+    """The label files of the real tumour datalist (the mask pool of the synthesis).
+
+    Only the labels are needed to synthesise; :class:`~custom_components.transforms.mask_augment.MaskPool`
+    reads and checks them (values of ``label_convention``, tumour present, one grid).
+
+    Args:
+        path: real tumour datalist JSON.
+        label_convention: convention of the label files; must agree with the datalist's top-level ``labels``;
+            None: the datalist's ``labels`` (else ``brats2023``).
+        section: datalist section.
+    """
+    data, items = _section(path, section, "real tumour")
+    label_convention = _convention(data, label_convention, path)
+    labels = []
+    for i, item in enumerate(items):
+        if not item.get("label"):
+            raise ValueError(f"{path}: real item {i} ({item.get('case_id', '?')}) has no 'label'")
+        labels.append(str(item["label"]))
+    return labels
+
+
+def training_pairs(
+    healthy: Sequence[Mapping[str, Any]], real: Sequence[Mapping[str, Any]], length: int | None = None
+) -> list[dict[str, Any]]:
+    """Training items pairing healthy scans with (unrelated) real cases.
+
+    Item ``k`` uses healthy scan ``k mod n_healthy`` and real case ``k mod n_real``; the data loader shuffles.
+
+    Args:
+        healthy: items from :func:`load_healthy`.
+        real: items from :func:`load_real`.
+        length: items per epoch (default ``max(n_healthy, n_real)``).
+
+    Returns:
+        items ``{"image", "brain_mask", "real_image", "real_label", "healthy_id", "real_id"}``.
+    """
+    if not healthy or not real:
+        raise ValueError("training needs at least one healthy scan and one real tumour case")
+    n = int(length) if length else max(len(healthy), len(real))
+    return [
+        {
+            "image": list(healthy[k % len(healthy)]["image"]),
+            "brain_mask": healthy[k % len(healthy)]["brain_mask"],
+            "real_image": list(real[k % len(real)]["image"]),
+            "real_label": real[k % len(real)]["label"],
+            "healthy_id": healthy[k % len(healthy)]["case_id"],
+            "real_id": real[k % len(real)]["case_id"],
+        }
+        for k in range(n)
+    ]
+
+
+def case_seed(seed: int, index: int) -> int:
+    """Seed of synthetic case ``index`` (uint32), derived from the global seed and the index only."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def plan_cases(
+    healthy: Sequence[Mapping[str, Any]],
+    num_cases: int,
+    seed: int = 0,
+    pairing: str = "round_robin",
+    prefix: str = "tfaug",
+) -> list[dict[str, Any]]:
+    """The synthetic cases to make: id, index, seed and healthy scan of each.
+
+    Args:
+        healthy: items from :func:`load_healthy`.
+        num_cases: number of cases (>= 1).
+        seed: global seed.
+        pairing: ``round_robin`` (case i uses healthy scan i mod n) or ``random`` (drawn from the case's seed).
+        prefix: case id prefix (ids are ``<prefix>-<index:05d>``).
+    """
+    if int(num_cases) < 1:
+        raise ValueError(f"num_cases must be >= 1, got {num_cases}")
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    if not healthy:
+        raise ValueError("no healthy scans to pair synthetic tumours with")
+    cases = []
+    for i in range(int(num_cases)):
+        s = case_seed(seed, i)
+        if pairing == "round_robin":
+            h = i % len(healthy)
+        else:
+            h = int(
+                np.random.RandomState(np.random.SeedSequence([int(seed), i, 1]).generate_state(1)[0]).randint(
+                    len(healthy)
+                )
+            )
+        item = healthy[h]
+        cases.append(
+            {
+                "case_id": f"{prefix}-{i:05d}",
+                "case_index": i,
+                "seed": s,
+                "global_seed": int(seed),
+                "healthy_id": item["case_id"],
+                "image": list(item["image"]),
+                "brain_mask": item["brain_mask"],
+            }
+        )
+    return cases
+
+
+def _walk(transform: Any) -> Iterable[Any]:
+    if isinstance(transform, Compose):
+        for t in transform.transforms:
+            yield from _walk(t)
+    else:
+        yield transform
+
+
+def find_transform(transform: Any, kind: type) -> Any | None:
+    """The first transform of type ``kind`` inside a (nested) Compose, or None."""
+    return next((t for t in _walk(transform) if isinstance(t, kind)), None)
+
+
+def describe_synthesis(transform: Any) -> list[dict[str, Any]]:
+    """JSON-ready settings of the synthesis transforms (recorded in provenance, compared on resume)."""
+    out: list[dict[str, Any]] = []
+    for t in _walk(transform):
+        if isinstance(t, TumorMaskAugmentd):
+            a = t.augment
+            out.append(
+                {
+                    "transform": "TumorMaskAugmentd",
+                    "mask_pool": [e.name for e in a.pool.entries],
+                    "label_convention": a.pool.label_convention,
+                    "num_masks": list(a.num_masks),
+                    "scale_range": list(a.scale_range),
+                    "isotropic": a.isotropic,
+                    "rotate_range": list(a.rotate_range),
+                    "flip_prob": a.flip_prob,
+                    "max_shift": list(a.max_shift),
+                    "precedence": list(a.precedence),
+                    "min_voxels": a.min_voxels,
+                    "min_fraction": a.min_fraction,
+                    "max_retries": a.max_retries,
+                    "interp_order": a.interp_order,
+                }
+            )
+        elif isinstance(t, RoiGaussianBlurd):
+            out.append(
+                {
+                    "transform": "RoiGaussianBlurd",
+                    "sigma": t.blur.sigma,
+                    "truncated": t.blur.truncated,
+                    "normalize_in_mask": t.blur.normalize_in_mask if t.mask_key is not None else False,
+                }
+            )
+        else:
+            out.append({"transform": type(t).__name__})
+    return out
+
+
+def _json_ready(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+class TFAugSynthesizer(Evaluator):
+    """Synthesis engine of TF-Aug: one coarse synthetic case per iteration, resumable, reproducible.
+
+    For each planned case (see :func:`plan_cases`): load the prepared healthy scan and its brain mask
+    (``preprocessing``), seed and run ``synthesis`` (``TumorMaskAugmentd`` + ``RoiGaussianBlurd``), apply the
+    learned class-wise intensities (``network`` via ``inferer``), clip, and write atomically into
+    ``<output_dir>/<case_id>/``: one image file per modality, the label (``export_labels`` convention), the
+    ROI (binary m_s), the brain mask, and last ``<case_id>_provenance.json``. A case whose provenance record
+    exists with identical settings (fingerprint) and whose files all exist is skipped, so an interrupted
+    run resumes; a record with different settings stops the run before anything is written unless
+    ``overwrite``. When all cases are done, ``<output_dir>/<datalist_name>`` is written (``training``
+    section, items in case order). The first ``qc_cases`` cases get two PNG montages in ``<output_dir>/qc``
+    (``<case_id>.png``: synthetic vs healthy input with the ROI outlined; ``<case_id>_labels.png``: labels).
+
+    Args:
+        device: device of the intensity module.
+        val_data_loader: the planned cases (a list, or a Dataset of them).
+        network: the learned :class:`ClasswiseIntensity`.
+        preprocessing: loads ``{"image": [files], "brain_mask": file}`` into channel-first tensors.
+        synthesis: random transforms adding ``label``/``roi``/``tf_aug_params`` and blurring ``image``.
+        output_dir: folder of the synthetic cases and the datalist.
+        modalities: names of the image channels (file suffixes; datalist ``modalities``).
+        export_labels: label convention of the written label files (and the datalist's ``labels``).
+        output_ext: ``.nii`` (default: fastest, byte-reproducible) or ``.nii.gz`` (nibabel writes gzip
+            without time stamp or file name, so it is reproducible too).
+        clip: ``(min, max)`` the tumour voxels are clipped to (outside the tumour the image is the prepared
+            healthy scan, already in [-1, 1], copied bit for bit); None does not clip.
+        qc_cases: number of first cases with a QC PNG (0: none).
+        overwrite: replace cases made with other settings instead of refusing.
+        inferer: runs ``network(image, label)`` (default ``SimpleInferer``).
+        val_handlers: MONAI / Ignite handlers to attach.
+        datalist_name: file name of the datalist in ``output_dir``.
+        description: datalist description.
+        image_key, label_key, roi_key, brain_mask_key, params_key: data keys used by the transforms.
+        amp: mixed precision (CUDA).
+        non_blocking, epoch_length, postprocessing, key_val_metric, additional_metrics, decollate:
+            as MONAI's ``Evaluator``.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        val_data_loader: Sequence[Mapping[str, Any]],
+        network: ClasswiseIntensity,
+        preprocessing: Callable,
+        synthesis: Randomizable,
+        output_dir: str | os.PathLike,
+        modalities: Sequence[str] = ("t1n",),
+        export_labels: str = "internal",
+        output_ext: str = ".nii",
+        clip: Sequence[float] | None = (-1.0, 1.0),
+        qc_cases: int = 3,
+        overwrite: bool = False,
+        inferer: Inferer | None = None,
+        val_handlers: Sequence | None = None,
+        datalist_name: str = "datalist.json",
+        description: str = "TF-Aug coarse synthetic tumour cases (Tumor Fabrication stage 1)",
+        image_key: str = "image",
+        label_key: str = "label",
+        roi_key: str = "roi",
+        brain_mask_key: str = "brain_mask",
+        params_key: str = "tf_aug_params",
+        amp: bool = False,
+        non_blocking: bool = False,
+        epoch_length: int | None = None,
+        postprocessing: Callable | None = None,
+        key_val_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        decollate: bool = False,
+    ) -> None:
+        cases = (
+            list(val_data_loader)
+            if isinstance(val_data_loader, list)
+            else [
+                val_data_loader[i]
+                for i in range(len(val_data_loader))  # type: ignore[arg-type]
+            ]
+        )
+        super().__init__(
+            device=device,
+            val_data_loader=cases,
+            epoch_length=epoch_length if epoch_length is not None else len(cases),
+            non_blocking=non_blocking,
+            postprocessing=postprocessing,
+            key_val_metric=key_val_metric,
+            additional_metrics=additional_metrics,
+            val_handlers=None,  # attached below, after the datalist writer
+            amp=amp,
+            decollate=decollate,
+        )
+        if output_ext not in (".nii", ".nii.gz"):
+            raise ValueError(f"output_ext must be '.nii' or '.nii.gz', got {output_ext!r}")
+        if network.num_channels != len(modalities):
+            raise ValueError(
+                f"the intensity module has {network.num_channels} channels for modalities {list(modalities)}"
+            )
+        self.cases = cases
+        self.network = network.to(self.state.device)
+        self.preprocessing = preprocessing
+        self.synthesis = synthesis
+        self.output_dir = Path(output_dir)
+        self.modalities = tuple(modalities)
+        self.export_labels = check_convention(export_labels)
+        self.output_ext = output_ext
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.qc_cases = int(qc_cases)
+        self.overwrite = bool(overwrite)
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+        self.datalist_name = datalist_name
+        self.description = description
+        self.keys = {
+            "image": image_key,
+            "label": label_key,
+            "roi": roi_key,
+            "brain_mask": brain_mask_key,
+            "params": params_key,
+        }
+        self.items: dict[int, dict[str, Any]] = {}
+        self.add_event_handler(Events.STARTED, self._start)
+        self.add_event_handler(Events.COMPLETED, self._write_datalist)
+        if val_handlers is not None:
+            self._register_handlers(val_handlers)
+
+    # ----------------------------------------------------------------------------------------- paths
+    @property
+    def datalist_path(self) -> Path:
+        """Where the coarse datalist is written."""
+        return self.output_dir / self.datalist_name
+
+    def case_paths(self, case: Mapping[str, Any]) -> dict[str, Any]:
+        """Files of one case: ``image`` (list, one per modality), ``label``, ``roi``, ``brain_mask``, ``record``, ``qc``."""
+        cid = case["case_id"]
+        d = self.output_dir / cid
+        ext = self.output_ext
+        return {
+            "image": [d / f"{cid}_{m}{ext}" for m in self.modalities],
+            "label": d / f"{cid}_label{ext}",
+            "roi": d / f"{cid}_roi{ext}",
+            "brain_mask": d / f"{cid}_brainmask{ext}",
+            "record": d / f"{cid}_provenance.json",
+            "qc": self.output_dir / "qc" / f"{cid}.png",
+        }
+
+    def fingerprint(self, case: Mapping[str, Any]) -> dict[str, Any]:
+        """Everything that determines a case's files; a rerun skips a case only when this is unchanged."""
+        return _json_ready(
+            {
+                "version": RECORD_VERSION,
+                "case_id": case["case_id"],
+                "case_index": int(case["case_index"]),
+                "seed": int(case["seed"]),
+                "global_seed": int(case.get("global_seed", 0)),
+                "healthy": [str(p) for p in case["image"]],
+                "healthy_brain_mask": str(case["brain_mask"]),
+                "synthesis": describe_synthesis(self.synthesis),
+                "intensity": self.network.to_dict(),
+                "clip": list(self.clip) if self.clip is not None else None,
+                "modalities": list(self.modalities),
+                "export_labels": self.export_labels,
+                "output_ext": self.output_ext,
+            }
+        )
+
+    def _read_record(self, path: Path) -> dict[str, Any] | None:
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable provenance record ({e}); delete the case folder to redo it") from e
+        if not isinstance(record, dict) or "fingerprint" not in record or "provenance" not in record:
+            raise ValueError(f"{path}: not a TF-Aug provenance record; delete the case folder to redo it")
+        return record
+
+    def _complete(self, case: Mapping[str, Any], record: Mapping[str, Any] | None) -> bool:
+        if record is None or record["fingerprint"] != self.fingerprint(case):
+            return False
+        paths = self.case_paths(case)
+        sizes = record.get("files", {})
+        for f in (Path(p) for p in [*paths["image"], paths["label"], paths["roi"], paths["brain_mask"]]):
+            if not f.is_file() or sizes.get(f.name) != f.stat().st_size:
+                return False
+        return True
+
+    # ------------------------------------------------------------------------------------ checking
+    def check(self) -> None:
+        """Check inputs and existing outputs before anything is written.
+
+        Raises:
+            ValueError naming the file when a healthy scan is not on the real masks' grid, or when an
+            existing case was made with other settings (unless ``overwrite``).
+        """
+        augment = find_transform(self.synthesis, TumorMaskAugmentd)
+        pool: MaskPool | None = augment.augment.pool if augment is not None else None
+        seen: set[str] = set()
+        for case in self.cases:
+            mask = str(case["brain_mask"])
+            if pool is not None and mask not in seen:
+                seen.add(mask)
+                header = nib.load(mask)
+                pool.check_grid(header.shape[:3], np.asarray(header.affine), mask)
+            if self.overwrite:
+                continue
+            record_path = self.case_paths(case)["record"]
+            record = self._read_record(record_path)
+            if record is not None and record["fingerprint"] != self.fingerprint(case):
+                changed = sorted(
+                    k
+                    for k in set(record["fingerprint"]) | set(self.fingerprint(case))
+                    if record["fingerprint"].get(k) != self.fingerprint(case).get(k)
+                )
+                raise ValueError(
+                    f"{record_path}: this case was made with other settings (differs in: {', '.join(changed)}); "
+                    f"use another output folder or set overwrite: true to replace the cases in {self.output_dir}"
+                )
+
+    def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
+        """Check inputs and outputs, then make every planned case and write the datalist."""
+        self.check()
+        super().run(global_epoch)
+
+    # --------------------------------------------------------------------------------- iteration
+    def _start(self, engine: Engine) -> None:
+        self.items = {}
+        engine.state.metrics["cases_written"] = 0
+        engine.state.metrics["cases_skipped"] = 0
+
+    def synthesise(self, case: Mapping[str, Any]) -> dict[str, Any]:
+        """Make one case in memory: returns the data dict with the final ``image`` (C, *spatial) tensor."""
+        k = self.keys
+        data = self.preprocessing({k["image"]: list(case["image"]), k["brain_mask"]: case["brain_mask"]})
+        self.synthesis.set_random_state(seed=int(case["seed"]))
+        data = self.synthesis(data)
+        image, label = data[k["image"]], data[k["label"]]
+        x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image))
+        lab = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(np.asarray(label))
+        out = x.detach().to(torch.float32).clone()
+        inside = lab[0] > 0
+        if inside.any():
+            # only the tumour's bounding box changes: run I there (the rest stays the healthy scan, bit for bit)
+            idx = torch.nonzero(inside)
+            box = (
+                slice(None),
+                *(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0).values, idx.max(0).values, strict=True)),
+            )
+            device = self.state.device
+            with torch.no_grad():
+                self.network.eval()
+                xc = out[box][None].to(device)
+                lc = lab[box][None].to(device)
+                if self.amp and device.type == "cuda":
+                    with torch.autocast("cuda"):
+                        yc = self.inferer(xc, self.network, lc)
+                else:
+                    yc = self.inferer(xc, self.network, lc)
+                yc = yc[0].float()
+                if self.clip is not None:
+                    yc = torch.where(lc[0] > 0, yc.clamp(*self.clip), yc)
+            out[box] = yc.cpu()
+        data[k["image"]] = out
+        data["affine"] = np.asarray(image.affine if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
+        return data
+
+    def write_case(self, case: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+        """Write one synthesised case (atomically, provenance record last); returns its provenance."""
+        k = self.keys
+        paths = self.case_paths(case)
+        affine = data["affine"]
+        image = data[k["image"]].numpy()
+        label = np.asarray(torch.as_tensor(data[k["label"]]).cpu().numpy()[0], dtype=np.uint8)
+        brain = np.asarray(torch.as_tensor(data[k["brain_mask"]]).cpu().numpy()[0] > 0, dtype=np.uint8)
+        for c, path in enumerate(paths["image"]):
+            save_nifti(image[c], affine, path, dtype=np.float32)
+        exported = label if self.export_labels == "internal" else from_internal(label, self.export_labels)
+        save_nifti(exported, affine, paths["label"], dtype=np.uint8)
+        save_nifti((label > 0).astype(np.uint8), affine, paths["roi"], dtype=np.uint8)
+        save_nifti(brain, affine, paths["brain_mask"], dtype=np.uint8)
+        params = _json_ready(data.get(k["params"], {}))
+        provenance = {
+            "stage": "tf_aug",
+            "healthy": case["image"][0] if len(case["image"]) == 1 else list(case["image"]),
+            "healthy_brain_mask": str(case["brain_mask"]),
+            "healthy_case_id": case.get("healthy_id"),
+            "source_masks": [c["source"] for c in params.get("components", [])],
+            "seed": int(case["seed"]),
+            "global_seed": int(case.get("global_seed", 0)),
+            "case_index": int(case["case_index"]),
+            "params": params,
+            "blur": next((d for d in describe_synthesis(self.synthesis) if d["transform"] == "RoiGaussianBlurd"), None),
+            "intensity": self.network.to_dict(),
+            "voxels": {name: int((label == v).sum()) for v, name in ((1, "NCR"), (2, "ED"), (3, "ET"))},
+        }
+        files = [*paths["image"], paths["label"], paths["roi"], paths["brain_mask"]]
+        record = {
+            "fingerprint": self.fingerprint(case),
+            "files": {Path(f).name: Path(f).stat().st_size for f in files},
+            "provenance": provenance,
+        }
+        atomic_write_text(paths["record"], json.dumps(record, indent=2) + "\n")
+        return provenance
+
+    def _item(self, case: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
+        paths = self.case_paths(case)
+        return {
+            "case_id": case["case_id"],
+            "image": [str(p) for p in paths["image"]],
+            "label": str(paths["label"]),
+            "roi": str(paths["roi"]),
+            "brain_mask": str(paths["brain_mask"]),
+            "synthetic": True,
+            "provenance": dict(provenance),
+        }
+
+    def _qc(self, case: Mapping[str, Any]) -> None:
+        """Two PNGs: the synthetic image over the healthy input with the ROI outlined (to judge blur and
+        intensities), and the synthetic image with the class labels overlaid."""
+        paths = self.case_paths(case)
+        labels_png = paths["qc"].with_name(f"{case['case_id']}_labels.png")
+        if int(case["case_index"]) >= self.qc_cases or (paths["qc"].is_file() and labels_png.is_file()):
+            return
+        from custom_components.qc import save_montage
+
+        title = f"{case['case_id']}: TF-Aug on {case.get('healthy_id', '')} (seed {case['seed']})"
+        # the label (drawn fully transparent) only centres the slices on the tumour
+        save_montage(
+            str(paths["image"][0]),
+            str(paths["label"]),
+            paths["qc"],
+            title=f"{title}, ROI outlined",
+            extra_images=[str(case["image"][0])],
+            row_titles=[f"synthetic ({self.modalities[0]})", "healthy input"],
+            outline=str(paths["roi"]),
+            outline_name="ROI m_s",
+            alpha=0.0,
+            labels=self.export_labels,
+        )
+        save_montage(
+            str(paths["image"][0]),
+            str(paths["label"]),
+            labels_png,
+            title=f"{title}, labels",
+            row_titles=[f"synthetic ({self.modalities[0]})"],
+            labels=self.export_labels,
+        )
+
+    def _iteration(self, engine: Engine, batchdata: Mapping[str, Any]) -> list[dict[str, Any]]:
+        case = batchdata
+        paths = self.case_paths(case)
+        record = None if self.overwrite else self._read_record(paths["record"])
+        if self._complete(case, record):
+            provenance = record["provenance"]  # type: ignore[index]
+            skipped = True
+            engine.state.metrics["cases_skipped"] += 1
+        else:
+            data = self.synthesise(case)
+            provenance = self.write_case(case, data)
+            skipped = False
+            engine.state.metrics["cases_written"] += 1
+        self._qc(case)
+        self.items[int(case["case_index"])] = self._item(case, provenance)
+        logger.info(f"{case['case_id']}: {'complete, skipped' if skipped else 'written'} ({paths['label'].parent})")
+        engine.state.output = [
+            {"case_id": case["case_id"], "skipped": skipped, "voxels": int(sum(provenance["voxels"].values()))}
+        ]
+        return engine.state.output
+
+    def _write_datalist(self, engine: Engine) -> None:
+        items = [self.items[i] for i in sorted(self.items)]
+        write_datalist(
+            self.datalist_path,
+            {
+                "description": self.description,
+                "stage": "tf_aug",
+                "labels": self.export_labels,
+                "modalities": list(self.modalities),
+                "training": items,
+            },
+        )
+        logger.info(
+            f"TF-Aug: {engine.state.metrics['cases_written']} case(s) written, {engine.state.metrics['cases_skipped']} "
+            f"already complete; datalist {self.datalist_path}"
+        )

@@ -1,0 +1,226 @@
+"""The tf_aug bundle end to end on tiny demo data: metadata, properties, training, synthesis, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from custom_components.data.datalist import read_datalist
+from custom_components.data.demo import make_demo_data
+from custom_components.data.healthy_prep import prepare_healthy
+from custom_components.networks import build_segmentation_network
+from custom_components.tf_aug_synthesis import case_seed
+from tests.bundle_utils import run_workflow, validate_metadata, workflow
+
+BUNDLE = "tf_aug"
+TRAIN = ["common.yaml", "train.yaml"]
+INFER = ["common.yaml", "inference.yaml"]
+NUM_CASES = 3
+
+
+def _chain(e: BaseException) -> str:
+    """Messages of an exception and its causes (bundle expressions wrap errors in RuntimeError)."""
+    out = []
+    while e is not None:
+        out.append(str(e))
+        e = e.__cause__ or e.__context__
+    return "\n".join(out)
+
+
+def _nifti(path: str | Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.suffix in (".nii", ".json")
+    }
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict[str, Any]:
+    """Demo data at 4 mm, healthy scans prepared into the tumour space, a random dtss_mas_seg checkpoint."""
+    root = tmp_path_factory.mktemp("tf_aug")
+    paths = make_demo_data(root / "demo", n_healthy=2, n_tumour=3, spacing=4.0, seed=0, verbose=False)
+    reference = read_datalist(paths["tumour"])["training"][0]["image"][0]
+    healthy = prepare_healthy(paths["healthy"], reference, root / "prepared", qc=False, verbose=False)
+    torch.manual_seed(0)
+    ckpt = root / "seg_model.pt"
+    torch.save(build_segmentation_network("dynunet", 1, 4, (8, 16, 32)).state_dict(), ckpt)
+    overrides = {
+        "healthy_datalist": str(healthy),
+        "real_datalist": str(paths["tumour"]),
+        "output_dir": str(root / "run"),
+        "encoder_checkpoint": str(ckpt),
+        "encoder_filters": [8, 16, 32],
+        "epochs": 2,
+        "lr": 0.01,
+        "crop_size": [32, 32, 32],
+        "aug_min_voxels": 10,
+        "num_cases": NUM_CASES,
+        "qc_cases": 1,
+        "seed": 0,
+    }
+    return {"root": root, "healthy": healthy, "overrides": overrides}
+
+
+@pytest.fixture(scope="module")
+def trained(demo) -> dict[str, Any]:
+    run_workflow(BUNDLE, TRAIN, "train", run_id="training", **demo["overrides"])
+    return demo
+
+
+@pytest.fixture(scope="module")
+def synthesised(trained) -> Path:
+    run_workflow(BUNDLE, INFER, "infer", **trained["overrides"])
+    return Path(trained["overrides"]["output_dir"]) / "coarse"
+
+
+def _synthesise(demo, out: Path, **extra) -> Path:
+    run_workflow(BUNDLE, INFER, "infer", **{**demo["overrides"], "synthesis_dir": str(out), **extra})
+    return out
+
+
+def test_metadata_validates():
+    meta = validate_metadata(BUNDLE)
+    assert meta["schema"].endswith("/0.8.1/meta_schema_20240725.json")
+
+
+@pytest.mark.parametrize(("configs", "kind"), [(TRAIN, "train"), (INFER, "infer")])
+def test_check_properties(trained, configs, kind):
+    # the inference properties include the network, i.e. the learned parameters: after training
+    wf = workflow(BUNDLE, configs, kind, **trained["overrides"])
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_training_writes_learned_parameters(trained):
+    models = Path(trained["overrides"]["output_dir"]) / "models"
+    params = json.loads((models / "intensity.json").read_text())
+    assert set(params) == {"NCR", "ED", "ET"}
+    assert all(len(params[c]["a"]) == 1 and len(params[c]["b"]) == 1 for c in params)
+    # SGD moved the parameters away from the identity, and the state_dict agrees with the JSON
+    assert any(params[c]["a"][0] != 1.0 or params[c]["b"][0] != 0.0 for c in params)
+    state = torch.load(models / "intensity.pt", weights_only=True)
+    assert state["b"][2, 0].item() == pytest.approx(params["ET"]["b"][0])
+    assert (models / "checkpoint_final.pt").is_file()
+
+
+def test_synthesised_cases(trained, synthesised):
+    data = read_datalist(synthesised / "datalist.json")
+    assert data["labels"] == "internal" and data["modalities"] == ["t1n"]
+    items = data["training"]
+    assert [it["case_id"] for it in items] == [f"tfaug-{i:05d}" for i in range(NUM_CASES)]
+    params = json.loads((Path(trained["overrides"]["output_dir"]) / "models" / "intensity.json").read_text())
+    healthy = read_datalist(trained["healthy"])["training"]
+    for i, it in enumerate(items):
+        prov = it["provenance"]
+        assert it["synthetic"] is True and prov["stage"] == "tf_aug"
+        assert prov["seed"] == case_seed(0, i) and prov["case_index"] == i
+        assert prov["healthy"] == healthy[i % len(healthy)]["image"][0]  # round robin
+        assert prov["source_masks"] and all(s.endswith("_seg.nii.gz") for s in prov["source_masks"])
+        assert prov["intensity"] == params
+        assert {"scale", "rotate_deg", "flip", "shift"} <= set(prov["params"]["components"][0])
+        src_img = nib.load(healthy[i % len(healthy)]["image"][0])
+        x = np.asarray(src_img.dataobj)
+        brain_in = _nifti(healthy[i % len(healthy)]["brain_mask"]) > 0
+        out_img = nib.load(it["image"][0])
+        y = np.asarray(out_img.dataobj)
+        label, roi, brain = _nifti(it["label"]), _nifti(it["roi"]), _nifti(it["brain_mask"])
+        assert np.allclose(out_img.affine, src_img.affine) and y.dtype == np.float32
+        assert np.array_equal(brain > 0, brain_in)
+        assert label.any() and not np.any(label[~brain_in])  # the tumour lies inside the healthy brain
+        assert np.array_equal(roi, (label > 0).astype(np.uint8))
+        assert np.array_equal(y[roi == 0], x[roi == 0])  # outside the ROI: the prepared scan, bit for bit
+        # inside class c: clip(a_c * B(x) + b_c) with B the brain-normalised Gaussian (sigma 2, radius 3 sigma)
+        w = brain_in.astype(np.float64)
+        num = ndimage.gaussian_filter(x * w, 2.0, truncate=3.0, mode="nearest")
+        den = ndimage.gaussian_filter(w, 2.0, truncate=3.0, mode="nearest")
+        for c, name in ((1, "NCR"), (2, "ED"), (3, "ET")):
+            sel = label == c
+            if sel.any():
+                a, b = params[name]["a"][0], params[name]["b"][0]
+                np.testing.assert_allclose(y[sel], np.clip(a * num[sel] / den[sel] + b, -1, 1), atol=2e-5)
+        assert y.min() >= -1 and y.max() <= 1
+    assert (synthesised / "qc" / "tfaug-00000.png").is_file()
+    assert (synthesised / "qc" / "tfaug-00000_labels.png").is_file()
+    assert not (synthesised / "qc" / "tfaug-00001.png").exists()
+
+
+def test_same_seed_is_byte_identical_and_labels_export(trained, synthesised, tmp_path):
+    again = _synthesise(trained, tmp_path / "again")
+    first, second = _files(synthesised), _files(again)
+    assert first.keys() == second.keys() and len(first) == 1 + NUM_CASES * 5
+    assert all(first[k] == second[k] for k in first)
+    other_seed = _synthesise(trained, tmp_path / "seed1", seed=1, num_cases=1)
+    label0 = _nifti(synthesised / "tfaug-00000" / "tfaug-00000_label.nii")
+    assert not np.array_equal(_nifti(other_seed / "tfaug-00000" / "tfaug-00000_label.nii"), label0)
+    gz = _synthesise(trained, tmp_path / "gz", output_ext=".nii.gz", num_cases=1)
+    gz2 = _synthesise(trained, tmp_path / "gz2", output_ext=".nii.gz", num_cases=1)
+    f = "tfaug-00000/tfaug-00000_t1n.nii.gz"
+    assert (gz / f).read_bytes() == (gz2 / f).read_bytes()  # gzip without time stamp or file name
+    assert np.array_equal(_nifti(gz / f), _nifti(synthesised / "tfaug-00000" / "tfaug-00000_t1n.nii"))
+    b21 = _synthesise(trained, tmp_path / "b21", export_labels="brats2021", num_cases=1)
+    assert read_datalist(b21 / "datalist.json")["labels"] == "brats2021"
+    internal = _nifti(synthesised / "tfaug-00000" / "tfaug-00000_label.nii")
+    exported = _nifti(b21 / "tfaug-00000" / "tfaug-00000_label.nii")
+    assert np.array_equal(exported, np.where(internal == 3, 4, internal))
+
+
+def test_interrupted_run_resumes_without_duplicates(trained, synthesised, tmp_path):
+    out = tmp_path / "resume"
+    shutil.copytree(synthesised, out)
+    before = _files(out)
+    kept = out / "tfaug-00000" / "tfaug-00000_t1n.nii"
+    kept_mtime = kept.stat().st_mtime_ns
+    (out / "tfaug-00001" / "tfaug-00001_label.nii").unlink()  # interrupted after some files
+    (out / "tfaug-00002" / "tfaug-00002_provenance.json").unlink()  # interrupted before the record
+    truncated = out / "tfaug-00000" / "tfaug-00000_roi.nii"
+    (out / "datalist.json").unlink()
+    _synthesise(trained, out)
+    assert _files(out) == before
+    assert kept.stat().st_mtime_ns == kept_mtime  # the complete case was skipped, not rewritten
+    assert len(read_datalist(out / "datalist.json")["training"]) == NUM_CASES
+    # a corrupted (truncated) file is detected by its recorded size and the case redone
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    _synthesise(trained, out)
+    assert _files(out) == before
+
+
+def test_changed_settings_and_bad_inputs_are_refused_before_writing(trained, synthesised, tmp_path):
+    out = tmp_path / "refuse"
+    shutil.copytree(synthesised, out)
+    before = _files(out)
+    with pytest.raises(Exception) as err:
+        _synthesise(trained, out, aug_max_shift=3)
+    assert "tfaug-00000_provenance.json: this case was made with other settings" in _chain(err.value)
+    assert _files(out) == before
+    fresh = tmp_path / "fresh"
+    with pytest.raises(Exception) as err:
+        _synthesise(trained, fresh, intensity_params=str(tmp_path / "missing.json"))
+    assert "missing.json: learned intensity parameters not found" in _chain(err.value)
+    assert not fresh.exists()
+    bad = tmp_path / "healthy_no_mask.json"
+    data = json.loads(Path(trained["healthy"]).read_text())
+    for it in data["training"]:
+        it.pop("brain_mask")
+        it["image"] = [str(Path(trained["healthy"]).parent / f) for f in it["image"]]
+    bad.write_text(json.dumps(data))
+    with pytest.raises(Exception) as err:
+        _synthesise(trained, fresh, healthy_datalist=str(bad))
+    assert "healthy_no_mask.json: healthy item 0" in _chain(err.value) and "no 'brain_mask'" in _chain(err.value)
+    assert not fresh.exists()
+    _synthesise(
+        trained, fresh, intensity_params=str(tmp_path / "missing.json"), allow_identity_intensity=True, num_cases=1
+    )
+    assert json.loads((fresh / "tfaug-00000" / "tfaug-00000_provenance.json").read_text())["provenance"]["intensity"][
+        "ET"
+    ] == {"a": [1.0], "b": [0.0]}
