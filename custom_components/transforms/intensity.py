@@ -11,20 +11,29 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
 
 
-def brain_foreground(image: np.ndarray) -> np.ndarray:
-    """Brain voxels of a skull-stripped volume: every voxel above the volume's minimum.
+def background_value(volume: np.ndarray) -> float:
+    """The background value of a skull-stripped volume: the median of its eight corner voxels.
 
-    Skull-stripped scans put the background at their minimum (0 in BraTS, -1 in prepared scans),
-    so this is the same rule for raw and prepared data.
+    0 for raw BraTS scans, -1 for prepared or synthetic scans. (The volume's minimum is not a safe
+    rule: raw scans can hold negative values inside the brain, e.g. -52 in TCGA-FG-6692's T1.)
     """
-    return image > image.min()
+    volume = np.asarray(volume)
+    corners = volume[tuple(np.meshgrid(*[[0, s - 1] for s in volume.shape], indexing="ij"))]
+    return float(np.median(corners))
+
+
+def brain_foreground(image: np.ndarray) -> np.ndarray:
+    """Brain voxels of a skull-stripped volume: every voxel that differs from the background value."""
+    image = np.asarray(image)
+    return image != background_value(image)
 
 
 class RescaleBrainIntensity(Transform):
     """Rescale each channel so that brain voxels span ``[b_min, b_max]`` between robust percentiles.
 
-    Background (voxels at the channel minimum) is set to ``b_min``; brain voxels are clipped to the
-    range. This is the TF paper's "intensities to [-1, 1]" step applied identically to real,
+    Background (voxels equal to the corner value, see :func:`background_value`) is set to ``b_min``;
+    brain voxels are clipped to the range, with the lowest ones kept one float step above ``b_min`` so
+    that brain and background stay distinguishable after rescaling (the transform is idempotent). This is the TF paper's "intensities to [-1, 1]" step applied identically to real,
     healthy and synthetic images, so every stage compares like with like.
 
     Args:
@@ -46,7 +55,8 @@ class RescaleBrainIntensity(Transform):
             return out
         lo, hi = np.percentile(x[brain], [self.lower, self.upper])
         scale = (self.b_max - self.b_min) / max(hi - lo, 1e-8)
-        out[brain] = np.clip((x[brain] - lo) * scale + self.b_min, self.b_min, self.b_max)
+        low = np.nextafter(np.float32(self.b_min), np.float32(self.b_max))
+        out[brain] = np.clip((x[brain] - lo) * scale + self.b_min, low, self.b_max)
         return out
 
     def __call__(self, img: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

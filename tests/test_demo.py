@@ -1,0 +1,145 @@
+"""Demo data: grid, datalists, phantom labels and contrasts, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from custom_components.data.datalist import read_datalist
+from custom_components.data.demo import demo_grid, make_demo_data, mni152_template_path
+
+SPACING = 4.0
+
+
+def _load(path: str) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("demo")
+    return make_demo_data(out, n_healthy=2, n_tumour=3, spacing=SPACING, seed=7, verbose=False)
+
+
+def test_template_is_shipped_with_nilearn() -> None:
+    path = mni152_template_path()
+    assert path.is_file() and "nilearn" in str(path)
+
+
+@pytest.mark.parametrize(("spacing", "shape"), [(2.0, (80, 96, 80)), (4.0, (40, 48, 40))])
+def test_grid(spacing: float, shape: tuple[int, int, int]) -> None:
+    got, affine = demo_grid(spacing)
+    assert got == shape
+    np.testing.assert_allclose(np.diag(affine)[:3], spacing)
+    assert nib.aff2axcodes(affine) == ("R", "A", "S")
+
+
+def test_datalists(demo: dict[str, Path]) -> None:
+    healthy = read_datalist(demo["healthy"])
+    tumour = read_datalist(demo["tumour"])
+    assert healthy["labels"] == "internal" and healthy["modalities"] == ["t1n"]
+    assert [it["case_id"] for it in healthy["training"]] == ["demo-healthy-000", "demo-healthy-001"]
+    assert tumour["labels"] == "internal" and tumour["modalities"] == ["t1n", "t1c", "t2w", "t2f"]
+    assert "PHANTOM" in tumour["description"]
+    assert len(tumour["training"]) == 2 and len(tumour["validation"]) == 1
+    for item in healthy["training"]:
+        assert len(item["image"]) == 1 and Path(item["brain_mask"]).is_file()
+    for item in tumour["training"] + tumour["validation"]:
+        assert len(item["image"]) == 4 and Path(item["label"]).is_file() and item["phantom"] is True
+        assert [Path(p).name.split("_")[-1] for p in item["image"]] == [
+            "t1n.nii.gz",
+            "t1c.nii.gz",
+            "t2w.nii.gz",
+            "t2f.nii.gz",
+        ]
+    # paths are stored relative to the datalist
+    raw = json.loads(Path(demo["tumour"]).read_text())
+    assert not Path(raw["training"][0]["label"]).is_absolute()
+
+
+def test_healthy_scans(demo: dict[str, Path]) -> None:
+    shape, affine = demo_grid(SPACING)
+    for item in read_datalist(demo["healthy"])["training"]:
+        img = nib.load(item["image"][0])
+        data, mask = np.asarray(img.dataobj), _load(item["brain_mask"]).astype(bool)
+        assert img.shape == shape and data.dtype == np.int16
+        np.testing.assert_allclose(img.affine, affine)
+        assert (data[~mask] == 0).all() and (data[mask] > 0).all()
+        # raw scanner-like range, not normalised
+        assert 150 < np.median(data[mask]) < 600
+        assert mask.sum() > 0.25 * mask.size
+
+
+def test_tumour_cases(demo: dict[str, Path]) -> None:
+    shape, affine = demo_grid(SPACING)
+    items = read_datalist(demo["tumour"])
+    for item in items["training"] + items["validation"]:
+        seg = nib.load(item["label"])
+        label, brain = np.asarray(seg.dataobj), _load(item["brain_mask"]).astype(bool)
+        assert seg.shape == shape and label.dtype == np.uint8
+        np.testing.assert_allclose(seg.affine, affine)
+        assert set(np.unique(label).tolist()) == {0, 1, 2, 3}
+        assert brain[label > 0].all(), "phantom outside the brain"
+        t1n, t1c, t2w, t2f = (_load(p).astype(np.float64) for p in item["image"])
+        for img in (t1n, t1c, t2w, t2f):
+            assert img.shape == shape and (img[~brain] == 0).all() and (img[brain] > 0).all()
+        normal = brain & (label == 0)
+        ncr, ed, et = (label == 1), (label == 2), (label == 3)
+        # enhancing rim bright on T1 post-contrast, necrosis dark
+        assert t1c[et].mean() > 1.3 * np.percentile(t1c[normal], 75)
+        assert t1c[ncr].mean() < t1c[et].mean()
+        # oedema bright on T2 and FLAIR, slightly dark on T1
+        assert t2f[ed].mean() > 1.2 * np.median(t2f[normal])
+        assert t2w[ed].mean() > np.median(t2w[normal])
+        assert t1n[ed].mean() < np.percentile(t1n[normal], 75)
+        # the core is connected to the oedema: one tumour, centred in its own core
+        centre = np.round(np.argwhere(label > 0).mean(0)).astype(int)
+        assert label[tuple(centre)] in (1, 3) or np.linalg.norm(np.argwhere(label == 1).mean(0) - centre) < 4
+
+
+def test_healthy_contrast_csf(demo: dict[str, Path]) -> None:
+    """CSF (dark on T1) is bright on T2 and dark on FLAIR in the tumour cases' normal tissue."""
+    item = read_datalist(demo["tumour"])["training"][0]
+    t1n, _, t2w, t2f = (_load(p).astype(np.float64) for p in item["image"])
+    brain = (_load(item["label"]) == 0) & _load(item["brain_mask"]).astype(bool)
+    dark_t1 = brain & (t1n < np.percentile(t1n[brain], 5))
+    bright_t1 = brain & (t1n > np.percentile(t1n[brain], 80))
+    assert t2w[dark_t1].mean() > 1.5 * t2w[bright_t1].mean()
+    assert t2f[dark_t1].mean() < 0.7 * t2f[bright_t1].mean()
+
+
+def test_deterministic_and_seed_dependent(demo: dict[str, Path], tmp_path: Path) -> None:
+    again = make_demo_data(tmp_path / "same", n_healthy=2, n_tumour=3, spacing=SPACING, seed=7, verbose=False)
+    first_dir, second_dir = Path(demo["tumour"]).parent.parent, Path(again["tumour"]).parent.parent
+    files = sorted(p.relative_to(first_dir) for p in first_dir.rglob("*.nii.gz"))
+    assert len(files) == 2 * 2 + 3 * 6
+    for rel in files:
+        assert (first_dir / rel).read_bytes() == (second_dir / rel).read_bytes(), rel
+    other = make_demo_data(tmp_path / "other", n_healthy=1, n_tumour=2, spacing=SPACING, seed=8, verbose=False)
+    a = _load(read_datalist(demo["tumour"])["training"][0]["label"])
+    b = _load(read_datalist(other["tumour"])["training"][0]["label"])
+    assert not np.array_equal(a, b)
+    h1 = _load(read_datalist(demo["healthy"])["training"][0]["image"][0])
+    h2 = _load(read_datalist(other["healthy"])["training"][0]["image"][0])
+    assert not np.array_equal(h1, h2)
+
+
+def test_subjects_differ(demo: dict[str, Path]) -> None:
+    items = read_datalist(demo["healthy"])["training"]
+    m0, m1 = (_load(it["brain_mask"]).astype(bool) for it in items)
+    dice = 2 * (m0 & m1).sum() / (m0.sum() + m1.sum())
+    assert 0.8 < dice < 0.995, dice
+
+
+def test_refuses_other_settings_and_bad_counts(demo: dict[str, Path]) -> None:
+    out = Path(demo["tumour"]).parent.parent
+    with pytest.raises(FileExistsError, match="datalist.json"):
+        make_demo_data(out, n_healthy=2, n_tumour=3, spacing=SPACING, seed=8, verbose=False)
+    with pytest.raises(ValueError, match="n_tumour"):
+        make_demo_data(out, n_tumour=1, verbose=False)
+    with pytest.raises(ValueError, match="n_healthy"):
+        make_demo_data(out, n_healthy=0, verbose=False)
