@@ -1,0 +1,382 @@
+"""Coarse -> refined adversarial training (TF-GAN, section 2.2) and the paired Pix2Pix baseline.
+
+MONAI's ``GanTrainer`` draws latent codes and ``AdversarialTrainer`` treats its input as the real image, so
+neither fits TF-GAN, where every iteration needs a batch of coarse synthetic cases (image, synthetic
+mask, ``m_roi``) *and* an unpaired batch of real cases (image, mask). :class:`TFGANTrainer` is a MONAI
+``Trainer`` (an Ignite engine with MONAI's events, decollation and handler support) that iterates over
+the coarse loader and draws real batches from a second loader that it cycles through endlessly.
+
+One TF-GAN iteration (``mode="tf_gan"``):
+
+1. ``x_s = G([x_s', onehot(m_s)])``.
+2. D step: ``lambda_a * L_D^patch + lambda_b * L_D^global`` with ``(x_r, onehot(m_r))`` as real and
+   ``(x_s.detach(), onehot(m_s))`` as fake.
+3. G step (eq. 5): ``lambda_a * L_adv^patch + lambda_b * L_adv^global + lambda_c * L_hinge + lambda_d * L_percep``,
+   with ``lambda_c`` read from ``engine.state.lambda_c`` (set by
+   :class:`~custom_components.handlers.lambda_schedule.LinearLambdaSchedule`; ``lambda_hinge`` otherwise).
+
+One Pix2Pix iteration (``mode="pix2pix"``, paired real data): ``c = onehot(m_r) + brain channel``,
+``x = G(c)``; D sees ``(x_r, c)`` as real and ``(x, c)`` as fake; G minimises
+``lambda_a * L_adv^patch + lambda_b * L_adv^global + lambda_l1 * |x - x_r|``.
+
+``engine.state.output`` holds every loss term as a float (``loss`` is the generator total, so MONAI's default
+``--tracking mlflow`` settings log it) and the images of the iteration; :func:`loss_terms` is an
+``output_transform`` for ``StatsHandler`` / ``MLFlowHandler`` that returns all terms as a dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from ignite.metrics import Metric
+from monai.engines.trainer import Trainer
+from monai.engines.utils import IterationEvents
+from monai.engines.workflow import Workflow
+from monai.inferers import Inferer, SimpleInferer
+from monai.utils import convert_to_tensor
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from custom_components.losses.adversarial import DualHeadAdversarialLoss
+from custom_components.losses.hinge_l1 import HingeL1Loss
+from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
+
+MODES: tuple[str, ...] = ("tf_gan", "pix2pix")
+LOSS_KEYS: tuple[str, ...] = (
+    "loss",
+    "g_adv_patch",
+    "g_adv_global",
+    "g_hinge",
+    "g_perceptual",
+    "g_l1",
+    "lambda_c",
+    "d_loss",
+    "d_patch",
+    "d_global",
+)
+
+
+def loss_terms(output: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> dict[str, float] | None:
+    """``output_transform`` returning every scalar loss term of a :class:`TFGANTrainer` iteration as a dict.
+
+    Works on the decollated output (a list of dicts, scalars replicated) and on a plain dict.
+
+    Args:
+        output: ``engine.state.output``.
+    """
+    if output is None:
+        return None
+    if isinstance(output, Sequence) and not isinstance(output, Mapping):
+        if not output:
+            return None
+        output = output[0]
+    return {k: float(output[k]) for k in LOSS_KEYS if k in output}
+
+
+def latest_checkpoint(directory: str | os.PathLike, prefix: str = "checkpoint") -> str:
+    """The most recently written ``<prefix>*.pt`` file in ``directory`` (``""`` when there is none).
+
+    ``CheckpointSaver`` names interval checkpoints ``checkpoint_epoch=N.pt`` and the final (or on-error) one
+    ``checkpoint_final.pt``; the newest of them is where a rerun resumes.
+
+    Args:
+        directory: checkpoint folder (may not exist yet).
+        prefix: file name prefix of resumable checkpoints.
+    """
+    if not os.path.isdir(directory):
+        return ""
+    found = [os.path.join(directory, f) for f in os.listdir(directory) if f.startswith(prefix) and f.endswith(".pt")]
+    return max(found, key=lambda f: (os.path.getmtime(f), f)) if found else ""
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module) -> Iterator[None]:
+    """Stop gradients into ``module``'s parameters for the block (restoring each parameter's flag after)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class TFGANTrainer(Trainer):
+    """Ignite/MONAI trainer for TF-GAN refinement (unpaired coarse + real batches) and the Pix2Pix baseline.
+
+    Args:
+        device: device to train on.
+        max_epochs: number of epochs; an epoch is one pass over ``train_data_loader`` (or ``epoch_length``
+            iterations).
+        train_data_loader: coarse synthetic cases for ``tf_gan`` (keys image, label, roi); paired real cases for
+            ``pix2pix`` (keys image, label, brain_mask).
+        g_network: generator G.
+        g_optimizer: optimiser of G.
+        d_network: discriminator D (``DualHeadDiscriminator``, or any network whose output
+            :func:`~custom_components.losses.adversarial.split_logits` understands, e.g. MONAI's
+            ``PatchDiscriminator``).
+        d_optimizer: optimiser of D.
+        real_data_loader: real cases (keys image, label) for ``tf_gan``; cycled endlessly (reshuffled on each pass).
+            Unused for ``pix2pix``.
+        mode: ``"tf_gan"`` or ``"pix2pix"``.
+        hinge_loss: eq. 2 (default ``HingeL1Loss()``).
+        perceptual_loss: eq. 3, called as ``loss(refined, refined_label, real, real_label)``; ``None`` disables it.
+        adversarial_loss: eq. 4 (default ``DualHeadAdversarialLoss()``).
+        lambda_patch: ``lambda_a`` (patch head weight, 10 in the paper).
+        lambda_global: ``lambda_b`` (global head weight, 1 in the paper).
+        lambda_hinge: ``lambda_c`` when no schedule sets ``engine.state.lambda_c``.
+        lambda_perceptual: ``lambda_d`` (1 in the paper).
+        lambda_l1: weight of the L1 term in ``pix2pix`` mode (100 as in Pix2Pix).
+        classes: tumour label values turned into one-hot channels (internal convention).
+        image_key, label_key, roi_key, brain_key: batch keys.
+        epoch_length: iterations per epoch (default ``len(train_data_loader)``).
+        g_inferer: runs G (``SimpleInferer`` by default).
+        non_blocking: asynchronous host-to-device copies.
+        amp: mixed precision on CUDA (autocast + one GradScaler per optimiser); ignored on CPU.
+        train_handlers: Ignite handlers (``attach(engine)``).
+        key_train_metric, additional_metrics, metric_cmp_fn, postprocessing: as in MONAI's ``Trainer``.
+        decollate: decollate ``engine.state.batch`` / ``output`` after each iteration (keep ``True`` for MONAI's
+            default MLflow settings, whose ``output_transform`` expects a list).
+        optim_set_to_none: ``zero_grad(set_to_none=...)``.
+        amp_kwargs: arguments of ``torch.autocast``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: DataLoader,
+        g_network: torch.nn.Module,
+        g_optimizer: Optimizer,
+        d_network: torch.nn.Module,
+        d_optimizer: Optimizer,
+        real_data_loader: DataLoader | None = None,
+        mode: str = "tf_gan",
+        hinge_loss: Callable[..., torch.Tensor] | None = None,
+        perceptual_loss: Callable[..., torch.Tensor] | None = None,
+        adversarial_loss: DualHeadAdversarialLoss | None = None,
+        lambda_patch: float = 10.0,
+        lambda_global: float = 1.0,
+        lambda_hinge: float = 10.0,
+        lambda_perceptual: float = 1.0,
+        lambda_l1: float = 100.0,
+        classes: Sequence[int] = TUMOUR_CLASSES,
+        image_key: str = "image",
+        label_key: str = "label",
+        roi_key: str = "roi",
+        brain_key: str = "brain_mask",
+        epoch_length: int | None = None,
+        g_inferer: Inferer | None = None,
+        non_blocking: bool = False,
+        amp: bool = False,
+        train_handlers: Sequence | None = None,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable | None = None,
+        postprocessing: Callable | None = None,
+        decollate: bool = True,
+        optim_set_to_none: bool = False,
+        amp_kwargs: dict | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "tf_gan" and real_data_loader is None:
+            raise ValueError("mode='tf_gan' needs a real_data_loader (unpaired real tumour cases)")
+        extra = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            handlers=train_handlers,
+            amp=amp,
+            decollate=decollate,
+            amp_kwargs=amp_kwargs,
+            **extra,
+        )
+        self.mode = mode
+        self.g_network = g_network
+        self.g_optimizer = g_optimizer
+        self.d_network = d_network
+        self.d_optimizer = d_optimizer
+        self.real_data_loader = real_data_loader
+        self.hinge_loss = HingeL1Loss() if hinge_loss is None else hinge_loss
+        self.perceptual_loss = perceptual_loss
+        self.adversarial_loss = DualHeadAdversarialLoss() if adversarial_loss is None else adversarial_loss
+        self.lambda_patch = float(lambda_patch)
+        self.lambda_global = float(lambda_global)
+        self.lambda_hinge = float(lambda_hinge)
+        self.lambda_perceptual = float(lambda_perceptual)
+        self.lambda_l1 = float(lambda_l1)
+        self.classes = tuple(int(c) for c in classes)
+        self.image_key, self.label_key, self.roi_key, self.brain_key = image_key, label_key, roi_key, brain_key
+        self.g_inferer = SimpleInferer() if g_inferer is None else g_inferer
+        self.optim_set_to_none = optim_set_to_none
+        self.g_scaler: torch.amp.GradScaler | None = None
+        self.d_scaler: torch.amp.GradScaler | None = None
+        self._real_iter: Iterator | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def use_amp(self) -> bool:
+        """Mixed precision is used only on CUDA devices."""
+        return bool(self.amp) and torch.device(self.state.device).type == "cuda"
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train (continuing from the current state when called again or after a checkpoint was loaded)."""
+        self.g_scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.d_scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        Workflow.run(self)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", **self.amp_kwargs) if self.use_amp else contextlib.nullcontext()
+
+    def _tensor(self, batch: Mapping[str, Any], key: str, where: str) -> torch.Tensor:
+        if key not in batch:
+            raise KeyError(f"{where} batch has no {key!r} entry (keys: {', '.join(map(str, batch))})")
+        return convert_to_tensor(batch[key], track_meta=False).to(
+            self.state.device, non_blocking=self.non_blocking, dtype=torch.float32
+        )
+
+    def next_real_batch(self) -> Mapping[str, Any]:
+        """The next batch of the real loader, restarting (and so reshuffling) it when it is exhausted."""
+        if self.real_data_loader is None:
+            raise RuntimeError("no real_data_loader")
+        if self._real_iter is None:
+            self._real_iter = iter(self.real_data_loader)
+        try:
+            return next(self._real_iter)
+        except StopIteration:
+            self._real_iter = iter(self.real_data_loader)
+            return next(self._real_iter)
+
+    def _step(self, loss: torch.Tensor, optimizer: Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    def _discriminator_step(self, real_in: torch.Tensor, fake_in: torch.Tensor) -> dict[str, float]:
+        self.d_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        with self._autocast():
+            d_patch, d_global = self.adversarial_loss.discriminator(self.d_network(real_in), self.d_network(fake_in))
+            d_loss = self.lambda_patch * d_patch + self.lambda_global * d_global
+        self._step(d_loss, self.d_optimizer, self.d_scaler)
+        return {"d_loss": d_loss.item(), "d_patch": d_patch.item(), "d_global": d_global.item()}
+
+    # -- one iteration ---------------------------------------------------------------------------
+    def _iteration(self, engine: Engine, batchdata: Mapping[str, Any]) -> dict[str, Any]:
+        """One discriminator step and one generator step; returns (and stores) ``engine.state.output``."""
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        if self.mode == "tf_gan":
+            return self._tf_gan_iteration(batchdata)
+        return self._pix2pix_iteration(batchdata)
+
+    def _finish(self, output: dict[str, Any]) -> dict[str, Any]:
+        self.state.output = output
+        self.fire_event(IterationEvents.MODEL_COMPLETED)
+        return self.state.output
+
+    def _tf_gan_iteration(self, batchdata: Mapping[str, Any]) -> dict[str, Any]:
+        coarse = self._tensor(batchdata, self.image_key, "coarse")
+        label = self._tensor(batchdata, self.label_key, "coarse")
+        roi = self._tensor(batchdata, self.roi_key, "coarse")
+        real_batch = self.next_real_batch()
+        real = self._tensor(real_batch, self.image_key, "real")
+        real_label = self._tensor(real_batch, self.label_key, "real")
+        if real.shape[1] != coarse.shape[1]:
+            raise ValueError(f"real images have {real.shape[1]} channels, coarse images {coarse.shape[1]}")
+        cond_s = condition_channels(label, self.classes)
+        cond_r = condition_channels(real_label, self.classes)
+
+        self.g_network.train()
+        self.d_network.train()
+        with self._autocast():
+            refined = self.g_inferer(torch.cat([coarse, cond_s], dim=1), self.g_network)
+        self.fire_event(IterationEvents.FORWARD_COMPLETED)
+
+        d_terms = self._discriminator_step(torch.cat([real, cond_r], 1), torch.cat([refined.detach(), cond_s], 1))
+
+        lambda_c = float(getattr(self.state, "lambda_c", self.lambda_hinge))
+        self.g_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        with _frozen(self.d_network):
+            with self._autocast():
+                adv_patch, adv_global = self.adversarial_loss.generator(self.d_network(torch.cat([refined, cond_s], 1)))
+                hinge = self.hinge_loss(refined.float(), coarse, roi)
+                if self.perceptual_loss is not None:
+                    percep = self.perceptual_loss(refined, label, real, real_label)
+                else:
+                    percep = refined.new_zeros((), dtype=torch.float32)
+                g_loss = (
+                    self.lambda_patch * adv_patch
+                    + self.lambda_global * adv_global
+                    + lambda_c * hinge
+                    + self.lambda_perceptual * percep
+                )
+            self.fire_event(IterationEvents.LOSS_COMPLETED)
+            self._step(g_loss, self.g_optimizer, self.g_scaler)
+        self.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        return self._finish(
+            {
+                self.image_key: coarse,
+                self.label_key: label,
+                "pred": refined.detach().float(),
+                "loss": g_loss.item(),
+                "g_adv_patch": adv_patch.item(),
+                "g_adv_global": adv_global.item(),
+                "g_hinge": hinge.item(),
+                "g_perceptual": percep.item(),
+                "lambda_c": lambda_c,
+                **d_terms,
+            }
+        )
+
+    def _pix2pix_iteration(self, batchdata: Mapping[str, Any]) -> dict[str, Any]:
+        real = self._tensor(batchdata, self.image_key, "paired")
+        label = self._tensor(batchdata, self.label_key, "paired")
+        brain = self._tensor(batchdata, self.brain_key, "paired")
+        cond = condition_channels(label, self.classes, brain=brain)
+
+        self.g_network.train()
+        self.d_network.train()
+        with self._autocast():
+            fake = self.g_inferer(cond, self.g_network)
+        self.fire_event(IterationEvents.FORWARD_COMPLETED)
+
+        d_terms = self._discriminator_step(torch.cat([real, cond], 1), torch.cat([fake.detach(), cond], 1))
+
+        self.g_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        with _frozen(self.d_network):
+            with self._autocast():
+                adv_patch, adv_global = self.adversarial_loss.generator(self.d_network(torch.cat([fake, cond], 1)))
+                l1 = (fake.float() - real).abs().mean()
+                g_loss = self.lambda_patch * adv_patch + self.lambda_global * adv_global + self.lambda_l1 * l1
+            self.fire_event(IterationEvents.LOSS_COMPLETED)
+            self._step(g_loss, self.g_optimizer, self.g_scaler)
+        self.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        return self._finish(
+            {
+                self.image_key: real,
+                self.label_key: label,
+                "pred": fake.detach().float(),
+                "loss": g_loss.item(),
+                "g_adv_patch": adv_patch.item(),
+                "g_adv_global": adv_global.item(),
+                "g_l1": l1.item(),
+                **d_terms,
+            }
+        )

@@ -1,0 +1,233 @@
+"""TF-GAN networks (Tumor Fabrication, section 2.2): the refining generator G and the dual-head discriminator D.
+
+Input layout shared by G and D (see :func:`condition_channels`): the image channels first (one per
+modality, intensities in [-1, 1]), then one binary channel per conditioning class. For TF-GAN the
+classes are the three tumour classes of the internal convention (NCR=1, ED=2, ET=3) and background
+is *not* a channel (it is implied by all tumour channels being 0). For the Pix2Pix baseline the
+generator sees no image channel and four classes: NCR, ED, ET and "brain" (brain voxels that are not
+tumour).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution, UpSample
+from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetResBlock
+from torch import nn
+
+TUMOUR_CLASSES: tuple[int, ...] = (1, 2, 3)
+BRAIN_CHANNEL: str = "brain"
+
+
+def condition_channels(
+    label: torch.Tensor,
+    classes: Sequence[int] = TUMOUR_CLASSES,
+    brain: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One-hot conditioning channels from an internal-convention label map.
+
+    Args:
+        label: ``(B, 1, *spatial)`` label map (any numeric dtype).
+        classes: label values that get a channel each, in this order (background excluded).
+        brain: optional ``(B, 1, *spatial)`` brain mask; when given, one more channel is appended that is 1
+            on brain voxels whose label is not in ``classes`` (the Pix2Pix "brain" label).
+
+    Returns:
+        ``(B, len(classes) [+1], *spatial)`` float tensor of zeros and ones.
+    """
+    if label.ndim < 3 or label.shape[1] != 1:
+        raise ValueError(f"label must have shape (B, 1, *spatial), got {tuple(label.shape)}")
+    lab = torch.as_tensor(label)
+    channels = [(lab == c) for c in classes]
+    if brain is not None:
+        tumour = torch.zeros_like(lab, dtype=torch.bool)
+        for ch in channels:
+            tumour |= ch
+        channels.append((torch.as_tensor(brain) > 0) & ~tumour)
+    return torch.cat(channels, dim=1).float()
+
+
+class TFGANGenerator(nn.Module):
+    """3D U-Net generator with six resolution levels and interpolation upsampling (no transposed convolutions).
+
+    Encoder: one block of two 3x3x3 convolutions (instance norm, LeakyReLU) per level, the first convolution
+    of levels 2-6 with stride 2. Decoder: nearest-neighbour upsampling by 2 followed by a 3x3x3 convolution
+    (MONAI ``UpSample(mode="nontrainable", interp_mode="nearest", post_conv=...)``, the paper's remedy for
+    checkerboard artefacts), concatenation with the skip connection and a block of two convolutions.
+    The output is a 1x1x1 convolution followed by ``tanh``, so the image is in [-1, 1].
+
+    The input tensor holds ``in_channels`` image channels followed by ``num_classes`` one-hot mask channels
+    (see :func:`condition_channels`); ``in_channels`` may be 0 for a label-only generator (Pix2Pix).
+
+    Args:
+        in_channels: image channels of the input (modalities of the coarse image; 0 for Pix2Pix).
+        out_channels: image channels of the output.
+        num_classes: conditioning channels appended to the image (3 tumour classes for TF-GAN).
+        channels: feature widths of the levels, shallow to deep; the number of entries is the number of levels.
+        norm_name: normalisation layer (MONAI name, e.g. ``"instance"``).
+        act_name: activation layer (MONAI name and arguments).
+        res_block: use residual blocks (``UnetResBlock``) instead of plain double convolutions.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        num_classes: int = 3,
+        channels: Sequence[int] = (16, 32, 64, 128, 256, 320),
+        norm_name: str | tuple = "instance",
+        act_name: str | tuple = ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        res_block: bool = False,
+    ) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels]
+        if len(channels) < 2:
+            raise ValueError(f"TFGANGenerator needs at least two levels, got channels={channels}")
+        if in_channels < 0 or num_classes < 0 or in_channels + num_classes < 1:
+            raise ValueError(
+                f"need at least one input channel, got in_channels={in_channels}, num_classes={num_classes}"
+            )
+        if out_channels < 1:
+            raise ValueError(f"out_channels must be positive, got {out_channels}")
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.out_channels = int(out_channels)
+        self.channels = tuple(channels)
+        self.divisor = 2 ** (len(channels) - 1)
+        block = UnetResBlock if res_block else UnetBasicBlock
+
+        self.encoder = nn.ModuleList()
+        prev = self.in_channels + self.num_classes
+        for i, ch in enumerate(channels):
+            self.encoder.append(
+                block(3, prev, ch, kernel_size=3, stride=1 if i == 0 else 2, norm_name=norm_name, act_name=act_name)
+            )
+            prev = ch
+
+        self.upsamples = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for i in range(len(channels) - 2, -1, -1):
+            post_conv = Convolution(3, channels[i + 1], channels[i], kernel_size=3, norm=norm_name, act=act_name)
+            self.upsamples.append(
+                UpSample(
+                    3,
+                    in_channels=channels[i + 1],
+                    out_channels=channels[i + 1],
+                    scale_factor=2,
+                    mode="nontrainable",
+                    pre_conv=None,
+                    post_conv=post_conv,
+                    interp_mode="nearest",
+                    align_corners=None,
+                )
+            )
+            self.decoder.append(
+                block(3, 2 * channels[i], channels[i], kernel_size=3, stride=1, norm_name=norm_name, act_name=act_name)
+            )
+        self.head = UnetOutBlock(3, channels[0], self.out_channels)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError when ``x`` does not fit: wrong channel count, spatial size not divisible by 2**(levels-1),
+        or a one-voxel bottleneck (instance normalisation cannot normalise a single voxel)."""
+        expected = self.in_channels + self.num_classes
+        if x.ndim != 5 or x.shape[1] != expected:
+            raise ValueError(
+                f"TFGANGenerator expects (B, {expected}, H, W, D) input ({self.in_channels} image + "
+                f"{self.num_classes} mask channels), got {tuple(x.shape)}"
+            )
+        spatial = tuple(int(s) for s in x.shape[2:])
+        if any(s % self.divisor for s in spatial):
+            raise ValueError(
+                f"TFGANGenerator with {len(self.channels)} levels needs a spatial size divisible by {self.divisor}, "
+                f"got {spatial} (pad the input or choose a patch/ROI size that is a multiple of {self.divisor})"
+            )
+        if any(s // self.divisor < 2 for s in spatial):
+            raise ValueError(
+                f"TFGANGenerator: input {spatial} leaves a one-voxel bottleneck; use at least "
+                f"{2 * self.divisor} voxels per side"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Refine ``x`` ``(B, in_channels + num_classes, H, W, D)`` into an image ``(B, out_channels, H, W, D)``."""
+        self.check_input(x)
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        x = skips.pop()
+        for up, block in zip(self.upsamples, self.decoder, strict=True):
+            x = block(torch.cat([up(x), skips.pop()], dim=1))
+        return torch.tanh(self.head(x))
+
+
+class DualHeadDiscriminator(nn.Module):
+    """Conditional 3D discriminator with a shared encoder and two heads (TF-GAN, section 2.2).
+
+    The shared encoder has five (``len(channels)``) downsampling stages, each a 4x4x4 convolution with
+    stride 2 (PatchGAN style: no normalisation in the first stage, instance norm after, LeakyReLU 0.2).
+    The *local* head is a 3x3x3 convolution to one channel giving a patch map of logits at 1/32 of the input
+    resolution; the *global* head is adaptive average pooling followed by a linear layer giving one logit per
+    sample. Both heads return raw logits (use a BCE-with-logits loss).
+
+    The input is the image concatenated with the one-hot mask it is conditioned on (see
+    :func:`condition_channels`): ``in_channels`` counts both.
+
+    Args:
+        in_channels: image channels + mask channels.
+        channels: widths of the downsampling stages (five in the paper).
+        norm_name: normalisation of stages 2..n (MONAI name).
+        negative_slope: LeakyReLU slope.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        channels: Sequence[int] = (32, 64, 128, 256, 320),
+        norm_name: str | tuple = "instance",
+        negative_slope: float = 0.2,
+    ) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels]
+        if not channels:
+            raise ValueError("DualHeadDiscriminator needs at least one stage")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        self.in_channels = int(in_channels)
+        self.channels = tuple(channels)
+        self.divisor = 2 ** len(channels)
+        act = ("leakyrelu", {"negative_slope": negative_slope, "inplace": True})
+        stages = []
+        prev = self.in_channels
+        for i, ch in enumerate(channels):
+            stages.append(
+                Convolution(
+                    3, prev, ch, strides=2, kernel_size=4, padding=1, norm=None if i == 0 else norm_name, act=act
+                )
+            )
+            prev = ch
+        self.encoder = nn.Sequential(*stages)
+        self.patch_head = Convolution(3, prev, 1, kernel_size=3, padding=1, conv_only=True)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.global_head = nn.Linear(prev, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(patch_logits (B, 1, H/2**n, W/2**n, D/2**n), global_logits (B, 1))`` for ``x`` ``(B, C, H, W, D)``."""
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"DualHeadDiscriminator expects (B, {self.in_channels}, H, W, D) input, got {tuple(x.shape)}"
+            )
+        spatial = tuple(int(s) for s in x.shape[2:])
+        if any(s % self.divisor for s in spatial):
+            raise ValueError(
+                f"DualHeadDiscriminator with {len(self.channels)} stages needs a spatial size divisible by "
+                f"{self.divisor}, got {spatial}"
+            )
+        if any(s // self.divisor < 2 for s in spatial):
+            raise ValueError(
+                f"DualHeadDiscriminator: input {spatial} leaves one voxel after {len(self.channels)} stages; use at "
+                f"least {2 * self.divisor} voxels per side"
+            )
+        features = self.encoder(x)
+        return self.patch_head(features), self.global_head(torch.flatten(self.pool(features), 1))

@@ -1,0 +1,495 @@
+"""Data side of the tf_gan bundle: datalist loading, network inputs, and writing refined / synthesised cases.
+
+- :func:`load_items` reads and validates a datalist section and keeps the requested modalities;
+- :class:`BrainMaskd` derives a brain mask from a skull-stripped image (voxels above its minimum);
+- :class:`GeneratorInputs` is the ``prepare_batch`` of the refinement / synthesis evaluator: it builds the
+  generator input (coarse image + one-hot tumour mask for TF-GAN; one-hot tumour mask + brain channel for
+  Pix2Pix);
+- :func:`check_outputs` refuses to overwrite a previous run or an input before anything is written;
+- :class:`SyntheticDatalistWriter` is an Ignite handler that writes each generated volume (NIfTI, the
+  input's affine and header, atomically), copies the label / ROI / brain mask beside it and finally writes a
+  datalist (``training`` section, ``labels: internal``) ready for dtss_mas_seg.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type, convert_to_tensor
+
+from custom_components.data.atomic import atomic_path, save_nifti
+from custom_components.data.datalist import read_datalist, write_datalist
+from custom_components.data.labels import check_convention, to_internal
+from custom_components.data.validation import check_items
+from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
+from custom_components.transforms.intensity import brain_foreground
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LABELS: str = "brats2023"
+ITEM_KEYS: tuple[str, ...] = ("case_id", "image", "label", "roi", "brain_mask")
+STAGES: tuple[str, ...] = ("tf_gan", "pix2pix")
+
+
+# -- datalists ---------------------------------------------------------------------------------------
+def label_convention(datalist: str | os.PathLike) -> str:
+    """The label convention a datalist declares in its top-level ``labels`` (``brats2023`` when absent)."""
+    data = read_datalist(datalist)
+    return check_convention(str(data.get("labels", DEFAULT_LABELS)))
+
+
+def load_items(
+    datalist: str | os.PathLike,
+    modalities: Sequence[str] = ("t1n",),
+    section: str = "training",
+    require: Sequence[str] = ("image", "label"),
+    require_tumour: bool = True,
+    validate: bool = True,
+    max_items: int | None = None,
+) -> list[dict[str, Any]]:
+    """Read one section of a datalist with absolute paths, keeping the image files of ``modalities``.
+
+    Every item gets a ``case_id`` (its own, else the first image's file name). ``image`` becomes the list of
+    files of ``modalities`` in that order, chosen by the datalist's top-level ``modalities`` (a datalist
+    without it must list exactly ``len(modalities)`` image files per item).
+
+    Args:
+        datalist: datalist JSON file.
+        modalities: modalities to keep, in channel order.
+        section: datalist section.
+        require: keys every item must have.
+        require_tumour: report label volumes without tumour voxels (see ``custom_components.data.validation``).
+        validate: check every named file (readable, 3D, same grid, label values) before returning.
+        max_items: keep only the first ``max_items`` items (``None``: all).
+
+    Raises:
+        FileNotFoundError / KeyError / ValueError naming the datalist (or the offending file).
+    """
+    data = read_datalist(datalist)
+    if section not in data:
+        raise KeyError(f"{datalist}: datalist has no section {section!r} (has: {', '.join(sorted(data))})")
+    items = data[section]
+    if not items:
+        raise ValueError(f"{datalist}: section {section!r} is empty")
+    available = data.get("modalities")
+    wanted = [str(m) for m in modalities]
+    if available is not None:
+        missing = [m for m in wanted if m not in available]
+        if missing:
+            raise ValueError(f"{datalist}: modalities {missing} not in the datalist's modalities {available}")
+    out: list[dict[str, Any]] = []
+    for n, item in enumerate(items):
+        absent = [k for k in require if k not in item]
+        if absent:
+            raise ValueError(f"{datalist}: {section}[{n}] has no {', '.join(absent)}")
+        item = dict(item)
+        files = item["image"] if isinstance(item.get("image"), list) else [item["image"]]
+        if available is not None:
+            if len(files) != len(available):
+                raise ValueError(
+                    f"{datalist}: {section}[{n}] lists {len(files)} image files for modalities {available}"
+                )
+            files = [files[available.index(m)] for m in wanted]
+        elif len(files) != len(wanted):
+            raise ValueError(
+                f"{datalist}: {section}[{n}] lists {len(files)} image files but {len(wanted)} modalities "
+                f"{wanted} were requested and the datalist declares no 'modalities'"
+            )
+        item["image"] = files
+        item.setdefault("case_id", Path(files[0]).name.split(".nii")[0])
+        out.append(item)
+    if max_items is not None:
+        out = out[: int(max_items)]
+    ids = [it["case_id"] for it in out]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"{datalist}: duplicate case ids {dupes}")
+    if validate:
+        check_items(
+            out,
+            labels=str(data.get("labels", DEFAULT_LABELS)),
+            require_tumour=require_tumour,
+            source=str(datalist),
+            section=section,
+            modalities=wanted,
+        )
+    return out
+
+
+def report_inputs(stage: str, **sections: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Log how many cases each input holds (resolving, hence validating, them) and return the counts.
+
+    Args:
+        stage: name for the log line.
+        sections: named item lists, e.g. ``coarse=@coarse_items``.
+    """
+    counts = {name: len(items) for name, items in sections.items()}
+    logger.info(f"{stage}: " + ", ".join(f"{n} {name} cases" for name, n in counts.items()))
+    return counts
+
+
+def dataset_items(items: Sequence[Mapping[str, Any]], keys: Sequence[str] = ITEM_KEYS) -> list[dict[str, Any]]:
+    """The fields of ``items`` a MONAI dataset needs (drops ``provenance`` and other metadata that cannot be
+    collated)."""
+    return [{k: item[k] for k in keys if k in item} for item in items]
+
+
+# -- transforms --------------------------------------------------------------------------------------
+class BrainMaskd(MapTransform):
+    """Brain mask of a skull-stripped image: voxels above the image's minimum (first channel).
+
+    Use it before ``RescaleBrainIntensityd`` (which clips the darkest brain voxels to the background value).
+    An existing ``output_key`` entry (a brain mask file from the datalist) is kept unless ``overwrite``.
+
+    Args:
+        keys: the image key (one key).
+        output_key: where to store the mask ``(1, *spatial)``.
+        overwrite: replace an existing ``output_key`` entry.
+        allow_missing_keys: do nothing when the image is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        output_key: str = "brain_mask",
+        overwrite: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_key = output_key
+        self.overwrite = overwrite
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        if self.output_key in d and not self.overwrite:
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+            mask = brain_foreground(arr[0])[None].astype(np.float32)
+            d[self.output_key] = convert_to_dst_type(
+                mask, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32
+            )[0]
+            break
+        return d
+
+
+class GeneratorInputs:
+    """``prepare_batch`` for a MONAI evaluator running the TF-GAN / Pix2Pix generator.
+
+    Returns ``(inputs, label)``: for ``stage="tf_gan"`` the inputs are the coarse image channels followed by the
+    one-hot tumour channels; for ``"pix2pix"`` the one-hot tumour channels followed by the brain channel.
+
+    Args:
+        stage: ``"tf_gan"`` or ``"pix2pix"``.
+        classes: tumour label values (internal convention).
+        image_key, label_key, brain_key: batch keys.
+    """
+
+    def __init__(
+        self,
+        stage: str = "tf_gan",
+        classes: Sequence[int] = TUMOUR_CLASSES,
+        image_key: str = "image",
+        label_key: str = "label",
+        brain_key: str = "brain_mask",
+    ) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.stage = stage
+        self.classes = tuple(int(c) for c in classes)
+        self.image_key, self.label_key, self.brain_key = image_key, label_key, brain_key
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        def get(key: str) -> torch.Tensor:
+            if key not in batchdata:
+                raise KeyError(f"batch has no {key!r} entry (keys: {', '.join(map(str, batchdata))})")
+            return convert_to_tensor(batchdata[key], track_meta=False).to(
+                device, non_blocking=non_blocking, dtype=torch.float32, **kwargs
+            )
+
+        label = get(self.label_key)
+        if self.stage == "tf_gan":
+            return torch.cat([get(self.image_key), condition_channels(label, self.classes)], dim=1), label
+        return condition_channels(label, self.classes, brain=get(self.brain_key)), label
+
+
+# -- outputs -----------------------------------------------------------------------------------------
+def output_paths(
+    items: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    modalities: Sequence[str],
+    copy_keys: Sequence[str] = ("label", "roi", "brain_mask"),
+) -> dict[str, dict[str, Path]]:
+    """Where each case's files go: ``images/<case>_<modality>.nii.gz`` and ``labels/<case>_<key>.nii.gz``."""
+    out = Path(output_dir)
+    suffix = {"label": "seg", "roi": "roi", "brain_mask": "brain"}
+    paths: dict[str, dict[str, Path]] = {}
+    for item in items:
+        cid = str(item["case_id"])
+        p = {f"image:{m}": out / "images" / f"{cid}_{m}.nii.gz" for m in modalities}
+        for key in copy_keys:
+            if key in item:
+                p[key] = out / "labels" / f"{cid}_{suffix.get(key, key)}.nii.gz"
+        paths[cid] = p
+    return paths
+
+
+def check_outputs(
+    items: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    datalist_path: str | os.PathLike,
+    modalities: Sequence[str],
+    checkpoint: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> bool:
+    """Refuse (before anything is written) to mix with a previous run, to overwrite an input or to run without weights.
+
+    Args:
+        items: the input items (absolute paths).
+        output_dir: output folder.
+        datalist_path: the datalist that will be written.
+        modalities: output modalities.
+        checkpoint: generator weights that must exist.
+        overwrite: allow replacing a previous run's datalist and volumes.
+
+    Returns:
+        True (so the check can sit in a bundle's ``initialize`` list).
+    """
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"{checkpoint}: generator checkpoint not found (train the bundle first or set it)")
+    if os.path.exists(datalist_path) and not overwrite:
+        raise FileExistsError(
+            f"{datalist_path}: output datalist exists from a previous run; remove it or set overwrite"
+        )
+    inputs = {
+        os.path.realpath(v)
+        for item in items
+        for k in ITEM_KEYS[1:]
+        if k in item
+        for v in (item[k] if isinstance(item[k], list) else [item[k]])
+    }
+    for case_paths in output_paths(items, output_dir, modalities).values():
+        for path in case_paths.values():
+            if os.path.realpath(path) in inputs:
+                raise ValueError(f"{path}: output would overwrite an input file; choose another output directory")
+    if os.path.realpath(datalist_path) in inputs:
+        raise ValueError(f"{datalist_path}: output datalist would overwrite an input file")
+    return True
+
+
+def _numpy(x: Any) -> np.ndarray | None:
+    if x is None:
+        return None
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _copy(src: str | os.PathLike, dst: Path) -> Path:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst
+
+
+class SyntheticDatalistWriter:
+    """Ignite handler: write generated volumes and their labels, then the datalist of the run.
+
+    On every iteration of the evaluator it takes the decollated ``pred`` (``(C, *spatial)``, in the grid of the
+    input files), optionally keeps the coarse voxels outside ``m_roi`` (``paste_outside_roi``, TF-GAN only) and
+    sets voxels outside the brain to ``background`` (``mask_background``: the brain mask of the item, else the
+    coarse image's voxels above its minimum), then writes one NIfTI per modality with the affine and header of
+    the item's reference file (the coarse image; the label for Pix2Pix). The label, ROI and brain mask files are
+    copied byte for byte. When the evaluator completes, the datalist is written (items in input order).
+
+    Args:
+        items: the full input items (absolute paths, with ``case_id``; their ``provenance`` is kept as ``parent``).
+        output_dir: folder for ``images/``, ``labels/``.
+        datalist_path: datalist JSON to write.
+        modalities: names of the output channels (one file each).
+        stage: ``"tf_gan"`` (refinement) or ``"pix2pix"`` (label-to-image synthesis); recorded in provenance.
+        checkpoint: generator weights used (recorded in provenance).
+        seed: seed of the run (recorded).
+        parameters: other settings to record in provenance (e.g. sliding-window settings).
+        paste_outside_roi: keep the coarse image exactly outside ``m_roi`` (TF-GAN only).
+        mask_background: set voxels outside the brain to ``background``.
+        background: background intensity (-1, the minimum of the [-1, 1] range).
+        roi_key: batch key of ``m_roi`` (after ``RoiMaskd``).
+        brain_key: batch key of a brain mask (used for ``mask_background`` when present).
+        pred_key: output key of the generated image.
+        copy_keys: item keys whose files are copied beside the images.
+        labels: label convention of the input label files; labels in another convention than ``internal`` are
+            written mapped to ``internal`` instead of copied.
+        description: datalist description.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        output_dir: str | os.PathLike,
+        datalist_path: str | os.PathLike,
+        modalities: Sequence[str] = ("t1n",),
+        stage: str = "tf_gan",
+        checkpoint: str | os.PathLike | None = None,
+        seed: int | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        paste_outside_roi: bool = False,
+        mask_background: bool = True,
+        background: float = -1.0,
+        roi_key: str = "roi",
+        brain_key: str = "brain_mask",
+        pred_key: str = "pred",
+        copy_keys: Sequence[str] = ("label", "roi", "brain_mask"),
+        labels: str = "internal",
+        description: str | None = None,
+    ) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.items = {str(it["case_id"]): dict(it) for it in items}
+        self.order = [str(it["case_id"]) for it in items]
+        self.output_dir = Path(output_dir)
+        self.datalist_path = Path(datalist_path)
+        self.modalities = [str(m) for m in modalities]
+        self.stage = stage
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self.seed = seed
+        self.parameters = dict(parameters or {})
+        self.paste_outside_roi = bool(paste_outside_roi) and stage == "tf_gan"
+        self.mask_background = bool(mask_background)
+        self.background = float(background)
+        self.roi_key = roi_key
+        self.brain_key = brain_key
+        self.pred_key = pred_key
+        self.copy_keys = tuple(copy_keys)
+        self.labels = check_convention(labels)
+        self.description = description or f"{stage} synthetic cases"
+        self.paths = output_paths(items, output_dir, self.modalities, self.copy_keys)
+        self.written: dict[str, dict[str, Any]] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    # one case -----------------------------------------------------------------------------------
+    def _reference(self, item: Mapping[str, Any]) -> str:
+        return item["image"][0] if self.stage == "tf_gan" else item["label"]
+
+    def compose(
+        self, pred: np.ndarray, item: Mapping[str, Any], roi: np.ndarray | None = None, brain: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Final volume ``(C, *spatial)`` from the generator output: paste outside ``m_roi``, mask the background.
+
+        Args:
+            pred: generator output ``(C, *spatial)`` in the input grid.
+            item: the input item.
+            roi: ``m_roi`` (any shape with the spatial size), needed for ``paste_outside_roi``.
+            brain: brain mask from the batch; default: the item's ``brain_mask`` file, else the coarse image's
+                voxels above its minimum.
+        """
+        ref = self._reference(item)
+        shape = tuple(nib.load(ref).shape[:3])
+        if tuple(pred.shape[1:]) != shape:
+            raise ValueError(f"{ref}: generated volume {tuple(pred.shape[1:])} does not match the input grid {shape}")
+        if len(pred) != len(self.modalities):
+            raise ValueError(f"generator produced {len(pred)} channels for modalities {self.modalities}")
+        out = np.clip(pred.astype(np.float32), -1.0, 1.0)
+        need_brain = self.mask_background and brain is None and "brain_mask" not in item
+        coarse = None
+        if self.stage == "tf_gan" and (self.paste_outside_roi or need_brain):
+            coarse = np.stack([np.asarray(nib.load(f).dataobj, dtype=np.float32).reshape(shape) for f in item["image"]])
+        if self.paste_outside_roi:
+            if roi is None:
+                raise ValueError(f"{item['case_id']}: paste_outside_roi needs the {self.roi_key!r} mask in the batch")
+            out = np.where(roi.reshape((1, *shape)) > 0, out, coarse)
+        if self.mask_background:
+            if brain is not None:
+                mask = brain.reshape(shape) > 0
+            elif "brain_mask" in item:
+                mask = np.asarray(nib.load(item["brain_mask"]).dataobj).reshape(shape) > 0
+            elif coarse is not None:
+                mask = brain_foreground(coarse[0])
+            else:
+                raise ValueError(f"{item['case_id']}: mask_background needs a brain mask")
+            out = np.where(mask[None], out, np.float32(self.background))
+        return out.astype(np.float32)
+
+    def write_case(
+        self, case_id: str, pred: np.ndarray, roi: np.ndarray | None = None, brain: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Write one case (see :meth:`compose`) and return its datalist item."""
+        if case_id not in self.items:
+            raise KeyError(f"case {case_id!r} is not among the items given to the writer")
+        item = self.items[case_id]
+        volume = self.compose(pred, item, roi, brain)
+        ref = nib.load(self._reference(item))
+        paths = self.paths[case_id]
+        images = []
+        for channel, modality in zip(volume, self.modalities, strict=True):
+            images.append(
+                str(
+                    save_nifti(
+                        channel, ref.affine, paths[f"image:{modality}"], dtype=np.float32, header=ref.header.copy()
+                    )
+                )
+            )
+        out: dict[str, Any] = {"case_id": case_id, "image": images}
+        for key in self.copy_keys:
+            if key not in item:
+                continue
+            if key == "label" and self.labels != "internal":
+                src = nib.load(item[key])
+                mapped = to_internal(np.asarray(src.dataobj), self.labels)
+                out[key] = str(save_nifti(mapped, src.affine, paths[key], dtype=np.uint8, header=src.header.copy()))
+            else:
+                out[key] = str(_copy(item[key], paths[key]))
+        provenance: dict[str, Any] = {
+            "stage": self.stage,
+            "generator_checkpoint": self.checkpoint,
+            "seed": self.seed,
+            "parameters": self.parameters,
+        }
+        if self.stage == "tf_gan":
+            provenance["coarse_image"] = list(item["image"])
+        provenance["source_label"] = item.get("label")
+        if "provenance" in item:
+            provenance["parent"] = item["provenance"]
+        out["synthetic"] = True
+        out["provenance"] = provenance
+        self.written[case_id] = out
+        return out
+
+    # events ---------------------------------------------------------------------------------------
+    def iteration_completed(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        if isinstance(batch, Mapping) or isinstance(output, Mapping):
+            raise TypeError("SyntheticDatalistWriter needs a decollating evaluator (decollate=True)")
+        for b, o in zip(batch, output, strict=True):
+            pred, roi, brain = _numpy(o[self.pred_key]), _numpy(b.get(self.roi_key)), _numpy(b.get(self.brain_key))
+            self.write_case(str(b["case_id"]), pred, roi, brain)
+            logger.info(f"{self.stage}: wrote {b['case_id']}")
+
+    def completed(self, engine: Engine | None = None) -> Path:
+        """Write the datalist of every case written so far (input order)."""
+        items = [self.written[c] for c in self.order if c in self.written]
+        data = {
+            "description": self.description,
+            "labels": "internal",
+            "modalities": self.modalities,
+            "training": items,
+        }
+        return write_datalist(self.datalist_path, data)

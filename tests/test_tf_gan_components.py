@@ -1,0 +1,354 @@
+"""TF-GAN components: networks, losses (hand-computed cases), lambda schedule, trainer iteration, refine helpers."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.data import DataLoader
+from monai.networks.blocks import UpSample
+from monai.networks.nets import PatchDiscriminator
+from torch import nn
+
+from custom_components.engines.gan_trainer import TFGANTrainer, latest_checkpoint, loss_terms
+from custom_components.handlers.lambda_schedule import LinearLambdaSchedule
+from custom_components.losses.adversarial import DualHeadAdversarialLoss, bce_with_logits, split_logits
+from custom_components.losses.classwise_perceptual import ClasswisePerceptualLoss
+from custom_components.losses.hinge_l1 import HingeL1Loss, RoiMaskd, roi_mask
+from custom_components.networks.frozen_encoder import FrozenEncoder
+from custom_components.networks.segmentation import build_segmentation_network
+from custom_components.networks.tf_gan import DualHeadDiscriminator, TFGANGenerator, condition_channels
+from custom_components.tf_gan_refine import BrainMaskd, GeneratorInputs, check_outputs
+
+WIDTHS = (8, 8, 8, 8, 8, 8)
+
+
+# -- networks ---------------------------------------------------------------------------------------
+def test_generator_architecture_and_output() -> None:
+    torch.manual_seed(0)
+    g = TFGANGenerator(in_channels=1, out_channels=1, num_classes=3, channels=WIDTHS)
+    assert not any(isinstance(m, nn.ConvTranspose3d | nn.ConvTranspose2d | nn.ConvTranspose1d) for m in g.modules())
+    assert len(g.encoder) == 6  # six resolution levels
+    ups = [m for m in g.modules() if isinstance(m, UpSample)]
+    assert len(ups) == 5
+    for up in ups:
+        assert up.upsample_non_trainable.mode == "nearest" and isinstance(up.postconv, nn.Module)
+    x = torch.cat([100 * torch.randn(2, 1, 64, 64, 64), torch.zeros(2, 3, 64, 64, 64)], 1)
+    y = g(x)
+    assert y.shape == (2, 1, 64, 64, 64)
+    assert y.min() >= -1 and y.max() <= 1
+
+
+def test_generator_default_widths_and_input_checks() -> None:
+    assert TFGANGenerator().channels == (16, 32, 64, 128, 256, 320)
+    g = TFGANGenerator(1, 1, 3, WIDTHS)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        g(torch.zeros(1, 4, 64, 80, 64))
+    with pytest.raises(ValueError, match="one-voxel bottleneck"):
+        g(torch.zeros(1, 4, 32, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, 4, H, W, D\)"):
+        g(torch.zeros(1, 3, 64, 64, 64))
+    # Pix2Pix: label-only input (3 tumour classes + brain)
+    p2p = TFGANGenerator(in_channels=0, out_channels=1, num_classes=4, channels=WIDTHS)
+    assert p2p(torch.zeros(1, 4, 64, 64, 64)).shape == (1, 1, 64, 64, 64)
+
+
+def test_discriminator_heads() -> None:
+    torch.manual_seed(0)
+    d = DualHeadDiscriminator(in_channels=4, channels=(8, 8, 8, 8, 8))
+    patch, glob = d(torch.randn(3, 4, 64, 64, 128))
+    assert patch.shape == (3, 1, 2, 2, 4)  # five stride-2 stages
+    assert glob.shape == (3, 1)
+    assert isinstance(d.pool, nn.AdaptiveAvgPool3d) and isinstance(d.global_head, nn.Linear)
+    with pytest.raises(ValueError, match=r"\(B, 4, H, W, D\)"):
+        d(torch.randn(1, 5, 64, 64, 64))
+
+
+def test_condition_channels() -> None:
+    label = torch.tensor([0, 1, 2, 3, 0, 2]).reshape(1, 1, 6, 1, 1)
+    brain = torch.tensor([0, 1, 1, 1, 1, 1]).reshape(1, 1, 6, 1, 1)
+    c = condition_channels(label).reshape(3, 6)
+    assert c.tolist() == [[0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 1], [0, 0, 0, 1, 0, 0]]
+    c = condition_channels(label, brain=brain).reshape(4, 6)
+    assert c[3].tolist() == [0, 0, 0, 0, 1, 0]  # brain and not tumour
+
+
+# -- hinge L1 (eq. 2) and m_roi ---------------------------------------------------------------------------
+def _vec(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).reshape(1, 1, len(values), 1, 1)
+
+
+def test_hinge_zero_within_margin_and_inside_roi() -> None:
+    loss = HingeL1Loss(margin=0.1)
+    coarse = torch.linspace(-1, 1, 8).reshape(1, 1, 2, 2, 2)
+    assert loss(coarse + 0.099, coarse, torch.zeros_like(coarse)).item() == 0.0  # float32: stay below the margin
+    assert loss(coarse - 0.05, coarse, torch.zeros_like(coarse)).item() == 0.0
+    assert loss(coarse + 5.0, coarse, torch.ones_like(coarse)).item() == 0.0  # inside the ROI: max(0, -margin)
+
+
+def test_hinge_exact_values_and_linear_growth() -> None:
+    loss = HingeL1Loss(margin=0.1)
+    coarse = torch.zeros(1, 1, 4, 1, 1)
+    roi = _vec([0, 0, 1, 0])
+    refined = _vec([0.3, 0.05, 0.5, -0.7]).requires_grad_()
+    value = loss(refined, coarse, roi)
+    assert value.item() == pytest.approx((0.2 + 0.0 + 0.0 + 0.6) / 4)
+    value.backward()
+    np.testing.assert_allclose(refined.grad.flatten().numpy(), [0.25, 0.0, 0.0, -0.25])
+    # outside the ROI and beyond the margin the loss grows with slope 1 (per voxel, averaged)
+    for d in (0.2, 0.5, 1.0):
+        assert loss(_vec([d, 0, 0, 0]), coarse, roi).item() == pytest.approx((d - 0.1) / 4)
+    assert HingeL1Loss(margin=0.1, reduction="sum")(_vec([0.3, 0, 0, 0.7]), coarse, roi).item() == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="non-negative"):
+        HingeL1Loss(margin=-0.1)
+
+
+def test_roi_mask_dilation() -> None:
+    label = np.zeros((1, 9, 9, 9), np.uint8)
+    label[0, 4, 4, 4] = 3
+    assert roi_mask(label, margin=0).sum() == 1
+    # the integer points of a ball of radius 2: 1 + 6 + 12 + 8 + 6 = 33
+    assert roi_mask(label, margin=2).sum() == 33
+    roi = np.zeros_like(label)
+    roi[0, 0, 0, 0] = 1
+    grown = roi_mask(label, roi, margin=1)
+    assert grown.sum() == 7 + 4 and grown.dtype == np.float32  # 6-neighbourhood + corner voxel with 3 neighbours
+    d = RoiMaskd(keys=["label", "roi"], margin=1)({"label": torch.as_tensor(label)})
+    assert isinstance(d["roi"], torch.Tensor) and d["roi"].sum().item() == 7
+
+
+# -- class-wise perceptual (eq. 3) --------------------------------------------------------------------
+class PointEncoder(nn.Module):
+    """Three levels of a fixed 1x1x1 convolution, subsampled by 1, 2, 4 (no receptive field beyond a voxel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv3d(1, 3, 1)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.conv(x)
+        return [f, f[..., ::2, ::2, ::2], f[..., ::4, ::4, ::4]]
+
+
+def _blocks_label() -> torch.Tensor:
+    """Classes on 4x4x4-aligned blocks of a 16^3 grid (exact at every level with either mask mode)."""
+    label = torch.zeros(1, 1, 16, 16, 16)
+    label[..., 0:4, 0:4, 0:8] = 1
+    label[..., 4:8, 0:8, 0:4] = 2
+    label[..., 8:12, 8:12, 8:12] = 3
+    return label
+
+
+@pytest.mark.parametrize("mode", ["area", "nearest"])
+def test_perceptual_identical_is_zero_and_outside_voxels_do_not_matter(mode: str) -> None:
+    loss = ClasswisePerceptualLoss(PointEncoder(), levels=3, mask_mode=mode)
+    torch.manual_seed(0)
+    label = _blocks_label()
+    img = torch.rand(1, 1, 16, 16, 16)
+    assert loss(img, label, img, label).item() == 0.0
+    real = torch.rand(1, 1, 16, 16, 16)
+    base = loss(img, label, real, label).item()
+    assert base > 0
+    changed = torch.where(label > 0, img, torch.rand_like(img) * 10)  # new values outside every tumour class
+    assert loss(changed, label, real, label).item() == pytest.approx(base, abs=1e-6)
+    inside = torch.where(label == 3, img + 1, img)
+    assert loss(inside, label, real, label).item() != pytest.approx(base)
+
+
+def test_perceptual_hand_computed_and_absent_classes_skipped() -> None:
+    def identity(x: torch.Tensor) -> list[torch.Tensor]:
+        return [x, 2 * x]
+
+    refined = torch.zeros(1, 1, 4, 1, 1)
+    refined_label = torch.zeros(1, 1, 4, 1, 1)
+    refined[..., :3, 0, 0] = torch.tensor([1.0, 3.0, 5.0]).reshape(1, 1, 3)
+    refined_label[..., :3, 0, 0] = torch.tensor([1.0, 1.0, 2.0]).reshape(1, 1, 3)  # class 1 mean 2, class 2 = 5
+    real = torch.zeros(1, 1, 4, 1, 1)
+    real_label = torch.zeros(1, 1, 4, 1, 1)
+    real[..., :2, 0, 0] = torch.tensor([4.0, 7.0]).reshape(1, 1, 2)
+    real_label[..., :2, 0, 0] = torch.tensor([1.0, 3.0]).reshape(1, 1, 2)  # class 1 = 4, class 2 absent, 3 only here
+    one = ClasswisePerceptualLoss(identity, levels=1)
+    assert one(refined, refined_label, real, real_label).item() == pytest.approx(2.0)  # |2 - 4|, class 1 only
+    two = ClasswisePerceptualLoss(identity, levels=2)
+    assert two(refined, refined_label, real, real_label).item() == pytest.approx((2.0 + 4.0) / 2)
+    # batch pairing: sample b against real b % B_r; the mean is over all valid (pair, level, class)
+    batch = torch.cat([refined, refined + 1]), torch.cat([refined_label, refined_label])
+    assert one(*batch, real, real_label).item() == pytest.approx((2.0 + 1.0) / 2)
+
+
+def test_perceptual_no_shared_class_is_zero_with_grad() -> None:
+    loss = ClasswisePerceptualLoss(PointEncoder(), levels=3)
+    refined = torch.rand(1, 1, 16, 16, 16, requires_grad=True)
+    label = _blocks_label()
+    value = loss(
+        refined, torch.where(label == 1, label, 0), torch.rand(1, 1, 16, 16, 16), torch.where(label == 3, label, 0)
+    )
+    assert value.item() == 0.0 and value.requires_grad
+    value.backward()
+    assert torch.all(refined.grad == 0)
+
+
+def test_perceptual_gradient_reaches_image_not_frozen_encoder() -> None:
+    torch.manual_seed(0)
+    encoder = FrozenEncoder(build_segmentation_network("dynunet", 1, 4, (8, 8, 16)), levels=3)
+    loss = ClasswisePerceptualLoss(encoder, levels=3)
+    label = _blocks_label()
+    img = torch.rand(1, 1, 16, 16, 16)
+    assert loss(img, label, img, label).item() == 0.0
+    refined = torch.rand(1, 1, 16, 16, 16, requires_grad=True)
+    loss(refined, label, img, label).backward()
+    assert refined.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in encoder.parameters())
+
+
+# -- adversarial (eq. 4) ------------------------------------------------------------------------------
+def test_adversarial_terms() -> None:
+    adv = DualHeadAdversarialLoss()
+    zeros = (torch.zeros(2, 1, 2, 2, 2), torch.zeros(2, 1))
+    g_patch, g_global = adv.generator(zeros)
+    assert g_patch.item() == pytest.approx(math.log(2)) and g_global.item() == pytest.approx(math.log(2))
+    d_patch, d_global = adv.discriminator(zeros, zeros)
+    assert d_patch.item() == pytest.approx(math.log(2)) and d_global.item() == pytest.approx(math.log(2))
+    confident = adv.discriminator(
+        (torch.full((1, 1, 2, 2, 2), 30.0), torch.full((1, 1), 30.0)),
+        (torch.full((1, 1, 2, 2, 2), -30.0), torch.full((1, 1), -30.0)),
+    )
+    assert all(t.item() < 1e-6 for t in confident)
+    assert bce_with_logits(torch.tensor([2.0]), False).item() == pytest.approx(math.log(1 + math.e**2))
+    # a patch-only discriminator (MONAI PatchDiscriminator returns a list, the last entry is the map)
+    pd = PatchDiscriminator(spatial_dims=3, channels=8, in_channels=5, num_layers_d=2, norm="INSTANCE")
+    out = pd(torch.randn(1, 5, 32, 32, 32))
+    patch, glob = split_logits(out)
+    assert patch is out[-1] and glob is None
+    assert adv.generator(out)[1].item() == 0.0
+
+
+# -- lambda_c schedule --------------------------------------------------------------------------------
+def _run_schedule(granularity: str, max_epochs: int = 3, epoch_length: int = 4) -> list[float]:
+    engine = Engine(lambda e, b: None)
+    sched = LinearLambdaSchedule(start=10.0, end=1.0, granularity=granularity)
+    sched.attach(engine)
+    seen: list[float] = []
+    engine.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(e.state.lambda_c))
+    engine.run(range(epoch_length), max_epochs=max_epochs)
+    return seen
+
+
+def test_lambda_schedule_per_iteration() -> None:
+    seen = _run_schedule("iteration")
+    assert len(seen) == 12 and seen[0] == 10.0 and seen[-1] == 1.0
+    np.testing.assert_allclose(seen, [10 - 9 * k / 11 for k in range(12)])
+
+
+def test_lambda_schedule_per_epoch() -> None:
+    seen = _run_schedule("epoch")
+    assert seen == [10.0] * 4 + [5.5] * 4 + [1.0] * 4
+    assert LinearLambdaSchedule().value(1, 1) == 10.0
+    with pytest.raises(ValueError, match="granularity"):
+        LinearLambdaSchedule(granularity="batch")
+
+
+# -- trainer -----------------------------------------------------------------------------------------
+def _batch(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    label = torch.zeros(1, 64, 64, 64)
+    label[:, 20:40, 20:40, 20:40] = 2
+    label[:, 25:35, 25:35, 25:35] = 3
+    label[:, 28:32, 28:32, 28:32] = 1
+    return {"image": torch.rand(1, 64, 64, 64, generator=g) * 2 - 1, "label": label, "roi": (label > 0).float()}
+
+
+def test_trainer_iteration_composes_eq5() -> None:
+    torch.manual_seed(0)
+    g = TFGANGenerator(1, 1, 3, WIDTHS)
+    d = DualHeadDiscriminator(4, (8, 8, 8, 8, 8))
+    g0 = [p.detach().clone() for p in g.parameters()]
+    d0 = [p.detach().clone() for p in d.parameters()]
+    coarse = DataLoader([_batch(0)], batch_size=1)
+    real = DataLoader([{k: v for k, v in _batch(1).items() if k != "roi"}], batch_size=1)
+    # only the hinge term weighted: the generator total must equal lambda_hinge * hinge
+    trainer = TFGANTrainer(
+        device="cpu",
+        max_epochs=1,
+        epoch_length=2,  # two iterations from one-batch loaders: the real loader is cycled
+        train_data_loader=coarse,
+        real_data_loader=real,
+        g_network=g,
+        g_optimizer=torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999)),
+        d_network=d,
+        d_optimizer=torch.optim.Adam(d.parameters(), 1e-4, betas=(0.5, 0.999)),
+        perceptual_loss=None,
+        lambda_patch=0.0,
+        lambda_global=0.0,
+        lambda_hinge=3.0,
+        lambda_perceptual=0.0,
+    )
+    trainer.run()
+    terms = loss_terms(trainer.state.output)
+    assert trainer.state.iteration == 2
+    assert terms["loss"] == pytest.approx(3.0 * terms["g_hinge"], rel=1e-5)
+    assert terms["lambda_c"] == 3.0 and terms["d_loss"] == 0.0
+    assert loss_terms(trainer.state.output[0]) == terms  # works on a single dict too
+    assert any(not torch.equal(a, b) for a, b in zip(g0, g.parameters(), strict=True))
+    # D's loss was weighted 0, so Adam left it unchanged; G's step did not write into D
+    assert all(torch.equal(a, b) for a, b in zip(d0, d.parameters(), strict=True))
+    assert all(p.requires_grad for p in d.parameters())
+    assert trainer.state.output[0]["pred"].shape == (1, 64, 64, 64)
+    with pytest.raises(ValueError, match="real_data_loader"):
+        TFGANTrainer("cpu", 1, coarse, g, trainer.g_optimizer, d, trainer.d_optimizer)
+
+
+def test_latest_checkpoint(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path / "absent") == ""
+    assert latest_checkpoint(tmp_path) == ""
+    old, new = tmp_path / "checkpoint_epoch=2.pt", tmp_path / "checkpoint_final.pt"
+    old.write_bytes(b"a")
+    new.write_bytes(b"b")
+    (tmp_path / "model.pt").write_bytes(b"c")
+    now = time.time()
+    os.utime(old, (now - 10, now - 10))
+    assert latest_checkpoint(tmp_path) == str(new)
+
+
+# -- refinement helpers -----------------------------------------------------------------------------
+def test_generator_inputs_layout() -> None:
+    label = torch.zeros(1, 1, 4, 4, 4)
+    label[..., 0, 0, 0] = 3
+    batch = {"image": torch.full((1, 1, 4, 4, 4), 0.5), "label": label, "brain_mask": torch.ones(1, 1, 4, 4, 4)}
+    x, lab = GeneratorInputs("tf_gan")(batch, "cpu")
+    assert x.shape == (1, 4, 4, 4, 4) and torch.all(x[:, 0] == 0.5) and x[0, 3, 0, 0, 0] == 1 and x[:, 1:].sum() == 1
+    x, _ = GeneratorInputs("pix2pix")(batch, "cpu")
+    assert x.shape == (1, 4, 4, 4, 4) and x[0, 2, 0, 0, 0] == 1 and x[0, 3].sum() == 63
+    assert torch.equal(lab, label)
+
+
+def test_brain_mask_keeps_existing() -> None:
+    img = np.zeros((1, 3, 3, 3), np.float32)
+    img[0, 1, 1, 1] = 5
+    d = BrainMaskd(keys="image")({"image": img})
+    assert d["brain_mask"].sum() == 1
+    kept = BrainMaskd(keys="image")({"image": img, "brain_mask": np.ones((1, 3, 3, 3))})
+    assert kept["brain_mask"].sum() == 27
+
+
+def test_check_outputs_refuses_inputs_and_previous_runs(tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"x")
+    item = {"case_id": "c1", "image": [str(tmp_path / "images" / "c1_t1n.nii.gz")], "label": str(tmp_path / "l.nii.gz")}
+    with pytest.raises(ValueError, match="overwrite an input"):
+        check_outputs([item], tmp_path, tmp_path / "datalist.json", ["t1n"], ckpt)
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        check_outputs([item], tmp_path / "out", tmp_path / "out.json", ["t1n"], tmp_path / "absent.pt")
+    (tmp_path / "out.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="out.json"):
+        check_outputs([item], tmp_path / "out", tmp_path / "out.json", ["t1n"], ckpt)
+    assert check_outputs([item], tmp_path / "out", tmp_path / "out.json", ["t1n"], ckpt, overwrite=True)
