@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 
 import fire
+
+DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "ci" / "pipelines" / "demo.yaml"
 
 
 def validate_datalist(path: str, labels: str | None = None, allow_empty: bool = False) -> None:
@@ -119,12 +123,78 @@ def qc(image: str, label: str, out: str, title: str = "") -> None:
     print(save_montage(image, label, out, title=title))
 
 
+def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
+    """Run the chained pipeline (and its comparison arms) described by a pipeline YAML.
+
+    Stages whose outputs are complete and whose inputs and settings are unchanged are skipped.
+
+    Args:
+        config: pipeline YAML (see ci/pipelines/demo.yaml for every key).
+        workdir: where everything is written (default: the config's "workdir").
+        kwargs: ``--from STAGE`` reruns that stage and every stage after it.
+    """
+    from custom_components.pipeline.config import load_config
+    from custom_components.pipeline.experiment import run_experiment
+
+    from_stage = kwargs.pop("from", None)
+    if kwargs:
+        raise SystemExit(f"unknown options: {', '.join('--' + k for k in kwargs)}")
+    cfg = load_config(config, **({"workdir": str(Path(workdir).resolve())} if workdir else {}))
+    start = time.perf_counter()
+    report = run_experiment(cfg, from_stage=from_stage)
+    print(
+        f"pipeline finished in {time.perf_counter() - start:.0f} s; report: {report} (and {report.with_suffix('.html')})"
+    )
+
+
+def demo(out: str = "demo_output") -> None:
+    """The main job on built-in demo data: demo data -> prepare-healthy -> dtss_mas_seg phase 1 ->
+    tf_aug -> tf_gan -> dtss_mas_seg phase 2 (baseline, TF, DTSS + MAS) -> evaluation -> report.
+
+    Args:
+        out: output folder (rerunning skips completed stages).
+    """
+    pipeline(str(DEMO_PIPELINE), workdir=out)
+
+
+def export_bundle(
+    name: str,
+    out: str,
+    weights: str | tuple[str, ...] | None = None,
+    zip: bool = True,
+    overwrite: bool = False,
+) -> None:
+    """Export a bundle as a self-contained Model Zoo style folder (and zip) that runs with MONAI only.
+
+    Writes <out>/<name>/ (configs, docs, LICENSE, scripts/custom_components: the vendored code, models/,
+    large_files.yml) and <out>/<name>.zip.
+
+    Args:
+        name: bundle name (dtss_mas_seg, tf_aug, tf_gan).
+        out: output folder.
+        weights: weight file(s) copied into models/ and listed with their md5 in large_files.yml
+            (several: --weights "['model.pt','other.pt']").
+        zip: also write <out>/<name>.zip.
+        overwrite: replace an existing export.
+    """
+    from custom_components.export_bundle import export_bundle as _export
+
+    try:
+        print(_export(name, out, weights=weights, zip=zip, overwrite=overwrite))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+
+
 COMMANDS = {
     "validate-datalist": validate_datalist,
     "make-datalist": make_datalist,
     "prepare-healthy": prepare_healthy,
     "demo-data": demo_data,
     "qc": qc,
+    "pipeline": pipeline,
+    "demo": demo,
+    "export-bundle": export_bundle,
 }
 
 

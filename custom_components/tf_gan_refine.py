@@ -238,7 +238,10 @@ def output_paths(
     modalities: Sequence[str],
     copy_keys: Sequence[str] = ("label", "roi", "brain_mask"),
 ) -> dict[str, dict[str, Path]]:
-    """Where each case's files go: ``images/<case>_<modality>.nii.gz`` and ``labels/<case>_<key>.nii.gz``."""
+    """Where each case's files go: ``images/<case>_<modality>.nii.gz`` and ``labels/<case>_<key>.nii[.gz]``.
+
+    Copied files keep their source's compression (a ``.nii`` copied under a ``.nii.gz`` name is unreadable).
+    """
     out = Path(output_dir)
     suffix = {"label": "seg", "roi": "roi", "brain_mask": "brain"}
     paths: dict[str, dict[str, Path]] = {}
@@ -247,7 +250,8 @@ def output_paths(
         p = {f"image:{m}": out / "images" / f"{cid}_{m}.nii.gz" for m in modalities}
         for key in copy_keys:
             if key in item:
-                p[key] = out / "labels" / f"{cid}_{suffix.get(key, key)}.nii.gz"
+                ext = ".nii.gz" if str(item[key]).endswith(".gz") else ".nii"
+                p[key] = out / "labels" / f"{cid}_{suffix.get(key, key)}{ext}"
         paths[cid] = p
     return paths
 

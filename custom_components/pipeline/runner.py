@@ -13,6 +13,7 @@ import ast
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,8 @@ class Stage:
         inputs: files whose identity (size, mtime, and content for small files) is part of the fingerprint.
         function: in-process alternative to ``command`` (called with no arguments).
         description: one line shown in the progress output.
+        key: settings of an in-process stage that are part of its fingerprint.
+        clean: folders removed before the stage runs, so a rerun never mixes with an older run.
     """
 
     name: str
@@ -46,6 +49,8 @@ class Stage:
     inputs: list[Path] = field(default_factory=list)
     function: Callable[[], Any] | None = None
     description: str = ""
+    key: str = ""
+    clean: list[Path] = field(default_factory=list)
 
 
 def bundle_command(
@@ -103,6 +108,7 @@ def fingerprint(stage: Stage) -> str:
         named += [Path(c) for c in configs]
     payload = {
         "command": stage.command[1:] if stage.command else stage.name,  # not the interpreter path
+        "key": stage.key,
         "files": [_file_identity(p) for p in sorted(set(named))],
         "inputs": [_file_identity(Path(p)) for p in stage.inputs],
     }
@@ -141,6 +147,7 @@ def run_stages(
     from_stage: str | None = None,
     log: Callable[[str], None] = print,
     env: Mapping[str, str] | None = None,
+    numbering: tuple[int, int] | None = None,
 ) -> dict[str, str]:
     """Run ``stages`` in order; returns {stage: "ran" | "skipped"}.
 
@@ -150,6 +157,7 @@ def run_stages(
         from_stage: rerun this stage and all after it even if up to date.
         log: where progress lines go.
         env: extra environment variables for the commands.
+        numbering: (offset, total) for the progress lines when this is part of a longer chain.
     """
     workdir = Path(workdir)
     names = [s.name for s in stages]
@@ -161,7 +169,8 @@ def run_stages(
     status: dict[str, str] = {}
     total = time.perf_counter()
     for i, stage in enumerate(stages):
-        prefix = f"[{i + 1}/{len(stages)}] {stage.name}"
+        offset, count = numbering or (0, len(stages))
+        prefix = f"[{offset + i + 1}/{count}] {stage.name}"
         if i < force_from and is_up_to_date(workdir, stage):
             log(f"{prefix}: up to date, skipped")
             status[stage.name] = "skipped"
@@ -169,6 +178,9 @@ def run_stages(
         log(f"{prefix}: running{' - ' + stage.description if stage.description else ''}")
         start = time.perf_counter()
         _state_file(workdir, stage).unlink(missing_ok=True)
+        for folder in stage.clean:
+            if Path(folder).is_dir():
+                shutil.rmtree(folder)
         if stage.function is not None:
             stage.function()
         else:

@@ -1,0 +1,476 @@
+"""The chained pipeline and its comparison experiment, as stages for :mod:`runner`.
+
+Order: data (demo data or the user's datalists) -> prepare-healthy -> dtss_mas_seg phase 1 per seed
+(the baseline; its encoder is TF's frozen F) -> tf_aug train + synthesise -> tf_gan train + refine
+(-> Pix2Pix train + synthesise) -> dtss_mas_seg phase 2 per arm and seed, each starting from its
+seed's phase-1 model -> evaluation per arm and seed -> report. Every bundle stage runs the bundle's
+own configs through ``python -m monai.bundle run`` with an overrides file; each stage's output
+datalist is the next one's input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from custom_components.data.datalist import read_datalist, write_datalist
+from custom_components.pipeline.config import ARMS
+from custom_components.pipeline.runner import Stage, bundle_command, run_stages
+
+TF_ARMS = ("tf", "tf_mas")
+
+
+def _device(cfg: dict[str, Any]) -> str:
+    return f"$torch.device({cfg['device']!r})"
+
+
+class Experiment:
+    """Stages of one pipeline config (see :func:`custom_components.pipeline.config.load_config`)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.work = Path(cfg["workdir"])
+
+    # ---- paths ---------------------------------------------------------------------------------
+    def stage_dir(self, name: str) -> Path:
+        return self.work / name
+
+    @property
+    def real_datalist(self) -> Path:
+        if self.cfg["demo"] is not None:
+            return self.stage_dir("data") / "demo" / "tumour" / "datalist.json"
+        return Path(self.cfg["real_datalist"])
+
+    @property
+    def raw_healthy(self) -> Path:
+        if self.cfg["demo"] is not None:
+            return self.stage_dir("data") / "demo" / "healthy" / "datalist.json"
+        return Path(self.cfg["healthy"])
+
+    @property
+    def prepared_healthy(self) -> Path:
+        return self.stage_dir("prepare_healthy") / "datalist.json"
+
+    def phase1_model(self, seed: int) -> Path:
+        return self.stage_dir(f"seg_phase1_s{seed}") / "models" / "model.pt"
+
+    @property
+    def encoder_seed(self) -> int:
+        return int(self.cfg["seeds"][0])
+
+    @property
+    def coarse_datalist(self) -> Path:
+        return self.stage_dir("tf_aug_synthesise") / "coarse" / "datalist.json"
+
+    @property
+    def refined_datalist(self) -> Path:
+        return self.stage_dir("tf_gan_refine") / "refined" / "datalist.json"
+
+    @property
+    def pix2pix_datalist(self) -> Path:
+        return self.stage_dir("pix2pix_synthesise") / "pix2pix" / "datalist.json"
+
+    def subset_datalist(self, ratio: int) -> Path:
+        return self.stage_dir("synthetic_subsets") / f"refined_syn{ratio}.json"
+
+    def metrics(self, arm: str, seed: int) -> Path:
+        return self.stage_dir(f"evaluate_{arm}_s{seed}") / "metrics.json"
+
+    # ---- which parts are needed -----------------------------------------------------------------
+    @property
+    def arms(self) -> list[str]:
+        return list(self.cfg["arms"]) + [f"tf_syn{r}" for r in self.cfg["synthetic_per_real"]]
+
+    def needs(self, part: str) -> bool:
+        arms = set(self.arms)
+        if part == "tf_gan":
+            return bool(arms & {*TF_ARMS}) or bool(self.cfg["synthetic_per_real"])
+        if part == "pix2pix":
+            return "pix2pix" in arms
+        if part == "tf_aug":
+            return self.needs("tf_gan") or self.needs("pix2pix") or "tf_aug" in arms
+        raise ValueError(part)
+
+    def n_real(self) -> int:
+        return len(read_datalist(self.real_datalist).get("training", []))
+
+    def num_synthetic(self) -> int:
+        ratios = [int(self.cfg["tf_aug"]["synthetic_per_real"]), *map(int, self.cfg["synthetic_per_real"])]
+        return max(ratios) * self.n_real()
+
+    # ---- data stages ------------------------------------------------------------------------------
+    def data_stages(self) -> list[Stage]:
+        stages = []
+        if self.cfg["demo"] is not None:
+            demo = dict(self.cfg["demo"])
+
+            def make_demo() -> None:
+                from custom_components.data.demo import make_demo_data
+
+                make_demo_data(self.stage_dir("data") / "demo", overwrite=True, **demo)
+
+            stages.append(
+                Stage(
+                    "data",
+                    function=make_demo,
+                    outputs=[self.real_datalist, self.raw_healthy],
+                    inputs=[],
+                    description=f"demo data (PHANTOM tumours) {demo}",
+                    key=json.dumps(demo, sort_keys=True),
+                )
+            )
+
+        def prepare() -> None:
+            from custom_components.data.healthy_prep import prepare_healthy
+
+            prepare_healthy(self.raw_healthy, self.reference(), self.stage_dir("prepare_healthy"), overwrite=True)
+
+        stages.append(
+            Stage(
+                "prepare_healthy",
+                function=prepare,
+                inputs=[self.raw_healthy, self.real_datalist],
+                outputs=[self.prepared_healthy],
+                description="register healthy scans into the tumour data's space, brain mask, [-1, 1]",
+                key=str(self.cfg["reference"]),
+            )
+        )
+        return stages
+
+    def reference(self) -> Path:
+        if self.cfg["reference"]:
+            return Path(self.cfg["reference"])
+        first = read_datalist(self.real_datalist)["training"][0]
+        image = first["image"]
+        return Path(image[0] if isinstance(image, list) else image)
+
+    # ---- bundle stages ------------------------------------------------------------------------------
+    def _bundle_stage(
+        self,
+        name: str,
+        bundle: str,
+        configs: list[str],
+        overrides: dict[str, Any],
+        inputs: list[Path],
+        outputs: list[Path],
+        description: str,
+        run_id: str = "run",
+    ) -> Stage:
+        out = self.stage_dir(name)
+        common = {"device": _device(self.cfg), "num_workers": int(self.cfg["num_workers"])}
+        overrides_file = self.work / "overrides" / f"{name}.json"
+        command = bundle_command(bundle, configs, {**common, **overrides}, overrides_file, run_id)
+        return Stage(name, command=command, inputs=inputs, outputs=outputs, description=description, clean=[out])
+
+    def _seg_common(self, seed: int) -> dict[str, Any]:
+        seg = self.cfg["seg"]
+        return {
+            "datalist": str(self.real_datalist),
+            "modalities": list(self.cfg["modalities"]),
+            "network_name": seg["network_name"],
+            "filters": list(seg["filters"]),
+            "crop_size": list(seg["crop_size"]),
+            "batch_size": int(seg["batch_size"]),
+            "seed": int(seed),
+            "val_section": self.cfg["eval_section"],
+            **seg["overrides"],
+        }
+
+    def phase1_stage(self, seed: int) -> Stage:
+        epochs = int(self.cfg["seg"]["phase1_epochs"])
+        name = f"seg_phase1_s{seed}"
+        overrides = {
+            **self._seg_common(seed),
+            "output_dir": str(self.stage_dir(name)),
+            "max_epochs": epochs,
+            "phase2_start_epoch": epochs,
+            "use_dtss": False,
+            "use_mas": False,
+        }
+        return self._bundle_stage(
+            name,
+            "dtss_mas_seg",
+            ["common.yaml", "train.yaml"],
+            overrides,
+            inputs=[self.real_datalist],
+            outputs=[self.phase1_model(seed)],
+            description=f"dtss_mas_seg phase 1 (real data only, {epochs} epochs): baseline model and encoder F",
+            run_id="training",
+        )
+
+    def _encoder(self) -> dict[str, Any]:
+        seg = self.cfg["seg"]
+        return {
+            "encoder_checkpoint": str(self.phase1_model(self.encoder_seed)),
+            "encoder_network": seg["network_name"],
+            "encoder_filters": list(seg["filters"]),
+        }
+
+    def tf_aug_stages(self) -> list[Stage]:
+        tf = self.cfg["tf_aug"]
+        train_dir = self.stage_dir("tf_aug_train")
+        params = train_dir / "models" / "intensity.json"
+        common = {
+            "healthy_datalist": str(self.prepared_healthy),
+            "real_datalist": str(self.real_datalist),
+            "modalities": list(self.cfg["modalities"]),
+            "seed": self.encoder_seed,
+            **self._encoder(),
+            **tf["overrides"],
+        }
+        train = self._bundle_stage(
+            "tf_aug_train",
+            "tf_aug",
+            ["common.yaml", "train.yaml"],
+            {**common, "output_dir": str(train_dir), "epochs": int(tf["epochs"]), "crop_size": list(tf["crop_size"])},
+            inputs=[self.prepared_healthy, self.real_datalist, self.phase1_model(self.encoder_seed)],
+            outputs=[params],
+            description=f"tf_aug: learn class-wise intensities a_c, b_c through F ({tf['epochs']} epochs)",
+            run_id="training",
+        )
+        n = self.num_synthetic()
+        synth_dir = self.stage_dir("tf_aug_synthesise")
+        synth = self._bundle_stage(
+            "tf_aug_synthesise",
+            "tf_aug",
+            ["common.yaml", "inference.yaml"],
+            {
+                **common,
+                "output_dir": str(synth_dir),
+                "intensity_params": str(params),
+                "synthesis_dir": str(synth_dir / "coarse"),
+                "num_cases": n,
+                "qc_cases": int(self.cfg["qc_cases"]),
+            },
+            inputs=[self.prepared_healthy, self.real_datalist, params],
+            outputs=[self.coarse_datalist],
+            description=f"tf_aug: synthesise {n} coarse tumour cases on healthy scans",
+        )
+        return [train, synth]
+
+    def _gan_common(self) -> dict[str, Any]:
+        gan = self.cfg["tf_gan"]
+        return {
+            "modalities": list(self.cfg["modalities"]),
+            "real_datalist": str(self.real_datalist),
+            "coarse_datalist": str(self.coarse_datalist),
+            "patch_size": list(gan["patch_size"]),
+            "gen_channels": list(gan["gen_channels"]),
+            "disc_channels": list(gan["disc_channels"]),
+            "seed": self.encoder_seed,
+            **gan["overrides"],
+        }
+
+    def tf_gan_stages(self) -> list[Stage]:
+        gan = self.cfg["tf_gan"]
+        train_dir = self.stage_dir("tf_gan_train")
+        generator = train_dir / "models" / "model.pt"
+        train = self._bundle_stage(
+            "tf_gan_train",
+            "tf_gan",
+            ["common.yaml", "train.yaml"],
+            {
+                **self._gan_common(),
+                **self._encoder(),
+                "output_dir": str(train_dir),
+                "ckpt_dir": str(train_dir / "models"),
+                "max_epochs": int(gan["epochs"]),
+            },
+            inputs=[self.coarse_datalist, self.real_datalist, self.phase1_model(self.encoder_seed)],
+            outputs=[generator],
+            description=f"tf_gan: adversarial refinement training ({gan['epochs']} epochs)",
+            run_id="training",
+        )
+        refine_dir = self.stage_dir("tf_gan_refine")
+        refine = self._bundle_stage(
+            "tf_gan_refine",
+            "tf_gan",
+            ["common.yaml", "inference.yaml"],
+            {
+                **self._gan_common(),
+                "output_dir": str(refine_dir),
+                "generator_checkpoint": str(generator),
+                "refined_dir": str(refine_dir / "refined"),
+            },
+            inputs=[self.coarse_datalist, generator],
+            outputs=[self.refined_datalist],
+            description="tf_gan: refine every coarse case (sliding window, Gaussian blending)",
+        )
+        return [train, refine]
+
+    def pix2pix_stages(self) -> list[Stage]:
+        gan = self.cfg["tf_gan"]
+        train_dir = self.stage_dir("pix2pix_train")
+        generator = train_dir / "models" / "model.pt"
+        train = self._bundle_stage(
+            "pix2pix_train",
+            "tf_gan",
+            ["common.yaml", "train_pix2pix.yaml"],
+            {
+                **self._gan_common(),
+                "output_dir": str(train_dir),
+                "pix2pix_ckpt_dir": str(train_dir / "models"),
+                "max_epochs": int(gan["epochs"]),
+            },
+            inputs=[self.real_datalist],
+            outputs=[generator],
+            description=f"Pix2Pix baseline: label map -> image ({gan['epochs']} epochs)",
+            run_id="training",
+        )
+        synth_dir = self.stage_dir("pix2pix_synthesise")
+        synth = self._bundle_stage(
+            "pix2pix_synthesise",
+            "tf_gan",
+            ["common.yaml", "inference_pix2pix.yaml"],
+            {
+                **self._gan_common(),
+                "output_dir": str(synth_dir),
+                "pix2pix_ckpt_dir": str(train_dir / "models"),
+                "synthetic_dir": str(synth_dir / "pix2pix"),
+            },
+            inputs=[self.coarse_datalist, generator],
+            outputs=[self.pix2pix_datalist],
+            description="Pix2Pix baseline: images for the augmented masks",
+        )
+        return [train, synth]
+
+    def subset_stage(self) -> Stage:
+        ratios = [int(r) for r in self.cfg["synthetic_per_real"]]
+
+        def write_subsets() -> None:
+            refined = read_datalist(self.refined_datalist)
+            n_real = self.n_real()
+            for r in ratios:
+                items = refined["training"][: r * n_real]
+                subset = {**refined, "training": items, "description": f"first {len(items)} refined cases ({r}/real)"}
+                write_datalist(self.subset_datalist(r), subset)
+
+        return Stage(
+            "synthetic_subsets",
+            function=write_subsets,
+            inputs=[self.refined_datalist, self.real_datalist],
+            outputs=[self.subset_datalist(r) for r in ratios],
+            description=f"synthetic-volume ablation datalists: {ratios} refined cases per real case",
+            key=json.dumps(ratios),
+        )
+
+    def arm_overrides(self, arm: str) -> dict[str, Any]:
+        """dtss_mas_seg phase-2 settings that define an arm."""
+        off = {"use_dtss": False, "use_mas": False, "synthetic_datalists": [], "use_carvemix": False}
+        if arm == "baseline":
+            return off
+        if arm == "carvemix":
+            return {**off, "use_carvemix": True}
+        if arm == "dtss":
+            return {**off, "use_dtss": True}
+        if arm == "dtss_mas":
+            return {**off, "use_dtss": True, "use_mas": True}
+        if arm == "tf_aug":
+            return {**off, "synthetic_datalists": [str(self.coarse_datalist)]}
+        if arm == "pix2pix":
+            return {**off, "synthetic_datalists": [str(self.pix2pix_datalist)]}
+        if arm == "tf":
+            return {**off, "synthetic_datalists": [str(self.refined_datalist)]}
+        if arm == "tf_mas":
+            return {**off, "synthetic_datalists": [str(self.refined_datalist)], "use_mas": True, "synthetic_mas": True}
+        if arm.startswith("tf_syn"):
+            return {**off, "synthetic_datalists": [str(self.subset_datalist(int(arm[len("tf_syn") :])))]}
+        raise ValueError(f"unknown arm {arm!r}")
+
+    def arm_stages(self, arm: str, seed: int) -> list[Stage]:
+        epochs = int(self.cfg["seg"]["phase2_epochs"])
+        name = f"seg_{arm}_s{seed}"
+        out = self.stage_dir(name)
+        model = out / "models" / "model.pt"
+        arm_cfg = self.arm_overrides(arm)
+        train = self._bundle_stage(
+            name,
+            "dtss_mas_seg",
+            ["common.yaml", "train.yaml"],
+            {
+                **self._seg_common(seed),
+                **arm_cfg,
+                "output_dir": str(out),
+                "init_checkpoint": str(self.phase1_model(seed)),
+                "phase2_start_epoch": 0,
+                "max_epochs": epochs,
+            },
+            inputs=[self.real_datalist, self.phase1_model(seed), *map(Path, arm_cfg["synthetic_datalists"])],
+            outputs=[model],
+            description=f"dtss_mas_seg phase 2, arm {arm} ({ARMS.get(arm, 'synthetic-volume ablation')}), seed {seed}",
+            run_id="training",
+        )
+        eval_name = f"evaluate_{arm}_s{seed}"
+        evaluate = self._bundle_stage(
+            eval_name,
+            "dtss_mas_seg",
+            ["common.yaml", "evaluate.yaml"],
+            {
+                **self._seg_common(seed),
+                "output_dir": str(self.stage_dir(eval_name)),
+                "model_path": str(model),
+                "eval_datalist": str(self.real_datalist),
+                "eval_section": self.cfg["eval_section"],
+                "eval_dir": str(self.stage_dir(eval_name)),
+            },
+            inputs=[self.real_datalist, model],
+            outputs=[self.metrics(arm, seed)],
+            description=f"evaluate arm {arm}, seed {seed} on '{self.cfg['eval_section']}' (ET/TC/WT Dice, HD95)",
+        )
+        return [train, evaluate]
+
+    def model_stages(self) -> list[Stage]:
+        seeds = [int(s) for s in self.cfg["seeds"]]
+        stages = [self.phase1_stage(s) for s in seeds]
+        if self.needs("tf_aug"):
+            stages += self.tf_aug_stages()
+        if self.needs("tf_gan"):
+            stages += self.tf_gan_stages()
+        if self.needs("pix2pix"):
+            stages += self.pix2pix_stages()
+        if self.cfg["synthetic_per_real"]:
+            stages.append(self.subset_stage())
+        for arm in self.arms:
+            for seed in seeds:
+                stages += self.arm_stages(arm, seed)
+        return stages
+
+    def count_model_stages(self) -> int:
+        """Number of stages after the data stages (for the progress lines, before datalists exist)."""
+        n = len(self.cfg["seeds"]) * (1 + 2 * len(self.arms)) + 1
+        n += 2 * sum(self.needs(p) for p in ("tf_aug", "tf_gan", "pix2pix"))
+        return n + (1 if self.cfg["synthetic_per_real"] else 0)
+
+    def report_stage(self, write: Callable[[Experiment], dict[str, Path]]) -> Stage:
+        seeds = [int(s) for s in self.cfg["seeds"]]
+        metrics = [self.metrics(a, s) for a in self.arms for s in seeds]
+        return Stage(
+            "report",
+            function=lambda: write(self),
+            inputs=metrics,
+            outputs=[self.stage_dir("report") / "report.md", self.stage_dir("report") / "report.html"],
+            description="comparison report (Markdown + HTML), Dice plot, QC montages",
+            key=self.cfg["title"],
+        )
+
+
+def run_experiment(cfg: dict[str, Any], from_stage: str | None = None, log: Callable[[str], None] = print) -> Path:
+    """Run the whole chain for a loaded pipeline config; returns the report's Markdown path."""
+    from custom_components.pipeline.summary import write_experiment_report
+
+    exp = Experiment(cfg)
+    exp.work.mkdir(parents=True, exist_ok=True)
+    data = exp.data_stages()
+    data_names = [s.name for s in data]
+    total = len(data) + exp.count_model_stages()
+    run_stages(data, exp.work, from_stage if from_stage in data_names else None, log=log, numbering=(0, total))
+    rest = [*exp.model_stages(), exp.report_stage(write_experiment_report)]
+    names = [s.name for s in data + rest]
+    if from_stage is not None and from_stage not in names:
+        raise ValueError(f"--from {from_stage!r} is not a stage; stages: {', '.join(names)}")
+    # a forced rerun of a data stage forces everything after it too
+    rerun_from = rest[0].name if from_stage in data_names else from_stage
+    run_stages(rest, exp.work, rerun_from, log=log, numbering=(len(data), total))
+    return exp.stage_dir("report") / "report.md"

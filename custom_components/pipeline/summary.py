@@ -1,0 +1,143 @@
+"""Collect the evaluations of an experiment into the report, with QC montages and MLflow runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import nibabel as nib
+import numpy as np
+
+from custom_components.data.atomic import atomic_write_text
+from custom_components.data.datalist import read_datalist
+from custom_components.pipeline.config import ARMS
+from custom_components.pipeline.report import REGIONS, ArmResult, write_report
+from custom_components.qc import save_montage
+
+if TYPE_CHECKING:
+    from custom_components.pipeline.experiment import Experiment
+
+
+def read_results(exp: Experiment) -> list[ArmResult]:
+    """Mean Dice per arm and seed from each evaluation's metrics.json."""
+    results = []
+    for arm in exp.arms:
+        for seed in exp.cfg["seeds"]:
+            path = exp.metrics(arm, int(seed))
+            mean = json.loads(path.read_text())["mean"]
+            results.append(ArmResult(arm, int(seed), {r: float(mean[f"dice_{r}"]) for r in REGIONS}))
+    return results
+
+
+def _datalist_montages(datalist: Path, out_dir: Path, name: str, n: int) -> list[Path]:
+    items = read_datalist(datalist).get("training", [])[:n]
+    pngs = []
+    for item in items:
+        image = item["image"][0] if isinstance(item["image"], list) else item["image"]
+        png = out_dir / f"{name}_{item['case_id']}.png"
+        pngs.append(save_montage(image, item["label"], png, title=f"{name}: {item['case_id']}"))
+    return pngs
+
+
+def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> list[Path]:
+    """Apply an online method (DTSS or CarveMix) to real training cases and show before/after."""
+    from custom_components.data.labels import to_internal
+    from custom_components.transforms.carvemix import CarveMix
+    from custom_components.transforms.dtss import DeformationTumorSynthesis
+    from custom_components.transforms.intensity import RescaleBrainIntensity
+
+    data = read_datalist(exp.real_datalist)
+    convention = data.get("labels", "brats2023")
+    items = data["training"]
+    index = {m: i for i, m in enumerate(data.get("modalities", exp.cfg["modalities"]))}
+    channel = index.get(exp.cfg["modalities"][0], 0)
+
+    def load(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        image = nib.as_closest_canonical(nib.load(item["image"][channel]))
+        label = nib.as_closest_canonical(nib.load(item["label"]))
+        img = RescaleBrainIntensity()(image.get_fdata(dtype=np.float32)[None])
+        return img, to_internal(np.asarray(label.dataobj), convention)[None], image.affine
+
+    pngs = []
+    for k, item in enumerate(items[:n]):
+        img, lab, affine = load(item)
+        if method == "dtss":
+            new_img, new_lab = DeformationTumorSynthesis().set_random_state(seed=k)(img, lab)
+        else:
+            src_img, src_lab, _ = load(items[(k + 1) % len(items)])
+            new_img, new_lab, _ = CarveMix().set_random_state(seed=k)(img, lab, src_img, src_lab)
+        png = out_dir / f"{method}_{item['case_id']}.png"
+        pngs.append(
+            save_montage(
+                np.asarray(new_img)[0],
+                np.asarray(new_lab)[0],
+                png,
+                title=f"{method} on {item['case_id']} (bottom: real)",
+                extra_images=[img[0]],
+                row_titles=[method, "real"],
+                affine=affine,
+            )
+        )
+    return pngs
+
+
+def write_experiment_report(exp: Experiment) -> dict[str, Path]:
+    """Write the report of an experiment (and its MLflow runs when enabled)."""
+    cfg = exp.cfg
+    out = exp.stage_dir("report")
+    qc = out / "qc"
+    n = int(cfg["qc_cases"])
+    arms = set(exp.arms)
+    montages: dict[str, list[Path]] = {}
+    if exp.needs("tf_aug"):
+        montages["TF-Aug (coarse)"] = _datalist_montages(exp.coarse_datalist, qc, "tf_aug", n)
+    if exp.needs("tf_gan"):
+        montages["TF (TF-Aug + TF-GAN, refined)"] = _datalist_montages(exp.refined_datalist, qc, "tf", n)
+    if exp.needs("pix2pix"):
+        montages["Pix2Pix"] = _datalist_montages(exp.pix2pix_datalist, qc, "pix2pix", n)
+    if arms & {"dtss", "dtss_mas"}:
+        montages["DTSS (online)"] = _online_montages(exp, qc, "dtss", n)
+    if "carvemix" in arms:
+        montages["CarveMix (online)"] = _online_montages(exp, qc, "carvemix", n)
+    results = read_results(exp)
+    data = "demo data (PHANTOM tumours, deformed MNI152 healthy scans)" if cfg["demo"] else str(exp.real_datalist)
+    seg = cfg["seg"]
+    notes = [
+        f"Data: {data}; {exp.n_real()} real training cases; evaluation on section '{cfg['eval_section']}'.",
+        f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, "
+        f"phase 1 {seg['phase1_epochs']} epochs (real only), then phase 2 {seg['phase2_epochs']} epochs per arm "
+        "from the same phase-1 model.",
+        "Arms: " + "; ".join(f"{a}: {ARMS.get(a, 'TF refined cases, synthetic-volume ablation')}" for a in exp.arms),
+    ]
+    paths = write_report(results, out, title=cfg["title"], notes=notes, montages=montages)
+    results_json = out / "results.json"
+    atomic_write_text(
+        results_json,
+        json.dumps([{"arm": r.arm, "seed": r.seed, **r.dice, "mean": r.mean} for r in results], indent=2) + "\n",
+    )
+    if cfg["mlflow"]["enabled"]:
+        log_to_mlflow(exp, results, paths)
+    return {**paths, "results": results_json}
+
+
+def log_to_mlflow(exp: Experiment, results: list[ArmResult], paths: dict[str, Path]) -> str:
+    """One MLflow experiment: a run per arm and seed with its Dice, and a run holding the report."""
+    import mlflow
+
+    cfg = exp.cfg
+    uri = cfg["mlflow"]["tracking_uri"] or (exp.work / "mlruns").resolve().as_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = cfg["mlflow"]["experiment"] or cfg["title"]
+    mlflow.set_experiment(experiment)
+    for r in results:
+        with mlflow.start_run(run_name=f"{r.arm}_s{r.seed}"):
+            mlflow.log_params({"arm": r.arm, "seed": r.seed, "pipeline_config": cfg["source"]})
+            mlflow.log_metrics({f"dice_{k}": v for k, v in r.dice.items()} | {"dice_mean": r.mean})
+            mlflow.log_artifact(str(exp.metrics(r.arm, r.seed)))
+    with mlflow.start_run(run_name="report"):
+        mlflow.log_param("arms", ",".join(exp.arms))
+        for p in paths.values():
+            mlflow.log_artifact(str(p))
+        mlflow.log_artifact(cfg["source"])
+    return uri

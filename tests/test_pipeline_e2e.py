@@ -1,0 +1,99 @@
+"""The chained pipeline end to end on tiny demo data: every stage's datalist, the report, skip on rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from custom_components.data.datalist import read_datalist
+from custom_components.data.validation import validate_datalist
+from custom_components.pipeline.config import load_config
+from custom_components.pipeline.experiment import Experiment, run_experiment
+
+TINY = {
+    "workdir": "work",
+    "title": "tiny",
+    "demo": {"n_healthy": 2, "n_tumour": 4, "spacing": 4.0, "seed": 0},
+    "arms": ["baseline", "tf", "dtss_mas"],
+    "seeds": [0],
+    "seg": {"filters": [4, 8, 16], "crop_size": [32, 32, 32], "phase1_epochs": 2, "phase2_epochs": 1},
+    "tf_aug": {"epochs": 1, "crop_size": [32, 32, 32]},
+    "tf_gan": {"epochs": 1, "patch_size": [64, 64, 64], "overrides": {"epoch_length": 1}},
+    "qc_cases": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Experiment, list[str]]:
+    root = tmp_path_factory.mktemp("pipeline")
+    config = root / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    cfg = load_config(config)
+    lines: list[str] = []
+    report = run_experiment(cfg, log=lines.append)
+    assert report == Path(cfg["workdir"]) / "report" / "report.md"
+    return Experiment(cfg), lines
+
+
+def test_every_stage_ran_in_order(finished):
+    exp, lines = finished
+    done = [line.split("] ")[1].split(":")[0] for line in lines if "done in" in line]
+    assert done[:5] == ["data", "prepare_healthy", "seg_phase1_s0", "tf_aug_train", "tf_aug_synthesise"]
+    assert done[5:7] == ["tf_gan_train", "tf_gan_refine"]
+    assert done[-1] == "report" and len(done) == exp.count_model_stages() + 2 == 14
+
+
+def test_stage_datalists(finished):
+    exp, _ = finished
+    real = read_datalist(exp.real_datalist)
+    n_real = len(real["training"])
+    prepared = read_datalist(exp.prepared_healthy)
+    ref = nib.load(real["training"][0]["image"][0])
+    for item in prepared["training"]:
+        img = nib.load(item["image"][0])
+        assert img.shape == ref.shape and np.allclose(img.affine, ref.affine, atol=1e-5)
+    for datalist in (exp.coarse_datalist, exp.refined_datalist):
+        data = read_datalist(datalist)
+        assert data["labels"] == "internal" and data["modalities"] == ["t1n"]
+        assert len(data["training"]) == n_real  # one synthetic case per real case
+        assert all(item["synthetic"] for item in data["training"])
+        assert validate_datalist(datalist) == []
+    refined = read_datalist(exp.refined_datalist)["training"]
+    coarse = {i["case_id"]: i for i in read_datalist(exp.coarse_datalist)["training"]}
+    for item in refined:  # the refined case keeps its coarse label
+        a = np.asarray(nib.load(item["label"]).dataobj)
+        b = np.asarray(nib.load(coarse[item["case_id"]]["label"]).dataobj)
+        assert np.array_equal(a, b)
+    # the TF arm's training was fed the refined datalist
+    overrides = json.loads((exp.work / "overrides" / "seg_tf_s0.json").read_text())
+    assert overrides["synthetic_datalists"] == [str(exp.refined_datalist)]
+    assert overrides["init_checkpoint"] == str(exp.phase1_model(0))
+
+
+def test_report_table(finished):
+    exp, _ = finished
+    md = (exp.work / "report" / "report.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"Arm", "baseline", "tf", "dtss_mas"}
+    results = json.loads((exp.work / "report" / "results.json").read_text())
+    for r in results:
+        metrics = json.loads(exp.metrics(r["arm"], r["seed"]).read_text())["mean"]
+        assert r["ET"] == pytest.approx(metrics["dice_ET"]) and 0.0 <= r["mean"] <= 1.0
+        assert f"{100 * r['mean']:.2f} ±" in rows[r["arm"]]
+    assert (exp.work / "report" / "report.html").is_file()
+    assert len(list((exp.work / "report" / "qc").glob("*.png"))) == 3  # tf_aug, tf, dtss montages
+
+
+def test_rerun_skips_completed_stages(finished):
+    exp, _ = finished
+    lines: list[str] = []
+    run_experiment(exp.cfg, log=lines.append)
+    assert lines and all("up to date, skipped" in line for line in lines)
+    lines.clear()
+    run_experiment(exp.cfg, from_stage="report", log=lines.append)
+    assert sum("done in" in line for line in lines) == 1 and "report: done" in lines[-1]
