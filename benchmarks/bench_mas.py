@@ -1,0 +1,195 @@
+"""Benchmark the cost of MAS in a training epoch (one CPU thread by default).
+
+Times phase-2 training epochs of the dtss_mas_seg trainer on in-memory crops (real + synthetic samples
+in every batch, DynUNet, weighted Dice loss) in two settings:
+
+* ``plain``: MONAI's ``SupervisedTrainer`` with the same loss and no sample weights (no per-sample Dice);
+* ``mas``: ``SegmentationTrainer`` with a ``MASHandler`` (per-sample Dice of the detached prediction,
+  MAS weights, per-epoch statistics, per-epoch CSV log).
+
+The data loading is excluded (the batches are prepared tensors), so the overhead is relative to the
+network's forward and backward passes only: an upper bound of MAS's share of a real epoch. Three figures:
+the difference of the median epoch times (noisy on a shared machine), the time spent in MAS code during
+the MAS epochs (timed in place, the reliable figure), and the MAS operations of one batch
+(``hard_prediction`` + ``region_dice_per_sample`` + ``MASHandler.weights``) against its forward + backward pass.
+
+Usage: ``python benchmarks/bench_mas.py [--crop 64] [--filters 8,16,32,64,128] [--batch 2] [--iters 4] [--epochs 3]``
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its thread pool
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+
+from custom_components.engines import seg_trainer
+from custom_components.engines.seg_trainer import SegmentationTrainer
+from custom_components.handlers.mas import MASHandler, hard_prediction, region_dice_per_sample
+from custom_components.losses.weighted_dice import SampleWeightedDiceLoss
+from custom_components.networks import build_segmentation_network
+
+
+def make_batches(n: int, real: int, synthetic: int, crop: int, channels: int) -> list[dict]:
+    """``n`` batches of ``real`` + ``synthetic`` crops with a nested tumour (ED around ET around NCR)."""
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    size = real + synthetic
+    for i in range(n):
+        label = torch.zeros(size, 1, crop, crop, crop)
+        for b in range(size):
+            c = torch.randint(crop // 4, 3 * crop // 4, (3,), generator=g).tolist()
+            r = crop // 6
+            box = tuple(slice(max(x - r, 0), x + r) for x in c)
+            label[(b, 0, *box)] = 2
+            inner = tuple(slice(max(x - r // 2, 0), x + r // 2) for x in c)
+            label[(b, 0, *inner)] = 3
+            core = tuple(slice(max(x - r // 4, 0), x + r // 4) for x in c)
+            label[(b, 0, *core)] = 1
+        image = torch.randn(size, channels, crop, crop, crop, generator=g) * 0.3 + label / 3
+        batches.append(
+            {
+                "image": image,
+                "label": label,
+                "is_synthetic": torch.tensor([False] * real + [True] * synthetic),
+                "mas": torch.tensor([False] * real + [True] * synthetic),
+                "weight": torch.ones(size),
+                "case_id": [f"case{i}_{b}" for b in range(real)] + [f"case{i}_{b}#online0" for b in range(synthetic)],
+            }
+        )
+    return batches
+
+
+def _timed(fn: Callable, clock: Callable[[], float], acc: list[float]) -> Callable:
+    """``fn`` with its run time added to ``acc[0]``."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            acc[0] += clock() - start
+
+    return wrapper
+
+
+def epoch_times(
+    kind: str, batches: list[dict], filters: list[int], channels: int, epochs: int, cpu: bool = True
+) -> tuple[list[float], list[float]]:
+    """Seconds per epoch, and seconds spent in MAS code per epoch, for ``kind`` in {plain, mas}.
+
+    The first (warm-up) epoch is excluded. MAS code is timed in place: the per-sample Dice
+    (``hard_prediction``, ``region_dice_per_sample``) and every ``MASHandler`` method the trainer and the
+    engine call. ``cpu``: process CPU time (robust to other processes on a shared machine) instead of wall time.
+    """
+    torch.manual_seed(0)
+    net = build_segmentation_network("dynunet", channels, 4, filters)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5, weight_decay=1e-5)
+    loss = SampleWeightedDiceLoss()
+    common = {"device": "cpu", "max_epochs": epochs + 1, "train_data_loader": batches, "network": net, "optimizer": opt}
+    clock = time.process_time if cpu else time.perf_counter
+    acc = [0.0]
+    originals = (seg_trainer.hard_prediction, seg_trainer.region_dice_per_sample)
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "plain":
+            trainer = SupervisedTrainer(loss_function=loss, **common)
+        else:
+            seg_trainer.hard_prediction = _timed(originals[0], clock, acc)
+            seg_trainer.region_dice_per_sample = _timed(originals[1], clock, acc)
+            mas = MASHandler(log_dir=tmp)
+            for name in ("weights", "epoch_started", "iteration_completed", "epoch_completed"):
+                setattr(mas, name, _timed(getattr(mas, name), clock, acc))
+            trainer = SegmentationTrainer(loss_function=loss, mas=mas, **common)
+        starts: list[float] = []
+        times: list[float] = []
+        mas_times: list[float] = []
+
+        def started(engine: Any) -> None:
+            acc[0] = 0.0
+            starts.append(clock())
+
+        def completed(engine: Any) -> None:
+            times.append(clock() - starts[-1])
+            mas_times.append(acc[0])
+
+        trainer.add_event_handler(Events.EPOCH_STARTED, started)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, completed)
+        try:
+            trainer.run()
+        finally:
+            seg_trainer.hard_prediction, seg_trainer.region_dice_per_sample = originals
+    return times[1:], mas_times[1:]
+
+
+def mas_op_time(batches: list[dict], filters: list[int], channels: int, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of (forward + backward of one batch, MAS-specific operations of that batch)."""
+    torch.manual_seed(0)
+    net = build_segmentation_network("dynunet", channels, 4, filters)
+    loss = SampleWeightedDiceLoss()
+    mas = MASHandler()
+    mas.eta, mas.theta = 0.6, 0.2
+    batch = batches[0]
+    step, ops = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        logits = net(batch["image"])
+        loss(logits, batch["label"]).backward()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            dice = region_dice_per_sample(hard_prediction(logits.detach()), batch["label"][:, 0])
+        mas.weights(dice, batch["weight"], batch["mas"])
+        ops.append(time.perf_counter() - t1)
+        step.append(t1 - t0)
+    return statistics.median(step), statistics.median(ops)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crop", type=int, default=64, help="crop side (voxels)")
+    parser.add_argument("--filters", default="8,16,32,64,128", help="DynUNet widths per level")
+    parser.add_argument("--batch", type=int, default=2, help="real crops per batch (as many synthetic ones are added)")
+    parser.add_argument("--channels", type=int, default=4, help="input modalities")
+    parser.add_argument("--iters", type=int, default=3, help="iterations per epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per setting (after one warm-up epoch)")
+    parser.add_argument("--wall", action="store_true", help="time epochs by wall clock instead of process CPU time")
+    args = parser.parse_args()
+    filters = [int(f) for f in args.filters.split(",")]
+    batches = make_batches(args.iters, args.batch, args.batch, args.crop, args.channels)
+    print(
+        f"crop {args.crop}^3, {args.channels} channels, batch {args.batch} real + {args.batch} synthetic, "
+        f"DynUNet {filters}, {args.iters} iterations/epoch, {torch.get_num_threads()} thread(s)"
+    )
+    results: dict[str, list[float]] = {}
+    in_place: list[float] = []
+    for kind in ("plain", "mas", "plain", "mas"):  # interleaved against drift on a shared machine
+        times, mas_times = epoch_times(kind, batches, filters, args.channels, args.epochs, cpu=not args.wall)
+        results.setdefault(kind, []).extend(times)
+        if kind == "mas":
+            in_place += [m / t for m, t in zip(mas_times, times, strict=True)]
+    plain, mas = statistics.median(results["plain"]), statistics.median(results["mas"])
+    clock = "wall" if args.wall else "CPU"
+    print(f"epoch {clock} time without MAS: {plain:.3f} s (median of {len(results['plain'])})")
+    print(f"epoch {clock} time with MAS:    {mas:.3f} s (median of {len(results['mas'])})")
+    print(f"difference of the medians: {100 * (mas - plain) / plain:+.2f} % (includes the machine's timing noise)")
+    print(f"MAS code timed in place: {100 * statistics.median(in_place):.2f} % of the epoch (median over epochs)")
+    step, ops = mas_op_time(batches, filters, args.channels)
+    print(
+        f"per iteration: forward+backward {step * 1000:.1f} ms, MAS operations {ops * 1000:.2f} ms "
+        f"= {100 * ops / step:.2f} % of the iteration"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Helpers for running the bundles on several processes (``torchrun``): one GPU per process, or CPU processes.
+
+The ``configs/multi_gpu_*.yaml`` files of the bundles call these functions:
+
+* process group: :func:`init_distributed` (``nccl`` when CUDA is available, ``gloo`` otherwise, chosen by
+  :func:`default_backend`), :func:`destroy_distributed`, :func:`barrier`, :func:`get_rank`,
+  :func:`get_world_size`, :func:`local_rank`, :func:`process_device` (``cuda:<LOCAL_RANK>`` or ``cpu``);
+* training: :func:`rank_zero_handlers` keeps the handlers that write (statistics, checkpoints, MLflow) on rank
+  0 only; :func:`all_gather_objects` / :func:`all_reduce_sum` let every rank see the same statistics (the MAS
+  eta/theta of dtss_mas_seg, epoch means of the TF-GAN losses), :func:`merge_case_values` combines per-case
+  values gathered from all ranks;
+* sharded synthesis / refinement: :func:`shard_items` gives rank ``r`` of ``w`` the items ``i`` with
+  ``i % w == r`` (every item to exactly one rank), :func:`shard_path` names the rank's shard datalist and
+  :func:`finish_sharded_run` / :func:`merge_shard_datalists` merge the shards into one datalist (rank 0,
+  after a barrier), checking that every case appears exactly once.
+
+Every function also works without an initialised process group (one process: rank 0 of 1), so the same code
+runs under ``python -m monai.bundle run`` and under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from custom_components.data.datalist import read_datalist, write_datalist
+
+__all__ = [
+    "WRITER_HANDLERS",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "barrier",
+    "default_backend",
+    "destroy_distributed",
+    "finish_sharded_run",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed",
+    "local_rank",
+    "merge_case_values",
+    "merge_shard_datalists",
+    "process_device",
+    "rank_zero_handlers",
+    "shard_items",
+    "shard_path",
+]
+
+logger = logging.getLogger(__name__)
+
+TORCHRUN_ENV: tuple[str, ...] = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# class names of handlers that only write (logs, files, trackers); rank_zero_handlers drops them on ranks > 0
+WRITER_HANDLERS: tuple[str, ...] = (
+    "StatsHandler",
+    "CheckpointSaver",
+    "MLFlowHandler",
+    "ClearMLStatsHandler",
+    "TensorBoardStatsHandler",
+    "TensorBoardImageHandler",
+    "ClasswiseIntensitySaver",
+)
+
+
+# -- process group -----------------------------------------------------------------------------------
+def is_distributed() -> bool:
+    """Whether a torch.distributed process group is initialised in this process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """Rank of this process (0 without a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    """Rank of this process on its machine (``LOCAL_RANK``, set by torchrun; 0 when unset)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def default_backend() -> str:
+    """``nccl`` when CUDA is available (one GPU per process), ``gloo`` otherwise (CPU processes)."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def process_device() -> torch.device:
+    """The device of this process: ``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``."""
+    return torch.device(f"cuda:{local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def init_distributed(backend: str | None = None, timeout_s: float | None = None, required: bool = True) -> bool:
+    """Initialise the default process group from torchrun's environment (``env://``), once.
+
+    With CUDA the process's GPU (``LOCAL_RANK``) becomes the current device first (``nccl`` needs it).
+
+    Args:
+        backend: ``nccl`` or ``gloo``; default :func:`default_backend`.
+        timeout_s: timeout of collective operations in seconds (default: PyTorch's).
+        required: raise when the process was not started by torchrun; when False such a process runs alone
+            (no process group; rank 0 of 1).
+
+    Returns:
+        Whether a process group is initialised (so the call can sit in a bundle's ``initialize`` list).
+
+    Raises:
+        RuntimeError when ``required`` and torchrun's environment variables are missing.
+    """
+    if is_distributed():
+        return True
+    missing = [k for k in TORCHRUN_ENV if k not in os.environ]
+    if missing:
+        if not required:
+            return False
+        raise RuntimeError(
+            f"multi-process configs need torchrun's environment ({', '.join(missing)} not set); start with "
+            "`torchrun --nproc_per_node=N -m monai.bundle run ...`"
+        )
+    backend = backend or default_backend()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+    kwargs: dict[str, Any] = {}
+    if timeout_s is not None:
+        kwargs["timeout"] = datetime.timedelta(seconds=float(timeout_s))
+    dist.init_process_group(backend=backend, **kwargs)
+    logger.info(f"process group initialised: rank {get_rank()} of {get_world_size()}, backend {backend}")
+    return True
+
+
+def destroy_distributed() -> bool:
+    """Destroy the default process group if there is one; returns True (for a bundle's ``finalize`` list)."""
+    if is_distributed():
+        dist.destroy_process_group()
+    return True
+
+
+def barrier() -> bool:
+    """Wait for every rank (no-op in one process); returns True (for bundle expression lists)."""
+    if is_distributed():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+    return True
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` in one process). Objects must be picklable."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks (float64; ``values`` itself in one process)."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
+def merge_case_values(gathered: Iterable[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """Combine per-case value lists gathered from the ranks: the lists of a case id are concatenated (in rank order).
+
+    Args:
+        gathered: one ``{case_id: [values]}`` mapping per rank.
+    """
+    out: dict[str, list[float]] = defaultdict(list)
+    for per_rank in gathered:
+        for case, values in per_rank.items():
+            out[str(case)].extend(float(v) for v in values)
+    return dict(out)
+
+
+def rank_zero_handlers(handlers: Sequence[Any] | None, writer_types: Sequence[str] = WRITER_HANDLERS) -> list[Any]:
+    """The handlers this rank attaches: all of them on rank 0; on other ranks those that do not only write.
+
+    Handlers whose class name is in ``writer_types`` (statistics printers, checkpoint savers, MLflow and
+    TensorBoard loggers) run on rank 0 only; everything that changes the training state (learning-rate and
+    loss-weight schedules, validation, MAS) runs on every rank. ``None`` entries (disabled handlers) are dropped.
+
+    Args:
+        handlers: the configured handler list (``train#handlers``).
+        writer_types: class names of handlers to keep on rank 0 only.
+    """
+    keep = get_rank() == 0
+    return [h for h in (handlers or []) if h is not None and (keep or type(h).__name__ not in writer_types)]
+
+
+# -- sharding ------------------------------------------------------------------------------------------
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    rank = get_rank() if rank is None else int(rank)
+    world_size = get_world_size() if world_size is None else int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+def shard_items(items: Sequence[Any], rank: int | None = None, world_size: int | None = None) -> list[Any]:
+    """The items of ``rank``: every ``i``-th item with ``i % world_size == rank`` (each item goes to one rank).
+
+    Args:
+        items: all items, in their canonical order.
+        rank: this rank (default: of the process group, 0 without one).
+        world_size: number of ranks (default: of the process group, 1 without one).
+
+    Raises:
+        ValueError when there are fewer items than ranks (a rank would have nothing to do).
+    """
+    rank, world_size = _rank_world(rank, world_size)
+    if len(items) < world_size:
+        raise ValueError(f"{len(items)} case(s) cannot be shared by {world_size} processes; start at most {len(items)}")
+    return [item for i, item in enumerate(items) if i % world_size == rank]
+
+
+def shard_path(path: str | os.PathLike, rank: int | None = None, world_size: int | None = None) -> Path:
+    """Where rank ``rank`` writes its part of the datalist ``path``: ``<stem>.shard<r>-of-<w><suffix>`` beside it.
+
+    Args:
+        path: the merged datalist.
+        rank, world_size: as for :func:`shard_items`.
+    """
+    rank, world_size = _rank_world(rank, world_size)
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard{rank:03d}-of-{world_size:03d}{path.suffix}")
+
+
+def merge_shard_datalists(
+    datalist_path: str | os.PathLike,
+    world_size: int | None = None,
+    case_ids: Sequence[str] | None = None,
+    section: str = "training",
+    remove_shards: bool = True,
+) -> Path:
+    """Merge the shard datalists written by ``world_size`` ranks into ``datalist_path``.
+
+    The shards' metadata (every top-level key except ``section``) must agree. Every case must appear in
+    exactly one shard; with ``case_ids`` the merged items must be exactly those cases and are written in
+    that order (the order a single-process run writes), otherwise in shard order.
+
+    Args:
+        datalist_path: the merged datalist to write (the shards are :func:`shard_path` of it).
+        world_size: number of shards (default: of the process group).
+        case_ids: the expected case ids, in order.
+        section: the datalist section holding the items.
+        remove_shards: delete the shard datalists after the merged one is written.
+
+    Raises:
+        FileNotFoundError naming a missing shard; ValueError naming the shards of a case that appears twice,
+        the missing / unexpected cases, or a shard whose metadata differs.
+    """
+    world_size = get_world_size() if world_size is None else int(world_size)
+    shards = [shard_path(datalist_path, r, world_size) for r in range(world_size)]
+    meta: dict[str, Any] | None = None
+    items: dict[str, dict[str, Any]] = {}
+    origin: dict[str, Path] = {}
+    for shard in shards:
+        data = read_datalist(shard)
+        if section not in data or not isinstance(data[section], list):
+            raise ValueError(f"{shard}: shard datalist has no {section!r} section")
+        rest = {k: v for k, v in data.items() if k != section}
+        if meta is None:
+            meta = rest
+        elif rest != meta:
+            raise ValueError(f"{shard}: metadata differs from {shards[0]} ({sorted(rest)} vs {sorted(meta)})")
+        for item in data[section]:
+            cid = str(item["case_id"])
+            if cid in items:
+                raise ValueError(f"case {cid!r} appears in two shards: {origin[cid]} and {shard}")
+            items[cid] = item
+            origin[cid] = shard
+    if case_ids is not None:
+        expected = [str(c) for c in case_ids]
+        missing = [c for c in expected if c not in items]
+        unexpected = sorted(set(items) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"{datalist_path}: shards of {world_size} rank(s) do not hold every case exactly once "
+                f"(missing: {missing}, unexpected: {unexpected})"
+            )
+        ordered = [items[c] for c in expected]
+    else:
+        ordered = list(items.values())
+    merged = {**(meta or {}), section: ordered}
+    out = write_datalist(datalist_path, merged)
+    if remove_shards:
+        for shard in shards:
+            shard.unlink()
+    logger.info(f"merged {world_size} shard datalist(s), {len(ordered)} case(s): {out}")
+    return out
+
+
+def finish_sharded_run(
+    datalist_path: str | os.PathLike,
+    case_ids: Sequence[str] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    section: str = "training",
+) -> Path:
+    """End of a sharded run: wait for every rank, merge the shard datalists on rank 0, wait again.
+
+    Under torchrun, after it returns on any rank ``datalist_path`` holds every case exactly once. Without a
+    process group (shards run one after the other, e.g. on machines of a cluster without a shared process
+    group) the barriers are no-ops and the shard of rank 0 merges, so run it last.
+
+    Args:
+        datalist_path: the merged datalist.
+        case_ids: the expected case ids, in order (see :func:`merge_shard_datalists`).
+        rank, world_size: as for :func:`shard_items`.
+        section: the datalist section holding the items.
+    """
+    rank, world_size = _rank_world(rank, world_size)
+    barrier()
+    try:
+        if rank == 0:
+            merge_shard_datalists(datalist_path, world_size, case_ids, section)
+    finally:
+        barrier()
+    return Path(datalist_path)

@@ -1,0 +1,286 @@
+"""Training data of dtss_mas_seg: datalist items with selected modalities, and the two-phase dataset.
+
+Phase 1 of DSMA trains on the real cases only; phase 2 adds, every epoch, a freshly derived synthetic
+case per real case (DTSS, or any other online synthesis transform) and optionally cases from synthetic
+datalists (TF-Aug / TF-GAN outputs). :class:`TwoPhaseDataset` keeps one index per real case in both
+phases, so an epoch always has the same number of iterations (Ignite's ``epoch_length`` and checkpoint
+resumption stay valid); in phase 2 an index yields the real sample *and* its synthetic companions, so
+the batches grow instead (``batch_size`` real samples plus their synthetic samples).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.data import MetaTensor
+from torch.utils.data import Dataset
+
+from custom_components.data.datalist import read_datalist
+from custom_components.data.labels import check_convention
+
+__all__ = [
+    "TwoPhaseDataset",
+    "load_segmentation_items",
+    "load_synthetic_items",
+    "resolve_label_convention",
+]
+
+
+def resolve_label_convention(datalist: str | os.PathLike, label_convention: str | None = None) -> str:
+    """The label convention of a datalist's ``label`` files.
+
+    Args:
+        datalist: datalist JSON file.
+        label_convention: explicit convention (wins when given); ``None`` reads the datalist's top-level
+            ``labels`` entry, falling back to ``brats2023``.
+    """
+    if label_convention:
+        return check_convention(label_convention)
+    data = read_datalist(datalist)
+    value = data.get("labels", "brats2023")
+    try:
+        return check_convention(str(value))
+    except ValueError as e:
+        raise ValueError(f"{datalist}: {e}") from e
+
+
+def _select(images: list[str], available: Sequence[str] | None, modalities: Sequence[str], where: str) -> list[str]:
+    if available is None:
+        if len(images) != len(modalities):
+            raise ValueError(
+                f"{where}: {len(images)} image file(s) but {len(modalities)} modalities requested "
+                f"({', '.join(modalities)}) and the datalist has no top-level 'modalities' to select them by name"
+            )
+        return list(images)
+    if len(images) != len(available):
+        raise ValueError(
+            f"{where}: {len(images)} image file(s) but the datalist's 'modalities' lists {len(available)} "
+            f"({', '.join(available)})"
+        )
+    missing = [m for m in modalities if m not in available]
+    if missing:
+        raise ValueError(f"{where}: modalities {missing} not in the datalist's modalities {list(available)}")
+    return [images[list(available).index(m)] for m in modalities]
+
+
+def load_segmentation_items(
+    datalist: str | os.PathLike,
+    section: str = "training",
+    modalities: Sequence[str] | None = None,
+    require_label: bool = True,
+    check_files: bool = True,
+    keep_label: bool = True,
+) -> list[dict[str, Any]]:
+    """Items of one datalist section reduced to ``case_id``, ``image`` (selected modalities) and ``label``.
+
+    Args:
+        datalist: datalist JSON file (paths relative to it are resolved).
+        section: section to read (``training``, ``validation``, ``test``...).
+        modalities: modality names to stack as channels, in this order, chosen by name from the datalist's
+            top-level ``modalities``; ``None`` keeps every image file.
+        require_label: every item must have a ``label``.
+        check_files: check that every named file exists.
+        keep_label: keep the ``label`` entry (False for inference: labels are neither loaded nor checked).
+
+    Raises:
+        FileNotFoundError / KeyError / ValueError naming the datalist (and the file) on any problem.
+    """
+    data = read_datalist(datalist)
+    if section not in data or not isinstance(data[section], list):
+        raise KeyError(f"{datalist}: datalist has no section {section!r} (has: {', '.join(sorted(data))})")
+    available = data.get("modalities")
+    if available is not None and (not isinstance(available, list) or not all(isinstance(m, str) for m in available)):
+        raise ValueError(f"{datalist}: top-level 'modalities' must be a list of names, got {available!r}")
+    items = []
+    seen: set[str] = set()
+    for k, item in enumerate(data[section]):
+        where = f"{datalist} [{section}][{k}]"
+        if "image" not in item:
+            raise ValueError(f"{where}: item has no 'image'")
+        images = item["image"] if isinstance(item["image"], list) else [item["image"]]
+        images = _select(images, available, modalities or (available or images), where) if modalities else images
+        out: dict[str, Any] = {"image": images}
+        if "label" in item and keep_label:
+            out["label"] = item["label"]
+        elif require_label and "label" not in item:
+            raise ValueError(f"{where}: item has no 'label'")
+        case_id = str(item.get("case_id") or Path(images[0]).name.split(".")[0])
+        if case_id in seen:
+            raise ValueError(f"{where}: duplicate case_id {case_id!r}")
+        seen.add(case_id)
+        out["case_id"] = case_id
+        if check_files:
+            for f in [*images, *([out["label"]] if "label" in out else [])]:
+                if not os.path.isfile(f):
+                    raise FileNotFoundError(f"{datalist}: case {case_id}: file not found: {f}")
+        items.append(out)
+    if not items:
+        raise ValueError(f"{datalist}: section {section!r} is empty")
+    return items
+
+
+def load_synthetic_items(
+    datalists: Sequence[str | os.PathLike],
+    section: str = "training",
+    modalities: Sequence[str] | None = None,
+    label_convention: str = "internal",
+) -> list[dict[str, Any]]:
+    """Items of synthetic datalists (e.g. TF-GAN's refined output), for phase 2.
+
+    Every datalist must declare (or default to) ``label_convention``: they share one label mapping.
+    Case ids are prefixed with the datalist's index when two datalists reuse one.
+
+    Args:
+        datalists: synthetic datalist files (empty: no items).
+        section: section to read from each.
+        modalities: modality names to stack, as for the real data.
+        label_convention: convention the ``label`` files must be in.
+    """
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for n, path in enumerate(datalists or ()):
+        convention = resolve_label_convention(path)
+        if convention != check_convention(label_convention):
+            raise ValueError(
+                f"{path}: synthetic datalist labels are {convention!r}, expected {label_convention!r} "
+                "(every synthetic datalist must use the synthetic label convention)"
+            )
+        for item in load_segmentation_items(path, section, modalities, require_label=True):
+            if item["case_id"] in seen:
+                item["case_id"] = f"{n}:{item['case_id']}"
+            seen.add(item["case_id"])
+            items.append(item)
+    return items
+
+
+def _plain(value: Any) -> Any:
+    """MetaTensor -> plain tensor (batches mix sources whose metadata differ)."""
+    if isinstance(value, MetaTensor):
+        return value.as_tensor()
+    return value
+
+
+class TwoPhaseDataset(Dataset):
+    """Real cases, plus synthetic companions per case in phase 2 (see the module docstring).
+
+    Index ``i`` yields a list of samples (MONAI's ``list_data_collate`` flattens them into the batch):
+
+    * phase 1 (epochs ``1 .. phase2_start_epoch``): ``augment(real[i])``;
+    * phase 2: additionally ``augment(t(real[i]))`` for every online synthesis transform ``t`` (e.g. DTSS, drawn
+      afresh every epoch) and ``synthetic_per_case`` items of ``synthetic``, taken cyclically so that every
+      synthetic item is used equally often across epochs.
+
+    Every sample carries ``image``, ``label`` (plain tensors), ``case_id``, ``synthetic_key`` (bool),
+    ``mas_key`` (bool: MAS weights this sample) and ``weight_key`` (its fixed loss weight: 1 for real samples,
+    ``synthetic_weight`` for synthetic ones). An online transform that flags its output with ``synthetic_key``
+    (as ``DeformationTumorSynthesisd`` and ``CarveMixd`` do) is trusted: an output it left unflagged (e.g.
+    ``prob < 1``) counts as a real sample of the same case.
+
+    The phase follows :meth:`set_epoch`, which :class:`~custom_components.engines.seg_trainer.SegmentationTrainer`
+    calls at the start of every epoch, before the epoch's data iterator (and its worker processes) is created.
+    Do not use ``persistent_workers``: workers would keep the phase of the epoch they were created in.
+
+    Args:
+        real: dataset of preprocessed (loaded, oriented, label-mapped, rescaled) real cases, e.g. a ``CacheDataset``.
+        augment: random transforms applied to every sample (crop, flips); may return a list of samples.
+        online: online synthesis transforms applied to a copy of the real case before ``augment`` in phase 2.
+        synthetic: dataset of preprocessed synthetic cases used in phase 2 (``None``: none).
+        phase2_start_epoch: number of phase-1 epochs; phase 2 starts at epoch ``phase2_start_epoch + 1``
+            (0: the whole run is phase 2).
+        synthetic_per_case: synthetic-dataset items per real case per epoch in phase 2.
+        synthetic_weight: fixed loss weight of synthetic samples (used where MAS does not weight them).
+        online_mas: MAS weights the online-synthesised samples.
+        synthetic_mas: MAS weights the synthetic-dataset samples.
+        keys: keys kept from every sample besides the flags (image and label).
+        synthetic_key, mas_key, weight_key, case_key: keys of the per-sample flags.
+    """
+
+    def __init__(
+        self,
+        real: Dataset | Sequence[dict],
+        augment: Callable[[dict], dict | list[dict]],
+        online: Sequence[Callable[[dict], dict]] = (),
+        synthetic: Dataset | Sequence[dict] | None = None,
+        phase2_start_epoch: int = 0,
+        synthetic_per_case: int = 1,
+        synthetic_weight: float = 1.0,
+        online_mas: bool = True,
+        synthetic_mas: bool = True,
+        keys: Sequence[str] = ("image", "label"),
+        synthetic_key: str = "is_synthetic",
+        mas_key: str = "mas",
+        weight_key: str = "weight",
+        case_key: str = "case_id",
+    ) -> None:
+        if len(real) == 0:
+            raise ValueError("TwoPhaseDataset needs at least one real case")
+        if phase2_start_epoch < 0:
+            raise ValueError(f"phase2_start_epoch must be >= 0, got {phase2_start_epoch}")
+        if synthetic_per_case < 0:
+            raise ValueError(f"synthetic_per_case must be >= 0, got {synthetic_per_case}")
+        if synthetic_weight < 0:
+            raise ValueError(f"synthetic_weight must be >= 0, got {synthetic_weight}")
+        self.real = real
+        self.augment = augment
+        self.online = list(online or ())
+        self.synthetic = synthetic if synthetic is not None and len(synthetic) > 0 else None
+        self.phase2_start_epoch = int(phase2_start_epoch)
+        self.synthetic_per_case = int(synthetic_per_case)
+        self.synthetic_weight = float(synthetic_weight)
+        self.online_mas = bool(online_mas)
+        self.synthetic_mas = bool(synthetic_mas)
+        self.keys = tuple(keys)
+        self.synthetic_key, self.mas_key, self.weight_key, self.case_key = synthetic_key, mas_key, weight_key, case_key
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the (1-based) training epoch; decides the phase and the synthetic items used."""
+        self.epoch = int(epoch)
+
+    @property
+    def phase(self) -> int:
+        """1 during the first ``phase2_start_epoch`` epochs, 2 afterwards."""
+        return 2 if self.epoch > self.phase2_start_epoch else 1
+
+    def samples_per_case(self, phase: int | None = None) -> int:
+        """Samples one index yields per ``augment`` output in ``phase`` (default: the current phase)."""
+        if (phase or self.phase) == 1:
+            return 1
+        return 1 + len(self.online) + (self.synthetic_per_case if self.synthetic is not None else 0)
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+    def _finish(self, data: dict | list[dict], case_id: str, synthetic: bool, mas: bool) -> list[dict]:
+        out = []
+        for d in data if isinstance(data, list) else [data]:
+            is_syn = bool(d.get(self.synthetic_key, synthetic)) if synthetic else False
+            sample = {k: _plain(d[k]) for k in self.keys}
+            sample[self.case_key] = case_id if is_syn or not synthetic else case_id.rsplit("#", 1)[0]
+            sample[self.synthetic_key] = is_syn
+            sample[self.mas_key] = is_syn and mas
+            sample[self.weight_key] = self.synthetic_weight if is_syn else 1.0
+            out.append(sample)
+        return out
+
+    def __getitem__(self, index: int) -> list[dict]:
+        base = self.real[index]
+        case_id = str(base.get(self.case_key, f"case{index}"))
+        samples = self._finish(self.augment(copy.deepcopy(base)), case_id, synthetic=False, mas=False)
+        if self.phase == 1:
+            return samples
+        for k, transform in enumerate(self.online):
+            derived = transform(copy.deepcopy(base))
+            samples += self._finish(self.augment(derived), f"{case_id}#online{k}", synthetic=True, mas=self.online_mas)
+        if self.synthetic is not None:
+            m, per = len(self.synthetic), self.synthetic_per_case
+            for k in range(per):
+                j = ((self.epoch - 1) * len(self.real) * per + index * per + k) % m
+                item = self.synthetic[j]
+                sid = str(item.get(self.case_key, f"synthetic{j}"))
+                samples += self._finish(self.augment(item), sid, synthetic=True, mas=self.synthetic_mas)
+        return samples

@@ -1,0 +1,389 @@
+"""MAS (DSMA eqs. 6-13), the per-sample weighted Dice loss (eqs. 14-15), the MAS-aware trainer and the two-phase dataset."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.losses import DiceLoss
+
+from custom_components.engines.seg_data import TwoPhaseDataset
+from custom_components.engines.seg_trainer import SegmentationTrainer, TwoPhaseLRLambda, check_output_dir
+from custom_components.handlers.mas import (
+    MASHandler,
+    hard_prediction,
+    mas_eta,
+    mas_theta,
+    mas_weight,
+    region_dice_per_sample,
+)
+from custom_components.losses.weighted_dice import SampleWeightedDiceLoss
+
+# Dyadic parameters keep every boundary exact in floating point:
+# eta = 0.5, theta = 0.125, beta = 0.25 -> plateau [0.375, 0.625], discard points q1 = 0.125, q2 = 0.875,
+# a = -1 / (beta (2 theta + beta)) = -1 / (0.25 * 0.5) = -8.
+ETA, THETA, BETA = 0.5, 0.125, 0.25
+
+
+@pytest.mark.parametrize(
+    ("dice", "expected"),
+    [
+        # plateau, both ends included (eq. 6, first case)
+        (0.375, 1.0),
+        (0.5, 1.0),
+        (0.625, 1.0),
+        # lower flank: -8 (0.25 - 0.125)(0.25 - 0.875) = -8 * 0.125 * -0.625 = 0.625
+        (0.25, 0.625),
+        # lower flank: -8 (0.3125 - 0.125)(0.3125 - 0.875) = -8 * 0.1875 * -0.5625 = 0.84375
+        (0.3125, 0.84375),
+        # lower flank near the discard point: -8 (0.1875 - 0.125)(0.1875 - 0.875) = 8 * 0.0625 * 0.6875 = 0.34375
+        (0.1875, 0.34375),
+        # upper flank, mirror images: -8 (0.75 - 0.125)(0.75 - 0.875) = -8 * 0.625 * -0.125 = 0.625
+        (0.75, 0.625),
+        (0.6875, 0.84375),
+        (0.8125, 0.34375),
+        # discard points and beyond (eq. 6, third case): exactly 0
+        (0.125, 0.0),
+        (0.875, 0.0),
+        (0.0625, 0.0),
+        (0.9375, 0.0),
+        (0.0, 0.0),
+        (1.0, 0.0),
+    ],
+)
+def test_mas_weight_hand_computed(dice: float, expected: float) -> None:
+    assert mas_weight(dice, ETA, THETA, BETA) == pytest.approx(expected, abs=1e-12)
+    assert float(mas_weight(torch.tensor([dice], dtype=torch.float64), ETA, THETA, BETA)[0]) == pytest.approx(
+        expected, abs=1e-12
+    )
+
+
+def test_mas_weight_borders_of_unit_interval() -> None:
+    # eta - theta - beta < 0: the lower discard point is not reached, Dice 0 takes the parabola's value.
+    # eta = 0.125, theta = 0.0625, beta = 0.25: q1 = -0.1875, q2 = 0.4375, beta (2 theta + beta) = 0.09375;
+    # w(0) = -(0 + 0.1875)(0 - 0.4375) / 0.09375 = 0.08203125 / 0.09375 = 0.875
+    assert mas_weight(0.0, 0.125, 0.0625, 0.25) == pytest.approx(0.875, abs=1e-12)
+    # mirror case at 1: eta = 0.875 -> q2 = 1.1875 > 1, w(1) = -(1 - 0.5625)(1 - 1.1875) / 0.09375 = 0.875
+    assert mas_weight(1.0, 0.875, 0.0625, 0.25) == pytest.approx(0.875, abs=1e-12)
+    # a plateau reaching past 1 gives weight 1 at Dice 1
+    assert mas_weight(1.0, 0.9, 0.2, 0.1) == 1.0
+    # continuity at the plateau's edges and at the discard points
+    eps = 1e-9
+    assert mas_weight(0.375 - eps, ETA, THETA, BETA) == pytest.approx(1.0, abs=1e-6)
+    assert mas_weight(0.625 + eps, ETA, THETA, BETA) == pytest.approx(1.0, abs=1e-6)
+    assert mas_weight(0.125 + eps, ETA, THETA, BETA) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mas_weight_symmetry_range_and_types() -> None:
+    x = np.linspace(0.0, 1.0, 201)
+    w = mas_weight(x, ETA, THETA, BETA)
+    assert isinstance(w, np.ndarray) and w.shape == x.shape and w.dtype == np.float64
+    assert (w >= 0).all() and (w <= 1).all()
+    # centrally symmetric about eta = 0.5 on a grid symmetric about it
+    np.testing.assert_allclose(w, w[::-1], atol=1e-12)
+    # monotone: increasing below eta, decreasing above
+    assert (np.diff(w[:101]) >= -1e-12).all() and (np.diff(w[100:]) <= 1e-12).all()
+    # numpy and torch agree, shapes are kept, torch keeps its dtype
+    grid = x.reshape(3, 67)
+    wt = mas_weight(torch.from_numpy(grid).float(), 0.61, 0.07, 0.1)
+    assert wt.dtype == torch.float32 and wt.shape == (3, 67)
+    np.testing.assert_allclose(wt.numpy(), mas_weight(grid.astype(np.float32), 0.61, 0.07, 0.1), atol=1e-6)
+    assert isinstance(mas_weight(0.5, 0.5, 0.1, 0.1), float)
+
+
+def test_mas_weight_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="beta"):
+        mas_weight(0.5, 0.5, 0.1, 0.0)
+    with pytest.raises(ValueError, match="theta"):
+        mas_weight(0.5, 0.5, -0.1, 0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        mas_weight(np.array([0.2, 1.5]), 0.5, 0.1, 0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        mas_weight(torch.tensor([float("nan")]), 0.5, 0.1, 0.1)
+
+
+def test_mas_eta_theta() -> None:
+    dice = [0.2, 0.5, 0.8, 0.9]
+    assert mas_eta(dice) == pytest.approx(0.6)  # eq. 7: (0.2 + 0.5 + 0.8 + 0.9) / 4
+    assert mas_theta(dice) == pytest.approx((0.9 - 0.2) / 2 + 2e-5)  # eq. 8 with the paper's c
+    assert mas_theta(torch.tensor(dice), c=0.0) == pytest.approx(0.35)
+    assert mas_theta([0.7]) == pytest.approx(2e-5)
+    with pytest.raises(ValueError):
+        mas_eta([])
+    with pytest.raises(ValueError):
+        mas_theta([0.5, 1.2])
+
+
+def test_region_dice_per_sample() -> None:
+    pred = torch.zeros(3, 4, 4, 4, dtype=torch.long)
+    target = torch.zeros_like(pred)
+    # sample 0: target ET 8 voxels, prediction ET on 4 of them plus 4 NCR elsewhere
+    target[0, :2, :2, :2] = 3
+    pred[0, :2, :2, 0] = 3
+    pred[0, 2:, 2:, 0] = 1
+    # ET: 2*4/(4+8) = 2/3; TC = {1,3}: pred 8 voxels, overlap 4 -> 2*4/(8+8) = 0.5; WT likewise 0.5
+    # sample 1: perfect oedema, no ET/TC in the target -> only WT counts -> 1
+    target[1, 0, 0, :] = 2
+    pred[1, 0, 0, :] = 2
+    # sample 2: no tumour in the target -> undefined (NaN)
+    pred[2, 0, 0, 0] = 2
+    dice = region_dice_per_sample(pred, target)
+    assert dice[0].item() == pytest.approx((2 / 3 + 0.5 + 0.5) / 3)
+    assert dice[1].item() == pytest.approx(1.0)
+    assert math.isnan(dice[2].item())
+    # (B, 1, ...) inputs give the same; labels outside the internal convention are refused
+    torch.testing.assert_close(region_dice_per_sample(pred[:, None], target[:, None]), dice, equal_nan=True)
+    with pytest.raises(ValueError, match="internal labels"):
+        region_dice_per_sample(pred, target * 2)
+
+
+def test_hard_prediction_matches_argmax() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, 7)
+    logits[0, :, 0, 0, 0] = 1.0  # a tie: the lowest channel wins, as with torch.argmax
+    labels = hard_prediction(logits)
+    assert labels.dtype == torch.uint8 and labels.shape == (2, 5, 6, 7)
+    torch.testing.assert_close(labels.long(), logits.argmax(1))
+
+
+class _FakeEngine(Engine):
+    """An engine whose iterations return given per-sample MAS outputs."""
+
+    def __init__(self, outputs: list[dict]) -> None:
+        self._outputs = outputs
+        super().__init__(lambda engine, batch: self._outputs[batch])
+
+
+def test_mas_handler_statistics_and_weights(tmp_path) -> None:
+    # epoch 1: real cases a (two crops, 0.5 and 0.7 -> 0.6), b 0.4, c 0.8; a real crop without tumour (NaN) is
+    # ignored; the synthetic samples do not enter the statistics
+    epoch1 = [
+        {
+            "sample_dice": torch.tensor([0.5, 0.4, 0.95]),
+            "is_synthetic": torch.tensor([False, False, True]),
+            "mas": torch.tensor([False, False, True]),
+            "sample_weight": torch.tensor([1.0, 1.0, 1.0]),
+            "case_id": ["a", "b", "a#online0"],
+        },
+        {
+            "sample_dice": torch.tensor([0.7, 0.8, float("nan")]),
+            "is_synthetic": torch.tensor([False, False, False]),
+            "mas": torch.tensor([False, False, False]),
+            "sample_weight": torch.tensor([1.0, 1.0, 1.0]),
+            "case_id": ["a", "c", "d"],
+        },
+    ]
+    handler = MASHandler(beta=0.1, c=2e-5, log_dir=tmp_path / "mas")
+    engine = _FakeEngine(epoch1)
+    handler.attach(engine)
+    assert not handler.ready
+    # before statistics exist: fixed weights
+    base = torch.tensor([1.0, 0.5])
+    apply = torch.tensor([True, True])
+    assert torch.equal(handler.weights(torch.tensor([0.1, 0.9]), base, apply), base)
+    engine.run([0, 1], max_epochs=1)
+    # eq. 7 over cases: (0.6 + 0.4 + 0.8) / 3 = 0.6; eq. 8: (0.8 - 0.4) / 2 + 2e-5
+    assert handler.eta == pytest.approx(0.6)
+    assert handler.theta == pytest.approx(0.2 + 2e-5)
+    m = engine.state.metrics
+    assert m["mas_eta"] == pytest.approx(0.6) and m["mas_theta"] == pytest.approx(0.20002)
+    assert m["mas_real_cases"] == 3
+    assert m["mas_synthetic_samples"] == 1 and m["mas_weight_mean"] == 1.0
+    assert "mas_eta_applied" not in m
+    log = (tmp_path / "mas" / "epoch_0001.csv").read_text().splitlines()
+    assert log[0] == "case_id,source,synthetic,mas,dice,weight" and len(log) == 7
+    assert log[3] == "a#online0,train,1,1,0.950000,1.000000"
+    # weights for epoch 2: plateau [0.39998, 0.80002], flanks of width 0.1
+    dice = torch.tensor([0.6, 0.85, 0.35, 0.2, float("nan"), 0.6])
+    base = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.7, 0.5])
+    apply = torch.tensor([True, True, True, True, True, False])
+    w = handler.weights(dice, base, apply)
+    lo, hi, beta = 0.6 - 0.20002, 0.6 + 0.20002, 0.1
+    expect_085 = -(0.85 - (lo - beta)) * (0.85 - (hi + beta)) / (beta * (2 * 0.20002 + beta))
+    expect_035 = -(0.35 - (lo - beta)) * (0.35 - (hi + beta)) / (beta * (2 * 0.20002 + beta))
+    np.testing.assert_allclose(w.numpy(), [1.0, expect_085, expect_035, 0.0, 0.7, 0.5], rtol=1e-5, atol=1e-6)
+    assert 0.1 < expect_085 < 0.9 and 0.1 < expect_035 < 0.9
+    # disabled: statistics kept, fixed weights used
+    handler.enabled = False
+    assert torch.equal(handler.weights(dice, base, apply), base)
+    # checkpoint round trip
+    other = MASHandler()
+    other.load_state_dict(handler.state_dict())
+    assert (other.eta, other.theta) == (handler.eta, handler.theta)
+
+
+def test_mas_handler_extra_pass_uses_eval_mode(tmp_path) -> None:
+    net = torch.nn.Conv3d(1, 4, 1)
+    seen = []
+
+    def inferer(x: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+        seen.append(network.training)
+        logits = torch.zeros(x.shape[0], 4, *x.shape[2:])
+        logits[:, 2] = 1.0  # predicts oedema everywhere
+        return logits
+
+    label = torch.zeros(1, 1, 4, 4, 4)
+    label[..., :2] = 2  # half the volume oedema: WT Dice = 2*32/(64+32) = 2/3
+    loader = [{"image": torch.zeros(1, 1, 4, 4, 4), "label": label, "case_id": ["a"]}]
+    handler = MASHandler(extra_pass_loader=loader, extra_pass_inferer=inferer, log_dir=tmp_path)
+    engine = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
+    engine.network = net
+    handler.attach(engine)
+    net.train()
+    engine.run([0], max_epochs=1)
+    assert seen == [False] and net.training
+    assert handler.eta == pytest.approx(2 / 3)
+    log = (tmp_path / "epoch_0001.csv").read_text().splitlines()
+    assert log[1:] == ["a,train,0,0,0.100000,1.000000", "a,extra_pass,0,0,0.666667,1.000000"]
+
+
+def test_sample_weighted_dice_loss() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 6, 6, 6)
+    target = torch.randint(0, 4, (3, 1, 6, 6, 6)).float()
+    loss = SampleWeightedDiceLoss()
+    reference = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, reduction="none")
+    per_sample = reference(logits, target).reshape(3, -1).mean(1)
+    np.testing.assert_allclose(loss.per_sample(logits, target).numpy(), per_sample.numpy(), rtol=1e-6)
+    # unit weights: MONAI's mean Dice loss
+    assert loss(logits, target).item() == pytest.approx(reference(logits, target).mean().item(), rel=1e-6)
+    # eq. 15: w_b * L_b averaged over the batch (not renormalised by the weights)
+    w = torch.tensor([1.0, 0.0, 0.25])
+    assert loss(logits, target, w).item() == pytest.approx(((per_sample * w).sum() / 3).item(), rel=1e-6)
+    # a perfect prediction has a (near) zero Dice loss
+    perfect = torch.nn.functional.one_hot(target[:, 0].long(), 4).permute(0, 4, 1, 2, 3).float() * 100
+    assert loss(perfect, target).item() < 1e-4
+    with pytest.raises(ValueError, match="weights"):
+        loss(logits, target, torch.ones(2))
+
+
+def _batch(n_real: int, n_syn: int) -> dict:
+    g = torch.Generator().manual_seed(1)
+    label = torch.zeros(n_real + n_syn, 1, 8, 8, 8)
+    label[:, :, 2:6, 2:6, 2:6] = 2
+    label[:, :, 3:5, 3:5, 3:5] = 3
+    return {
+        "image": torch.randn(n_real + n_syn, 2, 8, 8, 8, generator=g),
+        "label": label,
+        "is_synthetic": torch.tensor([False] * n_real + [True] * n_syn),
+        "mas": torch.tensor([False] * n_real + [True] * n_syn),
+        "weight": torch.tensor([1.0] * n_real + [0.5] * n_syn),
+        "case_id": [f"r{i}" for i in range(n_real)] + [f"s{i}" for i in range(n_syn)],
+    }
+
+
+def test_segmentation_trainer_weights_loss_per_sample() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(2, 4, 3, padding=1)
+    criterion = SampleWeightedDiceLoss()
+    mas = MASHandler(beta=0.1)
+    batches = [_batch(2, 2), _batch(2, 2)]
+    trainer = SegmentationTrainer(
+        device="cpu",
+        max_epochs=2,
+        train_data_loader=batches,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.0),
+        loss_function=criterion,
+        mas=mas,
+        decollate=False,
+    )
+    records = []
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _record(engine: Engine) -> None:
+        out = engine.state.output
+        records.append((engine.state.epoch, out["sample_dice"].clone(), out["sample_weight"].clone(), out["loss"]))
+
+    trainer.run()
+    with torch.no_grad():
+        logits = net(batches[0]["image"])
+        dice = region_dice_per_sample(logits.argmax(1), batches[0]["label"][:, 0].long())
+        per_sample = criterion.per_sample(logits, batches[0]["label"])
+    # epoch 1: no statistics yet -> the batch's fixed weights (1 real, 0.5 synthetic)
+    epoch, d, w, loss = records[0]
+    torch.testing.assert_close(d, dice)
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.0, 0.5, 0.5]))
+    assert loss.item() == pytest.approx((per_sample * w).mean().item(), rel=1e-5)
+    # epoch 2 (lr 0: same network): eta/theta from the real samples of epoch 1, MAS weights for the synthetic ones
+    real = dice[:2].tolist()
+    eta, theta = float(np.mean(real)), (max(real) - min(real)) / 2 + 2e-5
+    assert mas.eta == pytest.approx(eta) and mas.theta == pytest.approx(theta)
+    epoch, d, w, loss = records[2]
+    assert epoch == 2
+    expected = torch.tensor([1.0, 1.0, *mas_weight(dice[2:].double(), eta, theta, 0.1).tolist()], dtype=torch.float32)
+    torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-6)
+    assert loss.item() == pytest.approx((per_sample * expected).mean().item(), rel=1e-5)
+
+
+def test_two_phase_lr_lambda() -> None:
+    net = torch.nn.Linear(1, 1)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, TwoPhaseLRLambda(2, 1e-4, 1e-5))
+    lrs = []
+    for _ in range(4):  # engine epochs 1..4, one scheduler step after each
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(lrs, [1e-4, 1e-4, 1e-5, 1e-5])
+    opt0 = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    torch.optim.lr_scheduler.LambdaLR(opt0, TwoPhaseLRLambda(0, 1e-4, 1e-5))
+    assert opt0.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+def _case(k: int) -> dict:
+    label = torch.zeros(1, 4, 4, 4)
+    label[0, 1:3, 1:3, 1:3] = 2
+    return {"image": torch.full((1, 4, 4, 4), float(k)), "label": label, "case_id": f"c{k}"}
+
+
+def test_two_phase_dataset() -> None:
+    def online(d: dict) -> dict:
+        d = dict(d)
+        d["image"] = d["image"] + 100
+        d["is_synthetic"] = True
+        return d
+
+    def unapplied(d: dict) -> dict:
+        return {**d, "is_synthetic": False}
+
+    real = [_case(k) for k in range(3)]
+    synthetic = [{**_case(10 + k), "case_id": f"s{k}"} for k in range(2)]
+    ds = TwoPhaseDataset(
+        real, augment=lambda d: d, online=[online, unapplied], synthetic=synthetic, phase2_start_epoch=1,
+        synthetic_weight=0.5, synthetic_mas=False,
+    )  # fmt: skip
+    assert len(ds) == 3 and ds.phase == 1
+    samples = ds[1]
+    assert len(samples) == 1 and samples[0]["case_id"] == "c1" and samples[0]["is_synthetic"] is False
+    assert samples[0]["weight"] == 1.0 and samples[0]["mas"] is False
+    ds.set_epoch(2)
+    assert ds.phase == 2 and ds.samples_per_case() == 4
+    real_s, dtss_s, unapplied_s, syn_s = ds[1]
+    assert dtss_s["is_synthetic"] and dtss_s["mas"] and dtss_s["weight"] == 0.5 and dtss_s["case_id"] == "c1#online0"
+    assert float(dtss_s["image"][0, 0, 0, 0]) == 101.0
+    # an online transform that did not apply yields a real sample of the same case
+    assert not unapplied_s["is_synthetic"] and unapplied_s["case_id"] == "c1" and unapplied_s["weight"] == 1.0
+    # synthetic datalist items: not MAS-weighted here, fixed weight, cycled over epochs: index (epoch-1)*3 + i mod 2
+    assert syn_s["is_synthetic"] and not syn_s["mas"] and syn_s["weight"] == 0.5
+    assert [ds[i][-1]["case_id"] for i in range(3)] == ["s1", "s0", "s1"]
+    ds.set_epoch(3)
+    assert [ds[i][-1]["case_id"] for i in range(3)] == ["s0", "s1", "s0"]
+    # the real case is never modified by online synthesis
+    assert float(real[1]["image"].max()) == 1.0
+    with pytest.raises(ValueError):
+        TwoPhaseDataset([], augment=lambda d: d)
+
+
+def test_check_output_dir(tmp_path) -> None:
+    assert check_output_dir(tmp_path / "new") == tmp_path / "new"
+    (tmp_path / "run" / "models").mkdir(parents=True)
+    (tmp_path / "run" / "models" / "model.pt").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="models"):
+        check_output_dir(tmp_path / "run")
+    assert check_output_dir(tmp_path / "run", overwrite=True) == tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        check_output_dir(tmp_path / "run", resume_checkpoint=str(tmp_path / "missing.pt"))
