@@ -21,7 +21,10 @@ One Pix2Pix iteration (``mode="pix2pix"``, paired real data): ``c = onehot(m_r) 
 
 ``engine.state.output`` holds every loss term as a float (``loss`` is the generator total, so MONAI's default
 ``--tracking mlflow`` settings log it) and the images of the iteration; :func:`loss_terms` is an
-``output_transform`` for ``StatsHandler`` / ``MLFlowHandler`` that returns all terms as a dict.
+``output_transform`` for ``StatsHandler`` / ``MLFlowHandler`` that returns all terms as a dict. At the end of
+every epoch ``engine.state.metrics`` receives the epoch mean of every term (``epoch_<term>``, averaged over all
+ranks when training on several processes), the loss weight ``lambda_c`` of the last iteration and the learning
+rates ``lr_g`` / ``lr_d``, so the epoch-level log of ``--tracking mlflow`` records them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.engines.trainer import Trainer
 from monai.engines.utils import IterationEvents
@@ -42,6 +45,7 @@ from monai.utils import convert_to_tensor
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from custom_components.distributed import all_reduce_sum
 from custom_components.losses.adversarial import DualHeadAdversarialLoss
 from custom_components.losses.hinge_l1 import HingeL1Loss
 from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
@@ -198,7 +202,7 @@ class TFGANTrainer(Trainer):
             postprocessing=postprocessing,
             key_metric=key_train_metric,
             additional_metrics=additional_metrics,
-            handlers=train_handlers,
+            handlers=None,  # attached below, after the epoch statistics of this engine
             amp=amp,
             decollate=decollate,
             amp_kwargs=amp_kwargs,
@@ -225,6 +229,13 @@ class TFGANTrainer(Trainer):
         self.g_scaler: torch.amp.GradScaler | None = None
         self.d_scaler: torch.amp.GradScaler | None = None
         self._real_iter: Iterator | None = None
+        self._real_passes = 0
+        self._epoch_sums: dict[str, float] = {}
+        self._epoch_iterations = 0
+        self.add_event_handler(Events.EPOCH_STARTED, self._reset_epoch_statistics)
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_statistics)
+        if train_handlers is not None:
+            self._register_handlers(train_handlers)
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -253,12 +264,36 @@ class TFGANTrainer(Trainer):
         if self.real_data_loader is None:
             raise RuntimeError("no real_data_loader")
         if self._real_iter is None:
-            self._real_iter = iter(self.real_data_loader)
+            self._real_iter = self._new_real_pass()
         try:
             return next(self._real_iter)
         except StopIteration:
-            self._real_iter = iter(self.real_data_loader)
+            self._real_iter = self._new_real_pass()
             return next(self._real_iter)
+
+    def _new_real_pass(self) -> Iterator:
+        # a DistributedSampler reshuffles only when told the pass number (MONAI does this for the main loader)
+        sampler = getattr(self.real_data_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self._real_passes)
+        self._real_passes += 1
+        return iter(self.real_data_loader)  # type: ignore[arg-type]
+
+    def _reset_epoch_statistics(self, engine: Engine) -> None:
+        self._epoch_sums = {}
+        self._epoch_iterations = 0
+
+    def _epoch_statistics(self, engine: Engine) -> None:
+        """Epoch means of the loss terms (over all ranks), the last ``lambda_c`` and the learning rates."""
+        keys = sorted(self._epoch_sums)
+        totals = all_reduce_sum([self._epoch_sums[k] for k in keys] + [self._epoch_iterations])
+        if totals[-1] > 0:
+            for key, total in zip(keys, totals[:-1], strict=True):
+                engine.state.metrics[f"epoch_{key}"] = total / totals[-1]
+        if hasattr(engine.state, "lambda_c"):
+            engine.state.metrics["lambda_c"] = float(engine.state.lambda_c)
+        engine.state.metrics["lr_g"] = float(self.g_optimizer.param_groups[0]["lr"])
+        engine.state.metrics["lr_d"] = float(self.d_optimizer.param_groups[0]["lr"])
 
     def _step(self, loss: torch.Tensor, optimizer: Optimizer, scaler: torch.amp.GradScaler | None) -> None:
         if scaler is None:
@@ -287,6 +322,10 @@ class TFGANTrainer(Trainer):
         return self._pix2pix_iteration(batchdata)
 
     def _finish(self, output: dict[str, Any]) -> dict[str, Any]:
+        for key in LOSS_KEYS:
+            if key in output:
+                self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + float(output[key])
+        self._epoch_iterations += 1
         self.state.output = output
         self.fire_event(IterationEvents.MODEL_COMPLETED)
         return self.state.output

@@ -128,9 +128,12 @@ class TFGANGenerator(nn.Module):
             )
         self.head = UnetOutBlock(3, channels[0], self.out_channels)
 
+    @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError when ``x`` does not fit: wrong channel count, spatial size not divisible by 2**(levels-1),
-        or a one-voxel bottleneck (instance normalisation cannot normalise a single voxel)."""
+        or a one-voxel bottleneck (instance normalisation cannot normalise a single voxel).
+
+        Skipped in a TorchScript export (``monai.bundle ckpt_export``), which fails inside the network instead."""
         expected = self.in_channels + self.num_classes
         if x.ndim != 5 or x.shape[1] != expected:
             raise ValueError(
@@ -151,7 +154,8 @@ class TFGANGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Refine ``x`` ``(B, in_channels + num_classes, H, W, D)`` into an image ``(B, out_channels, H, W, D)``."""
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         skips = []
         for block in self.encoder:
             x = block(x)

@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 2,
         "phase1_epochs": 4,
         "phase2_epochs": 2,
+        # validation (and best-model selection) every this many phase-1 epochs
+        "val_interval": 1,
         "overrides": {},
     },
     "tf_aug": {"epochs": 5, "crop_size": [32, 32, 32], "synthetic_per_real": 1, "overrides": {}},

@@ -186,6 +186,7 @@ class Experiment:
             "output_dir": str(self.stage_dir(name)),
             "max_epochs": epochs,
             "phase2_start_epoch": epochs,
+            "val_interval": max(1, min(int(self.cfg["seg"]["val_interval"]), epochs)),
             "use_dtss": False,
             "use_mas": False,
         }
@@ -396,6 +397,8 @@ class Experiment:
                 "init_checkpoint": str(self.phase1_model(seed)),
                 "phase2_start_epoch": 0,
                 "max_epochs": epochs,
+                # validate (and keep the model) at the end of the short continuation
+                "val_interval": epochs,
             },
             inputs=[self.real_datalist, self.phase1_model(seed), *map(Path, arm_cfg["synthetic_datalists"])],
             outputs=[model],
