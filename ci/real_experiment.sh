@@ -19,10 +19,30 @@ from pathlib import Path
 
 from custom_components.data.datalist import read_datalist, write_datalist
 
+import nibabel as nib
+from nibabel.processing import resample_to_output
+
+from custom_components.data.atomic import save_nifti
+
 inputs = Path(sys.argv[1])
 real = read_datalist(inputs / "real_train.json")
+# "small size": the real case resampled to 2 mm (linear for images, nearest for labels)
+items = []
+for item in real["training"]:
+    out = dict(item)
+    for key, order in (("image", 1), ("label", 0)):
+        files = item[key] if isinstance(item[key], list) else [item[key]]
+        new = []
+        for f in files:
+            img = resample_to_output(nib.load(f), voxel_sizes=2.0, order=order)
+            dst = inputs / "real_2mm" / Path(f).name
+            data = img.get_fdata()
+            save_nifti(data.round() if order == 0 else data, img.affine, dst, dtype="uint8" if order == 0 else "float32")
+            new.append(str(dst))
+        out[key] = new if isinstance(item[key], list) else new[0]
+    items.append(out)
 # one real case only: it is both the training and the evaluation case
-write_datalist(inputs / "real.json", {**real, "validation": list(real["training"])})
+write_datalist(inputs / "real.json", {**real, "training": items, "validation": list(items)})
 healthy = read_datalist(inputs / "healthy_real.json")
 demo = read_datalist(inputs / "demo" / "healthy" / "datalist.json")
 write_datalist(inputs / "healthy.json", {**healthy, "training": healthy["training"] + demo["training"]})

@@ -47,3 +47,27 @@ def test_write_report(tmp_path):
     assert table_rows(summarise(_results()))[2][0] == "tf"
     assert "<table>" in paths["html"].read_text()
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mlflow_experiment_has_a_run_per_arm_and_seed(tmp_path):
+    import json
+
+    import mlflow
+
+    from custom_components.pipeline.summary import log_to_mlflow
+
+    results = _results()
+    metrics = {}
+    for r in results:
+        path = tmp_path / f"{r.arm}_{r.seed}.json"
+        path.write_text(json.dumps({"mean": {f"dice_{k}": v for k, v in r.dice.items()}}))
+        metrics[(r.arm, r.seed)] = path
+    paths = write_report(results, tmp_path / "report")
+    uri = log_to_mlflow(results, metrics, list(paths.values()), tmp_path / "mlflow", experiment="exp")
+    runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("exp").experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    assert set(by_name) == {"baseline_s0", "baseline_s1", "baseline_s2", "tf_s0", "tf_s1", "tf_s2", "report"}
+    assert by_name["tf_s1"].data.metrics["dice_ET"] == pytest.approx(0.56)
+    assert by_name["tf_s1"].data.metrics["dice_mean"] == pytest.approx((0.56 + 0.64 + 0.73) / 3)
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(by_name["report"].info.run_id)}
+    assert {"report.md", "report.html", "dice.png"} <= artifacts

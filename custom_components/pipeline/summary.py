@@ -117,27 +117,56 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         json.dumps([{"arm": r.arm, "seed": r.seed, **r.dice, "mean": r.mean} for r in results], indent=2) + "\n",
     )
     if cfg["mlflow"]["enabled"]:
-        log_to_mlflow(exp, results, paths)
+        log_to_mlflow(
+            results,
+            {(r.arm, r.seed): exp.metrics(r.arm, r.seed) for r in results},
+            [*paths.values(), results_json, Path(cfg["source"])],
+            exp.work / "mlflow",
+            tracking_uri=cfg["mlflow"]["tracking_uri"],
+            experiment=cfg["mlflow"]["experiment"] or cfg["title"],
+            params={"pipeline_config": cfg["source"], "arms": ",".join(exp.arms)},
+        )
     return {**paths, "results": results_json}
 
 
-def log_to_mlflow(exp: Experiment, results: list[ArmResult], paths: dict[str, Path]) -> str:
-    """One MLflow experiment: a run per arm and seed with its Dice, and a run holding the report."""
+def log_to_mlflow(
+    results: list[ArmResult],
+    metrics: dict[tuple[str, int], Path],
+    artifacts: list[Path],
+    store: Path,
+    tracking_uri: str | None = None,
+    experiment: str = "tumour-synthesis",
+    params: dict[str, str] | None = None,
+) -> str:
+    """One MLflow experiment: a run per arm and seed with its Dice, and a ``report`` run with the report.
+
+    Args:
+        results: Dice per arm and seed.
+        metrics: the metrics.json of each (arm, seed), attached to its run.
+        artifacts: report files attached to the ``report`` run.
+        store: folder of the default local store (``sqlite:///<store>/mlflow.db``, artifacts beside it).
+        tracking_uri: a tracking server or store to use instead (e.g. ``http://127.0.0.1:5000``).
+        experiment: experiment name.
+        params: parameters recorded on every run.
+    """
     import mlflow
 
-    cfg = exp.cfg
-    uri = cfg["mlflow"]["tracking_uri"] or (exp.work / "mlruns").resolve().as_uri()
+    store.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or f"sqlite:///{(store / 'mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        exp_id = client.create_experiment(experiment, artifact_location=(store / "artifacts").resolve().as_uri())
+    else:
+        exp_id = found.experiment_id
     mlflow.set_tracking_uri(uri)
-    experiment = cfg["mlflow"]["experiment"] or cfg["title"]
-    mlflow.set_experiment(experiment)
     for r in results:
-        with mlflow.start_run(run_name=f"{r.arm}_s{r.seed}"):
-            mlflow.log_params({"arm": r.arm, "seed": r.seed, "pipeline_config": cfg["source"]})
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"{r.arm}_s{r.seed}"):
+            mlflow.log_params({"arm": r.arm, "seed": r.seed, **(params or {})})
             mlflow.log_metrics({f"dice_{k}": v for k, v in r.dice.items()} | {"dice_mean": r.mean})
-            mlflow.log_artifact(str(exp.metrics(r.arm, r.seed)))
-    with mlflow.start_run(run_name="report"):
-        mlflow.log_param("arms", ",".join(exp.arms))
-        for p in paths.values():
+            mlflow.log_artifact(str(metrics[(r.arm, r.seed)]))
+    with mlflow.start_run(experiment_id=exp_id, run_name="report"):
+        mlflow.log_params(params or {})
+        for p in artifacts:
             mlflow.log_artifact(str(p))
-        mlflow.log_artifact(cfg["source"])
     return uri
