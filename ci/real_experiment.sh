@@ -24,7 +24,7 @@ from nibabel.processing import resample_to_output
 
 from custom_components.data.atomic import save_nifti
 
-inputs = Path(sys.argv[1])
+inputs = Path(sys.argv[1]).resolve()
 real = read_datalist(inputs / "real_train.json")
 # "small size": the real case resampled to 2 mm (linear for images, nearest for labels)
 items = []
@@ -42,7 +42,9 @@ for item in real["training"]:
         out[key] = new if isinstance(item[key], list) else new[0]
     items.append(out)
 # one real case only: it is both the training and the evaluation case
-write_datalist(inputs / "real.json", {**real, "training": items, "validation": list(items)})
+# (the evaluation copy gets its own case id, since ids are unique across sections)
+evaluation = [{**i, "case_id": f"{i['case_id']}-eval"} for i in items]
+write_datalist(inputs / "real.json", {**real, "training": items, "validation": evaluation})
 healthy = read_datalist(inputs / "healthy_real.json")
 demo = read_datalist(inputs / "demo" / "healthy" / "datalist.json")
 write_datalist(inputs / "healthy.json", {**healthy, "training": healthy["training"] + demo["training"]})

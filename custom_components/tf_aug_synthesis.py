@@ -31,7 +31,7 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Compose, Randomizable
 
 from custom_components.data.atomic import atomic_write_text, save_nifti
-from custom_components.data.datalist import read_datalist, write_datalist
+from custom_components.data.datalist import label_convention_of, read_datalist, select_modalities, write_datalist
 from custom_components.data.labels import check_convention, from_internal
 from custom_components.data.validation import check_items
 from custom_components.transforms.classwise_intensity import ClasswiseIntensity
@@ -48,15 +48,7 @@ RECORD_VERSION = 1
 def _select(item: Mapping[str, Any], available: Sequence[str], wanted: Sequence[str], source: str, i: int) -> list:
     images = item.get("image")
     images = [images] if isinstance(images, str) else list(images or [])
-    if len(images) != len(available):
-        raise ValueError(
-            f"{source}: item {i} ({item.get('case_id', '?')}) has {len(images)} image files but the datalist's "
-            f"modalities are {list(available)}"
-        )
-    missing = [m for m in wanted if m not in available]
-    if missing:
-        raise ValueError(f"{source}: modalities {missing} requested but the datalist has only {list(available)}")
-    return [images[list(available).index(m)] for m in wanted]
+    return select_modalities(images, available, wanted, f"{source}: item {i} ({item.get('case_id', '?')})")
 
 
 def _datalist_modalities(data: Mapping[str, Any], items: Sequence[Mapping[str, Any]], source: str) -> list[str]:
@@ -77,25 +69,6 @@ def _section(path: str | os.PathLike, section: str, what: str) -> tuple[dict[str
     if not isinstance(items, list) or not items:
         raise ValueError(f"{path}: the {what} datalist has no items in section {section!r}")
     return data, items
-
-
-def _convention(data: Mapping[str, Any], label_convention: str | None, path: str | os.PathLike) -> str:
-    declared = data.get("labels")
-    if label_convention is None:
-        return check_convention(declared if declared is not None else "brats2023")
-    check_convention(label_convention)
-    if declared is not None and declared != label_convention:
-        raise ValueError(
-            f"{path}: the datalist declares labels {declared!r} but label_convention is {label_convention!r}; "
-            "set label_convention to the datalist's convention (or null to use it)"
-        )
-    return label_convention
-
-
-def resolve_convention(path: str | os.PathLike, label_convention: str | None = None) -> str:
-    """The label convention of a real datalist: ``label_convention`` (checked against the datalist's
-    top-level ``labels``), or when None the datalist's ``labels`` (else ``brats2023``)."""
-    return _convention(read_datalist(path), label_convention, path)
 
 
 def load_healthy(
@@ -157,7 +130,7 @@ def load_real(
         items ``{"case_id", "image": [files], "label"}`` with absolute paths.
     """
     data, items = _section(path, section, "real tumour")
-    label_convention = _convention(data, label_convention, path)
+    label_convention = label_convention_of(data, label_convention, str(path))
     available = _datalist_modalities(data, items, str(path))
     out = []
     for i, item in enumerate(items):
@@ -188,7 +161,7 @@ def load_real_labels(
         section: datalist section.
     """
     data, items = _section(path, section, "real tumour")
-    label_convention = _convention(data, label_convention, path)
+    label_convention = label_convention_of(data, label_convention, str(path))
     labels = []
     for i, item in enumerate(items):
         if not item.get("label"):

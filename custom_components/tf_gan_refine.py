@@ -29,7 +29,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from custom_components.data.atomic import atomic_path, save_nifti
-from custom_components.data.datalist import read_datalist, write_datalist
+from custom_components.data.datalist import read_datalist, select_modalities, write_datalist
 from custom_components.data.labels import check_convention, to_internal
 from custom_components.data.validation import check_items
 from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
@@ -43,12 +43,6 @@ STAGES: tuple[str, ...] = ("tf_gan", "pix2pix")
 
 
 # -- datalists ---------------------------------------------------------------------------------------
-def label_convention(datalist: str | os.PathLike) -> str:
-    """The label convention a datalist declares in its top-level ``labels`` (``brats2023`` when absent)."""
-    data = read_datalist(datalist)
-    return check_convention(str(data.get("labels", DEFAULT_LABELS)))
-
-
 def load_items(
     datalist: str | os.PathLike,
     modalities: Sequence[str] = ("t1n",),
@@ -95,18 +89,7 @@ def load_items(
             raise ValueError(f"{datalist}: {section}[{n}] has no {', '.join(absent)}")
         item = dict(item)
         files = item["image"] if isinstance(item.get("image"), list) else [item["image"]]
-        if available is not None:
-            if len(files) != len(available):
-                raise ValueError(
-                    f"{datalist}: {section}[{n}] lists {len(files)} image files for modalities {available}"
-                )
-            files = [files[available.index(m)] for m in wanted]
-        elif len(files) != len(wanted):
-            raise ValueError(
-                f"{datalist}: {section}[{n}] lists {len(files)} image files but {len(wanted)} modalities "
-                f"{wanted} were requested and the datalist declares no 'modalities'"
-            )
-        item["image"] = files
+        item["image"] = files = select_modalities(files, available, wanted, f"{datalist}: {section}[{n}]")
         item.setdefault("case_id", Path(files[0]).name.split(".nii")[0])
         out.append(item)
     if max_items is not None:

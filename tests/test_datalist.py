@@ -118,3 +118,30 @@ def test_clear_errors(tmp_path: Path) -> None:
     good = write_datalist(tmp_path / "good.json", _datalist(tmp_path))
     with pytest.raises(KeyError, match=r"good.json: datalist has no section 'test' \(has: description, labels"):
         load_section(good, "test")
+
+
+def test_select_modalities_by_name_and_errors() -> None:
+    from custom_components.data.datalist import select_modalities
+
+    files = ["a_t1n", "a_t1c", "a_t2w", "a_t2f"]
+    assert select_modalities(files, ["t1n", "t1c", "t2w", "t2f"], ["t2f", "t1n"], "x") == ["a_t2f", "a_t1n"]
+    assert select_modalities(["only"], None, ["t1n"], "x") == ["only"]
+    with pytest.raises(ValueError, match="x: modalities \\['flair'\\] not in"):
+        select_modalities(files, ["t1n", "t1c", "t2w", "t2f"], ["flair"], "x")
+    with pytest.raises(ValueError, match="x: 3 image file"):
+        select_modalities(files[:3], ["t1n", "t1c", "t2w", "t2f"], ["t1n"], "x")
+    with pytest.raises(ValueError, match="no top-level 'modalities'"):
+        select_modalities(files, None, ["t1n"], "x")
+
+
+def test_label_convention_of() -> None:
+    from custom_components.data.datalist import label_convention_of
+
+    assert label_convention_of({"labels": "brats2021"}) == "brats2021"
+    assert label_convention_of({}) == "brats2023"
+    assert label_convention_of({}, "brats2015") == "brats2015"
+    assert label_convention_of({"labels": "internal"}, "internal") == "internal"
+    with pytest.raises(ValueError, match="declares labels 'brats2021' but label_convention is 'brats2023'"):
+        label_convention_of({"labels": "brats2021"}, "brats2023", source="d.json")
+    with pytest.raises(ValueError, match="d.json: unknown label convention"):
+        label_convention_of({"labels": "brats1999"}, source="d.json")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from custom_components.data.atomic import atomic_write_text
+from custom_components.data.labels import check_convention
 
 PATH_KEYS: tuple[str, ...] = ("image", "label", "brain_mask", "roi", "source_image", "source_label")
 
@@ -104,3 +106,63 @@ def write_datalist(path: str | os.PathLike, data: dict[str, Any]) -> Path:
             out[key] = value
     atomic_write_text(path, json.dumps(out, indent=2) + "\n")
     return path
+
+
+def select_modalities(
+    images: Sequence[str], available: Sequence[str] | None, wanted: Sequence[str], where: str
+) -> list[str]:
+    """The image files of ``wanted`` modalities, in that order, picked by name.
+
+    Args:
+        images: an item's image files, in the order of the datalist's top-level ``modalities``.
+        available: the datalist's top-level ``modalities`` (None: the files are taken as given, and
+            their number must equal ``len(wanted)``).
+        wanted: modalities to keep, in channel order.
+        where: the datalist and item, for error messages.
+    """
+    images, wanted = list(images), [str(m) for m in wanted]
+    if available is None:
+        if len(images) != len(wanted):
+            raise ValueError(
+                f"{where}: {len(images)} image file(s) but {len(wanted)} modalities requested "
+                f"({', '.join(wanted)}) and the datalist has no top-level 'modalities' to select them by name"
+            )
+        return images
+    available = list(available)
+    if len(images) != len(available):
+        raise ValueError(
+            f"{where}: {len(images)} image file(s) but the datalist's 'modalities' lists {len(available)} "
+            f"({', '.join(available)})"
+        )
+    missing = [m for m in wanted if m not in available]
+    if missing:
+        raise ValueError(f"{where}: modalities {missing} not in the datalist's modalities {available}")
+    return [images[available.index(m)] for m in wanted]
+
+
+def label_convention_of(
+    datalist: str | os.PathLike | Mapping[str, Any], label_convention: str | None = None, source: str = ""
+) -> str:
+    """The label convention of a datalist's ``label`` files.
+
+    Args:
+        datalist: datalist JSON file, or its already-read content.
+        label_convention: explicit convention; must agree with the datalist's top-level ``labels`` when
+            that is present. None: the datalist's ``labels``, else ``brats2023``.
+        source: name of the datalist for error messages (default: the path).
+    """
+    data = datalist if isinstance(datalist, Mapping) else read_datalist(datalist)
+    source = source or str(datalist if not isinstance(datalist, Mapping) else "<datalist>")
+    declared = data.get("labels")
+    try:
+        if label_convention is None:
+            return check_convention(str(declared) if declared is not None else "brats2023")
+        check_convention(label_convention)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+    if declared is not None and declared != label_convention:
+        raise ValueError(
+            f"{source}: the datalist declares labels {declared!r} but label_convention is {label_convention!r}; "
+            "set label_convention to the datalist's convention (or null to use it)"
+        )
+    return label_convention

@@ -19,52 +19,14 @@ from typing import Any
 from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
-from custom_components.data.datalist import read_datalist
+from custom_components.data.datalist import label_convention_of, read_datalist, select_modalities
 from custom_components.data.labels import check_convention
 
 __all__ = [
     "TwoPhaseDataset",
     "load_segmentation_items",
     "load_synthetic_items",
-    "resolve_label_convention",
 ]
-
-
-def resolve_label_convention(datalist: str | os.PathLike, label_convention: str | None = None) -> str:
-    """The label convention of a datalist's ``label`` files.
-
-    Args:
-        datalist: datalist JSON file.
-        label_convention: explicit convention (wins when given); ``None`` reads the datalist's top-level
-            ``labels`` entry, falling back to ``brats2023``.
-    """
-    if label_convention:
-        return check_convention(label_convention)
-    data = read_datalist(datalist)
-    value = data.get("labels", "brats2023")
-    try:
-        return check_convention(str(value))
-    except ValueError as e:
-        raise ValueError(f"{datalist}: {e}") from e
-
-
-def _select(images: list[str], available: Sequence[str] | None, modalities: Sequence[str], where: str) -> list[str]:
-    if available is None:
-        if len(images) != len(modalities):
-            raise ValueError(
-                f"{where}: {len(images)} image file(s) but {len(modalities)} modalities requested "
-                f"({', '.join(modalities)}) and the datalist has no top-level 'modalities' to select them by name"
-            )
-        return list(images)
-    if len(images) != len(available):
-        raise ValueError(
-            f"{where}: {len(images)} image file(s) but the datalist's 'modalities' lists {len(available)} "
-            f"({', '.join(available)})"
-        )
-    missing = [m for m in modalities if m not in available]
-    if missing:
-        raise ValueError(f"{where}: modalities {missing} not in the datalist's modalities {list(available)}")
-    return [images[list(available).index(m)] for m in modalities]
 
 
 def load_segmentation_items(
@@ -102,7 +64,9 @@ def load_segmentation_items(
         if "image" not in item:
             raise ValueError(f"{where}: item has no 'image'")
         images = item["image"] if isinstance(item["image"], list) else [item["image"]]
-        images = _select(images, available, modalities or (available or images), where) if modalities else images
+        images = (
+            select_modalities(images, available, modalities or (available or images), where) if modalities else images
+        )
         out: dict[str, Any] = {"image": images}
         if "label" in item and keep_label:
             out["label"] = item["label"]
@@ -143,7 +107,7 @@ def load_synthetic_items(
     items: list[dict[str, Any]] = []
     seen: set[str] = set()
     for n, path in enumerate(datalists or ()):
-        convention = resolve_label_convention(path)
+        convention = label_convention_of(path)
         if convention != check_convention(label_convention):
             raise ValueError(
                 f"{path}: synthetic datalist labels are {convention!r}, expected {label_convention!r} "
