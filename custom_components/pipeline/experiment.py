@@ -72,8 +72,19 @@ class Experiment:
     def pix2pix_datalist(self) -> Path:
         return self.stage_dir("pix2pix_synthesise") / "pix2pix" / "datalist.json"
 
-    def subset_datalist(self, ratio: int) -> Path:
-        return self.stage_dir("synthetic_subsets") / f"refined_syn{ratio}.json"
+    def subset_datalist(self, ratio: int, kind: str = "refined") -> Path:
+        return self.stage_dir("synthetic_subsets") / f"{kind}_syn{ratio}.json"
+
+    @property
+    def base_ratio(self) -> int:
+        """Synthetic cases per real case of the synthetic arms (tf_aug, pix2pix, tf, tf_mas)."""
+        return int(self.cfg["tf_aug"]["synthetic_per_real"])
+
+    def synthetic_datalist(self, kind: str) -> Path:
+        """The datalist a synthetic arm trains with: all cases, or with an ablation (which synthesises
+        more) the first ``base_ratio`` per real case, so every synthetic arm gets the same amount."""
+        full = {"coarse": self.coarse_datalist, "refined": self.refined_datalist, "pix2pix": self.pix2pix_datalist}
+        return self.subset_datalist(self.base_ratio, kind) if self.cfg["synthetic_per_real"] else full[kind]
 
     def metrics(self, arm: str, seed: int) -> Path:
         return self.stage_dir(f"evaluate_{arm}_s{seed}") / "metrics.json"
@@ -338,23 +349,32 @@ class Experiment:
         return [train, synth]
 
     def subset_stage(self) -> Stage:
-        ratios = [int(r) for r in self.cfg["synthetic_per_real"]]
+        """Datalists of the first N synthetic cases per real case: the ablation's refined subsets, and the
+        base-ratio subsets of every synthesised datalist the arms use."""
+        wanted = {("refined", int(r)) for r in self.cfg["synthetic_per_real"]}
+        sources = {"refined": self.refined_datalist}
+        if self.needs("tf_aug"):
+            sources["coarse"] = self.coarse_datalist
+        if self.needs("pix2pix"):
+            sources["pix2pix"] = self.pix2pix_datalist
+        wanted |= {(kind, self.base_ratio) for kind in sources}
+        wanted = {(k, r) for k, r in wanted if k in sources}
 
         def write_subsets() -> None:
-            refined = read_datalist(self.refined_datalist)
             n_real = self.n_real()
-            for r in ratios:
-                items = refined["training"][: r * n_real]
-                subset = {**refined, "training": items, "description": f"first {len(items)} refined cases ({r}/real)"}
-                write_datalist(self.subset_datalist(r), subset)
+            for kind, r in sorted(wanted):
+                data = read_datalist(sources[kind])
+                items = data["training"][: r * n_real]
+                subset = {**data, "training": items, "description": f"first {len(items)} {kind} cases ({r}/real)"}
+                write_datalist(self.subset_datalist(r, kind), subset)
 
         return Stage(
             "synthetic_subsets",
             function=write_subsets,
-            inputs=[self.refined_datalist, self.real_datalist],
-            outputs=[self.subset_datalist(r) for r in ratios],
-            description=f"synthetic-volume ablation datalists: {ratios} refined cases per real case",
-            key=json.dumps(ratios),
+            inputs=[*sources.values(), self.real_datalist],
+            outputs=[self.subset_datalist(r, k) for k, r in sorted(wanted)],
+            description=f"synthetic datalists with N cases per real case: {sorted(wanted)}",
+            key=json.dumps(sorted(wanted)),
         )
 
     def arm_overrides(self, arm: str) -> dict[str, Any]:
@@ -369,13 +389,14 @@ class Experiment:
         if arm == "dtss_mas":
             return {**off, "use_dtss": True, "use_mas": True}
         if arm == "tf_aug":
-            return {**off, "synthetic_datalists": [str(self.coarse_datalist)]}
+            return {**off, "synthetic_datalists": [str(self.synthetic_datalist("coarse"))]}
         if arm == "pix2pix":
-            return {**off, "synthetic_datalists": [str(self.pix2pix_datalist)]}
+            return {**off, "synthetic_datalists": [str(self.synthetic_datalist("pix2pix"))]}
         if arm == "tf":
-            return {**off, "synthetic_datalists": [str(self.refined_datalist)]}
+            return {**off, "synthetic_datalists": [str(self.synthetic_datalist("refined"))]}
         if arm == "tf_mas":
-            return {**off, "synthetic_datalists": [str(self.refined_datalist)], "use_mas": True, "synthetic_mas": True}
+            refined = str(self.synthetic_datalist("refined"))
+            return {**off, "synthetic_datalists": [refined], "use_mas": True, "synthetic_mas": True}
         if arm.startswith("tf_syn"):
             return {**off, "synthetic_datalists": [str(self.subset_datalist(int(arm[len("tf_syn") :])))]}
         raise ValueError(f"unknown arm {arm!r}")
