@@ -49,6 +49,27 @@ def condition_channels(
     return torch.cat(channels, dim=1).float()
 
 
+def check_spatial_size(owner: str, shape: Sequence[int], divisor: int) -> None:
+    """Raise a clear error unless every side is a multiple of ``divisor`` and at least ``2 * divisor``
+    (instance normalisation needs more than one voxel at the deepest level).
+
+    Args:
+        owner: the network and its depth, for the message.
+        shape: spatial shape of the input.
+        divisor: 2 ** (number of downsamplings).
+    """
+    spatial = tuple(int(s) for s in shape)
+    if any(s % divisor for s in spatial):
+        raise ValueError(
+            f"{owner} needs a spatial size divisible by {divisor}, got {spatial} "
+            f"(pad the input or choose a patch/ROI size that is a multiple of {divisor})"
+        )
+    if any(s // divisor < 2 for s in spatial):
+        raise ValueError(
+            f"{owner}: input {spatial} leaves a one-voxel bottleneck; use at least {2 * divisor} voxels per side"
+        )
+
+
 class TFGANGenerator(nn.Module):
     """3D U-Net generator with six resolution levels and interpolation upsampling (no transposed convolutions).
 
@@ -140,17 +161,7 @@ class TFGANGenerator(nn.Module):
                 f"TFGANGenerator expects (B, {expected}, H, W, D) input ({self.in_channels} image + "
                 f"{self.num_classes} mask channels), got {tuple(x.shape)}"
             )
-        spatial = tuple(int(s) for s in x.shape[2:])
-        if any(s % self.divisor for s in spatial):
-            raise ValueError(
-                f"TFGANGenerator with {len(self.channels)} levels needs a spatial size divisible by {self.divisor}, "
-                f"got {spatial} (pad the input or choose a patch/ROI size that is a multiple of {self.divisor})"
-            )
-        if any(s // self.divisor < 2 for s in spatial):
-            raise ValueError(
-                f"TFGANGenerator: input {spatial} leaves a one-voxel bottleneck; use at least "
-                f"{2 * self.divisor} voxels per side"
-            )
+        check_spatial_size(f"TFGANGenerator with {len(self.channels)} levels", x.shape[2:], self.divisor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Refine ``x`` ``(B, in_channels + num_classes, H, W, D)`` into an image ``(B, out_channels, H, W, D)``."""
@@ -222,16 +233,6 @@ class DualHeadDiscriminator(nn.Module):
             raise ValueError(
                 f"DualHeadDiscriminator expects (B, {self.in_channels}, H, W, D) input, got {tuple(x.shape)}"
             )
-        spatial = tuple(int(s) for s in x.shape[2:])
-        if any(s % self.divisor for s in spatial):
-            raise ValueError(
-                f"DualHeadDiscriminator with {len(self.channels)} stages needs a spatial size divisible by "
-                f"{self.divisor}, got {spatial}"
-            )
-        if any(s // self.divisor < 2 for s in spatial):
-            raise ValueError(
-                f"DualHeadDiscriminator: input {spatial} leaves one voxel after {len(self.channels)} stages; use at "
-                f"least {2 * self.divisor} voxels per side"
-            )
+        check_spatial_size(f"DualHeadDiscriminator with {len(self.channels)} stages", x.shape[2:], self.divisor)
         features = self.encoder(x)
         return self.patch_head(features), self.global_head(torch.flatten(self.pool(features), 1))
