@@ -1,11 +1,12 @@
 # The README's two commands: `make demo` (set up + run the chained pipeline on demo data)
-# and `make test` (set up + lint + tests). Everything installs into .venv.
+# and `make test` (set up + lint + tests); `make unit` is the fast inner loop (no end-to-end runs).
+# Everything installs into .venv.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test unit lint demo clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +22,10 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q
+
+# unit tests only: every test not marked slow (bundle / pipeline end-to-end runs); under 2 minutes
+unit: setup
+	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
 	$(PY) -m custom_components demo --out $(DEMO_DIR)

@@ -26,8 +26,8 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from custom_components.data.labels import to_internal
+from custom_components.networks.classwise_intensity import ClasswiseIntensity
 from custom_components.tf_aug_synthesis import TFAugSynthesizer, plan_cases
-from custom_components.transforms.classwise_intensity import ClasswiseIntensity
 from custom_components.transforms.intensity import RescaleBrainIntensity
 from custom_components.transforms.mask_augment import MaskPool, TumorMaskAugmentd
 from custom_components.transforms.roi_blur import RoiGaussianBlurd

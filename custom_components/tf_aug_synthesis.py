@@ -1,7 +1,7 @@
 """TF-Aug stage 1 of Tumor Fabrication: inputs, training pairs and the synthesis engine.
 
-* :func:`load_healthy` / :func:`load_real` read and validate the prepared healthy datalist and the real
-  tumour datalist (every file checked before anything is written) and select the configured modalities.
+* inputs are read with :func:`custom_components.data.load_datalist` (the project's one loader; the
+  bundle configs call it for the healthy and the real datalist).
 * :func:`training_pairs` pairs healthy scans with real cases for the training of a, b.
 * :func:`plan_cases` lists the synthetic cases to make: case ``i`` uses healthy scan ``i mod n``
   (``pairing="round_robin"``, the default: every healthy scan is used equally often) or a healthy scan
@@ -31,143 +31,16 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Compose, Randomizable
 
 from custom_components.data.atomic import atomic_write_text, save_nifti
-from custom_components.data.datalist import label_convention_of, read_datalist, select_modalities, write_datalist
+from custom_components.data.datalist import write_datalist
 from custom_components.data.labels import check_convention, from_internal
-from custom_components.data.validation import check_items
-from custom_components.transforms.classwise_intensity import ClasswiseIntensity
+from custom_components.networks.classwise_intensity import ClasswiseIntensity
 from custom_components.transforms.mask_augment import MaskPool, TumorMaskAugmentd
 from custom_components.transforms.roi_blur import RoiGaussianBlurd
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 PAIRINGS: tuple[str, ...] = ("round_robin", "random")
 RECORD_VERSION = 1
-
-
-def _select(item: Mapping[str, Any], available: Sequence[str], wanted: Sequence[str], source: str, i: int) -> list:
-    images = item.get("image")
-    images = [images] if isinstance(images, str) else list(images or [])
-    return select_modalities(images, available, wanted, f"{source}: item {i} ({item.get('case_id', '?')})")
-
-
-def _datalist_modalities(data: Mapping[str, Any], items: Sequence[Mapping[str, Any]], source: str) -> list[str]:
-    mods = data.get("modalities")
-    if mods is not None:
-        return list(mods)
-    n = {len(it["image"]) if isinstance(it.get("image"), list) else 1 for it in items}
-    if n == {1}:
-        return ["t1n"]
-    if n == {len(DEFAULT_MODALITIES)}:
-        return list(DEFAULT_MODALITIES)
-    raise ValueError(f'{source}: no top-level \'modalities\'; add e.g. "modalities": ["t1n"] to the datalist')
-
-
-def _section(path: str | os.PathLike, section: str, what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    data = read_datalist(path)
-    items = data.get(section)
-    if not isinstance(items, list) or not items:
-        raise ValueError(f"{path}: the {what} datalist has no items in section {section!r}")
-    return data, items
-
-
-def load_healthy(
-    path: str | os.PathLike, modalities: Sequence[str] = ("t1n",), section: str = "training"
-) -> list[dict[str, Any]]:
-    """Read and validate a prepared healthy datalist (``prepare-healthy`` output).
-
-    Every item needs a ``brain_mask``; images must be in [-1, 1] space already (not checked here, the
-    synthesis copies them unchanged outside the tumour).
-
-    Args:
-        path: healthy datalist JSON.
-        modalities: image channels to use, by name (must be in the datalist's ``modalities``).
-        section: datalist section.
-
-    Returns:
-        items ``{"case_id", "image": [files in `modalities` order], "brain_mask"}`` with absolute paths.
-
-    Raises:
-        ValueError / FileNotFoundError naming the file for any problem.
-    """
-    data, items = _section(path, section, "healthy")
-    available = _datalist_modalities(data, items, str(path))
-    out = []
-    for i, item in enumerate(items):
-        if not item.get("brain_mask"):
-            raise ValueError(
-                f"{path}: healthy item {i} ({item.get('case_id', '?')}) has no 'brain_mask'; prepare healthy scans "
-                "with `python -m custom_components prepare-healthy`"
-            )
-        images = _select(item, available, modalities, str(path), i)
-        out.append(
-            {
-                "case_id": str(item.get("case_id") or Path(images[0]).name),
-                "image": images,
-                "brain_mask": item["brain_mask"],
-            }
-        )
-    check_items(out, labels="internal", require_tumour=False, source=str(path), section=section, modalities=modalities)
-    return out
-
-
-def load_real(
-    path: str | os.PathLike,
-    modalities: Sequence[str] = ("t1n",),
-    label_convention: str | None = None,
-    section: str = "training",
-) -> list[dict[str, Any]]:
-    """Read and validate the real tumour datalist (images and labels with tumour voxels).
-
-    Args:
-        path: real tumour datalist JSON.
-        modalities: image channels to use, by name.
-        label_convention: convention of the label files; must agree with the datalist's top-level ``labels``;
-            None: the datalist's ``labels`` (else ``brats2023``).
-        section: datalist section.
-
-    Returns:
-        items ``{"case_id", "image": [files], "label"}`` with absolute paths.
-    """
-    data, items = _section(path, section, "real tumour")
-    label_convention = label_convention_of(data, label_convention, str(path))
-    available = _datalist_modalities(data, items, str(path))
-    out = []
-    for i, item in enumerate(items):
-        if not item.get("label"):
-            raise ValueError(f"{path}: real item {i} ({item.get('case_id', '?')}) has no 'label'")
-        images = _select(item, available, modalities, str(path), i)
-        out.append(
-            {"case_id": str(item.get("case_id") or Path(images[0]).name), "image": images, "label": item["label"]}
-        )
-    check_items(
-        out, labels=label_convention, require_tumour=True, source=str(path), section=section, modalities=modalities
-    )
-    return out
-
-
-def load_real_labels(
-    path: str | os.PathLike, label_convention: str | None = None, section: str = "training"
-) -> list[str]:
-    """The label files of the real tumour datalist (the mask pool of the synthesis).
-
-    Only the labels are needed to synthesise; :class:`~custom_components.transforms.mask_augment.MaskPool`
-    reads and checks them (values of ``label_convention``, tumour present, one grid).
-
-    Args:
-        path: real tumour datalist JSON.
-        label_convention: convention of the label files; must agree with the datalist's top-level ``labels``;
-            None: the datalist's ``labels`` (else ``brats2023``).
-        section: datalist section.
-    """
-    data, items = _section(path, section, "real tumour")
-    label_convention = label_convention_of(data, label_convention, str(path))
-    labels = []
-    for i, item in enumerate(items):
-        if not item.get("label"):
-            raise ValueError(f"{path}: real item {i} ({item.get('case_id', '?')}) has no 'label'")
-        labels.append(str(item["label"]))
-    return labels
 
 
 def training_pairs(
@@ -178,8 +51,8 @@ def training_pairs(
     Item ``k`` uses healthy scan ``k mod n_healthy`` and real case ``k mod n_real``; the data loader shuffles.
 
     Args:
-        healthy: items from :func:`load_healthy`.
-        real: items from :func:`load_real`.
+        healthy: healthy items (``case_id``, ``image``, ``brain_mask``) from :func:`~custom_components.data.load_datalist`.
+        real: real items (``case_id``, ``image``, ``label``) from :func:`~custom_components.data.load_datalist`.
         length: items per epoch (default ``max(n_healthy, n_real)``).
 
     Returns:
@@ -216,7 +89,7 @@ def plan_cases(
     """The synthetic cases to make: id, index, seed and healthy scan of each.
 
     Args:
-        healthy: items from :func:`load_healthy`.
+        healthy: healthy items (``case_id``, ``image``, ``brain_mask``) from :func:`~custom_components.data.load_datalist`.
         num_cases: number of cases (>= 1).
         seed: global seed.
         pairing: ``round_robin`` (case i uses healthy scan i mod n) or ``random`` (drawn from the case's seed).

@@ -1,7 +1,6 @@
 """Data side of the tf_gan bundle: datalist loading, network inputs, and writing refined / synthesised cases.
 
-- :func:`load_items` reads and validates a datalist section and keeps the requested modalities;
-- :class:`BrainMaskd` derives a brain mask from a skull-stripped image (voxels above its minimum);
+- inputs are read with :func:`custom_components.data.load_datalist` (the project's one loader);
 - :class:`GeneratorInputs` is the ``prepare_batch`` of the refinement / synthesis evaluator: it builds the
   generator input (coarse image + one-hot tumour mask for TF-GAN; one-hot tumour mask + brain channel for
   Pix2Pix);
@@ -16,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,92 +23,21 @@ import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform
-from monai.utils import convert_to_dst_type, convert_to_tensor
+from monai.utils import convert_to_tensor
 
 from custom_components.data.atomic import atomic_path, save_nifti
-from custom_components.data.datalist import read_datalist, select_modalities, write_datalist
+from custom_components.data.datalist import write_datalist
 from custom_components.data.labels import check_convention, to_internal
-from custom_components.data.validation import check_items
 from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
 from custom_components.transforms.intensity import brain_foreground
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LABELS: str = "brats2023"
 ITEM_KEYS: tuple[str, ...] = ("case_id", "image", "label", "roi", "brain_mask")
 STAGES: tuple[str, ...] = ("tf_gan", "pix2pix")
 
 
 # -- datalists ---------------------------------------------------------------------------------------
-def load_items(
-    datalist: str | os.PathLike,
-    modalities: Sequence[str] = ("t1n",),
-    section: str = "training",
-    require: Sequence[str] = ("image", "label"),
-    require_tumour: bool = True,
-    validate: bool = True,
-    max_items: int | None = None,
-) -> list[dict[str, Any]]:
-    """Read one section of a datalist with absolute paths, keeping the image files of ``modalities``.
-
-    Every item gets a ``case_id`` (its own, else the first image's file name). ``image`` becomes the list of
-    files of ``modalities`` in that order, chosen by the datalist's top-level ``modalities`` (a datalist
-    without it must list exactly ``len(modalities)`` image files per item).
-
-    Args:
-        datalist: datalist JSON file.
-        modalities: modalities to keep, in channel order.
-        section: datalist section.
-        require: keys every item must have.
-        require_tumour: report label volumes without tumour voxels (see ``custom_components.data.validation``).
-        validate: check every named file (readable, 3D, same grid, label values) before returning.
-        max_items: keep only the first ``max_items`` items (``None``: all).
-
-    Raises:
-        FileNotFoundError / KeyError / ValueError naming the datalist (or the offending file).
-    """
-    data = read_datalist(datalist)
-    if section not in data:
-        raise KeyError(f"{datalist}: datalist has no section {section!r} (has: {', '.join(sorted(data))})")
-    items = data[section]
-    if not items:
-        raise ValueError(f"{datalist}: section {section!r} is empty")
-    available = data.get("modalities")
-    wanted = [str(m) for m in modalities]
-    if available is not None:
-        missing = [m for m in wanted if m not in available]
-        if missing:
-            raise ValueError(f"{datalist}: modalities {missing} not in the datalist's modalities {available}")
-    out: list[dict[str, Any]] = []
-    for n, item in enumerate(items):
-        absent = [k for k in require if k not in item]
-        if absent:
-            raise ValueError(f"{datalist}: {section}[{n}] has no {', '.join(absent)}")
-        item = dict(item)
-        files = item["image"] if isinstance(item.get("image"), list) else [item["image"]]
-        item["image"] = files = select_modalities(files, available, wanted, f"{datalist}: {section}[{n}]")
-        item.setdefault("case_id", Path(files[0]).name.split(".nii")[0])
-        out.append(item)
-    if max_items is not None:
-        out = out[: int(max_items)]
-    ids = [it["case_id"] for it in out]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValueError(f"{datalist}: duplicate case ids {dupes}")
-    if validate:
-        check_items(
-            out,
-            labels=str(data.get("labels", DEFAULT_LABELS)),
-            require_tumour=require_tumour,
-            source=str(datalist),
-            section=section,
-            modalities=wanted,
-        )
-    return out
-
-
 def report_inputs(stage: str, **sections: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """Log how many cases each input holds (resolving, hence validating, them) and return the counts.
 
@@ -129,45 +57,6 @@ def dataset_items(items: Sequence[Mapping[str, Any]], keys: Sequence[str] = ITEM
 
 
 # -- transforms --------------------------------------------------------------------------------------
-class BrainMaskd(MapTransform):
-    """Brain mask of a skull-stripped image: voxels above the image's minimum (first channel).
-
-    Use it before ``RescaleBrainIntensityd`` (which clips the darkest brain voxels to the background value).
-    An existing ``output_key`` entry (a brain mask file from the datalist) is kept unless ``overwrite``.
-
-    Args:
-        keys: the image key (one key).
-        output_key: where to store the mask ``(1, *spatial)``.
-        overwrite: replace an existing ``output_key`` entry.
-        allow_missing_keys: do nothing when the image is absent.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = "image",
-        output_key: str = "brain_mask",
-        overwrite: bool = False,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.output_key = output_key
-        self.overwrite = overwrite
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        if self.output_key in d and not self.overwrite:
-            return d
-        for key in self.key_iterator(d):
-            img = d[key]
-            arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-            mask = brain_foreground(arr[0])[None].astype(np.float32)
-            d[self.output_key] = convert_to_dst_type(
-                mask, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32
-            )[0]
-            break
-        return d
-
-
 class GeneratorInputs:
     """``prepare_batch`` for a MONAI evaluator running the TF-GAN / Pix2Pix generator.
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from custom_components.data.datalist import load_section, read_datalist, write_datalist
+from custom_components.data import load_datalist
+from custom_components.data.datalist import read_datalist, write_datalist
 
 
 def _datalist(tmp_path: Path) -> dict:
@@ -47,8 +48,10 @@ def test_write_stores_relative_paths_and_read_restores_absolute(tmp_path: Path) 
     assert stored["training"][0]["provenance"] == {"stage": "real", "seed": 3}
 
     assert read_datalist(out) == data
-    assert load_section(out, "validation") == data["validation"]
-    assert load_section(out)[0]["image"][1] == str(tmp_path / "data" / "a" / "a-t2f.nii.gz")
+    assert load_datalist(out, "validation", check="none") == [
+        {**data["validation"][0], "image": [data["validation"][0]["image"]]}
+    ]
+    assert load_datalist(out, check="none")[0]["image"][1] == str(tmp_path / "data" / "a" / "a-t2f.nii.gz")
 
 
 def test_read_keeps_absolute_paths_and_resolves_relative_ones(tmp_path: Path) -> None:
@@ -117,7 +120,7 @@ def test_clear_errors(tmp_path: Path) -> None:
 
     good = write_datalist(tmp_path / "good.json", _datalist(tmp_path))
     with pytest.raises(KeyError, match=r"good.json: datalist has no section 'test' \(has: description, labels"):
-        load_section(good, "test")
+        load_datalist(good, "test")
 
 
 def test_select_modalities_by_name_and_errors() -> None:

@@ -25,8 +25,8 @@ from custom_components.data.datalist import read_datalist
 from custom_components.data.demo import make_demo_data
 from custom_components.export_bundle import VENDOR_IMPORT, export_bundle, vendor_config_text
 from custom_components.networks import build_segmentation_network
+from custom_components.networks.classwise_intensity import ClasswiseIntensity
 from custom_components.networks.tf_gan import TFGANGenerator
-from custom_components.transforms.classwise_intensity import ClasswiseIntensity
 from tests.bundle_utils import REPO, bundle_dir
 from tests.test_multi_gpu import make_aug_inputs
 from tests.test_tf_gan_bundle import make_data
@@ -184,6 +184,7 @@ def _check_vendored(stdout: str, folder: Path) -> None:
     assert Path(line.split(maxsplit=1)[1]) == folder / "scripts" / "custom_components" / "__init__.py"
 
 
+@pytest.mark.slow
 def test_export_dtss_mas_seg_runs_inference(tmp_path: Path) -> None:
     demo = make_demo_data(tmp_path / "demo", n_healthy=1, n_tumour=4, spacing=4.0, seed=0, verbose=False)["tumour"]
     torch.manual_seed(0)
@@ -210,6 +211,7 @@ def test_export_dtss_mas_seg_runs_inference(tmp_path: Path) -> None:
         download_large_files(bundle_path=str(folder))
 
 
+@pytest.mark.slow
 def test_export_tf_aug_runs_synthesis(tmp_path: Path) -> None:
     inputs = make_aug_inputs(tmp_path / "data")
     params = ClasswiseIntensity(1, a_init=[1.1, 0.9, 1.2], b_init=[-0.1, 0.05, 0.2], channel_names=["t1n"])
@@ -231,6 +233,7 @@ def test_export_tf_aug_runs_synthesis(tmp_path: Path) -> None:
     assert (out / "coarse" / "qc" / "tfaug-00000.png").is_file()
 
 
+@pytest.mark.slow
 def test_export_tf_gan_runs_refinement(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     torch.manual_seed(0)

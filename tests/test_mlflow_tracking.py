@@ -29,6 +29,9 @@ from tests.bundle_utils import bundle_dir
 from tests.test_multi_gpu import make_aug_inputs
 from tests.test_tf_gan_bundle import make_data, train_overrides
 
+# end-to-end runs: `make unit` leaves them out, `make test` runs them
+pytestmark = pytest.mark.slow
+
 MLFLOW = Path(sys.executable).parent / "mlflow"
 
 

@@ -121,6 +121,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_dtss_mas_seg_ddp_training_shares_mas_statistics(tmp_path: Path) -> None:
     """2 ranks, 2 real training cases: each rank sees one case per epoch, yet both use the eta/theta of both."""
     demo = make_demo_data(tmp_path / "demo", n_healthy=1, n_tumour=4, spacing=4.0, seed=0, verbose=False)["tumour"]
@@ -169,6 +170,7 @@ def gan_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_data(tmp_path_factory.mktemp("mg_gan_data"))
 
 
+@pytest.mark.slow
 def test_tf_gan_ddp_training(gan_data: dict[str, Path], tmp_path: Path) -> None:
     overrides = train_overrides(gan_data, tmp_path, max_epochs=2)
     overrides.pop("device")  # multi_gpu_train.yaml picks cuda:<LOCAL_RANK> or cpu
@@ -194,6 +196,7 @@ def test_tf_gan_ddp_training(gan_data: dict[str, Path], tmp_path: Path) -> None:
     assert len(iteration) == len(epoch) == 1 and iteration[0] != epoch[0]
 
 
+@pytest.mark.slow
 def test_tf_gan_sharded_refinement(gan_data: dict[str, Path], tmp_path: Path) -> None:
     """The sharded refinement config, its ranks run one after the other (no process group): rank 1, then rank 0
     merges; the result equals a single-process refinement byte for byte."""
@@ -239,6 +242,7 @@ def aug_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return make_aug_inputs(tmp_path_factory.mktemp("mg_aug"))
 
 
+@pytest.mark.slow
 def test_tf_aug_sharded_synthesis(aug_data: dict[str, Any], tmp_path: Path) -> None:
     num_cases = 5
     overrides = {**aug_data, "num_cases": num_cases, "output_dir": str(tmp_path / "run")}

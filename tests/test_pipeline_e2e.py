@@ -15,6 +15,9 @@ from custom_components.data.validation import validate_datalist
 from custom_components.pipeline.config import load_config
 from custom_components.pipeline.experiment import Experiment, run_experiment
 
+# end-to-end runs: `make unit` leaves them out, `make test` runs them
+pytestmark = pytest.mark.slow
+
 TINY = {
     "workdir": "work",
     "title": "tiny",

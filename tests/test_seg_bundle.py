@@ -102,6 +102,7 @@ def test_metadata_validates() -> None:
         (["common.yaml", "inference.yaml"], "infer", "inference"),
     ],
 )
+@pytest.mark.slow
 def test_check_properties(demo: Path, trained: Path, tmp_path: Path, configs, kind, run_id) -> None:
     wf = workflow(
         BUNDLE, configs, kind, run_id=run_id, **TINY, datalist=str(demo), output_dir=str(tmp_path),
@@ -111,6 +112,7 @@ def test_check_properties(demo: Path, trained: Path, tmp_path: Path, configs, ki
     assert wf.check_properties() == []
 
 
+@pytest.mark.slow
 def test_training_outputs(trained: Path) -> None:
     models = trained / "models"
     assert {"model.pt", "checkpoint_final.pt"} <= {p.name for p in models.iterdir()}
@@ -134,6 +136,7 @@ def test_training_outputs(trained: Path) -> None:
     assert full["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5)
 
 
+@pytest.mark.slow
 def test_frozen_encoder_loads_trained_model(trained: Path) -> None:
     enc = FrozenEncoder.from_checkpoint(trained / "models" / "model.pt", levels=3, in_channels=4, filters=FILTERS)
     feats = enc(torch.zeros(1, 4, 32, 32, 32))
@@ -141,6 +144,7 @@ def test_frozen_encoder_loads_trained_model(trained: Path) -> None:
     assert not any(p.requires_grad for p in enc.parameters())
 
 
+@pytest.mark.slow
 def test_resume_continues_run(demo: Path, trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     shutil.copytree(trained, out)
@@ -159,6 +163,7 @@ def test_resume_continues_run(demo: Path, trained: Path, tmp_path: Path) -> None
     assert (out / "mas" / "epoch_0003.csv").is_file()
 
 
+@pytest.mark.slow
 def test_phase2_from_checkpoint_with_synthetic_datalist(demo: Path, trained: Path, tmp_path: Path) -> None:
     # the demo cases stand in for a synthetic datalist (labels in the internal convention)
     synthetic = tmp_path / "synthetic.json"
@@ -189,6 +194,7 @@ def test_phase2_from_checkpoint_with_synthetic_datalist(demo: Path, trained: Pat
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_bad_datalist_fails_before_writing(demo: Path, tmp_path: Path) -> None:
     data = read_datalist(demo)
     data["training"][1]["label"] = str(tmp_path / "nowhere_seg.nii.gz")
@@ -201,6 +207,7 @@ def test_bad_datalist_fails_before_writing(demo: Path, tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_evaluation_writes_metrics(demo: Path, trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval_run"
     run_workflow(
@@ -234,6 +241,7 @@ def _reoriented_copy(item: dict, out: Path) -> dict:
     return {"case_id": item["case_id"].replace("demo", "las"), "image": files}
 
 
+@pytest.mark.slow
 def test_inference_writes_labels_in_input_space(demo: Path, trained: Path, tmp_path: Path) -> None:
     data = read_datalist(demo)
     case = data["validation"][0]

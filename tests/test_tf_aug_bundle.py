@@ -94,6 +94,7 @@ def test_metadata_validates():
     assert meta["schema"].endswith("/0.8.1/meta_schema_20240725.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("configs", "kind"), [(TRAIN, "train"), (INFER, "infer")])
 def test_check_properties(trained, configs, kind):
     # the inference properties include the network, i.e. the learned parameters: after training
@@ -102,6 +103,7 @@ def test_check_properties(trained, configs, kind):
     assert wf.check_properties() == []
 
 
+@pytest.mark.slow
 def test_training_writes_learned_parameters(trained):
     models = Path(trained["overrides"]["output_dir"]) / "models"
     params = json.loads((models / "intensity.json").read_text())
@@ -114,6 +116,7 @@ def test_training_writes_learned_parameters(trained):
     assert (models / "checkpoint_final.pt").is_file()
 
 
+@pytest.mark.slow
 def test_synthesised_cases(trained, synthesised):
     data = read_datalist(synthesised / "datalist.json")
     assert data["labels"] == "internal" and data["modalities"] == ["t1n"]
@@ -155,6 +158,7 @@ def test_synthesised_cases(trained, synthesised):
     assert not (synthesised / "qc" / "tfaug-00001.png").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_is_byte_identical_and_labels_export(trained, synthesised, tmp_path):
     again = _synthesise(trained, tmp_path / "again")
     first, second = _files(synthesised), _files(again)
@@ -175,6 +179,7 @@ def test_same_seed_is_byte_identical_and_labels_export(trained, synthesised, tmp
     assert np.array_equal(exported, np.where(internal == 3, 4, internal))
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_duplicates(trained, synthesised, tmp_path):
     out = tmp_path / "resume"
     shutil.copytree(synthesised, out)
@@ -195,6 +200,7 @@ def test_interrupted_run_resumes_without_duplicates(trained, synthesised, tmp_pa
     assert _files(out) == before
 
 
+@pytest.mark.slow
 def test_changed_settings_and_bad_inputs_are_refused_before_writing(trained, synthesised, tmp_path):
     out = tmp_path / "refuse"
     shutil.copytree(synthesised, out)
@@ -216,7 +222,7 @@ def test_changed_settings_and_bad_inputs_are_refused_before_writing(trained, syn
     bad.write_text(json.dumps(data))
     with pytest.raises(Exception) as err:
         _synthesise(trained, fresh, healthy_datalist=str(bad))
-    assert "healthy_no_mask.json: healthy item 0" in _chain(err.value) and "no 'brain_mask'" in _chain(err.value)
+    assert "healthy_no_mask.json: training[0]" in _chain(err.value) and "has no brain_mask" in _chain(err.value)
     assert not fresh.exists()
     _synthesise(
         trained, fresh, intensity_params=str(tmp_path / "missing.json"), allow_identity_intensity=True, num_cases=1

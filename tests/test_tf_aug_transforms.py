@@ -16,12 +16,8 @@ from torch.utils.data import DataLoader
 from custom_components.data.labels import to_internal
 from custom_components.engines.tf_aug_trainer import ClasswiseIntensitySaver, TFAugTrainer
 from custom_components.losses import ClasswisePerceptualLoss
-from custom_components.networks import FrozenEncoder, build_segmentation_network
-from custom_components.transforms.classwise_intensity import (
-    ApplyClasswiseIntensity,
-    ApplyClasswiseIntensityd,
-    ClasswiseIntensity,
-)
+from custom_components.networks import ClasswiseIntensity, FrozenEncoder, build_segmentation_network
+from custom_components.transforms import ApplyClasswiseIntensity, ApplyClasswiseIntensityd
 from custom_components.transforms.mask_augment import MaskPool, TumorMaskAugment, TumorMaskAugmentd, combine
 from custom_components.transforms.roi_blur import RoiGaussianBlur, RoiGaussianBlurd
 

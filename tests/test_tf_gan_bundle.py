@@ -14,8 +14,8 @@ import torch
 from custom_components.data.datalist import read_datalist
 from custom_components.data.validation import check_datalist
 from custom_components.engines.gan_trainer import loss_terms
-from custom_components.losses.hinge_l1 import roi_mask
 from custom_components.networks.segmentation import build_segmentation_network
+from custom_components.transforms import roi_mask
 from tests.bundle_utils import bundle_dir, run_workflow, validate_metadata, workflow
 
 BUNDLE = "tf_gan"
@@ -172,6 +172,7 @@ def test_train_properties(data: dict[str, Path], tmp_path: Path, configs: list[s
     assert wf.check_properties() == []
 
 
+@pytest.mark.slow
 def test_tf_gan_train_resume_refine(data: dict[str, Path], tmp_path: Path) -> None:
     from monai.handlers import from_engine
 
@@ -253,6 +254,7 @@ def test_tf_gan_train_resume_refine(data: dict[str, Path], tmp_path: Path) -> No
     assert not np.array_equal(vol[m_roi], coarse_vol[m_roi])
 
 
+@pytest.mark.slow
 def test_refine_bad_input_fails_before_output(data: dict[str, Path], tmp_path: Path) -> None:
     dl = _datalist(data["coarse"])
     missing = str(tmp_path / "absent_t1n.nii.gz")
@@ -268,6 +270,7 @@ def test_refine_bad_input_fails_before_output(data: dict[str, Path], tmp_path: P
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_pix2pix_train_and_synthesise(data: dict[str, Path], tmp_path: Path) -> None:
     wf = run_workflow(BUNDLE, TRAIN_P2P, "train", run_id="training", **train_overrides(data, tmp_path, max_epochs=1))
     trainer = wf.parser.get_parsed_content("train#trainer")

@@ -18,13 +18,14 @@ from torch import nn
 
 from custom_components.engines.gan_trainer import TFGANTrainer, latest_checkpoint, loss_terms
 from custom_components.handlers.lambda_schedule import LinearLambdaSchedule
+from custom_components.losses import HingeL1Loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, bce_with_logits, split_logits
 from custom_components.losses.classwise_perceptual import ClasswisePerceptualLoss
-from custom_components.losses.hinge_l1 import HingeL1Loss, RoiMaskd, roi_mask
 from custom_components.networks.frozen_encoder import FrozenEncoder
 from custom_components.networks.segmentation import build_segmentation_network
 from custom_components.networks.tf_gan import DualHeadDiscriminator, TFGANGenerator, condition_channels
-from custom_components.tf_gan_refine import BrainMaskd, GeneratorInputs, check_outputs
+from custom_components.tf_gan_refine import GeneratorInputs, check_outputs
+from custom_components.transforms import BrainMaskd, RoiMaskd, roi_mask
 
 WIDTHS = (8, 8, 8, 8, 8, 8)
 

@@ -1,0 +1,60 @@
+"""Data: datalists (read, write, the one loader and case-id rule), validation, label conventions, atomic IO,
+BraTS / healthy datalist discovery, healthy-scan preparation and demo data."""
+
+from custom_components.data.atomic import atomic_path, atomic_write_text, save_nifti
+from custom_components.data.datalist import (
+    NIFTI_SUFFIXES,
+    PATH_KEYS,
+    case_id_of,
+    is_nifti,
+    label_convention_of,
+    nifti_stem,
+    read_datalist,
+    select_modalities,
+    write_datalist,
+)
+from custom_components.data.discovery import make_brats_datalist, make_healthy_datalist
+from custom_components.data.labels import (
+    CONVENTIONS,
+    INTERNAL_CLASSES,
+    INTERNAL_LABELS,
+    REGIONS,
+    TUMOUR_CLASSES,
+    allowed_values,
+    check_convention,
+    from_internal,
+    to_internal,
+)
+from custom_components.data.loader import load_datalist
+from custom_components.data.validation import check_datalist, check_items, validate_datalist, validate_items
+
+__all__ = [
+    "CONVENTIONS",
+    "INTERNAL_CLASSES",
+    "INTERNAL_LABELS",
+    "NIFTI_SUFFIXES",
+    "PATH_KEYS",
+    "REGIONS",
+    "TUMOUR_CLASSES",
+    "allowed_values",
+    "atomic_path",
+    "atomic_write_text",
+    "case_id_of",
+    "check_convention",
+    "check_datalist",
+    "check_items",
+    "from_internal",
+    "is_nifti",
+    "label_convention_of",
+    "load_datalist",
+    "make_brats_datalist",
+    "make_healthy_datalist",
+    "nifti_stem",
+    "read_datalist",
+    "save_nifti",
+    "select_modalities",
+    "to_internal",
+    "validate_datalist",
+    "validate_items",
+    "write_datalist",
+]

@@ -18,6 +18,37 @@ from custom_components.data.atomic import atomic_write_text
 from custom_components.data.labels import check_convention
 
 PATH_KEYS: tuple[str, ...] = ("image", "label", "brain_mask", "roi", "source_image", "source_label")
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+
+
+def is_nifti(name: str | os.PathLike) -> bool:
+    """Whether a file name has a NIfTI extension (and a name before it)."""
+    name = Path(name).name
+    return any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES)
+
+
+def nifti_stem(name: str | os.PathLike) -> str:
+    """A file's name without its NIfTI extension (``.nii.gz`` or ``.nii``); other names are kept whole."""
+    name = Path(name).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def case_id_of(item: Mapping[str, Any]) -> str | None:
+    """The project's one case-id rule: an item's ``case_id``, else the NIfTI stem of its first listed image.
+
+    The first image *as listed* (before any modality selection), so that the same datalist item has the
+    same id in every bundle whatever modalities it selects. None when the item names no image.
+    """
+    if item.get("case_id") not in (None, ""):
+        return str(item["case_id"])
+    image = item.get("image")
+    first = image[0] if isinstance(image, list | tuple) and image else image
+    if not isinstance(first, str | os.PathLike) or not str(first):
+        return None
+    return nifti_stem(first)
 
 
 def _resolve(value: Any, base: Path) -> Any:
@@ -74,19 +105,6 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def load_section(path: str | os.PathLike, section: str = "training") -> list[dict[str, Any]]:
-    """Return one section of a datalist with absolute paths (for use in bundle configs).
-
-    Args:
-        path: the datalist file.
-        section: the list to return (``training``, ``validation``, ``test``...).
-    """
-    data = read_datalist(path)
-    if section not in data:
-        raise KeyError(f"{path}: datalist has no section {section!r} (has: {', '.join(sorted(data))})")
-    return data[section]
 
 
 def write_datalist(path: str | os.PathLike, data: dict[str, Any]) -> Path:

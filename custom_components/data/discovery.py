@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from custom_components.data.datalist import NIFTI_SUFFIXES, is_nifti, nifti_stem
 from custom_components.data.labels import check_convention
 
 MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 # 2023 modality name -> 2021 file suffix
 BRATS2021_NAMES: dict[str, str] = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": "seg"}
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -30,13 +30,6 @@ def _find(folder: Path, stem: str) -> Path | None:
         p = folder / f"{stem}{suffix}"
         if p.is_file():
             return p
-    return None
-
-
-def _nifti_stem(name: str) -> str | None:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
     return None
 
 
@@ -103,7 +96,7 @@ def make_brats_datalist(
 
     items: list[dict[str, Any]] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not any(_nifti_stem(f.name) for f in folder.iterdir() if f.is_file()):
+        if not any(is_nifti(f.name) for f in folder.iterdir() if f.is_file()):
             continue
         naming = _case_naming(folder)
         if naming is None:
@@ -160,10 +153,10 @@ def make_healthy_datalist(root: str | os.PathLike, mask_dir: str | os.PathLike |
     masks = Path(mask_dir) if mask_dir is not None else None
     if masks is not None and not masks.is_dir():
         raise FileNotFoundError(f"{masks}: brain mask folder not found")
-    scans = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and _nifti_stem(p.name))
+    scans = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti(p.name))
     if not scans:
         raise ValueError(f"{root}: no NIfTI scans (.nii.gz or .nii) found")
-    stems = [_nifti_stem(p.name) for p in scans]
+    stems = [nifti_stem(p) for p in scans]
     if len(set(stems)) != len(stems):
         dup = sorted({s for s in stems if stems.count(s) > 1})
         raise ValueError(f"{root}: scans {dup} exist both as .nii and .nii.gz; keep one of each")

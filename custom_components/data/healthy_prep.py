@@ -38,11 +38,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from custom_components.data.atomic import atomic_path, save_nifti
-from custom_components.data.datalist import read_datalist, write_datalist
+from custom_components.data.datalist import case_id_of, is_nifti, nifti_stem, read_datalist, write_datalist
 from custom_components.qc import save_montage
 from custom_components.transforms.intensity import RescaleBrainIntensity, background_value
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MASK_SUFFIXES = ("_brainmask", "_mask", "-mask", "_brain_mask")
 _LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -207,31 +206,21 @@ def _load_volume(path: Path, what: str, mask_path: Path | None = None) -> _Volum
     return _Volume(path, data, affine, brain, mask_path)
 
 
-def _case_id(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _healthy_inputs(healthy: Path) -> list[dict[str, Any]]:
     """Items ``{case_id, image, brain_mask}`` from a folder of scans or a healthy datalist."""
     if healthy.is_dir():
         files = sorted(
             p
             for p in healthy.iterdir()
-            if p.name.endswith(NIFTI_SUFFIXES)
-            and not _case_id(p).endswith(MASK_SUFFIXES)
-            and not p.name.startswith(".")
+            if is_nifti(p) and not nifti_stem(p).endswith(MASK_SUFFIXES) and not p.name.startswith(".")
         )
         if not files:
             raise FileNotFoundError(f"{healthy}: no NIfTI scans (*.nii, *.nii.gz) in this folder")
         items = []
         for p in files:
-            masks = [p.with_name(_case_id(p) + s + ".nii.gz") for s in MASK_SUFFIXES]
+            masks = [p.with_name(nifti_stem(p) + s + ".nii.gz") for s in MASK_SUFFIXES]
             mask = next((m for m in masks if m.is_file()), None)
-            items.append({"case_id": _case_id(p), "image": p, "brain_mask": mask})
+            items.append({"case_id": nifti_stem(p), "image": p, "brain_mask": mask})
         return items
     if healthy.is_file() and healthy.suffix == ".json":
         data = read_datalist(healthy)
@@ -248,7 +237,7 @@ def _healthy_inputs(healthy: Path) -> list[dict[str, Any]]:
             mask = it.get("brain_mask")
             items.append(
                 {
-                    "case_id": str(it.get("case_id") or _case_id(Path(image))),
+                    "case_id": case_id_of(it),
                     "image": Path(image),
                     "brain_mask": Path(mask) if mask else None,
                 }

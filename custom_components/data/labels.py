@@ -69,9 +69,3 @@ def to_internal(label: np.ndarray, convention: str) -> np.ndarray:
 def from_internal(label: np.ndarray, convention: str) -> np.ndarray:
     """Map an internal label volume to a BraTS convention for export (uint8)."""
     return _remap(label, FROM_INTERNAL[check_convention(convention)], convention, "for export from internal to")
-
-
-def to_regions(label: np.ndarray) -> np.ndarray:
-    """Internal labels (spatial) -> binary ET, TC, WT channels (3, *spatial), bool."""
-    label = np.asarray(label)
-    return np.stack([np.isin(label, REGIONS[r]) for r in ("ET", "TC", "WT")])

@@ -34,13 +34,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from custom_components.data.datalist import read_datalist
+from custom_components.data.datalist import case_id_of, read_datalist
 from custom_components.data.labels import CONVENTIONS, allowed_values, check_convention
 
 AFFINE_ATOL: float = 1e-4
@@ -48,22 +47,6 @@ DEFAULT_LABELS: str = "brats2023"
 MASK_KEYS: tuple[str, ...] = ("brain_mask", "roi")
 # sections that are datalist sections even when they hold no objects (Decathlon names)
 KNOWN_SECTIONS: tuple[str, ...] = ("training", "validation", "test")
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
-
-
-def case_id_of(item: Mapping[str, Any]) -> str | None:
-    """An item's case id: its ``case_id``, else the first image's file name without NIfTI extension."""
-    if item.get("case_id") not in (None, ""):
-        return str(item["case_id"])
-    image = item.get("image")
-    first = image[0] if isinstance(image, list | tuple) and image else image
-    if not isinstance(first, str | os.PathLike):
-        return None
-    name = Path(first).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 @dataclass

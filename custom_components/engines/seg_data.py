@@ -1,4 +1,6 @@
-"""Training data of dtss_mas_seg: datalist items with selected modalities, and the two-phase dataset.
+"""Training data of dtss_mas_seg: synthetic datalist items, and the two-phase dataset.
+
+Real items are read with :func:`custom_components.data.load_datalist`, the project's one loader.
 
 Phase 1 of DSMA trains on the real cases only; phase 2 adds, every epoch, a freshly derived synthetic
 case per real case (DTSS, or any other online synthesis transform) and optionally cases from synthetic
@@ -13,78 +15,19 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
-from custom_components.data.datalist import label_convention_of, read_datalist, select_modalities
+from custom_components.data.datalist import label_convention_of
 from custom_components.data.labels import check_convention
+from custom_components.data.loader import load_datalist
 
 __all__ = [
     "TwoPhaseDataset",
-    "load_segmentation_items",
     "load_synthetic_items",
 ]
-
-
-def load_segmentation_items(
-    datalist: str | os.PathLike,
-    section: str = "training",
-    modalities: Sequence[str] | None = None,
-    require_label: bool = True,
-    check_files: bool = True,
-    keep_label: bool = True,
-) -> list[dict[str, Any]]:
-    """Items of one datalist section reduced to ``case_id``, ``image`` (selected modalities) and ``label``.
-
-    Args:
-        datalist: datalist JSON file (paths relative to it are resolved).
-        section: section to read (``training``, ``validation``, ``test``...).
-        modalities: modality names to stack as channels, in this order, chosen by name from the datalist's
-            top-level ``modalities``; ``None`` keeps every image file.
-        require_label: every item must have a ``label``.
-        check_files: check that every named file exists.
-        keep_label: keep the ``label`` entry (False for inference: labels are neither loaded nor checked).
-
-    Raises:
-        FileNotFoundError / KeyError / ValueError naming the datalist (and the file) on any problem.
-    """
-    data = read_datalist(datalist)
-    if section not in data or not isinstance(data[section], list):
-        raise KeyError(f"{datalist}: datalist has no section {section!r} (has: {', '.join(sorted(data))})")
-    available = data.get("modalities")
-    if available is not None and (not isinstance(available, list) or not all(isinstance(m, str) for m in available)):
-        raise ValueError(f"{datalist}: top-level 'modalities' must be a list of names, got {available!r}")
-    items = []
-    seen: set[str] = set()
-    for k, item in enumerate(data[section]):
-        where = f"{datalist} [{section}][{k}]"
-        if "image" not in item:
-            raise ValueError(f"{where}: item has no 'image'")
-        images = item["image"] if isinstance(item["image"], list) else [item["image"]]
-        images = (
-            select_modalities(images, available, modalities or (available or images), where) if modalities else images
-        )
-        out: dict[str, Any] = {"image": images}
-        if "label" in item and keep_label:
-            out["label"] = item["label"]
-        elif require_label and "label" not in item:
-            raise ValueError(f"{where}: item has no 'label'")
-        case_id = str(item.get("case_id") or Path(images[0]).name.split(".")[0])
-        if case_id in seen:
-            raise ValueError(f"{where}: duplicate case_id {case_id!r}")
-        seen.add(case_id)
-        out["case_id"] = case_id
-        if check_files:
-            for f in [*images, *([out["label"]] if "label" in out else [])]:
-                if not os.path.isfile(f):
-                    raise FileNotFoundError(f"{datalist}: case {case_id}: file not found: {f}")
-        items.append(out)
-    if not items:
-        raise ValueError(f"{datalist}: section {section!r} is empty")
-    return items
 
 
 def load_synthetic_items(
@@ -113,7 +56,7 @@ def load_synthetic_items(
                 f"{path}: synthetic datalist labels are {convention!r}, expected {label_convention!r} "
                 "(every synthetic datalist must use the synthetic label convention)"
             )
-        for item in load_segmentation_items(path, section, modalities, require_label=True):
+        for item in load_datalist(path, section, modalities, require=["label"], keys=["label"], check="exists"):
             if item["case_id"] in seen:
                 item["case_id"] = f"{n}:{item['case_id']}"
             seen.add(item["case_id"])

@@ -33,7 +33,7 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.utils import CommonKeys as Keys
 from torch.utils.data import DataLoader
 
-from custom_components.transforms.classwise_intensity import ClasswiseIntensity
+from custom_components.networks.classwise_intensity import ClasswiseIntensity
 
 logger = logging.getLogger(__name__)
 

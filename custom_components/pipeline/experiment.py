@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from custom_components.data.datalist import read_datalist, write_datalist
+from custom_components.data.loader import load_datalist
 from custom_components.pipeline.config import ARMS
 from custom_components.pipeline.runner import Stage, bundle_command, run_stages
 
@@ -105,7 +106,7 @@ class Experiment:
         raise ValueError(part)
 
     def n_real(self) -> int:
-        return len(read_datalist(self.real_datalist).get("training", []))
+        return len(load_datalist(self.real_datalist, check="none"))
 
     def num_synthetic(self) -> int:
         ratios = [int(self.cfg["tf_aug"]["synthetic_per_real"]), *map(int, self.cfg["synthetic_per_real"])]
@@ -153,9 +154,7 @@ class Experiment:
     def reference(self) -> Path:
         if self.cfg["reference"]:
             return Path(self.cfg["reference"])
-        first = read_datalist(self.real_datalist)["training"][0]
-        image = first["image"]
-        return Path(image[0] if isinstance(image, list) else image)
+        return Path(load_datalist(self.real_datalist, check="none", max_items=1)[0]["image"][0])
 
     # ---- bundle stages ------------------------------------------------------------------------------
     def _bundle_stage(

@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 
 from custom_components.data.atomic import atomic_write_text
-from custom_components.data.datalist import read_datalist
+from custom_components.data.datalist import label_convention_of
+from custom_components.data.loader import load_datalist
 from custom_components.pipeline.config import ARMS
 from custom_components.pipeline.report import REGIONS, ArmResult, write_report
 from custom_components.qc import save_montage
@@ -31,10 +32,10 @@ def read_results(exp: Experiment) -> list[ArmResult]:
 
 
 def _datalist_montages(datalist: Path, out_dir: Path, name: str, n: int) -> list[Path]:
-    items = read_datalist(datalist).get("training", [])[:n]
+    items = load_datalist(datalist, require=["label"], check="none", max_items=n)
     pngs = []
     for item in items:
-        image = item["image"][0] if isinstance(item["image"], list) else item["image"]
+        image = item["image"][0]
         png = out_dir / f"{name}_{item['case_id']}.png"
         pngs.append(save_montage(image, item["label"], png, title=f"{name}: {item['case_id']}"))
     return pngs
@@ -47,14 +48,12 @@ def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> lis
     from custom_components.transforms.dtss import DeformationTumorSynthesis
     from custom_components.transforms.intensity import RescaleBrainIntensity
 
-    data = read_datalist(exp.real_datalist)
-    convention = data.get("labels", "brats2023")
-    items = data["training"]
-    index = {m: i for i, m in enumerate(data.get("modalities", exp.cfg["modalities"]))}
-    channel = index.get(exp.cfg["modalities"][0], 0)
+    convention = label_convention_of(exp.real_datalist)
+    # the first configured modality of each real case (one loader, one case-id rule)
+    items = load_datalist(exp.real_datalist, modalities=exp.cfg["modalities"][:1], require=["label"], check="none")
 
     def load(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        image = nib.as_closest_canonical(nib.load(item["image"][channel]))
+        image = nib.as_closest_canonical(nib.load(item["image"][0]))
         label = nib.as_closest_canonical(nib.load(item["label"]))
         img = RescaleBrainIntensity()(image.get_fdata(dtype=np.float32)[None])
         return img, to_internal(np.asarray(label.dataobj), convention)[None], image.affine

@@ -1,0 +1,62 @@
+"""MONAI transforms (each an array transform and its dictionary ``d`` version) for tumour synthesis,
+label conventions and intensity handling."""
+
+from custom_components.transforms.brain_mask import BrainMask, BrainMaskd
+from custom_components.transforms.carvemix import CarveMix, CarveMixd, carve_region, signed_distance
+from custom_components.transforms.classwise_intensity import ApplyClasswiseIntensity, ApplyClasswiseIntensityd
+from custom_components.transforms.dtss import (
+    DeformationTumorSynthesis,
+    DeformationTumorSynthesisd,
+    deformation_area,
+    fuse_image,
+    monomer_mask,
+)
+from custom_components.transforms.intensity import (
+    RescaleBrainIntensity,
+    RescaleBrainIntensityd,
+    background_value,
+    brain_foreground,
+)
+from custom_components.transforms.labels import (
+    ConvertToBratsRegions,
+    ConvertToBratsRegionsd,
+    MapBratsLabels,
+    MapBratsLabelsd,
+)
+from custom_components.transforms.mask_augment import MaskPool, SourceMask, TumorMaskAugment, TumorMaskAugmentd
+from custom_components.transforms.roi_blur import RoiGaussianBlur, RoiGaussianBlurd, gaussian_kernel
+from custom_components.transforms.roi_mask import RoiMask, RoiMaskd, roi_mask
+
+__all__ = [
+    "ApplyClasswiseIntensity",
+    "ApplyClasswiseIntensityd",
+    "BrainMask",
+    "BrainMaskd",
+    "CarveMix",
+    "CarveMixd",
+    "ConvertToBratsRegions",
+    "ConvertToBratsRegionsd",
+    "DeformationTumorSynthesis",
+    "DeformationTumorSynthesisd",
+    "MapBratsLabels",
+    "MapBratsLabelsd",
+    "MaskPool",
+    "RescaleBrainIntensity",
+    "RescaleBrainIntensityd",
+    "RoiGaussianBlur",
+    "RoiGaussianBlurd",
+    "RoiMask",
+    "RoiMaskd",
+    "SourceMask",
+    "TumorMaskAugment",
+    "TumorMaskAugmentd",
+    "background_value",
+    "brain_foreground",
+    "carve_region",
+    "deformation_area",
+    "fuse_image",
+    "gaussian_kernel",
+    "monomer_mask",
+    "roi_mask",
+    "signed_distance",
+]

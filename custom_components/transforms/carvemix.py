@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
@@ -52,7 +52,7 @@ def carve_region(distance: np.ndarray, c: float) -> tuple[np.ndarray, float]:
     return distance < lam, lam
 
 
-class CarveMix(Randomizable):
+class CarveMix(Randomizable, Transform):
     """Mix a target case with a source case inside a lesion-shaped region of the source.
 
     Args:
