@@ -184,7 +184,7 @@ def test_tf_aug_to_server(server: MlflowServer, tmp_path: Path) -> None:
     run_tracked(
         "tf_aug", ["common.yaml", "train.yaml"],
         healthy_datalist=inputs["healthy_datalist"], real_datalist=inputs["real_datalist"],
-        output_dir=str(tmp_path / "run"), encoder_checkpoint=str(ckpt), encoder_filters=[8, 16, 32], epochs=2,
+        output_dir=str(tmp_path / "run"), encoder_checkpoint=str(ckpt), encoder_filters=[8, 16, 32], max_epochs=2,
         crop_size=[32, 32, 32], aug_min_voxels=10, tracking_uri=uri, experiment_name="tf_aug",
         save_execute_config=str(tmp_path / "executed.json"),
     )  # fmt: skip
@@ -198,7 +198,7 @@ def test_tf_aug_to_server(server: MlflowServer, tmp_path: Path) -> None:
             assert [s for s, _ in values] == [1, 2]
             assert values[-1][1] == pytest.approx(learned[cls][name][0])  # the final a / b
     assert [s for s, _ in history(client, run, "epoch_loss")] == [1, 2]
-    assert logged_config(client, run, tmp_path / "artifact")["epochs"] == 2
+    assert logged_config(client, run, tmp_path / "artifact")["max_epochs"] == 2
 
 
 def _csv(path: Path) -> list[dict[str, str]]:

@@ -61,7 +61,7 @@ def demo(tmp_path_factory) -> dict[str, Any]:
         "output_dir": str(root / "run"),
         "encoder_checkpoint": str(ckpt),
         "encoder_filters": [8, 16, 32],
-        "epochs": 2,
+        "max_epochs": 2,
         "lr": 0.01,
         "crop_size": [32, 32, 32],
         "aug_min_voxels": 10,

@@ -109,8 +109,8 @@ def tiny(data: dict[str, Path], out: Path, **extra: Any) -> dict[str, Any]:
         "coarse_datalist": str(data["coarse"]),
         "real_datalist": str(data["real"]),
         "output_dir": str(out / "outputs"),
-        "ckpt_dir": str(out / "models"),
-        "pix2pix_ckpt_dir": str(out / "models_p2p"),
+        "models_dir": str(out / "models"),
+        "pix2pix_models_dir": str(out / "models_p2p"),
         # 8 channels: PyTorch's CPU convolution falls back to a slow kernel below about 5 input channels
         "gen_channels": [8, 8, 8, 8, 8, 8],
         "disc_channels": [8, 8, 8, 8, 8],
@@ -202,8 +202,9 @@ def test_tf_gan_train_resume_refine(data: dict[str, Path], tmp_path: Path) -> No
     }
     assert full["g_optimizer"]["param_groups"][0]["lr"] == 0.0  # linear decay to 0 over max_epochs
 
-    # resume: the same command with one more epoch continues at iteration 4
-    wf = run_workflow(BUNDLE, TRAIN, "train", **train_overrides(data, tmp_path, max_epochs=3))
+    # resume: the same command with one more epoch and resume_checkpoint continues at iteration 4
+    resume = str(models / "checkpoint_final.pt")
+    wf = run_workflow(BUNDLE, TRAIN, "train", **train_overrides(data, tmp_path, max_epochs=3, resume_checkpoint=resume))
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert (trainer.state.epoch, trainer.state.iteration) == (3, 6)
     assert trainer.state.lambda_c == 1.0

@@ -235,7 +235,12 @@ class Experiment:
             "tf_aug_train",
             "tf_aug",
             ["common.yaml", "train.yaml"],
-            {**common, "output_dir": str(train_dir), "epochs": int(tf["epochs"]), "crop_size": list(tf["crop_size"])},
+            {
+                **common,
+                "output_dir": str(train_dir),
+                "max_epochs": int(tf["epochs"]),
+                "crop_size": list(tf["crop_size"]),
+            },
             inputs=[self.prepared_healthy, self.real_datalist, self.phase1_model(self.encoder_seed)],
             outputs=[params],
             description=f"tf_aug: learn class-wise intensities a_c, b_c through F ({tf['epochs']} epochs)",
@@ -286,7 +291,6 @@ class Experiment:
                 **self._gan_common(),
                 **self._encoder(),
                 "output_dir": str(train_dir),
-                "ckpt_dir": str(train_dir / "models"),
                 "max_epochs": int(gan["epochs"]),
             },
             inputs=[self.coarse_datalist, self.real_datalist, self.phase1_model(self.encoder_seed)],
@@ -314,7 +318,7 @@ class Experiment:
     def pix2pix_stages(self) -> list[Stage]:
         gan = self.cfg["tf_gan"]
         train_dir = self.stage_dir("pix2pix_train")
-        generator = train_dir / "models" / "model.pt"
+        generator = train_dir / "models" / "pix2pix" / "model.pt"
         train = self._bundle_stage(
             "pix2pix_train",
             "tf_gan",
@@ -322,7 +326,6 @@ class Experiment:
             {
                 **self._gan_common(),
                 "output_dir": str(train_dir),
-                "pix2pix_ckpt_dir": str(train_dir / "models"),
                 "max_epochs": int(gan["epochs"]),
             },
             inputs=[self.real_datalist],
@@ -338,7 +341,7 @@ class Experiment:
             {
                 **self._gan_common(),
                 "output_dir": str(synth_dir),
-                "pix2pix_ckpt_dir": str(train_dir / "models"),
+                "generator_checkpoint": str(generator),
                 "synthetic_dir": str(synth_dir / "pix2pix"),
             },
             inputs=[self.coarse_datalist, generator],

@@ -1,0 +1,104 @@
+"""Every bundle uses the same config key names and meanings (the table in docs/architecture.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = ("dtss_mas_seg", "tf_aug", "tf_gan")
+# key -> default every bundle's common.yaml gives it (None: bundle-specific value, but the key must exist)
+SHARED_COMMON = {
+    "bundle_root": ".",
+    "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+    "dataset_dir": None,
+    "output_dir": "$@bundle_root + '/runs'",
+    "models_dir": "$@output_dir + '/models'",
+    "modalities": None,
+    "seed": 0,
+    "num_workers": None,
+}
+# the training configs of each bundle (a workflow with a trainer)
+TRAIN_CONFIGS = {
+    "dtss_mas_seg": ["train.yaml"],
+    "tf_aug": ["train.yaml"],
+    "tf_gan": ["train.yaml", "train_pix2pix.yaml"],
+}
+# names that one bundle used for a shared meaning; none may come back
+RETIRED = {
+    "epochs": "max_epochs",
+    "resume": "resume_checkpoint",
+    "ckpt_dir": "models_dir",
+    "pix2pix_ckpt_dir": "pix2pix_models_dir",
+    "num_epochs": "max_epochs",
+    "model_dir": "models_dir",
+}
+# run aliases a workflow may define, all written as "@run"
+ALIASES = ("training", "inference", "evaluating")
+# MONAI's own tracking keys (`--tracking mlflow` fills them); no bundle defines its own
+TRACKING = ("tracking", "tracking_uri", "experiment_name", "run_name", "save_execute_config")
+
+
+def _load(bundle: str, name: str) -> dict:
+    return yaml.safe_load((REPO / "bundles" / bundle / "configs" / name).read_text()) or {}
+
+
+def _configs(bundle: str) -> list[str]:
+    return sorted(p.name for p in (REPO / "bundles" / bundle / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_common_defines_the_shared_keys(bundle: str) -> None:
+    common = _load(bundle, "common.yaml")
+    for key, default in SHARED_COMMON.items():
+        assert key in common, f"{bundle}/configs/common.yaml: missing shared key {key!r}"
+        if default is not None:
+            assert common[key] == default, f"{bundle}: {key} is {common[key]!r}, expected {default!r}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_no_retired_names_and_one_alias_form(bundle: str) -> None:
+    for name in _configs(bundle):
+        config = _load(bundle, name)
+        for old, new in RETIRED.items():
+            assert old not in config, f"{bundle}/configs/{name}: {old!r} is spelt {new!r} in every bundle"
+        for alias in ALIASES:
+            if alias in config:
+                assert config[alias] == "@run", f'{bundle}/configs/{name}: write `{alias}: "@run"`'
+        for key in TRACKING:
+            assert key not in config, f"{bundle}/configs/{name}: tracking goes through MONAI's --tracking"
+        if name != "common.yaml":
+            # paths and shared values are set once, in common.yaml (multi-GPU overrides may re-derive device)
+            for key in ("output_dir", "models_dir", "bundle_root", "dataset_dir", "seed", "modalities"):
+                assert key not in config, f"{bundle}/configs/{name}: {key!r} belongs in common.yaml"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_training_keys(bundle: str) -> None:
+    for name in TRAIN_CONFIGS[bundle]:
+        config = _load(bundle, name)
+        assert isinstance(config.get("max_epochs"), int), f"{bundle}/configs/{name}: max_epochs"
+        assert "resume_checkpoint" in config and config["resume_checkpoint"] is None, (
+            f"{bundle}/configs/{name}: resume_checkpoint must default to null (a fresh run); resuming is explicit"
+        )
+        assert config.get("training") == "@run"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_models_live_under_output_dir(bundle: str, tmp_path: Path) -> None:
+    """Resolved: every model / checkpoint path of every workflow is under <output_dir>/models."""
+    from monai.bundle import ConfigParser
+
+    paths = {"model_path", "intensity_params", "generator_checkpoint", "pix2pix_models_dir"}
+    for name in [n for n in _configs(bundle) if n not in ("common.yaml",) and not n.startswith("multi_gpu")]:
+        parser = ConfigParser()
+        parser.read_config([str(REPO / "bundles" / bundle / "configs" / f) for f in ("common.yaml", name)])
+        parser["bundle_root"] = str(tmp_path)
+        out = Path(parser.get_parsed_content("output_dir"))
+        models = Path(parser.get_parsed_content("models_dir"))
+        assert out == tmp_path / "runs" and models == out / "models"
+        for key in paths & set(parser.config):
+            value = Path(parser.get_parsed_content(key))
+            assert models in (value, *value.parents), f"{bundle}/configs/{name}: {key} = {value} not under {models}"
