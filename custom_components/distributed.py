@@ -5,8 +5,9 @@ The ``configs/multi_gpu_*.yaml`` files of the bundles call these functions:
 * process group: :func:`init_distributed` (``nccl`` when CUDA is available, ``gloo`` otherwise, chosen by
   :func:`default_backend`), :func:`destroy_distributed`, :func:`barrier`, :func:`get_rank`,
   :func:`get_world_size`, :func:`local_rank`, :func:`process_device` (``cuda:<LOCAL_RANK>`` or ``cpu``);
-* training: :func:`rank_zero_handlers` keeps the handlers that write (statistics, checkpoints, MLflow) on rank
-  0 only; :func:`all_gather_objects` / :func:`all_reduce_sum` let every rank see the same statistics (the MAS
+* training: handlers that only write (statistics, checkpoints, MLflow) carry ``_disabled_: "@is_not_rank0"`` in
+  the configs (MONAI's convention), so they run on rank 0 only; :func:`all_gather_objects` /
+  :func:`all_reduce_sum` let every rank see the same statistics (the MAS
   eta/theta of dtss_mas_seg, epoch means of the TF-GAN losses), :func:`merge_case_values` combines per-case
   values gathered from all ranks;
 * sharded synthesis / refinement: :func:`shard_items` gives rank ``r`` of ``w`` the items ``i`` with
@@ -34,7 +35,6 @@ import torch.distributed as dist
 from custom_components.data.datalist import read_datalist, write_datalist
 
 __all__ = [
-    "WRITER_HANDLERS",
     "all_gather_objects",
     "all_reduce_sum",
     "barrier",
@@ -49,7 +49,6 @@ __all__ = [
     "merge_case_values",
     "merge_shard_datalists",
     "process_device",
-    "rank_zero_handlers",
     "shard_items",
     "shard_path",
 ]
@@ -57,16 +56,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TORCHRUN_ENV: tuple[str, ...] = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-# class names of handlers that only write (logs, files, trackers); rank_zero_handlers drops them on ranks > 0
-WRITER_HANDLERS: tuple[str, ...] = (
-    "StatsHandler",
-    "CheckpointSaver",
-    "MLFlowHandler",
-    "ClearMLStatsHandler",
-    "TensorBoardStatsHandler",
-    "TensorBoardImageHandler",
-    "ClasswiseIntensitySaver",
-)
 
 
 # -- process group -----------------------------------------------------------------------------------
@@ -185,21 +174,6 @@ def merge_case_values(gathered: Iterable[Mapping[str, Sequence[float]]]) -> dict
         for case, values in per_rank.items():
             out[str(case)].extend(float(v) for v in values)
     return dict(out)
-
-
-def rank_zero_handlers(handlers: Sequence[Any] | None, writer_types: Sequence[str] = WRITER_HANDLERS) -> list[Any]:
-    """The handlers this rank attaches: all of them on rank 0; on other ranks those that do not only write.
-
-    Handlers whose class name is in ``writer_types`` (statistics printers, checkpoint savers, MLflow and
-    TensorBoard loggers) run on rank 0 only; everything that changes the training state (learning-rate and
-    loss-weight schedules, validation, MAS) runs on every rank. ``None`` entries (disabled handlers) are dropped.
-
-    Args:
-        handlers: the configured handler list (``train#handlers``).
-        writer_types: class names of handlers to keep on rank 0 only.
-    """
-    keep = get_rank() == 0
-    return [h for h in (handlers or []) if h is not None and (keep or type(h).__name__ not in writer_types)]
 
 
 # -- sharding ------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from monai.data import MetaTensor
 from monai.metrics import compute_hausdorff_distance
 
 from custom_components.data.atomic import atomic_write_text
+from custom_components.data.datalist import case_id_of
 
 __all__ = ["REGION_NAMES", "RegionSelector", "SegmentationMetricsWriter", "region_metrics"]
 
@@ -115,13 +116,17 @@ def _case_ids(engine: Engine, n: int, key: str) -> list[str]:
         if cid is None and isinstance(item, dict):
             img = item.get("image")
             name = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
-            cid = Path(str(name)).name.split(".")[0] if name else None
+            # the items come from load_datalist and carry case_id; else the project's one id rule
+            cid = case_id_of({"image": str(name)}) if name else None
         ids.append(str(cid) if cid is not None else f"case{engine.state.iteration:04d}_{i}")
     return ids
 
 
 class SegmentationMetricsWriter:
     """Ignite handler: per-case Dice and HD95 of ET, TC, WT, written as CSV and JSON when the epoch completes.
+
+    Custom rather than MONAI's ``MetricsSaver``: that writes CSVs only (not atomically), and the pipeline reads
+    the JSON summary written here.
 
     Attach it to a ``SupervisedEvaluator`` whose postprocessing turns ``pred`` and ``label`` into region
     channels (``AsDiscreted(argmax=True)`` then ``ConvertToBratsRegionsd``). Files, all written atomically:

@@ -102,3 +102,36 @@ def test_models_live_under_output_dir(bundle: str, tmp_path: Path) -> None:
         for key in paths & set(parser.config):
             value = Path(parser.get_parsed_content(key))
             assert models in (value, *value.parents), f"{bundle}/configs/{name}: {key} = {value} not under {models}"
+
+
+def _components(node: object) -> list[dict]:
+    """Every ``{_target_: ...}`` mapping inside a parsed YAML tree."""
+    found: list[dict] = []
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.append(node)
+        for value in node.values():
+            found += _components(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _components(value)
+    return found
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_training_writers_run_on_rank0_only(bundle: str) -> None:
+    """Handlers that only write (statistics, checkpoints, saved parameters) are disabled on ranks > 0 by
+    MONAI's `_disabled_: "@is_not_rank0"`, so a multi-process run writes them once."""
+    assert _load(bundle, "common.yaml")["is_not_rank0"].startswith("$torch.distributed.is_available()")
+    for name in TRAIN_CONFIGS[bundle]:
+        writers = [
+            c
+            for c in _components(_load(bundle, name))
+            if c["_target_"].rsplit(".", 1)[-1] in ("StatsHandler", "CheckpointSaver", "MetricsSaver")
+            or c["_target_"].endswith(("Saver", "Writer"))
+        ]
+        assert writers, f"{bundle}/configs/{name}: no writer handlers found"
+        for c in writers:
+            assert c.get("_disabled_") == "@is_not_rank0", (
+                f"{bundle}/configs/{name}: {c['_target_']} writes on every rank"
+            )

@@ -17,7 +17,6 @@ from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 from custom_components.engines.gan_trainer import TFGANTrainer, latest_checkpoint, loss_terms
-from custom_components.handlers.lambda_schedule import LinearLambdaSchedule
 from custom_components.losses import HingeL1Loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, bce_with_logits, split_logits
 from custom_components.losses.classwise_perceptual import ClasswisePerceptualLoss
@@ -27,6 +26,7 @@ from custom_components.networks.tf_gan import DualHeadDiscriminator, TFGANGenera
 from custom_components.tf_gan_refine import GeneratorInputs, check_outputs
 from custom_components.transforms import BrainMaskd, RoiMaskd, roi_mask
 
+REPO = Path(__file__).resolve().parents[1]
 WIDTHS = (8, 8, 8, 8, 8, 8)
 
 
@@ -233,10 +233,20 @@ def test_adversarial_terms() -> None:
     assert adv.generator(out)[1].item() == 0.0
 
 
-# -- lambda_c schedule --------------------------------------------------------------------------------
+# -- lambda_c schedule (MONAI's ParamSchedulerHandler, as the bundle configures it) --------------------
 def _run_schedule(granularity: str, max_epochs: int = 3, epoch_length: int = 4) -> list[float]:
+    from monai.bundle import ConfigParser
+    from monai.handlers import ParamSchedulerHandler
+
+    configs = REPO / "bundles" / "tf_gan" / "configs"
     engine = Engine(lambda e, b: None)
-    sched = LinearLambdaSchedule(start=10.0, end=1.0, granularity=granularity)
+    parser = ConfigParser()
+    parser.read_config([str(configs / "common.yaml"), str(configs / "train.yaml")])
+    parser["train#trainer"] = engine
+    parser["train#dataloader"] = list(range(epoch_length))  # epoch_length: null -> one pass over the loader
+    parser.update({"max_epochs": max_epochs, "epoch_length": None, "lambda_schedule": granularity})
+    sched = parser.get_parsed_content("trainer_handlers#0")
+    assert isinstance(sched, ParamSchedulerHandler)
     sched.attach(engine)
     seen: list[float] = []
     engine.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(e.state.lambda_c))
@@ -245,6 +255,7 @@ def _run_schedule(granularity: str, max_epochs: int = 3, epoch_length: int = 4) 
 
 
 def test_lambda_schedule_per_iteration() -> None:
+    # lambda_c = 10 at the first of 12 iterations, 1 at the last, linear in between (set before each one)
     seen = _run_schedule("iteration")
     assert len(seen) == 12 and seen[0] == 10.0 and seen[-1] == 1.0
     np.testing.assert_allclose(seen, [10 - 9 * k / 11 for k in range(12)])
@@ -253,9 +264,6 @@ def test_lambda_schedule_per_iteration() -> None:
 def test_lambda_schedule_per_epoch() -> None:
     seen = _run_schedule("epoch")
     assert seen == [10.0] * 4 + [5.5] * 4 + [1.0] * 4
-    assert LinearLambdaSchedule().value(1, 1) == 10.0
-    with pytest.raises(ValueError, match="granularity"):
-        LinearLambdaSchedule(granularity="batch")
 
 
 # -- trainer -----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ One TF-GAN iteration (``mode="tf_gan"``):
    ``(x_s.detach(), onehot(m_s))`` as fake.
 3. G step (eq. 5): ``lambda_a * L_adv^patch + lambda_b * L_adv^global + lambda_c * L_hinge + lambda_d * L_percep``,
    with ``lambda_c`` read from ``engine.state.lambda_c`` (set by
-   :class:`~custom_components.handlers.lambda_schedule.LinearLambdaSchedule`; ``lambda_hinge`` otherwise).
+   MONAI's linear ``ParamSchedulerHandler`` in the bundle config; ``lambda_hinge`` otherwise).
 
 One Pix2Pix iteration (``mode="pix2pix"``, paired real data): ``c = onehot(m_r) + brain channel``,
 ``x = G(c)``; D sees ``(x_r, c)`` as real and ``(x, c)`` as fake; G minimises

@@ -1,6 +1,7 @@
-"""Ignite handlers: DSMA's MAS sample weights, the lambda_c schedule and the label writer."""
+"""Ignite handlers: DSMA's MAS sample weights and the label writer.
 
-from custom_components.handlers.lambda_schedule import LinearLambdaSchedule
+TF-GAN's lambda_c schedule is MONAI's ``ParamSchedulerHandler`` (linear), configured in tf_gan's train.yaml."""
+
 from custom_components.handlers.mas import (
     MASHandler,
     hard_prediction,
@@ -12,7 +13,6 @@ from custom_components.handlers.mas import (
 from custom_components.handlers.save_labels import SegmentationWriter
 
 __all__ = [
-    "LinearLambdaSchedule",
     "MASHandler",
     "SegmentationWriter",
     "hard_prediction",

@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
 from custom_components.data.atomic import save_nifti
+from custom_components.data.datalist import case_id_of
 from custom_components.data.labels import check_convention, from_internal
 
 __all__ = ["SegmentationWriter"]
@@ -27,6 +28,9 @@ def _filenames(value: Any) -> list[str]:
 
 class SegmentationWriter:
     """Write ``<output_dir>/<case_id><suffix>`` for every case an evaluator processes.
+
+    Custom rather than MONAI's ``SaveImaged``: that writes in place (no temporary file + rename), cannot refuse
+    to replace an input file, and names files after the input file instead of the case id.
 
     Expects the decollated output ``pred`` to hold internal labels ``(1, *spatial)`` already mapped back
     to the input's grid (``AsDiscreted(argmax=True)`` then ``Invertd`` of the preprocessing), as a
@@ -75,7 +79,7 @@ class SegmentationWriter:
             src = batch[i] if isinstance(batch, list) else {}
             pred = item[self.pred_key]
             inputs = _filenames(src.get(self.image_key)) + _filenames(src.get(self.label_key))
-            case_id = src.get(self.case_key) or (Path(inputs[0]).name.split(".")[0] if inputs else None)
+            case_id = src.get(self.case_key) or (case_id_of({"image": inputs[0]}) if inputs else None)
             if case_id is None:
                 raise ValueError("SegmentationWriter: no case id and no input file name to name the output after")
             self.write(pred, str(case_id), inputs)
