@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Experiment mode on ../shared/data plus demo healthy scans (see ci/pipelines/real_experiment.yaml).
+# Experiment mode on ../shared/data plus demo healthy scans (see pipelines/real_experiment.yaml).
 # Usage: bash ci/real_experiment.sh   (after `make setup`; writes real_experiment_output/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,4 +50,4 @@ demo = read_datalist(inputs / "demo" / "healthy" / "datalist.json")
 write_datalist(inputs / "healthy.json", {**healthy, "training": healthy["training"] + demo["training"]})
 PY
 $PY -m custom_components validate-datalist "$IN/real.json"
-$PY -m custom_components pipeline --config ci/pipelines/real_experiment.yaml
+$PY -m custom_components pipeline --config pipelines/real_experiment.yaml

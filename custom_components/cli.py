@@ -8,7 +8,8 @@ from pathlib import Path
 
 import fire
 
-DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "ci" / "pipelines" / "demo.yaml"
+# the demo pipeline ships with the package (package data), so an installed copy runs `demo` too
+DEMO_PIPELINE = Path(__file__).resolve().parent / "pipeline" / "demo.yaml"
 
 
 def validate_datalist(path: str, labels: str | None = None, allow_empty: bool = False) -> None:
@@ -129,7 +130,7 @@ def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
     Stages whose outputs are complete and whose inputs and settings are unchanged are skipped.
 
     Args:
-        config: pipeline YAML (see ci/pipelines/demo.yaml for every key).
+        config: pipeline YAML (see custom_components/pipeline/demo.yaml and pipelines/ for examples).
         workdir: where everything is written (default: the config's "workdir").
         kwargs: ``--from STAGE`` reruns that stage and every stage after it.
     """

@@ -6,7 +6,9 @@
     docs/README.md      the bundle's README plus a section on the exported copy
     LICENSE
     scripts/__init__.py puts scripts/ first on sys.path, so ``import custom_components`` loads the vendored copy
-    scripts/custom_components/   a copy of this package (the code the configs instantiate)
+    scripts/custom_components/   the part of this package the bundle imports (:func:`bundle_modules`: the modules its
+                        configs name, what they import, and their packages' ``__init__``); not the pipeline,
+                        the CLI or the demo-data code
     models/             the weights given with --weights (same file names)
     large_files.yml     every file in models/ with its md5 (url empty: the file travels with the bundle)
 
@@ -24,13 +26,14 @@ found another copy). Importing the package ``scripts`` runs its ``__init__``, wh
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ WEIGHT_SETTINGS: dict[str, str] = {
     "tf_gan": "generator_checkpoint",
 }
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.egg-info")
+_REFERENCE = re.compile(r"custom_components(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _IMPORTS_LINE = re.compile(r"^imports:[ \t]*(#.*)?\n", re.MULTILINE)
 
 SCRIPTS_INIT = '''"""Vendored code of this exported bundle (a copy of the custom_components package).
@@ -166,6 +170,56 @@ def _export_notes(name: str, large_files: list[dict[str, Any]], meta: dict[str, 
     return "\n".join(lines) + "\n"
 
 
+def _module_file(name: str) -> Path | None:
+    """The file of the longest importable prefix of a dotted ``custom_components...`` name (None: none)."""
+    parts = name.split(".")[1:]
+    for n in range(len(parts), -1, -1):
+        stem = PACKAGE_DIR.joinpath(*parts[:n])
+        for f in (stem / "__init__.py", stem.with_suffix(".py") if n else None):
+            if f is not None and f.is_file():
+                return f
+    return None
+
+
+def _imported_names(path: Path) -> list[str]:
+    """``custom_components`` names a module imports, at module level or inside functions."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return [n for n in names if n == PACKAGE_DIR.name or n.startswith(PACKAGE_DIR.name + ".")]
+
+
+def bundle_modules(config_files: Iterable[str | os.PathLike]) -> list[Path]:
+    """The files of this package a bundle needs: every module its configs name (``_target_``, ``$`` expressions,
+    ``imports``), every module those import (also inside functions), and the ``__init__`` of each package on
+    the way, so the vendored copy imports exactly as the installed package does.
+
+    Args:
+        config_files: the bundle's config files.
+
+    Returns:
+        package files (absolute paths), sorted.
+    """
+    todo = [PACKAGE_DIR.name]
+    for f in config_files:
+        todo += _REFERENCE.findall(Path(f).read_text())
+    seen: set[Path] = set()
+    while todo:
+        path = _module_file(todo.pop())
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        package = path.parent
+        while package != PACKAGE_DIR.parent:
+            todo.append(".".join(package.relative_to(PACKAGE_DIR.parent).parts))
+            package = package.parent
+        todo += _imported_names(path)
+    return sorted(seen)
+
+
 def export_bundle(
     name: str,
     out: str | os.PathLike,
@@ -222,7 +276,10 @@ def export_bundle(
             elif path.is_file():
                 shutil.copy2(path, build / extra)
         scripts = build / "scripts"
-        shutil.copytree(PACKAGE_DIR, scripts / PACKAGE_DIR.name, ignore=_IGNORE)
+        for module in bundle_modules(p for p in (src / "configs").iterdir() if p.is_file()):
+            target = scripts / module.relative_to(PACKAGE_DIR.parent)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(module, target)
         (scripts / "__init__.py").write_text(SCRIPTS_INIT)
         models = build / "models"
         models.mkdir()

@@ -19,6 +19,7 @@ from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.loader import load_datalist
 from custom_components.pipeline.config import ARMS
 from custom_components.pipeline.runner import Stage, bundle_command, run_stages
+from custom_components.pipeline.summary import write_experiment_report
 
 TF_ARMS = ("tf", "tf_mas")
 
@@ -484,8 +485,6 @@ class Experiment:
 
 def run_experiment(cfg: dict[str, Any], from_stage: str | None = None, log: Callable[[str], None] = print) -> Path:
     """Run the whole chain for a loaded pipeline config; returns the report's Markdown path."""
-    from custom_components.pipeline.summary import write_experiment_report
-
     exp = Experiment(cfg)
     exp.work.mkdir(parents=True, exist_ok=True)
     data = exp.data_stages()

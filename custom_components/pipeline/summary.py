@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import nibabel as nib
 import numpy as np
@@ -16,8 +16,36 @@ from custom_components.pipeline.config import ARMS
 from custom_components.pipeline.report import REGIONS, ArmResult, write_report
 from custom_components.qc import save_montage
 
-if TYPE_CHECKING:
-    from custom_components.pipeline.experiment import Experiment
+
+class Experiment(Protocol):
+    """What the report needs of :class:`custom_components.pipeline.experiment.Experiment` (a protocol, so this
+    module does not import the experiment module, which imports it: no import cycle)."""
+
+    cfg: dict[str, Any]
+    work: Path
+
+    @property
+    def arms(self) -> list[str]: ...
+
+    @property
+    def real_datalist(self) -> Path: ...
+
+    @property
+    def coarse_datalist(self) -> Path: ...
+
+    @property
+    def refined_datalist(self) -> Path: ...
+
+    @property
+    def pix2pix_datalist(self) -> Path: ...
+
+    def metrics(self, arm: str, seed: int) -> Path: ...
+
+    def stage_dir(self, name: str) -> Path: ...
+
+    def needs(self, part: str) -> bool: ...
+
+    def n_real(self) -> int: ...
 
 
 def read_results(exp: Experiment) -> list[ArmResult]:

@@ -1,0 +1,120 @@
+"""No import cycles and no repository-layout assumptions in installed code."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from custom_components.export_bundle import _REFERENCE
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "custom_components"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """custom_components modules a file imports anywhere (module level or inside functions)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules}
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: _imports(path, set(files)) - {name} for name, path in files.items()}
+
+
+def _cycle_from(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    stack, seen = [(start, [start])], set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in graph[node]:
+            if nxt == start:
+                return [*path, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None
+
+
+GRAPH = _graph()
+# a package __init__ re-exporting its modules is not a cycle of the modules themselves
+MODULE_GRAPH = {
+    m: {n for n in deps if not PACKAGE.joinpath(*n.split(".")[1:], "__init__.py").is_file()}
+    for m, deps in GRAPH.items()
+}
+
+
+def test_graph_sees_imports() -> None:
+    graph = GRAPH
+    assert "custom_components.pipeline.summary" in graph["custom_components.pipeline.experiment"]
+    assert "custom_components.data.loader" in graph["custom_components.engines.seg_data"]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _graph() if not m.endswith(("__init__",))))
+def test_no_import_cycle(module: str) -> None:
+    graph = _graph()
+    # a package __init__ re-exporting its modules is not a cycle of the modules themselves
+    graph = {
+        m: {n for n in deps if not PACKAGE.joinpath(*n.split(".")[1:], "__init__.py").is_file()}
+        for m, deps in graph.items()
+    }
+    cycle = _cycle_from(graph, module)
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_installed_code_does_not_read_the_repository_layout() -> None:
+    """The demo pipeline is package data; no module reads ci/ (which holds what CI and developers run)."""
+    from custom_components.cli import DEMO_PIPELINE
+
+    assert DEMO_PIPELINE.is_file() and PACKAGE in DEMO_PIPELINE.parents
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert '"ci"' not in text and "ci/pipelines" not in text, f"{path} reads the repository's ci/ folder"
+    assert not (REPO / "ci" / "pipelines").exists()
+    assert (REPO / "pipelines" / "real_experiment.yaml").is_file()
+
+
+def test_export_copies_only_what_the_bundle_imports(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from custom_components.export_bundle import export_bundle
+
+    folder = export_bundle("tf_gan", tmp_path, zip=False)
+    vendored = folder / "scripts" / "custom_components"
+    copied = {str(p.relative_to(vendored)) for p in vendored.rglob("*.py")}
+    assert {"tf_gan_refine.py", "networks/tf_gan.py", "data/loader.py", "transforms/roi_mask.py"} <= copied
+    # not the pipeline, the CLI, demo data, healthy-scan preparation, export or another bundle's engine entry point
+    assert not {"cli.py", "__main__.py", "export_bundle.py", "data/demo.py", "data/healthy_prep.py"} & copied
+    assert not any(p.startswith("pipeline/") for p in copied) and "tf_aug_synthesis.py" not in copied
+    # the copy is complete: every module the configs name imports from it alone
+    refs = sorted({r for f in (folder / "configs").glob("*.yaml") for r in _REFERENCE.findall(f.read_text())})
+    code = (
+        f"import sys; sys.path.insert(0, {str(folder / 'scripts')!r}); import importlib, custom_components\n"
+        f"assert custom_components.__file__.startswith({str(vendored)!r}), custom_components.__file__\n"
+        f"for ref in {refs!r}:\n"
+        "    parts = ref.split('.')\n"
+        "    for n in range(len(parts), 0, -1):\n"
+        "        try:\n"
+        "            obj = importlib.import_module('.'.join(parts[:n])); break\n"
+        "        except ModuleNotFoundError:\n"
+        "            continue\n"
+        "    for attr in parts[n:]:\n"
+        "        obj = getattr(obj, attr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
