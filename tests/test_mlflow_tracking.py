@@ -134,9 +134,9 @@ def test_tf_gan_local_store(server: MlflowServer, gan_data: dict[str, Path], tmp
     """MONAI's default store (<output_dir>/mlruns.db): losses per iteration, every loss term per epoch, the
     lambda_c schedule, learning rates and the executed config."""
     overrides = train_overrides(gan_data, tmp_path, max_epochs=2)
-    overrides.pop("output_dir")  # the default "$@bundle_root + '/outputs'" keeps MONAI's artifact path valid
+    overrides.pop("output_dir")  # the default "$@bundle_root + '/runs'" keeps MONAI's artifact path valid
     run_tracked("tf_gan", ["common.yaml", "train.yaml"], **overrides, bundle_root=str(tmp_path))
-    client = MlflowClient(path_to_sqlite_uri(tmp_path / "outputs" / "mlruns.db"))
+    client = MlflowClient(path_to_sqlite_uri(tmp_path / "runs" / "mlruns.db"))
     run = only_run(client, "monai_experiment")
     loss = history(client, run, "train_loss")
     assert [s for s, _ in loss] == [1, 2, 3, 4]  # 2 coarse cases x 2 epochs
@@ -162,7 +162,7 @@ def test_pix2pix_to_server(server: MlflowServer, gan_data: dict[str, Path], tmp_
         "tf_gan", ["common.yaml", "train_pix2pix.yaml"], **overrides, bundle_root=str(tmp_path),
         tracking_uri=uri, experiment_name="pix2pix", run_name="tiny",
     )  # fmt: skip
-    assert not (tmp_path / "outputs" / "mlruns.db").exists()  # everything went to the server
+    assert not (tmp_path / "runs" / "mlruns.db").exists()  # everything went to the server
     client = MlflowClient(uri)
     run = only_run(client, "pix2pix")
     assert run.info.run_name == "tiny"
