@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
@@ -123,6 +124,9 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None,
     if timeout_s is not None:
         kwargs["timeout"] = datetime.timedelta(seconds=float(timeout_s))
     dist.init_process_group(backend=backend, **kwargs)
+    # Ignite reads the process group lazily, with a collective, at its first idist call (e.g. in a CheckpointSaver
+    # that only rank 0 builds, as `_disabled_: "@is_not_rank0"` makes it): sync it here, on every rank at once
+    idist.sync()
     logger.info(f"process group initialised: rank {get_rank()} of {get_world_size()}, backend {backend}")
     return True
 
