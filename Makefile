@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` (set up + run the chained pipeline on demo data)
-# and `make test` (set up + lint + tests). Everything installs into .venv.
+# and `make test` (set up + lint + tests). Everything installs into .venv, with the extras dev (pytest, ruff)
+# and deploy (MONAI Deploy App SDK for deploy/brats_seg_app, whose test runs in `make test`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
