@@ -79,18 +79,48 @@ def make_datalist(
     print(write_datalist(out, data))
 
 
-def prepare_healthy(healthy: str, reference: str, out: str, qc: bool = True) -> None:
+def prepare_healthy(
+    healthy: str,
+    reference: str,
+    out: str,
+    qc: bool = True,
+    min_brain_dice: float = 0.80,
+    reference_mask: str | None = None,
+    overwrite: bool = False,
+) -> None:
     """Register healthy scans to the tumour data's space, brain-mask them, rescale to [-1, 1].
 
+    Exits 1 (writing no prepared case) when a scan registers with a brain Dice below min_brain_dice, or on
+    bad input; the message names the scan, the reference and the QC PNG to look at.
+
     Args:
-        healthy: folder of skull-stripped healthy scans or a healthy datalist.
-        reference: one image of the real tumour data (its grid and affine are the target space).
+        healthy: folder of skull-stripped healthy scans (a <scan>_brainmask / _brain_mask / _mask / -mask
+            file beside a scan is its brain mask) or a healthy datalist (optional brain_mask per item).
+        reference: one image of the real tumour data (its grid and affine are the target space), or the real
+            datalist (.json): its first training case's t1n, else t1c, else first modality is used.
         out: output folder (prepared volumes, brain masks, QC PNGs and healthy datalist.json).
-        qc: write a QC overlay PNG per scan.
+        qc: write a QC overlay PNG per scan (a failed scan always gets one).
+        min_brain_dice: smallest accepted brain Dice between a registered scan and the reference brain.
+        reference_mask: brain mask of the reference image (default: the reference item's brain_mask, else
+            inferred).
+        overwrite: replace an existing <out>/datalist.json.
     """
     from custom_components.data.healthy_prep import prepare_healthy as _prepare
 
-    print(_prepare(healthy, reference, out, qc=qc))
+    try:
+        path = _prepare(
+            healthy,
+            reference,
+            out,
+            qc=qc,
+            min_brain_dice=min_brain_dice,
+            reference_mask=reference_mask,
+            overwrite=overwrite,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(1)
+    print(path)
 
 
 def demo_data(out: str, n_healthy: int = 4, n_tumour: int = 6, spacing: float = 2.0, seed: int = 0) -> None:

@@ -127,7 +127,7 @@ def load_real(
         section: datalist section.
 
     Returns:
-        items ``{"case_id", "image": [files], "label"}`` with absolute paths.
+        items ``{"case_id", "image": [files], "label"}`` (plus the optional ``brain_mask``) with absolute paths.
     """
     data, items = _section(path, section, "real tumour")
     label_convention = label_convention_of(data, label_convention, str(path))
@@ -140,6 +140,8 @@ def load_real(
         out.append(
             {"case_id": str(item.get("case_id") or Path(images[0]).name), "image": images, "label": item["label"]}
         )
+        if item.get("brain_mask"):
+            out[-1]["brain_mask"] = item["brain_mask"]
     check_items(
         out, labels=label_convention, require_tumour=True, source=str(path), section=section, modalities=modalities
     )
@@ -183,7 +185,8 @@ def training_pairs(
         length: items per epoch (default ``max(n_healthy, n_real)``).
 
     Returns:
-        items ``{"image", "brain_mask", "real_image", "real_label", "healthy_id", "real_id"}``.
+        items ``{"image", "brain_mask", "real_image", "real_label", "healthy_id", "real_id"}``, plus
+        ``real_brain_mask`` when the real case has a ``brain_mask``.
     """
     if not healthy or not real:
         raise ValueError("training needs at least one healthy scan and one real tumour case")
@@ -196,6 +199,7 @@ def training_pairs(
             "real_label": real[k % len(real)]["label"],
             "healthy_id": healthy[k % len(healthy)]["case_id"],
             "real_id": real[k % len(real)]["case_id"],
+            **({"real_brain_mask": real[k % len(real)]["brain_mask"]} if "brain_mask" in real[k % len(real)] else {}),
         }
         for k in range(n)
     ]

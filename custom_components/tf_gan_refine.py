@@ -1,7 +1,7 @@
 """Data side of the tf_gan bundle: datalist loading, network inputs, and writing refined / synthesised cases.
 
 - :func:`load_items` reads and validates a datalist section and keeps the requested modalities;
-- :class:`BrainMaskd` derives a brain mask from a skull-stripped image (voxels above its minimum);
+- :class:`BrainMaskd` infers (and checks) the brain mask of a skull-stripped image unless the item has one;
 - :class:`GeneratorInputs` is the ``prepare_batch`` of the refinement / synthesis evaluator: it builds the
   generator input (coarse image + one-hot tumour mask for TF-GAN; one-hot tumour mask + brain channel for
   Pix2Pix);
@@ -29,11 +29,11 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from custom_components.data.atomic import atomic_path, save_nifti
+from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.datalist import read_datalist, select_modalities, write_datalist
 from custom_components.data.labels import check_convention, to_internal
 from custom_components.data.validation import check_items
 from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
-from custom_components.transforms.intensity import brain_foreground
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +130,10 @@ def dataset_items(items: Sequence[Mapping[str, Any]], keys: Sequence[str] = ITEM
 
 # -- transforms --------------------------------------------------------------------------------------
 class BrainMaskd(MapTransform):
-    """Brain mask of a skull-stripped image: voxels above the image's minimum (first channel).
+    """Brain mask of a skull-stripped image (first channel), by
+    :func:`custom_components.data.brain_mask.infer_brain_mask` (an implausible mask raises, naming the file).
 
-    Use it before ``RescaleBrainIntensityd`` (which clips the darkest brain voxels to the background value).
-    An existing ``output_key`` entry (a brain mask file from the datalist) is kept unless ``overwrite``.
+    An existing ``output_key`` entry (the item's ``brain_mask``, loaded) is kept unless ``overwrite``.
 
     Args:
         keys: the image key (one key).
@@ -156,11 +156,14 @@ class BrainMaskd(MapTransform):
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         if self.output_key in d and not self.overwrite:
+            if isinstance(d[self.output_key], str):
+                raise ValueError(f"{d[self.output_key]}: brain mask not loaded; add '{self.output_key}' to LoadImaged")
             return d
         for key in self.key_iterator(d):
             img = d[key]
             arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-            mask = brain_foreground(arr[0])[None].astype(np.float32)
+            name = getattr(img, "meta", {}).get("filename_or_obj") if hasattr(img, "meta") else None
+            mask = infer_brain_mask(arr[0], name=str(name) if name else None)[None].astype(np.float32)
             d[self.output_key] = convert_to_dst_type(
                 mask, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32
             )[0]
@@ -409,7 +412,7 @@ class SyntheticDatalistWriter:
             elif "brain_mask" in item:
                 mask = np.asarray(nib.load(item["brain_mask"]).dataobj).reshape(shape) > 0
             elif coarse is not None:
-                mask = brain_foreground(coarse[0])
+                mask = infer_brain_mask(coarse[0], name=str(item["image"][0]))
             else:
                 raise ValueError(f"{item['case_id']}: mask_background needs a brain mask")
             out = np.where(mask[None], out, np.float32(self.background))

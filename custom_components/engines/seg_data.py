@@ -37,7 +37,8 @@ def load_segmentation_items(
     check_files: bool = True,
     keep_label: bool = True,
 ) -> list[dict[str, Any]]:
-    """Items of one datalist section reduced to ``case_id``, ``image`` (selected modalities) and ``label``.
+    """Items of one datalist section reduced to ``case_id``, ``image`` (selected modalities), ``label`` and the
+    optional ``brain_mask`` (used instead of the inferred brain by ``RescaleBrainIntensityd``).
 
     Args:
         datalist: datalist JSON file (paths relative to it are resolved).
@@ -77,8 +78,10 @@ def load_segmentation_items(
             raise ValueError(f"{where}: duplicate case_id {case_id!r}")
         seen.add(case_id)
         out["case_id"] = case_id
+        if item.get("brain_mask"):
+            out["brain_mask"] = item["brain_mask"]
         if check_files:
-            for f in [*images, *([out["label"]] if "label" in out else [])]:
+            for f in [*images, *(out[k] for k in ("label", "brain_mask") if k in out)]:
                 if not os.path.isfile(f):
                     raise FileNotFoundError(f"{datalist}: case {case_id}: file not found: {f}")
         items.append(out)
