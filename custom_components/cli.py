@@ -47,6 +47,10 @@ def make_datalist(
 ) -> None:
     """Build a datalist from a BraTS folder or a folder of healthy scans.
 
+    Brain masks are picked up as each item's brain_mask: in a BraTS case folder the one NIfTI whose name
+    contains "brainmask" or "brain_mask" or ends with "_mask" / "-mask"; beside a healthy scan the file
+    <scan>_brainmask, <scan>_brain_mask, <scan>_mask or <scan>-mask (.nii.gz / .nii).
+
     Args:
         root: BraTS folder (<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz or 2021 naming
             <case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz) or a folder of healthy scans (one NIfTI each).
@@ -56,7 +60,8 @@ def make_datalist(
         val_fraction: fraction of cases moved to the "validation" section (seeded shuffle).
         seed: seed of the split.
         labels: label convention of the BraTS label files, recorded in the datalist.
-        masks: for kind=healthy, optional folder of brain masks named like the scans.
+        masks: for kind=healthy, optional folder of brain masks named like the scans (instead of the files
+            beside the scans).
         allow_unlabelled: list BraTS cases without a seg file (challenge validation sets).
     """
     from custom_components.data.datalist import write_datalist
