@@ -36,6 +36,12 @@ voxels are a sample of the background, and the background is what is *connected 
    ``min_fraction`` of the volume is not added (it is the brain itself, e.g. a constant phantom).
 5. **Brain** = the rest, its largest connected component, holes filled (3D).
 
+Measured on TCGA-FG-6692's T1 (brain median 265, values down to -52 inside the brain): zero
+background 17.9 % brain, identical to "non-zero" after hole filling; z-scored with a zero-padded field
+of view (the corner rule: 72 % brain) 12.8 %, exact; Rician noise of sigma 5 / 20 / 40 Dice 0.998 /
+0.991 / 0.922 against the clean mask; sigma 20 plus zero padding on two faces 0.991. About 0.6 s per
+240x240x155 volume (3.5 s with a nested plateau) on one core.
+
 Checks (``check=True``): the brain must be between ``min_fraction`` (3 %) and ``max_fraction``
 (60 %) of the volume (a whole brain in a typical field of view is 10-40 %; BraTS 240x240x155 about
 15 %; the issue's wrongly inferred mask was 98 %) and must cover at most ``max_border_fraction``
