@@ -129,3 +129,17 @@ def test_reference_override_kept(tmp_path: Path) -> None:
     assert Experiment(load_config(config)).reference() == tmp_path / "ref" / "t2f.nii.gz"
     config.write_text("real_datalist: real.json\nhealthy: h\n")
     assert Experiment(load_config(config)).reference() == tmp_path / "real.json"
+
+
+def test_wrong_brain_mask_fails_the_gate_with_real_registration(scans: dict[str, Path]) -> None:
+    """No mock: a healthy scan given a brain_mask that holds only half of its brain registers, but its brain
+    then covers half of the reference brain (Dice about 0.67), so the gate stops the run."""
+    healthy = scans["healthy"]
+    (healthy / "shifted.nii.gz").unlink()
+    half = _brain_shape() & (np.indices((40, 48, 40))[2] < 20)
+    save_nifti(half.astype(np.uint8), AFFINE, healthy / "aligned_brainmask.nii.gz")
+    with pytest.raises(
+        RegistrationQualityError, match=r"aligned.nii.gz.*brain Dice 0\.[4-7]\d\d < min_brain_dice 0.80"
+    ):
+        prepare_healthy(healthy, scans["reference"], scans["out"], verbose=False)
+    assert _prepared_files(scans["out"]) == [] and (scans["out"] / "aligned_qc.png").is_file()
