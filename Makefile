@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` (set up + run the chained pipeline on demo data)
 # and `make test` (set up + lint + tests); `make unit` is the fast inner loop (no end-to-end runs).
-# Everything installs into .venv.
+# Everything installs into .venv, with the extras dev (pytest, ruff)
+# and deploy (MONAI Deploy App SDK for deploy/brats_seg_app, whose test runs in `make test`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,deploy]"
 	touch $@
 
 lint: setup

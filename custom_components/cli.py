@@ -48,6 +48,10 @@ def make_datalist(
 ) -> None:
     """Build a datalist from a BraTS folder or a folder of healthy scans.
 
+    Brain masks are picked up as each item's brain_mask: in a BraTS case folder the one NIfTI whose name
+    contains "brainmask" or "brain_mask" or ends with "_mask" / "-mask"; beside a healthy scan the file
+    <scan>_brainmask, <scan>_brain_mask, <scan>_mask or <scan>-mask (.nii.gz / .nii).
+
     Args:
         root: BraTS folder (<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz or 2021 naming
             <case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz) or a folder of healthy scans (one NIfTI each).
@@ -57,7 +61,8 @@ def make_datalist(
         val_fraction: fraction of cases moved to the "validation" section (seeded shuffle).
         seed: seed of the split.
         labels: label convention of the BraTS label files, recorded in the datalist.
-        masks: for kind=healthy, optional folder of brain masks named like the scans.
+        masks: for kind=healthy, optional folder of brain masks named like the scans (instead of the files
+            beside the scans).
         allow_unlabelled: list BraTS cases without a seg file (challenge validation sets).
     """
     from custom_components.data.datalist import write_datalist
@@ -80,18 +85,48 @@ def make_datalist(
     print(write_datalist(out, data))
 
 
-def prepare_healthy(healthy: str, reference: str, out: str, qc: bool = True) -> None:
+def prepare_healthy(
+    healthy: str,
+    reference: str,
+    out: str,
+    qc: bool = True,
+    min_brain_dice: float = 0.80,
+    reference_mask: str | None = None,
+    overwrite: bool = False,
+) -> None:
     """Register healthy scans to the tumour data's space, brain-mask them, rescale to [-1, 1].
 
+    Exits 1 (writing no prepared case) when a scan registers with a brain Dice below min_brain_dice, or on
+    bad input; the message names the scan, the reference and the QC PNG to look at.
+
     Args:
-        healthy: folder of skull-stripped healthy scans or a healthy datalist.
-        reference: one image of the real tumour data (its grid and affine are the target space).
+        healthy: folder of skull-stripped healthy scans (a <scan>_brainmask / _brain_mask / _mask / -mask
+            file beside a scan is its brain mask) or a healthy datalist (optional brain_mask per item).
+        reference: one image of the real tumour data (its grid and affine are the target space), or the real
+            datalist (.json): its first training case's t1n, else t1c, else first modality is used.
         out: output folder (prepared volumes, brain masks, QC PNGs and healthy datalist.json).
-        qc: write a QC overlay PNG per scan.
+        qc: write a QC overlay PNG per scan (a failed scan always gets one).
+        min_brain_dice: smallest accepted brain Dice between a registered scan and the reference brain.
+        reference_mask: brain mask of the reference image (default: the reference item's brain_mask, else
+            inferred).
+        overwrite: replace an existing <out>/datalist.json.
     """
     from custom_components.data.healthy_prep import prepare_healthy as _prepare
 
-    print(_prepare(healthy, reference, out, qc=qc))
+    try:
+        path = _prepare(
+            healthy,
+            reference,
+            out,
+            qc=qc,
+            min_brain_dice=min_brain_dice,
+            reference_mask=reference_mask,
+            overwrite=overwrite,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(1)
+    print(path)
 
 
 def demo_data(out: str, n_healthy: int = 4, n_tumour: int = 6, spacing: float = 2.0, seed: int = 0) -> None:

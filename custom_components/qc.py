@@ -28,8 +28,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from custom_components.data.atomic import atomic_path  # noqa: E402
+from custom_components.data.brain_mask import infer_brain_mask  # noqa: E402
 from custom_components.data.labels import INTERNAL_CLASSES, to_internal  # noqa: E402
-from custom_components.transforms.intensity import background_value  # noqa: E402
 
 LABEL_COLOURS: dict[int, tuple[float, float, float]] = {1: (1.0, 0.0, 0.0), 2: (0.0, 0.8, 0.0), 3: (1.0, 1.0, 0.0)}
 OUTLINE_COLOUR: tuple[float, float, float] = (0.0, 0.9, 1.0)
@@ -110,8 +110,8 @@ def _aspect(zooms: Sequence[float], view: str) -> float:
     return {"axial": zy / zx, "coronal": zz / zx, "sagittal": zz / zy}[view]
 
 
-def _window(volume: np.ndarray) -> tuple[float, float]:
-    fg = volume[volume != background_value(volume)]
+def _window(volume: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
+    fg = volume[brain]
     if fg.size == 0:
         return float(volume.min()), float(volume.min()) + 1.0
     lo, hi = np.percentile(fg, [0.5, 99.5])
@@ -204,8 +204,9 @@ def save_montage(
     fig.patch.set_facecolor("black")
     height = len(rows) * PANEL_INCHES + HEADER_INCHES
     for r, (vol, zooms) in enumerate(volumes):
-        vmin, vmax = _window(vol)
-        bg = background_value(vol)
+        # display only: the inferred brain, unchecked (a montage must show even a doubtful volume)
+        brain = infer_brain_mask(vol, check=False)
+        vmin, vmax = _window(vol, brain)
         for c, view in enumerate(VIEWS):
             bottom = (len(rows) - 1 - r) * PANEL_INCHES / height
             ax = fig.add_axes((c / 3, bottom, 1 / 3, PANEL_INCHES / height))
@@ -213,7 +214,7 @@ def save_montage(
             ax.set_facecolor("black")
             aspect = _aspect(zooms, view)
             shown = _slice(vol, view, index[view]).astype(np.float32)
-            shown[shown == bg] = vmin  # background black even when the window starts below it
+            shown[~_slice(brain, view, index[view])] = vmin  # background black even when the window starts below it
             ax.imshow(shown, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect)
             if lab is not None:
                 ax.imshow(_overlay(_slice(lab, view, index[view]), alpha), aspect=aspect, interpolation="nearest")

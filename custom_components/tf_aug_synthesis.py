@@ -56,7 +56,8 @@ def training_pairs(
         length: items per epoch (default ``max(n_healthy, n_real)``).
 
     Returns:
-        items ``{"image", "brain_mask", "real_image", "real_label", "healthy_id", "real_id"}``.
+        items ``{"image", "brain_mask", "real_image", "real_label", "healthy_id", "real_id"}``, plus
+        ``real_brain_mask`` when the real case has a ``brain_mask``.
     """
     if not healthy or not real:
         raise ValueError("training needs at least one healthy scan and one real tumour case")
@@ -69,6 +70,7 @@ def training_pairs(
             "real_label": real[k % len(real)]["label"],
             "healthy_id": healthy[k % len(healthy)]["case_id"],
             "real_id": real[k % len(real)]["case_id"],
+            **({"real_brain_mask": real[k % len(real)]["brain_mask"]} if "brain_mask" in real[k % len(real)] else {}),
         }
         for k in range(n)
     ]

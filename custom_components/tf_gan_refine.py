@@ -26,10 +26,10 @@ from ignite.engine import Engine, Events
 from monai.utils import convert_to_tensor
 
 from custom_components.data.atomic import atomic_path, save_nifti
+from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.datalist import write_datalist
 from custom_components.data.labels import check_convention, to_internal
 from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
-from custom_components.transforms.intensity import brain_foreground
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class SyntheticDatalistWriter:
             elif "brain_mask" in item:
                 mask = np.asarray(nib.load(item["brain_mask"]).dataobj).reshape(shape) > 0
             elif coarse is not None:
-                mask = brain_foreground(coarse[0])
+                mask = infer_brain_mask(coarse[0], name=str(item["image"][0]))
             else:
                 raise ValueError(f"{item['case_id']}: mask_background needs a brain mask")
             out = np.where(mask[None], out, np.float32(self.background))

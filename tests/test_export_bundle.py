@@ -102,24 +102,6 @@ def test_ckpt_export_and_verify(bundle: str, tiny: dict[str, Any], key_shapes: d
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_tf_aug_network_io(tmp_path: Path) -> None:
-    """tf_aug's network (ClasswiseIntensity) maps an image *and its label map*; verify_net_in_out feeds the image
-    only, so it fits the check only with the label given through the Python API (see the README)."""
-    root = bundle_dir("tf_aug") / "configs"
-    args = {"net_id": "network_def", "meta_file": str(root / "metadata.json"), "device": "cpu", "any": 8}
-    configs = [str(root / "common.yaml"), str(root / "train.yaml")]
-    label = torch.zeros(1, 1, 8, 8, 8)
-    label[..., 2:6, 2:6, 2:6] = 3
-    verify_net_in_out(config_file=configs, extra_forward_args={"label": label}, **args)
-    with pytest.raises(TypeError, match="label"):
-        verify_net_in_out(config_file=configs, **args)
-    net = _parser("tf_aug", ["common.yaml", "train.yaml"], intensity_a_init=2.0).get_parsed_content("network_def")
-    x = torch.rand(1, 1, 8, 8, 8)
-    y = net(x, label).detach()
-    torch.testing.assert_close(y[label > 0], 2 * x[label > 0])
-    torch.testing.assert_close(y[label == 0], x[label == 0])
-
-
 def test_vendor_config_text_keeps_everything_else() -> None:
     for bundle in ("dtss_mas_seg", "tf_aug", "tf_gan"):
         for cfg in sorted((bundle_dir(bundle) / "configs").glob("*.yaml")):

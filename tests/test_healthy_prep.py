@@ -11,10 +11,10 @@ import pytest
 import SimpleITK as sitk
 
 from custom_components.data.atomic import save_nifti
+from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.datalist import read_datalist
 from custom_components.data.demo import make_demo_data, mni152_template_path
 from custom_components.data.healthy_prep import (
-    brain_mask,
     dice,
     from_sitk,
     prepare_healthy,
@@ -74,7 +74,7 @@ def test_brain_mask_ignores_values_below_background() -> None:
     data[5:15, 5:15, 5:15] = 100.0
     data[10, 10, 10] = -50.0  # interpolation undershoot inside the brain, as in real BraTS files
     data[1, 1, 2] = 30.0  # speck outside the brain
-    mask = brain_mask(data)
+    mask = infer_brain_mask(data)
     assert mask.sum() == 1000 and mask[10, 10, 10] and not mask[1, 1, 2]
 
 
@@ -140,7 +140,7 @@ def test_real_healthy_to_tumour_case(real_case: dict[str, object], healthy_scans
     assert arr.dtype == np.float32 and arr.min() >= -1.0 and arr.max() <= 1.0
     assert (arr[~brain] == -1.0).all()
     assert np.median(arr[brain]) > -0.5  # brain spread over the range, not squashed at -1
-    ref_brain = brain_mask(np.asarray(ref.dataobj, dtype=np.float32))
+    ref_brain = infer_brain_mask(np.asarray(ref.dataobj, dtype=np.float32))
     overlap = dice(brain, ref_brain)
     assert overlap > REAL_DICE_MIN, overlap
     prov = item["provenance"]
@@ -186,7 +186,7 @@ def _brain() -> np.ndarray:
     ("name", "make", "match"),
     [
         ("nan.nii.gz", lambda: np.where(_brain() > 100, np.nan, _brain()), "NaN"),
-        ("empty.nii.gz", lambda: np.zeros((24, 24, 24), np.float32), "empty brain"),
+        ("empty.nii.gz", lambda: np.zeros((24, 24, 24), np.float32), "implausible"),
         ("four_d.nii.gz", lambda: np.stack([_brain(), _brain()], -1), "3D"),
     ],
 )

@@ -1,4 +1,4 @@
-"""RescaleBrainIntensity: brain detection by background value, percentiles mapped to [-1, 1]."""
+"""RescaleBrainIntensity: the inferred (or given) brain, percentiles mapped to [-1, 1]."""
 
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from custom_components.transforms.intensity import (
-    RescaleBrainIntensity,
-    RescaleBrainIntensityd,
-    background_value,
-    brain_foreground,
-)
+from custom_components.data.brain_mask import infer_brain_mask
+from custom_components.transforms.intensity import RescaleBrainIntensity, RescaleBrainIntensityd
 
 
 def _volume() -> np.ndarray:
@@ -21,17 +17,16 @@ def _volume() -> np.ndarray:
     return x
 
 
-def test_brain_is_everything_but_the_corner_value():
+def test_brain_is_the_block_with_its_negative_values():
     x = _volume()
-    assert background_value(x[0]) == 0.0
-    assert brain_foreground(x[0]).sum() == 216 - 0  # no brain voxel is exactly 0 in the ramp
-    assert background_value(np.full((4, 4, 4), -1.0)) == -1.0
+    assert infer_brain_mask(x[0]).sum() == 216  # the whole block, negative ramp values included
+    assert infer_brain_mask(np.full((4, 4, 4), -1.0), check=False).sum() == 0  # all background
 
 
 def test_percentiles_map_to_range_and_background_to_bmin():
     x = _volume()
     out = RescaleBrainIntensity(lower=0, upper=100)(x)
-    brain = brain_foreground(x[0])
+    brain = infer_brain_mask(x[0])
     assert np.all(out[0][~brain] == -1.0)
     ramp = out[0][brain]
     # lower percentile -> one float step above -1 (kept distinguishable), upper -> 1, linear in between
@@ -51,7 +46,7 @@ def test_metatensor_and_dict(tmp_path):
 def test_real_case_brain_excludes_zero_background(real_case):
     t1 = nib.load(real_case["image"][0]).get_fdata().astype(np.float32)
     assert t1.min() < 0  # the real T1 has negative voxels inside the brain
-    brain = brain_foreground(t1)
+    brain = infer_brain_mask(t1)
     assert 1.5e6 < brain.sum() < 1.7e6  # ~1.6M brain voxels of 8.9M
     out = RescaleBrainIntensity()(t1[None])
     assert out.min() == -1.0 and out.max() == 1.0 and (out[0] > -1).sum() == brain.sum()

@@ -2,6 +2,7 @@
 BraTS / healthy datalist discovery, healthy-scan preparation and demo data."""
 
 from custom_components.data.atomic import atomic_path, atomic_write_text, save_nifti
+from custom_components.data.brain_mask import BrainMaskError, check_brain_mask, infer_brain_mask
 from custom_components.data.datalist import (
     NIFTI_SUFFIXES,
     PATH_KEYS,
@@ -13,7 +14,13 @@ from custom_components.data.datalist import (
     select_modalities,
     write_datalist,
 )
-from custom_components.data.discovery import make_brats_datalist, make_healthy_datalist
+from custom_components.data.discovery import (
+    BRAIN_MASK_PATTERNS,
+    BRAIN_MASK_SUFFIXES,
+    is_brain_mask_name,
+    make_brats_datalist,
+    make_healthy_datalist,
+)
 from custom_components.data.labels import (
     CONVENTIONS,
     INTERNAL_CLASSES,
@@ -26,9 +33,18 @@ from custom_components.data.labels import (
     to_internal,
 )
 from custom_components.data.loader import load_datalist
-from custom_components.data.validation import check_datalist, check_items, validate_datalist, validate_items
+from custom_components.data.validation import (
+    check_brain_mask_grid,
+    check_datalist,
+    check_items,
+    validate_datalist,
+    validate_items,
+)
 
 __all__ = [
+    "BRAIN_MASK_PATTERNS",
+    "BRAIN_MASK_SUFFIXES",
+    "BrainMaskError",
     "CONVENTIONS",
     "INTERNAL_CLASSES",
     "INTERNAL_LABELS",
@@ -40,10 +56,14 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "case_id_of",
+    "check_brain_mask",
+    "check_brain_mask_grid",
     "check_convention",
     "check_datalist",
     "check_items",
     "from_internal",
+    "infer_brain_mask",
+    "is_brain_mask_name",
     "is_nifti",
     "label_convention_of",
     "load_datalist",

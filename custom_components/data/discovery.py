@@ -3,12 +3,20 @@
 BraTS 2023 naming: ``<root>/<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``.
 BraTS 2021 naming: ``<root>/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``.
 Modalities are always requested by their 2023 names; each case folder is read in whichever naming
-it uses (``.nii.gz`` or ``.nii``). Paths in the returned datalists are absolute (symlinks are kept,
+it uses (``.nii.gz`` or ``.nii``).
+
+Brain masks: a case folder's brain mask is the one NIfTI file whose name (without extension, case
+ignored) contains ``brainmask`` or ``brain_mask``, or ends with ``_mask`` or ``-mask``
+(:data:`BRAIN_MASK_PATTERNS`), e.g. ``<case>_brainmask.nii.gz`` or ``<case>-mask.nii.gz``; it becomes
+the item's ``brain_mask``. A healthy scan's brain mask is the file beside it named
+``<scan><suffix>.nii.gz`` / ``.nii`` with a suffix of :data:`BRAIN_MASK_SUFFIXES`
+(``_brainmask``, ``_brain_mask``, ``_mask``, ``-mask``); such files are not scans themselves. Paths in the returned datalists are absolute (symlinks are kept,
 not followed); ``write_datalist`` stores them relative to the datalist file.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +30,25 @@ from custom_components.data.labels import check_convention
 MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 # 2023 modality name -> 2021 file suffix
 BRATS2021_NAMES: dict[str, str] = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": "seg"}
+# file-name stems (lower case) that mark a brain mask in a case folder: fnmatch patterns
+BRAIN_MASK_PATTERNS: tuple[str, ...] = ("*brainmask*", "*brain_mask*", "*_mask", "*-mask")
+# a healthy scan's brain mask beside it: <scan stem><suffix>.nii(.gz)
+BRAIN_MASK_SUFFIXES: tuple[str, ...] = ("_brainmask", "_brain_mask", "_mask", "-mask")
+
+
+def is_brain_mask_name(stem: str) -> bool:
+    """Whether a NIfTI file stem names a brain mask (see :data:`BRAIN_MASK_PATTERNS`)."""
+    return any(fnmatch.fnmatchcase(stem.lower(), p) for p in BRAIN_MASK_PATTERNS)
+
+
+def _case_brain_mask(folder: Path) -> Path | None:
+    """The case folder's brain mask file, if any; more than one is an error naming the folder."""
+    found = sorted(
+        f for f in folder.iterdir() if f.is_file() and is_brain_mask_name(nifti_stem(f) if is_nifti(f) else "")
+    )
+    if len(found) > 1:
+        raise ValueError(f"{folder}: several brain mask files ({', '.join(f.name for f in found)}); keep one")
+    return found[0] if found else None
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -68,7 +95,8 @@ def make_brats_datalist(
 ) -> dict[str, Any]:
     """Datalist of the BraTS case folders under ``root``: one item per case.
 
-    Items are ``{"case_id", "image": [one file per modality, in order], "label"}``. A seeded shuffle
+    Items are ``{"case_id", "image": [one file per modality, in order], "label"}``, plus ``brain_mask``
+    when the case folder holds a brain mask file (see the module docstring). A seeded shuffle
     moves ``round(val_fraction * n)`` cases (at least one when ``val_fraction > 0`` and at least one
     case stays for training) to ``validation``; both sections are sorted by case id.
     Sub-folders without any NIfTI file are ignored.
@@ -114,6 +142,9 @@ def make_brats_datalist(
         }
         if files["seg"] is not None:
             item["label"] = str(files["seg"].absolute())
+        mask = _case_brain_mask(folder)
+        if mask is not None:
+            item["brain_mask"] = str(mask.absolute())
         items.append(item)
     if not items:
         raise ValueError(f"{root}: no BraTS case folders found (expected <case>/<case>-t1n.nii.gz ...)")
@@ -136,8 +167,9 @@ def make_brats_datalist(
 def make_healthy_datalist(root: str | os.PathLike, mask_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Datalist of the healthy scans in ``root``: one item per NIfTI file, all in ``training``.
 
-    Items are ``{"case_id": file name without extension, "image": [file]}``, plus ``"brain_mask"``
-    when ``mask_dir`` is given (the mask has the scan's file name).
+    Items are ``{"case_id": file name without extension, "image": [file]}``, plus ``"brain_mask"``:
+    from ``mask_dir`` when given (the mask has the scan's file name), else the file beside the scan named
+    ``<scan><suffix>`` with a suffix of :data:`BRAIN_MASK_SUFFIXES` (such files are not listed as scans).
 
     Args:
         root: folder of healthy scans (``.nii.gz`` / ``.nii``; sub-folders are not searched).
@@ -153,7 +185,11 @@ def make_healthy_datalist(root: str | os.PathLike, mask_dir: str | os.PathLike |
     masks = Path(mask_dir) if mask_dir is not None else None
     if masks is not None and not masks.is_dir():
         raise FileNotFoundError(f"{masks}: brain mask folder not found")
-    scans = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti(p.name))
+    files = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti(p.name)]
+    stems_present = {nifti_stem(p) for p in files}
+    beside = {p: [nifti_stem(p) + s for s in BRAIN_MASK_SUFFIXES if nifti_stem(p) + s in stems_present] for p in files}
+    mask_stems = {m for found in beside.values() for m in found}
+    scans = sorted(p for p in files if nifti_stem(p) not in mask_stems)
     if not scans:
         raise ValueError(f"{root}: no NIfTI scans (.nii.gz or .nii) found")
     stems = [nifti_stem(p) for p in scans]
@@ -168,6 +204,8 @@ def make_healthy_datalist(root: str | os.PathLike, mask_dir: str | os.PathLike |
             if not mask.is_file():
                 raise FileNotFoundError(f"{mask}: brain mask for {scan} not found")
             item["brain_mask"] = str(mask.absolute())
+        elif beside[scan]:
+            item["brain_mask"] = str(_find(root, beside[scan][0]).absolute())
         items.append(item)
     return {
         "description": f"healthy scans from {root.absolute()}"

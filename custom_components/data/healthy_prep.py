@@ -6,16 +6,32 @@ rescale brain intensities to [-1, 1] (background -1), then write the prepared sc
 mask, a QC PNG and a healthy datalist whose provenance records the source, the reference, the
 registration parameters, the final metric value and the brain-mask Dice with the reference.
 
+Registration quality is a gate: a scan whose registered brain overlaps the reference brain with a
+Dice below ``min_brain_dice`` (default 0.80) fails the run (:class:`RegistrationQualityError`, naming
+the scan, the reference and the QC PNG to look at). Every scan is registered and checked first; the
+prepared volumes are written to a staging folder and moved into place only when all of them pass, so a
+failed run leaves no prepared case (only the QC PNGs that show what went wrong). Measured brain Dice:
+the demo pipeline's four MNI152 variants against the phantom reference 0.941-0.953; the real MNI152 /
+Colin27 brains against TCGA-FG-6692's t1n 0.942 / 0.926 (0.936 / 0.922 when all three are z-scored with
+a zero-padded field of view, where the former corner-value brain rule gave 0.28). 0.80 leaves room for
+real anatomical differences between subjects under a global (affine) transform and still stops a
+registration that is off by a flip, a large shift or a wrong brain mask.
+
+The reference space is chosen, not assumed: given the real datalist instead of an image,
+:func:`choose_reference` takes the first training case's T1-weighted image (``t1n``, else ``t1c``,
+else its first modality), because healthy scans are T1 and mutual information aligns like with like
+most reliably; the reference item's ``brain_mask`` (when present) is its brain.
+
 Why SimpleITK: it ships manylinux/macOS/Windows wheels with no compiled dependencies to build, and
 it exposes ITK's well-kept registration framework (centred moment initialiser, Euler3D/affine
 transforms, Mattes mutual information, multi-resolution pyramids, regular-step gradient descent,
 masks, random sampling with a seed). ANTsPy gives the same building blocks but is a much heavier
 install; nothing here needs deformable registration.
 
-Brain masks: a scan's background value is the median of its eight corner voxels (0 for raw scans);
-brain = voxels that differ from it, largest connected component, holes filled. This, rather than
-"above the minimum", is needed for real BraTS-space data, whose interpolated brains contain
-values below the zero background (TCGA-FG-6692 t1n has minimum -52).
+Brain masks: the scan's ``brain_mask`` when one is given (a datalist item's ``brain_mask``, or a
+``<scan>{_brainmask,_brain_mask,_mask,-mask}.nii.gz`` file beside a scan in a folder), else the mask
+:func:`custom_components.data.brain_mask.infer_brain_mask` infers and checks (an implausible one
+stops the run before anything is written, naming the file).
 
 Orientation: arrays and affines come from nibabel (RAS world) and are handed to SimpleITK (LPS
 world) by flipping the first two world axes, so the prepared volumes carry the reference file's
@@ -25,7 +41,10 @@ nibabel affine exactly, whatever its axis codes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,14 +54,28 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from custom_components.data.atomic import atomic_path, save_nifti
+from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.datalist import case_id_of, is_nifti, nifti_stem, read_datalist, write_datalist
+from custom_components.data.discovery import BRAIN_MASK_SUFFIXES
+from custom_components.data.validation import check_brain_mask_grid
 from custom_components.qc import save_montage
-from custom_components.transforms.intensity import RescaleBrainIntensity, background_value
+from custom_components.transforms.intensity import RescaleBrainIntensity
 
-MASK_SUFFIXES = ("_brainmask", "_mask", "-mask", "_brain_mask")
+logger = logging.getLogger(__name__)
+
+MASK_SUFFIXES = BRAIN_MASK_SUFFIXES
+# default minimum brain Dice between a registered healthy scan and the reference brain
+MIN_BRAIN_DICE: float = 0.80
+# modalities preferred as the reference space, in order (healthy scans are T1-weighted)
+REFERENCE_MODALITIES: tuple[str, ...] = ("t1n", "t1c")
+
+
+class RegistrationQualityError(ValueError):
+    """A healthy scan registered to the reference with a brain Dice below ``min_brain_dice``."""
+
+
 _LPS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -119,18 +152,6 @@ class _Volume:
     mask_path: Path | None = None
 
 
-def brain_mask(data: np.ndarray) -> np.ndarray:
-    """Brain of a skull-stripped scan: voxels unlike the background, largest component, holes filled."""
-    fg = data != background_value(data)
-    labels, n = ndimage.label(fg)
-    if n == 0:
-        return fg
-    if n > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        fg = labels == 1 + int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(fg)
-
-
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap of two binary masks (1.0 when both are empty)."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
@@ -196,13 +217,12 @@ def _load_volume(path: Path, what: str, mask_path: Path | None = None) -> _Volum
     data, affine = _load(path, what)
     if mask_path is not None:
         mask, mask_affine = _load(mask_path, f"brain mask of {path.name}")
-        if mask.shape != data.shape or not np.allclose(mask_affine, affine, atol=1e-3):
-            raise ValueError(f"{mask_path}: brain mask grid {mask.shape} differs from {path} {data.shape}")
+        check_brain_mask_grid(data.shape, affine, mask.shape, mask_affine, str(path), str(mask_path), atol=1e-3)
         brain = mask > 0
     else:
-        brain = brain_mask(data)
+        brain = infer_brain_mask(data, name=str(path))
     if brain.sum() < 1000:
-        raise ValueError(f"{path}: {what} has an empty brain ({int(brain.sum())} voxels differ from the background)")
+        raise ValueError(f"{mask_path or path}: {what} has an almost empty brain ({int(brain.sum())} voxels)")
     return _Volume(path, data, affine, brain, mask_path)
 
 
@@ -371,6 +391,45 @@ def _resample(
     return f.Execute(image)
 
 
+def choose_reference(real_datalist: str | os.PathLike, section: str = "training") -> dict[str, Any]:
+    """The reference image of a real datalist: the first case's T1-weighted image.
+
+    ``t1n`` is preferred, then ``t1c`` (:data:`REFERENCE_MODALITIES`), chosen by name from the datalist's
+    top-level ``modalities``; without a T1-weighted modality (or without ``modalities``) the first image.
+
+    Args:
+        real_datalist: the real tumour datalist.
+        section: section whose first item is used.
+
+    Returns:
+        ``{"image": Path, "brain_mask": Path | None, "modality": str | None, "case_id": str}``.
+    """
+    data = read_datalist(real_datalist)
+    items = data.get(section)
+    if not isinstance(items, list) or not items or not isinstance(items[0], dict) or not items[0].get("image"):
+        raise ValueError(f"{real_datalist}: no {section!r} item with an image to use as the registration reference")
+    item = items[0]
+    images = item["image"] if isinstance(item["image"], list) else [item["image"]]
+    modalities = data.get("modalities")
+    index, modality = 0, None
+    if isinstance(modalities, list) and len(modalities) == len(images):
+        preferred = [m for m in REFERENCE_MODALITIES if m in modalities]
+        modality = preferred[0] if preferred else str(modalities[0])
+        index = modalities.index(modality)
+    mask = item.get("brain_mask")
+    return {
+        "image": Path(images[index]),
+        "brain_mask": Path(mask) if mask else None,
+        "modality": modality,
+        "case_id": case_id_of(item),
+    }
+
+
+def _stage_file(staging: Path, out: Path, name: str) -> tuple[Path, Path]:
+    """(where a prepared file is written first, where it ends up)."""
+    return staging / name, out / name
+
+
 def prepare_healthy(
     healthy: str | os.PathLike,
     reference: str | os.PathLike,
@@ -381,19 +440,25 @@ def prepare_healthy(
     settings: RegistrationSettings | None = None,
     overwrite: bool = False,
     verbose: bool = True,
+    min_brain_dice: float = MIN_BRAIN_DICE,
+    reference_mask: str | os.PathLike | None = None,
 ) -> Path:
     """Register healthy scans to a reference tumour image, resample, brain-mask, rescale to [-1, 1].
 
     Writes ``<out>/<case_id>_t1n.nii.gz`` (float32, reference grid and affine, brain in [-1, 1],
     background -1), ``<out>/<case_id>_brainmask.nii.gz`` (uint8), ``<out>/<case_id>_affine.tfm``
     (the ITK transform), ``<out>/<case_id>_qc.png`` (when ``qc``) and ``<out>/datalist.json``.
-    Every input is validated before anything is written; inputs are never modified.
+    Every input is validated before anything is written; inputs are never modified. Every scan is
+    registered and its brain Dice with the reference checked before any prepared file is moved into
+    ``out``: when one fails, nothing but the QC PNGs is written (a failed case always gets its PNG).
 
     Args:
-        healthy: folder of skull-stripped scans (``*_brainmask`` / ``*_mask`` files beside a scan are
-            used as its brain mask) or a healthy datalist (items with ``image`` and optional
-            ``brain_mask``).
-        reference: one image of the real tumour data; its grid and affine define the target space.
+        healthy: folder of skull-stripped scans (``*_brainmask`` / ``*_brain_mask`` / ``*_mask`` /
+            ``*-mask`` files beside a scan are used as its brain mask) or a healthy datalist (items with
+            ``image`` and optional ``brain_mask``).
+        reference: one image of the real tumour data, whose grid and affine define the target space;
+            or the real datalist (``.json``), whose first training case's T1-weighted image is used
+            (see :func:`choose_reference`).
         out: output folder.
         qc: write a QC PNG per case (prepared scan over the reference, reference brain outlined).
         lower: lower brain percentile mapped to -1.
@@ -401,12 +466,17 @@ def prepare_healthy(
         settings: registration parameters (default :class:`RegistrationSettings`).
         overwrite: replace an existing ``<out>/datalist.json`` (otherwise refuse).
         verbose: print one line per case (time, metric, Dice).
+        min_brain_dice: a registered scan whose brain Dice with the reference brain is below this fails
+            the run (0 disables the gate).
+        reference_mask: brain mask of the reference image (default: the reference datalist item's
+            ``brain_mask``, else inferred).
 
     Returns:
         The written datalist path.
 
     Raises:
-        FileNotFoundError / ValueError / FileExistsError naming the offending file.
+        FileNotFoundError / ValueError / FileExistsError naming the offending file;
+        :class:`RegistrationQualityError` when a registration fails the Dice gate.
     """
     settings = settings or RegistrationSettings()
     if len(settings.resolutions_mm) != len(settings.smoothing_sigmas):
@@ -415,13 +485,27 @@ def prepare_healthy(
         raise ValueError(f"settings.seed must be >= 0, got {settings.seed}")
     if not 0 < settings.sampling_fraction <= 1:
         raise ValueError(f"settings.sampling_fraction must be in (0, 1], got {settings.sampling_fraction}")
+    if not 0 <= min_brain_dice <= 1:
+        raise ValueError(f"min_brain_dice must be in [0, 1], got {min_brain_dice}")
     healthy, reference, out = Path(healthy), Path(reference), Path(out)
+    if reference.suffix == ".json":
+        chosen = choose_reference(reference)
+        what = f"{chosen['modality'] or 'first image'} of case {chosen['case_id']} in {reference}"
+        reference = chosen["image"]
+        if reference_mask is None:
+            reference_mask = chosen["brain_mask"]
+    else:
+        what = "given"
+    message = f"prepare-healthy: reference image {reference} ({what})"
+    logger.info(message)
+    if verbose:
+        print(message)
     datalist_path = out / "datalist.json"
     if datalist_path.exists() and not overwrite:
         raise FileExistsError(f"{datalist_path}: prepared healthy data already there; choose another out or overwrite")
 
     # --- validate everything before writing anything
-    ref = _load_volume(reference, "reference image")
+    ref = _load_volume(reference, "reference image", None if reference_mask is None else Path(reference_mask))
     items = _healthy_inputs(healthy)
     ids = [it["case_id"] for it in items]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -442,62 +526,98 @@ def prepare_healthy(
     fixed = to_sitk(ref.data, ref.affine)
     fixed_crop, fixed_crop_mask = _cropped_sitk(ref)
     rescale = RescaleBrainIntensity(lower, upper)
-    entries = []
-    for it, scan in zip(items, scans, strict=True):
-        start = time.perf_counter()
-        case = it["case_id"]
-        moving = to_sitk(scan.data, scan.affine)
-        moving_mask = to_sitk(scan.brain.astype(np.uint8), scan.affine)
-        moving_crop, moving_crop_mask = _cropped_sitk(scan)
-        transform, info = register(fixed_crop, moving_crop, fixed_crop_mask, moving_crop_mask, settings)
-        warped = from_sitk(_resample(moving, fixed, transform, False, settings.threads))
-        brain = from_sitk(_resample(moving_mask, fixed, transform, True, settings.threads)) > 0
-        if brain.sum() < 1000:
-            raise ValueError(f"{scan.path}: registration moved the brain out of the reference grid ({reference})")
-        # background strictly below every brain voxel, so the shared rescaler sees exactly `brain`
-        masked = np.where(brain, warped, warped[brain].min() - 1.0).astype(np.float32)
-        prepared = rescale(masked[None])[0]
-        lo, hi = np.percentile(warped[brain], [lower, upper])
-        overlap = dice(brain, ref.brain)
-        image_path = save_nifti(prepared, ref.affine, out / f"{case}_t1n.nii.gz", dtype=np.float32)
-        mask_path = save_nifti(brain.astype(np.uint8), ref.affine, out / f"{case}_brainmask.nii.gz")
-        with atomic_path(out / f"{case}_affine.tfm", suffix=".tfm") as tmp:
-            sitk.WriteTransform(transform, str(tmp))
-        seconds = time.perf_counter() - start
-        entry: dict[str, Any] = {
-            "case_id": case,
-            "image": [str(image_path.resolve())],
-            "brain_mask": str(mask_path.resolve()),
-            "provenance": {
-                "stage": "prepare-healthy",
-                "source": str(scan.path.resolve()),
-                "source_brain_mask": None if scan.mask_path is None else str(scan.mask_path.resolve()),
-                "reference": str(reference.resolve()),
-                "registration": {**settings.as_dict(), **info},
-                "transform_file": f"{case}_affine.tfm",
-                "dice_brain_vs_reference": round(overlap, 4),
-                "intensity": {"lower_percentile": lower, "upper_percentile": upper, "lo": float(lo), "hi": float(hi)},
-            },
-        }
-        if qc:
-            png = save_montage(
-                prepared,
-                None,
-                out / f"{case}_qc.png",
-                title=f"{case} registered to {reference.name}: brain Dice {overlap:.3f}",
-                extra_images=[ref.data],
-                row_titles=["prepared", "reference"],
-                outline=ref.brain,
-                affine=ref.affine,
-                outline_name="reference brain",
+    entries, failures = [], []
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-healthy-", dir=out))
+    try:
+        for it, scan in zip(items, scans, strict=True):
+            start = time.perf_counter()
+            case = it["case_id"]
+            moving = to_sitk(scan.data, scan.affine)
+            moving_mask = to_sitk(scan.brain.astype(np.uint8), scan.affine)
+            moving_crop, moving_crop_mask = _cropped_sitk(scan)
+            transform, info = register(fixed_crop, moving_crop, fixed_crop_mask, moving_crop_mask, settings)
+            warped = from_sitk(_resample(moving, fixed, transform, False, settings.threads))
+            brain = from_sitk(_resample(moving_mask, fixed, transform, True, settings.threads)) > 0
+            overlap = dice(brain, ref.brain)
+            passed = overlap >= min_brain_dice
+            png = out / f"{case}_qc.png"
+            if brain.sum() < 1000:
+                failures.append(
+                    f"{scan.path}: registration to {reference} moved the brain out of the reference grid "
+                    f"(brain Dice {overlap:.3f})"
+                )
+                continue
+            prepared = rescale(warped[None].astype(np.float32), brain[None])[0]
+            lo, hi = np.percentile(warped[brain], [lower, upper])
+            if qc or not passed:
+                save_montage(
+                    prepared,
+                    None,
+                    png,
+                    title=f"{case} registered to {reference.name}: brain Dice {overlap:.3f}"
+                    + ("" if passed else f" < {min_brain_dice:.2f} FAILED"),
+                    extra_images=[ref.data],
+                    row_titles=["prepared", "reference"],
+                    outline=ref.brain,
+                    affine=ref.affine,
+                    outline_name="reference brain",
+                )
+            seconds = time.perf_counter() - start
+            if verbose:
+                print(
+                    f"{case}: registered to {reference.name} in {seconds:.1f} s, "
+                    f"Mattes MI {info['final_metric']:.4f}, brain Dice vs reference {overlap:.3f}"
+                    + ("" if passed else f" < min_brain_dice {min_brain_dice:.2f}: FAILED")
+                )
+            if not passed:
+                failures.append(
+                    f"{scan.path}: registration to the reference {reference} failed the quality gate: brain Dice "
+                    f"{overlap:.3f} < min_brain_dice {min_brain_dice:.2f}; look at {png}. Check the scan's brain "
+                    "mask (pass 'brain_mask' when the inferred one is wrong), its orientation and field of view, "
+                    "or lower min_brain_dice if the brains really differ this much"
+                )
+                continue
+            image_tmp, image_path = _stage_file(staging, out, f"{case}_t1n.nii.gz")
+            mask_tmp, mask_path = _stage_file(staging, out, f"{case}_brainmask.nii.gz")
+            save_nifti(prepared, ref.affine, image_tmp, dtype=np.float32)
+            save_nifti(brain.astype(np.uint8), ref.affine, mask_tmp)
+            with atomic_path(staging / f"{case}_affine.tfm", suffix=".tfm") as tmp:
+                sitk.WriteTransform(transform, str(tmp))
+            entry: dict[str, Any] = {
+                "case_id": case,
+                "image": [str(image_path.resolve())],
+                "brain_mask": str(mask_path.resolve()),
+                "provenance": {
+                    "stage": "prepare-healthy",
+                    "source": str(scan.path.resolve()),
+                    "source_brain_mask": None if scan.mask_path is None else str(scan.mask_path.resolve()),
+                    "reference": str(reference.resolve()),
+                    "reference_brain_mask": None if ref.mask_path is None else str(ref.mask_path.resolve()),
+                    "registration": {**settings.as_dict(), **info},
+                    "transform_file": f"{case}_affine.tfm",
+                    "dice_brain_vs_reference": round(overlap, 4),
+                    "min_brain_dice": float(min_brain_dice),
+                    "intensity": {
+                        "lower_percentile": lower,
+                        "upper_percentile": upper,
+                        "lo": float(lo),
+                        "hi": float(hi),
+                    },
+                },
+            }
+            if qc:
+                entry["provenance"]["qc"] = png.name
+            entries.append(entry)
+        if failures:
+            raise RegistrationQualityError(
+                f"prepare-healthy: {len(failures)} of {len(items)} healthy scan(s) failed; no prepared case was "
+                "written:\n" + "\n".join(failures)
             )
-            entry["provenance"]["qc"] = png.name
-        entries.append(entry)
-        if verbose:
-            print(
-                f"{case}: registered to {reference.name} in {seconds:.1f} s, "
-                f"Mattes MI {info['final_metric']:.4f}, brain Dice vs reference {overlap:.3f}"
-            )
+        for staged in sorted(staging.iterdir()):
+            os.replace(staged, out / staged.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     write_datalist(
         datalist_path,
         {

@@ -49,6 +49,44 @@ MASK_KEYS: tuple[str, ...] = ("brain_mask", "roi")
 KNOWN_SECTIONS: tuple[str, ...] = ("training", "validation", "test")
 
 
+def check_brain_mask_grid(
+    image_shape: Sequence[int],
+    image_affine: np.ndarray | None,
+    mask_shape: Sequence[int],
+    mask_affine: np.ndarray | None,
+    image_name: str | None = None,
+    mask_name: str | None = None,
+    atol: float = AFFINE_ATOL,
+) -> None:
+    """Raise ValueError naming both files when a brain mask does not lie on its image's voxel grid.
+
+    Used where a ``brain_mask`` is applied to loaded arrays (intensity rescaling, healthy-scan preparation);
+    :func:`validate_datalist` reports the same mismatch from the file headers.
+
+    Args:
+        image_shape: spatial shape of the image.
+        image_affine: its voxel-to-world matrix (None: not compared).
+        mask_shape: spatial shape of the mask.
+        mask_affine: its voxel-to-world matrix (None: not compared).
+        image_name, mask_name: the files, for the message.
+        atol: affine tolerance in mm.
+    """
+    mask_name, image_name = mask_name or "<brain mask>", image_name or "<image>"
+    if tuple(int(s) for s in mask_shape) != tuple(int(s) for s in image_shape):
+        raise ValueError(
+            f"{mask_name}: brain mask shape {tuple(mask_shape)} differs from image {image_name} {tuple(image_shape)}; "
+            "a brain_mask must lie on its image's voxel grid"
+        )
+    if image_affine is not None and mask_affine is not None:
+        a, b = np.asarray(image_affine, dtype=float), np.asarray(mask_affine, dtype=float)
+        if a.shape == b.shape and not np.allclose(a, b, atol=atol):
+            raise ValueError(
+                f"{mask_name}: brain mask affine differs from image {image_name} "
+                f"(max difference {float(np.abs(a - b).max()):.3g} > {atol}); a brain_mask must lie on its image's "
+                "voxel grid"
+            )
+
+
 @dataclass
 class _Header:
     """What a file's header says, or why it could not be read."""

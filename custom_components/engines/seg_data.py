@@ -56,7 +56,9 @@ def load_synthetic_items(
                 f"{path}: synthetic datalist labels are {convention!r}, expected {label_convention!r} "
                 "(every synthetic datalist must use the synthetic label convention)"
             )
-        for item in load_datalist(path, section, modalities, require=["label"], keys=["label"], check="exists"):
+        for item in load_datalist(
+            path, section, modalities, require=["label"], keys=["label", "brain_mask"], check="exists"
+        ):
             if item["case_id"] in seen:
                 item["case_id"] = f"{n}:{item['case_id']}"
             seen.add(item["case_id"])

@@ -82,22 +82,30 @@ class ClasswiseIntensity(nn.Module):
         self.a = nn.Parameter(_init_table(a_init, k, self.num_channels, "a_init"))
         self.b = nn.Parameter(_init_table(b_init, k, self.num_channels, "b_init"))
 
-    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
-            x: images ``(B, C, *spatial)``.
+            x: images ``(B, C, *spatial)``; with ``label`` None, ``(B, C + 1, *spatial)``: the images followed by
+                the label map as the last channel (the single-input form of the Model Zoo checks and TorchScript).
             label: internal labels ``(B, 1, *spatial)`` (or ``(B, *spatial)``).
 
         Returns:
             ``(B, C, *spatial)``: ``a_c * x + b_c`` inside class c, ``x`` elsewhere (differentiable in a, b).
         """
+        if label is None:
+            if x.ndim < 3 or x.shape[1] != self.num_channels + 1:
+                raise ValueError(
+                    f"expected (B, {self.num_channels} + 1, *spatial): images then the label channel, got {x.shape}"
+                )
+            label = x[:, self.num_channels :]
+            x = x[:, : self.num_channels]
         if x.ndim < 3 or x.shape[1] != self.num_channels:
-            raise ValueError(f"expected (B, {self.num_channels}, *spatial) images, got shape {tuple(x.shape)}")
+            raise ValueError(f"expected (B, {self.num_channels}, *spatial) images, got shape {x.shape}")
         if label.ndim == x.ndim - 1:
             label = label.unsqueeze(1)
         if label.shape[1] != 1 or label.shape[2:] != x.shape[2:] or label.shape[0] != x.shape[0]:
-            raise ValueError(f"label shape {tuple(label.shape)} does not match images {tuple(x.shape)}")
-        view = (1, self.num_channels) + (1,) * (x.ndim - 2)
+            raise ValueError(f"label shape {label.shape} does not match images {x.shape}")
+        view = [1, self.num_channels] + [1] * (x.ndim - 2)
         out = x
         for k, c in enumerate(self.classes):
             inside = label == c
@@ -155,30 +163,24 @@ class ClasswiseIntensity(nn.Module):
             self.b.copy_(b)
         return self
 
-    @classmethod
-    def from_file(
-        cls,
-        path: str | os.PathLike | None,
-        num_channels: int = 1,
-        allow_identity: bool = False,
-        channel_names: Sequence[str] | None = None,
-    ) -> ClasswiseIntensity:
+    def load_file(self, path: str | os.PathLike | None, allow_identity: bool = False) -> ClasswiseIntensity:
         """Load learned parameters from ``.json`` (class -> a/b lists) or ``.pt`` (state_dict or checkpoint).
 
         Args:
-            path: parameter file written by the tf_aug training.
-            num_channels: expected number of image channels.
-            allow_identity: when ``path`` is None or missing, return the identity (a=1, b=0) instead of raising.
-            channel_names: modality names.
+            path: parameter file written by the tf_aug training (or an exported bundle's ``models/model.pt``).
+            allow_identity: when ``path`` is None or missing, keep the current parameters (the identity a=1, b=0
+                of a new module) instead of raising.
+
+        Returns:
+            this module.
 
         Raises:
             FileNotFoundError / ValueError naming the file when it is missing (and identity is not allowed),
-            unreadable or does not fit ``num_channels``.
+            unreadable or does not fit the module's classes and channels.
         """
-        module = cls(num_channels=num_channels, channel_names=channel_names)
         if path is None or not os.path.isfile(path):
             if allow_identity:
-                return module
+                return self
             raise FileNotFoundError(
                 f"{path}: learned intensity parameters not found; run the tf_aug training first, or set "
                 "allow_identity_intensity: true to synthesise with a=1, b=0"
@@ -191,7 +193,7 @@ class ClasswiseIntensity(nn.Module):
                 raise ValueError(f"{path}: not valid JSON ({e})") from e
             if not isinstance(params, dict):
                 raise ValueError(f"{path}: expected a JSON object {{class: {{a: [...], b: [...]}}}}")
-            return module.load_dict(params, source=path)
+            return self.load_dict(params, source=path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for a bad file
@@ -203,10 +205,29 @@ class ClasswiseIntensity(nn.Module):
                     break
         if not isinstance(state, dict) or set(state) != {"a", "b"}:
             raise ValueError(f"{path}: expected a state_dict with 'a' and 'b', got {type(state).__name__}")
-        if tuple(state["a"].shape) != tuple(module.a.shape) or tuple(state["b"].shape) != tuple(module.b.shape):
+        if tuple(state["a"].shape) != tuple(self.a.shape) or tuple(state["b"].shape) != tuple(self.b.shape):
             raise ValueError(
-                f"{path}: parameters of shape {tuple(state['a'].shape)} do not fit {len(module.classes)} classes x "
-                f"{num_channels} channels"
+                f"{path}: parameters of shape {tuple(state['a'].shape)} do not fit {len(self.classes)} classes x "
+                f"{self.num_channels} channels"
             )
-        module.load_state_dict(state)
-        return module
+        self.load_state_dict(state)
+        return self
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike | None,
+        num_channels: int = 1,
+        allow_identity: bool = False,
+        channel_names: Sequence[str] | None = None,
+    ) -> ClasswiseIntensity:
+        """A new module with the parameters of ``path`` (see :meth:`load_file`); the identity when ``path`` is
+        missing and ``allow_identity``.
+
+        Args:
+            path: parameter file written by the tf_aug training.
+            num_channels: expected number of image channels.
+            allow_identity: when ``path`` is None or missing, return the identity (a=1, b=0) instead of raising.
+            channel_names: modality names.
+        """
+        return cls(num_channels=num_channels, channel_names=channel_names).load_file(path, allow_identity)

@@ -29,7 +29,10 @@ DEFAULTS: dict[str, Any] = {
     "demo": None,  # {n_healthy, n_tumour, spacing, seed}
     "real_datalist": None,  # BraTS-style datalist with training and validation sections
     "healthy": None,  # folder of skull-stripped healthy scans or a healthy datalist (raw, not prepared)
-    "reference": None,  # image defining the target space; default: first real training case, first modality
+    # image defining the target space; default: the first real training case's t1n, else t1c, else first modality
+    "reference": None,
+    # prepare_healthy stops the pipeline when a healthy scan registers with a brain Dice below this
+    "min_brain_dice": 0.80,
     "eval_section": "validation",
     # the TF stages work on T1 (the paper's setting); segmentation uses the same channels
     "modalities": ["t1n"],

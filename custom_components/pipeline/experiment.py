@@ -138,7 +138,13 @@ class Experiment:
         def prepare() -> None:
             from custom_components.data.healthy_prep import prepare_healthy
 
-            prepare_healthy(self.raw_healthy, self.reference(), self.stage_dir("prepare_healthy"), overwrite=True)
+            prepare_healthy(
+                self.raw_healthy,
+                self.reference(),
+                self.stage_dir("prepare_healthy"),
+                overwrite=True,
+                min_brain_dice=float(self.cfg["min_brain_dice"]),
+            )
 
         stages.append(
             Stage(
@@ -147,15 +153,15 @@ class Experiment:
                 inputs=[self.raw_healthy, self.real_datalist],
                 outputs=[self.prepared_healthy],
                 description="register healthy scans into the tumour data's space, brain mask, [-1, 1]",
-                key=str(self.cfg["reference"]),
+                key=json.dumps([self.cfg["reference"], float(self.cfg["min_brain_dice"])]),
             )
         )
         return stages
 
     def reference(self) -> Path:
-        if self.cfg["reference"]:
-            return Path(self.cfg["reference"])
-        return Path(load_datalist(self.real_datalist, check="none", max_items=1)[0]["image"][0])
+        """The ``reference`` override, else the real datalist (prepare-healthy then chooses its first training
+        case's T1-weighted image and logs it; see :func:`~custom_components.data.healthy_prep.choose_reference`)."""
+        return Path(self.cfg["reference"]) if self.cfg["reference"] else self.real_datalist
 
     # ---- bundle stages ------------------------------------------------------------------------------
     def _bundle_stage(

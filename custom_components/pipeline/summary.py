@@ -83,7 +83,10 @@ def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> lis
     def load(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         image = nib.as_closest_canonical(nib.load(item["image"][0]))
         label = nib.as_closest_canonical(nib.load(item["label"]))
-        img = RescaleBrainIntensity()(image.get_fdata(dtype=np.float32)[None])
+        brain = None
+        if item.get("brain_mask"):  # the item's brain mask wins over the inferred one
+            brain = np.asarray(nib.as_closest_canonical(nib.load(item["brain_mask"])).dataobj)[None] > 0
+        img = RescaleBrainIntensity()(image.get_fdata(dtype=np.float32)[None], brain)
         return img, to_internal(np.asarray(label.dataobj), convention)[None], image.affine
 
     pngs = []

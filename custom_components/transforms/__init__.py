@@ -11,12 +11,7 @@ from custom_components.transforms.dtss import (
     fuse_image,
     monomer_mask,
 )
-from custom_components.transforms.intensity import (
-    RescaleBrainIntensity,
-    RescaleBrainIntensityd,
-    background_value,
-    brain_foreground,
-)
+from custom_components.transforms.intensity import RescaleBrainIntensity, RescaleBrainIntensityd
 from custom_components.transforms.labels import (
     ConvertToBratsRegions,
     ConvertToBratsRegionsd,
@@ -50,8 +45,6 @@ __all__ = [
     "SourceMask",
     "TumorMaskAugment",
     "TumorMaskAugmentd",
-    "background_value",
-    "brain_foreground",
     "carve_region",
     "deformation_area",
     "fuse_image",

@@ -1,4 +1,5 @@
-"""Brain mask of a skull-stripped image: voxels above the image's minimum (its background value)."""
+"""Brain mask of a skull-stripped image, inferred and checked by
+:func:`custom_components.data.brain_mask.infer_brain_mask` (an implausible mask raises, naming the file)."""
 
 from __future__ import annotations
 
@@ -10,27 +11,26 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
 
-from custom_components.transforms.intensity import brain_foreground
+from custom_components.data.brain_mask import infer_brain_mask
 
 __all__ = ["BrainMask", "BrainMaskd"]
 
 
 class BrainMask(Transform):
-    """Brain mask ``(1, *spatial)`` (float32, 0/1) of a ``(C, *spatial)`` skull-stripped image, from its first channel.
-
-    A voxel is brain when it lies above the image's minimum (see
-    :func:`~custom_components.transforms.intensity.brain_foreground`).
-    """
+    """Brain mask ``(1, *spatial)`` (float32, 0/1) of a ``(C, *spatial)`` skull-stripped image, from its first channel,
+    by :func:`~custom_components.data.brain_mask.infer_brain_mask` (which raises, naming the file, on an
+    implausible mask)."""
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Args: img: ``(C, *spatial)`` image. Returns: the mask, of the input's type (metadata kept)."""
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-        mask = brain_foreground(arr[0])[None].astype(np.float32)
+        name = img.meta.get("filename_or_obj") if hasattr(img, "meta") else None
+        mask = infer_brain_mask(arr[0], name=str(name) if name else None)[None].astype(np.float32)
         return convert_to_dst_type(mask, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
 
 
 class BrainMaskd(MapTransform):
-    """Brain mask of a skull-stripped image: voxels above the image's minimum (first channel).
+    """Dictionary version of :class:`BrainMask`.
 
     Use it before ``RescaleBrainIntensityd`` (which clips the darkest brain voxels to the background value).
     An existing ``output_key`` entry (a brain mask file from the datalist) is kept unless ``overwrite``.
@@ -57,6 +57,8 @@ class BrainMaskd(MapTransform):
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         if self.output_key in d and not self.overwrite:
+            if isinstance(d[self.output_key], str):
+                raise ValueError(f"{d[self.output_key]}: brain mask not loaded; add '{self.output_key}' to LoadImaged")
             return d
         for key in self.key_iterator(d):
             d[self.output_key] = self.transform(d[key])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,46 +11,55 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
 
-
-def background_value(volume: np.ndarray) -> float:
-    """The background value of a skull-stripped volume: the median of its eight corner voxels.
-
-    0 for raw BraTS scans, -1 for prepared or synthetic scans. (The volume's minimum is not a safe
-    rule: raw scans can hold negative values inside the brain, e.g. -52 in TCGA-FG-6692's T1.)
-    """
-    volume = np.asarray(volume)
-    corners = volume[tuple(np.meshgrid(*[[0, s - 1] for s in volume.shape], indexing="ij"))]
-    return float(np.median(corners))
+from custom_components.data.brain_mask import infer_brain_mask
+from custom_components.data.validation import check_brain_mask_grid
 
 
-def brain_foreground(image: np.ndarray) -> np.ndarray:
-    """Brain voxels of a skull-stripped volume: every voxel that differs from the background value."""
-    image = np.asarray(image)
-    return image != background_value(image)
+def _name_of(img: Any) -> str | None:
+    """The file a MetaTensor was loaded from, if known."""
+    meta = getattr(img, "meta", None)
+    name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    return str(name) if name else None
+
+
+def _affine_of(img: Any) -> np.ndarray | None:
+    affine = getattr(img, "affine", None)
+    return None if affine is None else np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine)
+
+
+def _numpy(img: Any) -> np.ndarray:
+    return img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
 
 
 class RescaleBrainIntensity(Transform):
     """Rescale each channel so that brain voxels span ``[b_min, b_max]`` between robust percentiles.
 
-    Background (voxels equal to the corner value, see :func:`background_value`) is set to ``b_min``;
-    brain voxels are clipped to the range, with the lowest ones kept one float step above ``b_min`` so
-    that brain and background stay distinguishable after rescaling (the transform is idempotent). This is the TF paper's "intensities to [-1, 1]" step applied identically to real,
-    healthy and synthetic images, so every stage compares like with like.
+    The brain is the given ``mask`` (e.g. the datalist item's ``brain_mask``) or, without one, the mask
+    :func:`custom_components.data.brain_mask.infer_brain_mask` infers (and checks) from the first channel:
+    all modalities of a case share one brain (TCGA-FG-6692's four inferred masks agree to Dice 0.9999), and one
+    inference per case keeps loading cheap. Voxels outside the brain are set to ``b_min``; brain voxels are
+    clipped to the range, with the lowest ones kept one float step above ``b_min`` so that brain and background
+    stay distinguishable after rescaling (the transform is idempotent, and every later step that needs the brain
+    - crop sampling, DTSS, TF-Aug placement - reads it from the rescaled image as "above ``b_min``"). This is the
+    TF paper's "intensities to [-1, 1]" step applied identically to real, healthy and synthetic images, so every
+    stage compares like with like.
 
     Args:
         lower: lower percentile of brain voxels mapped to ``b_min``.
         upper: upper percentile of brain voxels mapped to ``b_max``.
         b_min: output minimum.
         b_max: output maximum.
+        check: reject an implausible inferred mask (see :func:`~custom_components.data.brain_mask.check_brain_mask`).
     """
 
-    def __init__(self, lower: float = 0.5, upper: float = 99.5, b_min: float = -1.0, b_max: float = 1.0) -> None:
+    def __init__(
+        self, lower: float = 0.5, upper: float = 99.5, b_min: float = -1.0, b_max: float = 1.0, check: bool = True
+    ) -> None:
         if not 0 <= lower < upper <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
-        self.lower, self.upper, self.b_min, self.b_max = lower, upper, b_min, b_max
+        self.lower, self.upper, self.b_min, self.b_max, self.check = lower, upper, b_min, b_max, check
 
-    def _channel(self, x: np.ndarray) -> np.ndarray:
-        brain = brain_foreground(x)
+    def _channel(self, x: np.ndarray, brain: np.ndarray) -> np.ndarray:
         out = np.full(x.shape, self.b_min, dtype=np.float32)
         if not brain.any():
             return out
@@ -59,10 +69,25 @@ class RescaleBrainIntensity(Transform):
         out[brain] = np.clip((x[brain] - lo) * scale + self.b_min, low, self.b_max)
         return out
 
-    def __call__(self, img: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Args: img: channel-first array or tensor (C, *spatial)."""
-        arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-        out = np.stack([self._channel(c.astype(np.float32)) for c in arr])
+    def __call__(
+        self, img: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None = None
+    ) -> np.ndarray | torch.Tensor:
+        """Args:
+        img: channel-first array or tensor (C, *spatial).
+        mask: optional brain mask ((1, *spatial) or (*spatial), non-zero = brain) on the image's grid; its shape
+            (and, for MetaTensors, its affine) must match the image's.
+        """
+        arr = _numpy(img)
+        if mask is None:
+            brain = infer_brain_mask(arr[0].astype(np.float32), name=_name_of(img), check=self.check)
+        else:
+            m = _numpy(mask)
+            m = m[0] if m.ndim == arr.ndim else m
+            check_brain_mask_grid(
+                arr.shape[1:], _affine_of(img), m.shape, _affine_of(mask), _name_of(img), _name_of(mask)
+            )
+            brain = m > 0
+        out = np.stack([self._channel(c.astype(np.float32), brain) for c in arr])
         # same type as the input (MetaTensor metadata such as the affine is kept)
         return convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
 
@@ -72,7 +97,9 @@ class RescaleBrainIntensityd(MapTransform):
 
     Args:
         keys: keys of the images to rescale.
-        lower, upper, b_min, b_max: see :class:`RescaleBrainIntensity`.
+        lower, upper, b_min, b_max, check: see :class:`RescaleBrainIntensity`.
+        mask_key: key of an optional brain mask (the datalist item's ``brain_mask``, loaded onto the image's grid);
+            when the data holds it, it is the brain of every image, else the brain is inferred.
         allow_missing_keys: do not raise if a key is absent.
     """
 
@@ -83,13 +110,19 @@ class RescaleBrainIntensityd(MapTransform):
         upper: float = 99.5,
         b_min: float = -1.0,
         b_max: float = 1.0,
+        mask_key: str | None = "brain_mask",
+        check: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.rescaler = RescaleBrainIntensity(lower, upper, b_min, b_max)
+        self.rescaler = RescaleBrainIntensity(lower, upper, b_min, b_max, check)
+        self.mask_key = mask_key
 
     def __call__(self, data: Mapping[Hashable, Sequence]) -> dict[Hashable, Sequence]:
         d = dict(data)
+        mask = d.get(self.mask_key) if self.mask_key is not None else None
+        if isinstance(mask, str):
+            raise ValueError(f"{mask}: brain mask not loaded; add '{self.mask_key}' to the LoadImaged keys")
         for key in self.key_iterator(d):
-            d[key] = self.rescaler(d[key])
+            d[key] = self.rescaler(d[key], mask)
         return d
