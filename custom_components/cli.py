@@ -170,13 +170,21 @@ def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
     """
     from custom_components.pipeline.config import load_config
     from custom_components.pipeline.experiment import run_experiment
+    from custom_components.pipeline.runner import StageInterrupted, WorkdirLocked
 
     from_stage = kwargs.pop("from", None)
     if kwargs:
         raise SystemExit(f"unknown options: {', '.join('--' + k for k in kwargs)}")
     cfg = load_config(config, **({"workdir": str(Path(workdir).resolve())} if workdir else {}))
     start = time.perf_counter()
-    report = run_experiment(cfg, from_stage=from_stage)
+    try:
+        report = run_experiment(cfg, from_stage=from_stage)
+    except StageInterrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except WorkdirLocked as e:
+        print(e, file=sys.stderr)
+        sys.exit(75)  # EX_TEMPFAIL
     print(
         f"pipeline finished in {time.perf_counter() - start:.0f} s; report: {report} (and {report.with_suffix('.html')})"
     )

@@ -15,9 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.pipeline.config import ARMS
-from custom_components.pipeline.runner import Stage, bundle_command, run_stages
+from custom_components.pipeline.runner import Stage, bundle_command, run_stages, workdir_lock
+
+# the stage of a forced run (--from), kept until the run completes
+FORCED_RECORD = "forced_from.json"
 
 TF_ARMS = ("tf", "tf_mas")
 
@@ -485,11 +489,30 @@ class Experiment:
 
 
 def run_experiment(cfg: dict[str, Any], from_stage: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """Run the whole chain for a loaded pipeline config; returns the report's Markdown path."""
-    from custom_components.pipeline.summary import write_experiment_report
+    """Run the whole chain for a loaded pipeline config; returns the report's Markdown path.
 
+    The work dir is locked for the run (:func:`~custom_components.pipeline.runner.workdir_lock`). A forced
+    ``from_stage`` is recorded in ``<workdir>/forced_from.json`` until the run completes, so a rerun after an
+    interruption still redoes every stage from it on.
+    """
     exp = Experiment(cfg)
     exp.work.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(exp.work):
+        record = exp.work / FORCED_RECORD
+        if from_stage is None and record.is_file():
+            # an interrupted forced run: every stage from the recorded one on is still to be redone
+            from_stage = json.loads(record.read_text()).get("from")
+            log(f"continuing the interrupted forced run (--from {from_stage}, recorded in {record})")
+        if from_stage is not None:
+            atomic_write_text(record, json.dumps({"from": from_stage}) + "\n")
+        report = _run_experiment(exp, from_stage, log)
+        record.unlink(missing_ok=True)
+    return report
+
+
+def _run_experiment(exp: Experiment, from_stage: str | None, log: Callable[[str], None]) -> Path:
+    from custom_components.pipeline.summary import write_experiment_report
+
     data = exp.data_stages()
     data_names = [s.name for s in data]
     total = len(data) + exp.count_model_stages()
