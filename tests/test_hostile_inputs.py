@@ -403,3 +403,57 @@ def test_interrupted_forced_run_still_redoes_later_stages(tmp_path: Path) -> Non
     # a plain rerun: "a" finished in the forced run; "b" and "c" were unmarked by it, so both are redone
     assert run_stages(stages, tmp_path / "w", log=lambda _: None) == {"a": "skipped", "b": "ran", "c": "ran"}
     assert calls == ["b", "c"]
+
+
+# ---- checkpoint handlers (in-process, fast) -----------------------------------------------------------
+def _engine(epoch: int, metric: float | None = None) -> Any:
+    from ignite.engine import Engine
+
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch, engine.state.iteration = epoch, epoch
+    engine.state.metrics = {} if metric is None else {"val_mean_dice": metric}
+    engine.state.key_metric_name = "val_mean_dice"
+    return engine
+
+
+def test_best_model_saver_keeps_the_best_across_a_resume(tmp_path: Path) -> None:
+    from custom_components.handlers.checkpoints import BestModelSaver, TrainingGuardError
+
+    net = torch.nn.Linear(2, 1)
+    saver = BestModelSaver(tmp_path, net)
+    saver(_engine(1, 0.5))
+    first = (tmp_path / "model.pt").read_bytes()
+    assert saver.state_dict() == {"best_metric": 0.5, "best_epoch": 1}
+    # a resumed run: a new saver restored from the checkpoint state
+    resumed = BestModelSaver(tmp_path, net)
+    resumed.load_state_dict(saver.state_dict())
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    resumed(_engine(2, 0.4))  # worse: model.pt untouched
+    assert (tmp_path / "model.pt").read_bytes() == first
+    resumed(_engine(3, 0.6))  # better: replaced, with these weights
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], net.weight.detach())
+    assert resumed.state_dict() == {"best_metric": 0.6, "best_epoch": 3}
+    with torch.no_grad():
+        net.weight.fill_(float("nan"))
+    with pytest.raises(TrainingGuardError, match="non-finite weights"):
+        resumed(_engine(4, 0.9))
+    assert resumed.best_epoch == 3 and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_safe_checkpoint_saver_prunes_old_epochs_and_refuses_nan(tmp_path: Path) -> None:
+    from custom_components.handlers.checkpoints import SafeCheckpointSaver, TrainingGuardError
+
+    net = torch.nn.Linear(2, 1)
+    (tmp_path / "checkpoint_epoch=3.pt").write_bytes(b"from the run before the resume")
+    (tmp_path / "model.pt").write_bytes(b"other file")
+    objects = {"model": net, "head": torch.nn.Linear(1, 1)}  # several objects: checkpoint_epoch=N.pt
+    saver = SafeCheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=1)
+    engine = _engine(4)
+    saver.interval_completed(engine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "model.pt"]
+    with torch.no_grad():
+        net.weight.fill_(float("inf"))
+    with pytest.raises(TrainingGuardError, match=r"epoch 5: non-finite weights in model.weight.*checkpoint_epoch=4"):
+        saver.interval_completed(_engine(5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "model.pt"]

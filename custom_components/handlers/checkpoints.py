@@ -185,7 +185,11 @@ class BestModelSaver:
 
 
 class SafeCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` that keeps only the newest interval checkpoint and never writes NaN weights.
+    """MONAI's ``CheckpointSaver`` that writes atomically, keeps only the newest interval checkpoint and never
+    writes NaN weights.
+
+    Every file is written to a temporary file and renamed (Ignite's ``DiskSaver(atomic=True)``, which also gives
+    the file group/other read permission; MONAI turns atomic writes off), so a kill never leaves a partial file.
 
     After each interval save, every other ``*_epoch=N.pt`` in ``save_dir`` is deleted (MONAI's ``n_saved`` only
     counts the files of the current process, so a resumed run would leave the old one). Before saving, the
@@ -194,6 +198,12 @@ class SafeCheckpointSaver(CheckpointSaver):
 
     Args: as for ``monai.handlers.CheckpointSaver``.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None and hasattr(checkpoint.save_handler, "_atomic"):
+                checkpoint.save_handler._atomic = True
 
     def _finite_or_reason(self) -> str | None:
         bad = non_finite_tensors({k: v for k, v in self.save_dict.items() if isinstance(v, torch.nn.Module)})
