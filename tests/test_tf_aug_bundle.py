@@ -115,6 +115,26 @@ def test_training_writes_learned_parameters(trained):
     assert (models / "checkpoint_final.pt").is_file()
 
 
+def test_training_rerun_is_refused_unless_resumed(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained["overrides"]["output_dir"], out)
+    overrides = {**trained["overrides"], "output_dir": str(out)}
+    before = _files(out / "models")
+    with pytest.raises(RuntimeError) as err:  # the same output folder: refused before anything is written
+        run_workflow(BUNDLE, TRAIN, "train", run_id="training", **overrides)
+    assert f"{out / 'models'}: an earlier run's models are there" in _chain(err.value)
+    assert _files(out / "models") == before
+    # resume_checkpoint continues the run (epoch 3 of 3) and keeps exactly the newest epoch checkpoint
+    models = out / "models"
+    wf = run_workflow(
+        BUNDLE, TRAIN, "train", run_id="training", **{**overrides, "epochs": 3},
+        resume_checkpoint=str(models / "checkpoint_final.pt"),
+    )  # fmt: skip
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 3
+    assert sorted(p.name for p in models.glob("*_epoch=*.pt")) == ["checkpoint_epoch=3.pt"]
+
+
 def test_synthesised_cases(trained, synthesised):
     data = read_datalist(synthesised / "datalist.json")
     assert data["labels"] == "internal" and data["modalities"] == ["t1n"]
