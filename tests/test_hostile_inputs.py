@@ -457,3 +457,74 @@ def test_safe_checkpoint_saver_prunes_old_epochs_and_refuses_nan(tmp_path: Path)
     with pytest.raises(TrainingGuardError, match=r"epoch 5: non-finite weights in model.weight.*checkpoint_epoch=4"):
         saver.interval_completed(_engine(5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "model.pt"]
+
+
+REAL_RUNNER = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from custom_components.pipeline.runner import Stage, StageInterrupted, bundle_command, run_stages
+    work, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
+    out = work / "seg"
+    overrides["output_dir"] = str(out)
+    command = bundle_command("dtss_mas_seg", ["common.yaml", "train.yaml"], overrides, work / "overrides" / "seg.json",
+                             run_id="training")
+    stage = Stage("seg", command=command, outputs=[out / "models" / "model.pt"], clean=[out])
+    try:
+        print(run_stages([stage], work, log=lambda line: print(line, flush=True)))
+    except StageInterrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
+    """
+)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_to_runner_stops_a_real_bundle_stage_and_rerun_redoes_it(
+    inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    script = tmp_path / "runner.py"
+    script.write_text(REAL_RUNNER)
+    # num_workers 1: the bundle has a data-loader worker process too
+    overrides = _seg_overrides(inputs, tmp_path / "unused", max_epochs=1000, num_workers=1)
+    env = hostile.bundle_env()
+    runner = subprocess.Popen(
+        [sys.executable, str(script), str(work), json.dumps(overrides)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    log = work / "logs" / "seg.log"
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and "Epoch[1]" in log.read_text()):
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+        time.sleep(0.2)
+    [bundle] = [int(p) for p in Path(f"/proc/{runner.pid}/task/{runner.pid}/children").read_text().split()]
+    assert len(_group_members(bundle)) >= 2  # the bundle and its data-loader worker, in their own group
+    runner.send_signal(signal.SIGTERM)
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode == 128 + signal.SIGTERM, err
+    assert "stage seg interrupted by SIGTERM" in err
+    assert _group_members(bundle) == []  # no bundle process left alive
+    assert not (work / "seg" / "stage.json").exists()
+    # the rerun finds the unfinished stage and redoes it (a short run this time)
+    overrides["max_epochs"] = 1
+    rerun = subprocess.run(
+        [sys.executable, str(script), str(work), json.dumps(overrides)], capture_output=True, text=True, env=env,
+        cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "found an unfinished run (no finished marker); redoing it" in rerun.stdout
+    assert (work / "seg" / "stage.json").is_file() and (work / "seg" / "models" / "model.pt").is_file()
