@@ -61,6 +61,8 @@ TORCHRUN_ENV: tuple[str, ...] = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PO
 WRITER_HANDLERS: tuple[str, ...] = (
     "StatsHandler",
     "CheckpointSaver",
+    "SafeCheckpointSaver",
+    "BestModelSaver",
     "MLFlowHandler",
     "ClearMLStatsHandler",
     "TensorBoardStatsHandler",
