@@ -512,7 +512,10 @@ def test_sigterm_to_runner_stops_a_real_bundle_stage_and_rerun_redoes_it(
         assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
         time.sleep(0.2)
     [bundle] = [int(p) for p in Path(f"/proc/{runner.pid}/task/{runner.pid}/children").read_text().split()]
-    assert len(_group_members(bundle)) >= 2  # the bundle and its data-loader worker, in their own group
+    # signal while the bundle has a data-loader worker (workers live while an epoch iterates)
+    while len(_group_members(bundle)) < 2:
+        assert runner.poll() is None and time.monotonic() < deadline, "no data-loader worker seen"
+        time.sleep(0.05)
     runner.send_signal(signal.SIGTERM)
     _, err = runner.communicate(timeout=120)
     assert runner.returncode == 128 + signal.SIGTERM, err
