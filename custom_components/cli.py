@@ -185,8 +185,13 @@ def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
     except WorkdirLocked as e:
         print(e, file=sys.stderr)
         sys.exit(75)  # EX_TEMPFAIL
+    from custom_components.pipeline.summary import mean_dice_by_arm
+
+    dice = ", ".join(f"{arm} {d:.3f}" for arm, d in mean_dice_by_arm(report.parent / "results.json").items())
+    # the last line: what each arm reached, next to where the report is
     print(
-        f"pipeline finished in {time.perf_counter() - start:.0f} s; report: {report} (and {report.with_suffix('.html')})"
+        f"pipeline finished in {time.perf_counter() - start:.0f} s; held-out mean Dice (ET, TC, WT averaged): {dice}; "
+        f"report: {report} (and {report.with_suffix('.html')})"
     )
 
 

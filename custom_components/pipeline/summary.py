@@ -30,6 +30,15 @@ def read_results(exp: Experiment) -> list[ArmResult]:
     return results
 
 
+def mean_dice_by_arm(results_json: Path) -> dict[str, float]:
+    """Mean Dice (average of ET, TC, WT) of every arm over its seeds, from a report's ``results.json``."""
+    rows = json.loads(Path(results_json).read_text())
+    by_arm: dict[str, list[float]] = {}
+    for row in rows:
+        by_arm.setdefault(str(row["arm"]), []).append(float(row["mean"]))
+    return {arm: float(np.mean(values)) for arm, values in by_arm.items()}
+
+
 def _datalist_montages(datalist: Path, out_dir: Path, name: str, n: int) -> list[Path]:
     items = read_datalist(datalist).get("training", [])[:n]
     pngs = []
