@@ -64,14 +64,18 @@ _GAIN: dict[str, float] = {"t1n": 330.0, "t1c": 360.0, "t2w": 260.0, "t2f": 180.
 #   t2w      1.65   1.38   1.62   1.16
 #   t2f      1.55   1.38   1.54   1.04
 # The phantom keeps these values except where the case departs from the textbook high-grade pattern the
-# demo teaches (docs: bundles/dtss_mas_seg/docs/README.md): necrosis markedly hypointense on T1 (0.45, real
-# 0.66) and dark on T1c (0.55; the real "NCR" is mostly non-enhancing tumour, 0.99), oedema mildly but
-# visibly hypointense on T1 (0.80: between the template's grey matter, 0.75, and WM; real 0.73, which equals
-# its grey matter) and on T1c (0.85), the rim enhancing on T1c (1.40, real 1.22).
+# demo teaches (docs: bundles/dtss_mas_seg/docs/README.md, "Demo data"):
+# * t1n: necrosis markedly hypointense (0.45; real 0.66); oedema at the real oedema/grey-matter ratio
+#   (0.73 / 0.79 = 0.92 of grey matter, the template's grey matter being 0.75: 0.70), i.e. mildly hypointense,
+#   just below grey matter; the enhancing rim iso-to-mildly hypointense (0.85; real 0.68, an LGG case whose
+#   labels come from a model), so that on T1 the rim is a brighter shell between dark core and dark oedema;
+# * t1c: necrosis dark (0.55; the real "NCR" is mostly non-enhancing tumour, 0.99), oedema hypointense as on
+#   T1 (0.85), the rim enhancing (1.40; real 1.22);
+# * t2w, t2f: the real values (oedema and necrosis bright).
 _TUMOUR_INTENSITY: dict[int, dict[str, float]] = {
     1: {"t1n": 0.45, "t1c": 0.55, "t2w": 1.65, "t2f": 1.55},  # NCR
-    2: {"t1n": 0.80, "t1c": 0.85, "t2w": 1.38, "t2f": 1.38},  # ED
-    3: {"t1n": 0.68, "t1c": 1.40, "t2w": 1.62, "t2f": 1.54},  # ET
+    2: {"t1n": 0.70, "t1c": 0.85, "t2w": 1.38, "t2f": 1.38},  # ED
+    3: {"t1n": 0.85, "t1c": 1.40, "t2w": 1.62, "t2f": 1.54},  # ET
 }
 # relative standard deviation of the band-limited texture inside each class (real T1: 0.07-0.09)
 _TEXTURE: dict[int, float] = {1: 0.08, 2: 0.06, 3: 0.07}
