@@ -217,6 +217,7 @@ def test_evaluation_writes_metrics(demo: Path, trained: Path, tmp_path: Path) ->
         assert float(rows[0][col]) >= 0.0
     report = json.loads((out / "eval" / "metrics.json").read_text())
     assert report["n_cases"] == 1 and report["section"] == "validation"
+    assert report["conventions"]["hd95_mode"] == "brats" and "373.13" in report["conventions"]["empty_one"]
     assert report["mean"]["dice_WT"] == pytest.approx(float(rows[0]["dice_WT"]), abs=1e-6)
     summary = _csv(out / "eval" / "metrics_summary.csv")
     assert summary[0]["statistic"] == "mean"

@@ -11,9 +11,12 @@ without network access can run every bundle end to end.
   so that they go through ``prepare-healthy`` like real healthy scans would.
 * Tumour cases: another deformed variant of the template per case, four modalities (t1n, t1c,
   t2w, t2f) derived from the T1 tissue contrast (T2 bright CSF, FLAIR dark CSF, ...), and a
-  procedural glioma **phantom**: a noise-perturbed blob with a necrotic core (label 1), an
-  enhancing rim (label 3, bright on t1c) and an oedema halo (label 2, bright on t2w/t2f, slightly
-  dark on t1n), with a mild mass effect. Labels are in the internal convention (0, 1, 2, 3).
+  procedural glioma **phantom** of one to three lesions of varied size, shape and location, each a
+  noise-perturbed ellipsoid with a necrotic core (label 1), an enhancing rim (label 3) and an oedema
+  halo (label 2), with a mild mass effect. Each class's intensity per modality is calibrated against
+  white matter on a real glioma (``_TUMOUR_INTENSITY``): on T1 the necrosis is markedly and the oedema
+  mildly hypointense, the rim iso-to-hypointense; on T1c the rim enhances; on T2 and FLAIR oedema and
+  necrosis are bright. Labels are in the internal convention (0, 1, 2, 3).
 
 The tumours are phantoms: they exercise shapes, classes and pipelines, they are not real
 pathology and no accuracy measured on them means anything clinically.
