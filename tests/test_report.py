@@ -71,3 +71,22 @@ def test_mlflow_experiment_has_a_run_per_arm_and_seed(tmp_path):
     assert by_name["tf_s1"].data.metrics["dice_mean"] == pytest.approx((0.56 + 0.64 + 0.73) / 3)
     artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(by_name["report"].info.run_id)}
     assert {"report.md", "report.html", "dice.png"} <= artifacts
+
+
+def test_mean_dice_by_arm_averages_seeds_in_order(tmp_path) -> None:
+    """The pipeline's last line: each arm's mean Dice over its seeds, arms in report order."""
+    import json
+
+    from custom_components.pipeline.summary import mean_dice_by_arm
+
+    rows = [
+        {"arm": "baseline", "seed": 0, "mean": 0.5},
+        {"arm": "baseline", "seed": 1, "mean": 0.7},
+        {"arm": "tf", "seed": 0, "mean": 0.4},
+        {"arm": "tf", "seed": 1, "mean": 0.5},
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(rows))
+    got = mean_dice_by_arm(path)
+    assert list(got) == ["baseline", "tf"]
+    assert got["baseline"] == pytest.approx(0.6) and got["tf"] == pytest.approx(0.45)
