@@ -144,18 +144,40 @@ def demo_data(out: str, n_healthy: int = 4, n_tumour: int = 6, spacing: float = 
         print(f"{kind}: {path}")
 
 
-def qc(image: str, label: str, out: str, title: str = "") -> None:
-    """Write a PNG montage (axial, coronal, sagittal through the tumour) with the label overlaid.
+def qc(
+    image: str,
+    label: str | None,
+    out: str,
+    title: str = "",
+    source: str | None = None,
+    source_label: str | None = None,
+    channel: int = 0,
+    labels: str = "internal",
+) -> None:
+    """Write a PNG montage: axial, coronal, sagittal slices through the tumour, each as it is and with
+    the label contours; with --source also the source case and |image - source|.
 
     Args:
-        image: NIfTI image (first channel is shown).
-        label: NIfTI label in the internal convention.
+        image: NIfTI image (3D, or 4D with one channel per modality).
+        label: NIfTI label (None: no contours; slices through the volume centre).
         out: PNG file to write.
         title: optional title.
+        source: NIfTI image the case was derived from (TF-GAN's coarse input, the healthy scan,
+            the real case DTSS or CarveMix started from), same grid.
+        source_label: label of the source (default: the label).
+        channel: channel shown from 4D images.
+        labels: label convention of the label files (internal, brats2023, brats2021, brats2015).
     """
     from custom_components.qc import save_montage
 
-    print(save_montage(image, label, out, title=title))
+    try:
+        png = save_montage(
+            image, label, out, title=title, source=source, source_label=source_label, channel=channel, labels=labels
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    print(png)
 
 
 def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:

@@ -172,7 +172,6 @@ def test_synthesised_cases(trained, synthesised):
                 np.testing.assert_allclose(y[sel], np.clip(a * num[sel] / den[sel] + b, -1, 1), atol=2e-5)
         assert y.min() >= -1 and y.max() <= 1
     assert (synthesised / "qc" / "tfaug-00000.png").is_file()
-    assert (synthesised / "qc" / "tfaug-00000_labels.png").is_file()
     assert not (synthesised / "qc" / "tfaug-00001.png").exists()
 
 

@@ -39,13 +39,32 @@ def mean_dice_by_arm(results_json: Path) -> dict[str, float]:
     return {arm: float(np.mean(values)) for arm, values in by_arm.items()}
 
 
+def _source_image(item: dict[str, Any]) -> tuple[str | None, str]:
+    """The image a synthetic case was derived from (first modality) and its row name, from provenance."""
+    prov = item.get("provenance") or {}
+    if prov.get("coarse_image"):  # TF-GAN refined: its coarse TF-Aug input
+        return prov["coarse_image"][0], "coarse input"
+    if prov.get("stage") == "tf_aug" and prov.get("healthy"):
+        healthy = prov["healthy"]
+        return (healthy[0] if isinstance(healthy, list) else healthy), "healthy input"
+    return None, ""  # Pix2Pix: generated from the label alone
+
+
 def _datalist_montages(datalist: Path, out_dir: Path, name: str, n: int) -> list[Path]:
     items = read_datalist(datalist).get("training", [])[:n]
     pngs = []
     for item in items:
         image = item["image"][0] if isinstance(item["image"], list) else item["image"]
+        source, source_name = _source_image(item)
+        if source is not None and not Path(source).is_file():
+            source = None
         png = out_dir / f"{name}_{item['case_id']}.png"
-        pngs.append(save_montage(image, item["label"], png, title=f"{name}: {item['case_id']}"))
+        titles = [name] + ([source_name, f"|{name} - {source_name}|"] if source is not None else [])
+        pngs.append(
+            save_montage(
+                image, item["label"], png, title=f"{name}: {item['case_id']}", source=source, row_titles=titles
+            )
+        )
     return pngs
 
 
@@ -85,9 +104,10 @@ def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> lis
                 np.asarray(new_img)[0],
                 np.asarray(new_lab)[0],
                 png,
-                title=f"{method} on {item['case_id']} (bottom: real)",
-                extra_images=[img[0]],
-                row_titles=[method, "real"],
+                title=f"{method} on {item['case_id']}",
+                source=img[0],
+                source_label=lab[0],
+                row_titles=[method, f"real {item['case_id']}", f"|{method} - real|"],
                 affine=affine,
             )
         )
