@@ -8,7 +8,8 @@ top, anterior on the left in the sagittal view. NIfTI inputs are reoriented with
 ``nibabel.as_closest_canonical``; arrays are taken as RAS unless an affine is given (a MONAI
 ``MetaTensor`` brings its own).
 
-Contour colours are fixed per internal class: 1 NCR red, 2 ED green, 3 ET yellow. Labels are never\nfilled in, so the synthetic texture stays visible.
+Contour colours are fixed per internal class: 1 NCR red, 2 ED green, 3 ET yellow. Labels are never
+filled in, so the synthetic texture stays visible.
 """
 
 from __future__ import annotations
