@@ -180,6 +180,72 @@ def qc(
     print(png)
 
 
+def realism(
+    synthetic: str,
+    real: str,
+    encoder: str | None = None,
+    out: str | None = None,
+    modalities: str | tuple[str, ...] | None = None,
+    section: str = "training",
+    real_section: str | None = None,
+    network: str = "dynunet",
+    filters: str | tuple[int, ...] = (16, 32, 64, 128, 256),
+    levels: int = 3,
+    n_splits: int = 10,
+    seed: int = 0,
+    max_cases: int | None = None,
+) -> None:
+    """How real do synthetic tumours look? Print a table of class-wise distances to real tumours (with the
+    real-vs-real floor) and write them as JSON.
+
+    Measures (custom_components.realism): Frechet distance of the frozen encoder's masked-GAP class features
+    (TF's perceptual-loss features), 1-D Wasserstein distance of brain-normalised class intensities per
+    modality, boundary sharpness against real.
+
+    Args:
+        synthetic: datalist of synthetic cases.
+        real: datalist of real cases (held out from every synthesis stage).
+        encoder: segmentation checkpoint whose encoder is F (dtss_mas_seg models/model.pt); without it
+            the Frechet distance is skipped.
+        out: JSON file to write (atomic).
+        modalities: comma-separated modalities (default: the synthetic datalist's).
+        section: section of the synthetic datalist.
+        real_section: section of the real datalist (default: ``section``).
+        network, filters, levels: the segmentation network's settings (filters comma-separated).
+        n_splits: random real-vs-real splits for the floors.
+        seed: seed of the splits.
+        max_cases: use at most this many cases per datalist.
+    """
+    import json
+
+    from custom_components.data.atomic import atomic_write_text
+    from custom_components.data.datalist import read_datalist
+    from custom_components.realism import format_table, load_cases, realism_scores
+
+    try:
+        mods = modalities.split(",") if isinstance(modalities, str) else modalities
+        mods = mods or read_datalist(synthetic).get("modalities")
+        syn_cases, names = load_cases(synthetic, mods, section, max_cases)
+        real_cases, _ = load_cases(real, names, real_section or section, max_cases)
+        frozen = None
+        if encoder is not None:
+            from custom_components.networks import FrozenEncoder
+
+            filt = tuple(int(f) for f in filters.split(",")) if isinstance(filters, str) else tuple(filters)
+            frozen = FrozenEncoder.from_checkpoint(encoder, levels, network, len(names), 4, filt)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    result = realism_scores(syn_cases, real_cases, names, frozen, levels, n_splits=n_splits, seed=seed)
+    result["synthetic"] = str(Path(synthetic).resolve())
+    result["real"] = str(Path(real).resolve())
+    result["encoder"] = None if encoder is None else str(Path(encoder).resolve())
+    print(format_table(result))
+    if out:
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        print(out)
+
+
 def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
     """Run the chained pipeline (and its comparison arms) described by a pipeline YAML.
 
@@ -262,6 +328,7 @@ COMMANDS = {
     "prepare-healthy": prepare_healthy,
     "demo-data": demo_data,
     "qc": qc,
+    "realism": realism,
     "pipeline": pipeline,
     "demo": demo,
     "export-bundle": export_bundle,
