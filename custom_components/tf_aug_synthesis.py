@@ -36,6 +36,7 @@ from custom_components.data.labels import check_convention, from_internal
 from custom_components.data.validation import check_items
 from custom_components.transforms.classwise_intensity import ClasswiseIntensity
 from custom_components.transforms.mask_augment import MaskPool, TumorMaskAugmentd
+from custom_components.transforms.mass_effect import MassEffectd
 from custom_components.transforms.roi_blur import RoiGaussianBlurd
 
 logger = logging.getLogger(__name__)
@@ -293,6 +294,20 @@ def describe_synthesis(transform: Any) -> list[dict[str, Any]]:
                     "min_fraction": a.min_fraction,
                     "max_retries": a.max_retries,
                     "interp_order": a.interp_order,
+                }
+            )
+        elif isinstance(t, MassEffectd):
+            m = t.mass
+            out.append(
+                {
+                    "transform": "MassEffectd",
+                    "keys": list(t.keys),
+                    "max_displacement_mm": m.max_displacement_mm,
+                    "min_displacement_mm": m.min_displacement_mm,
+                    "falloff_mm": m.falloff_mm,
+                    "boundary_mm": m.boundary_mm,
+                    "grid_mm": m.grid_mm,
+                    "prob": t.prob,
                 }
             )
         elif isinstance(t, RoiGaussianBlurd):

@@ -90,3 +90,20 @@ def test_mean_dice_by_arm_averages_seeds_in_order(tmp_path) -> None:
     got = mean_dice_by_arm(path)
     assert list(got) == ["baseline", "tf"]
     assert got["baseline"] == pytest.approx(0.6) and got["tf"] == pytest.approx(0.45)
+
+
+def test_write_report_with_realism_table(tmp_path):
+    summary = {
+        "frechet": 2.5,
+        "frechet_floor": 1.0,
+        "wasserstein": 0.12,
+        "wasserstein_floor": None,
+        "sharpness_ratio": 1.4,
+    }
+    realism = {"TF-Aug": {"summary": summary, "n_synthetic": 4, "n_real": 2}}
+    paths = write_report(_results(), tmp_path / "report", realism=realism)
+    md = paths["markdown"].read_text()
+    assert "## Realism" in md
+    assert "| TF-Aug | 2.5 | 1 | 0.12 | - | 1.4 | 4 | 2 |" in md
+    assert paths["realism_plot"].is_file() and "realism.png" in md
+    assert "<td>TF-Aug</td><td>2.5</td>" in paths["html"].read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +69,10 @@ def _datalist_montages(datalist: Path, out_dir: Path, name: str, n: int) -> list
     return pngs
 
 
-def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> list[Path]:
-    """Apply an online method (DTSS or CarveMix) to real training cases and show before/after."""
+def _online_derived(exp: Experiment, method: str, n: int | None) -> Iterator[tuple[Any, ...]]:
+    """Apply an online method (DTSS or CarveMix) to the first ``n`` real training cases (all modalities of
+    the experiment, seeded by case index); yields ``(item, real_img, real_lab, new_img, new_lab, affine)``."""
+    from custom_components.data.datalist import select_modalities
     from custom_components.data.labels import to_internal
     from custom_components.transforms.carvemix import CarveMix
     from custom_components.transforms.dtss import DeformationTumorSynthesis
@@ -78,31 +81,37 @@ def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> lis
     data = read_datalist(exp.real_datalist)
     convention = data.get("labels", "brats2023")
     items = data["training"]
-    index = {m: i for i, m in enumerate(data.get("modalities", exp.cfg["modalities"]))}
-    channel = index.get(exp.cfg["modalities"][0], 0)
+    mods = list(exp.cfg["modalities"])
 
     def load(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        image = nib.as_closest_canonical(nib.load(item["image"][channel]))
+        files = select_modalities(item["image"], data.get("modalities"), mods, f"{exp.real_datalist} {item['case_id']}")
+        images = [nib.as_closest_canonical(nib.load(f)) for f in files]
         label = nib.as_closest_canonical(nib.load(item["label"]))
         brain = None
         if item.get("brain_mask"):  # the item's brain mask wins over the inferred one
             brain = np.asarray(nib.as_closest_canonical(nib.load(item["brain_mask"])).dataobj)[None] > 0
-        img = RescaleBrainIntensity()(image.get_fdata(dtype=np.float32)[None], brain)
-        return img, to_internal(np.asarray(label.dataobj), convention)[None], image.affine
+        img = RescaleBrainIntensity()(np.stack([i.get_fdata(dtype=np.float32) for i in images]), brain)
+        return np.asarray(img), to_internal(np.asarray(label.dataobj), convention)[None], images[0].affine
 
-    pngs = []
-    for k, item in enumerate(items[:n]):
+    for k, item in enumerate(items[:n] if n else items):
         img, lab, affine = load(item)
         if method == "dtss":
             new_img, new_lab = DeformationTumorSynthesis().set_random_state(seed=k)(img, lab)
         else:
             src_img, src_lab, _ = load(items[(k + 1) % len(items)])
             new_img, new_lab, _ = CarveMix().set_random_state(seed=k)(img, lab, src_img, src_lab)
+        yield item, img, lab, np.asarray(new_img), np.asarray(new_lab), affine
+
+
+def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> list[Path]:
+    """Before/after montages of an online method on real training cases (first modality)."""
+    pngs = []
+    for item, img, lab, new_img, new_lab, affine in _online_derived(exp, method, n):
         png = out_dir / f"{method}_{item['case_id']}.png"
         pngs.append(
             save_montage(
-                np.asarray(new_img)[0],
-                np.asarray(new_lab)[0],
+                new_img[0],
+                new_lab[0],
                 png,
                 title=f"{method} on {item['case_id']}",
                 source=img[0],
@@ -112,6 +121,54 @@ def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> lis
             )
         )
     return pngs
+
+
+REALISM_MAX_CASES = 50  # synthetic cases per method scored (the first ones; loading is the cost)
+
+
+def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """Realism of every synthetic method of the experiment against the held-out real cases (the evaluation
+    section, which no synthesis stage reads), with F = the phase-1 encoder of the first seed.
+
+    Methods: TF-Aug (coarse), TF (refined), Pix2Pix, and the online DTSS and CarveMix applied to the real
+    training cases, where the experiment has them. Empty when the evaluation section has no cases.
+    """
+    from custom_components.networks import FrozenEncoder
+    from custom_components.realism import RealismCase, load_cases, realism_scores
+
+    cfg, seg = exp.cfg, exp.cfg["seg"]
+    mods = list(cfg["modalities"])
+    try:
+        held_out, _ = load_cases(exp.real_datalist, mods, cfg["eval_section"])
+    except ValueError:
+        return {}
+    encoder = FrozenEncoder.from_checkpoint(
+        exp.phase1_model(exp.encoder_seed), 3, seg["network_name"], len(mods), 4, tuple(seg["filters"])
+    )
+    arms = set(exp.arms)
+    sets: dict[str, list[RealismCase]] = {}
+    if exp.needs("tf_aug"):
+        sets["TF-Aug"] = load_cases(exp.coarse_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+    if exp.needs("tf_gan"):
+        sets["TF"] = load_cases(exp.refined_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+    if exp.needs("pix2pix"):
+        sets["Pix2Pix"] = load_cases(exp.pix2pix_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+    for method, name, wanted in (("dtss", "DTSS", {"dtss", "dtss_mas"}), ("carvemix", "CarveMix", {"carvemix"})):
+        if arms & wanted:
+            sets[name] = [
+                RealismCase(
+                    f"{method}_{item['case_id']}",
+                    new_img.astype(np.float32),
+                    new_lab[0].astype(np.uint8),
+                    _zooms(affine),
+                )
+                for item, _, _, new_img, new_lab, affine in _online_derived(exp, method, REALISM_MAX_CASES)
+            ]
+    return {name: realism_scores(cases, held_out, mods, encoder, levels=3) for name, cases in sets.items() if cases}
+
+
+def _zooms(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(z) for z in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
 
 
 def write_experiment_report(exp: Experiment) -> dict[str, Path]:
@@ -142,7 +199,12 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         "from the same phase-1 model.",
         "Arms: " + "; ".join(f"{a}: {ARMS.get(a, 'TF refined cases, synthetic-volume ablation')}" for a in exp.arms),
     ]
-    paths = write_report(results, out, title=cfg["title"], notes=notes, montages=montages)
+    realism = compute_realism(exp)
+    realism_json = out / "realism.json"
+    atomic_write_text(realism_json, json.dumps(realism, indent=2) + "\n")
+    if not realism:
+        notes.append(f"Realism: not computed (no held-out real cases in section '{cfg['eval_section']}').")
+    paths = write_report(results, out, title=cfg["title"], notes=notes, montages=montages, realism=realism)
     results_json = out / "results.json"
     atomic_write_text(
         results_json,
@@ -152,13 +214,13 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         log_to_mlflow(
             results,
             {(r.arm, r.seed): exp.metrics(r.arm, r.seed) for r in results},
-            [*paths.values(), results_json, Path(cfg["source"])],
+            [*paths.values(), results_json, realism_json, Path(cfg["source"])],
             exp.work / "mlflow",
             tracking_uri=cfg["mlflow"]["tracking_uri"],
             experiment=cfg["mlflow"]["experiment"] or cfg["title"],
             params={"pipeline_config": cfg["source"], "arms": ",".join(exp.arms)},
         )
-    return {**paths, "results": results_json}
+    return {**paths, "results": results_json, "realism": realism_json}
 
 
 def log_to_mlflow(
