@@ -19,7 +19,13 @@ ARMS: dict[str, str] = {
     "dtss": "+ DTSS (online)",
     "dtss_mas": "+ DTSS + MAS",
     "tf_mas": "+ TF synthetic cases weighted by MAS",
+    # beyond both papers: the same methods with mass effect (custom_components.transforms.MassEffectd)
+    "tf_aug+mass": "+ TF-Aug coarse cases with mass effect (healthy tissue displaced before painting)",
+    "dtss+mass": "+ DTSS (online) with mass effect (growth pushes the surroundings)",
+    "dtss_mas+mass": "+ DTSS with mass effect + MAS",
 }
+# arms that need TF-Aug cases synthesised with mass effect
+MASS_TF_AUG_ARMS: tuple[str, ...] = ("tf_aug+mass",)
 
 DEFAULTS: dict[str, Any] = {
     # everything the pipeline writes goes under workdir (relative paths: relative to the config file)

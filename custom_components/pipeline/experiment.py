@@ -17,7 +17,7 @@ from typing import Any
 
 from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import read_datalist, write_datalist
-from custom_components.pipeline.config import ARMS
+from custom_components.pipeline.config import ARMS, MASS_TF_AUG_ARMS
 from custom_components.pipeline.runner import Stage, bundle_command, run_stages, workdir_lock
 
 # the stage of a forced run (--from), kept until the run completes
@@ -69,6 +69,11 @@ class Experiment:
         return self.stage_dir("tf_aug_synthesise") / "coarse" / "datalist.json"
 
     @property
+    def mass_coarse_datalist(self) -> Path:
+        """TF-Aug cases synthesised with mass effect (arm ``tf_aug+mass``)."""
+        return self.stage_dir("tf_aug_synthesise_mass") / "coarse" / "datalist.json"
+
+    @property
     def refined_datalist(self) -> Path:
         return self.stage_dir("tf_gan_refine") / "refined" / "datalist.json"
 
@@ -104,8 +109,10 @@ class Experiment:
             return bool(arms & {*TF_ARMS}) or bool(self.cfg["synthetic_per_real"])
         if part == "pix2pix":
             return "pix2pix" in arms
+        if part == "tf_aug_mass":
+            return bool(arms & set(MASS_TF_AUG_ARMS))
         if part == "tf_aug":
-            return self.needs("tf_gan") or self.needs("pix2pix") or "tf_aug" in arms
+            return self.needs("tf_gan") or self.needs("pix2pix") or "tf_aug" in arms or self.needs("tf_aug_mass")
         raise ValueError(part)
 
     def n_real(self) -> int:
@@ -268,7 +275,29 @@ class Experiment:
             outputs=[self.coarse_datalist],
             description=f"tf_aug: synthesise {n} coarse tumour cases on healthy scans",
         )
-        return [train, synth]
+        stages = [train, synth]
+        if self.needs("tf_aug_mass"):
+            mass_dir = self.stage_dir("tf_aug_synthesise_mass")
+            stages.append(
+                self._bundle_stage(
+                    "tf_aug_synthesise_mass",
+                    "tf_aug",
+                    ["common.yaml", "inference.yaml"],
+                    {
+                        **common,
+                        "output_dir": str(mass_dir),
+                        "intensity_params": str(params),
+                        "synthesis_dir": str(mass_dir / "coarse"),
+                        "num_cases": n,
+                        "qc_cases": int(self.cfg["qc_cases"]),
+                        "mass_effect": True,
+                    },
+                    inputs=[self.prepared_healthy, self.real_datalist, params],
+                    outputs=[self.mass_coarse_datalist],
+                    description=f"tf_aug: synthesise {n} coarse tumour cases with mass effect",
+                )
+            )
+        return stages
 
     def _gan_common(self) -> dict[str, Any]:
         gan = self.cfg["tf_gan"]
@@ -398,6 +427,10 @@ class Experiment:
             return {**off, "use_dtss": True, "use_mas": True}
         if arm == "tf_aug":
             return {**off, "synthetic_datalists": [str(self.synthetic_datalist("coarse"))]}
+        if arm == "tf_aug+mass":
+            return {**off, "synthetic_datalists": [str(self.mass_coarse_datalist)]}
+        if arm in ("dtss+mass", "dtss_mas+mass"):
+            return {**self.arm_overrides(arm[: -len("+mass")]), "dtss_mass_effect": True}
         if arm == "pix2pix":
             return {**off, "synthetic_datalists": [str(self.synthetic_datalist("pix2pix"))]}
         if arm == "tf":
@@ -472,7 +505,7 @@ class Experiment:
     def count_model_stages(self) -> int:
         """Number of stages after the data stages (for the progress lines, before datalists exist)."""
         n = len(self.cfg["seeds"]) * (1 + 2 * len(self.arms)) + 1
-        n += 2 * sum(self.needs(p) for p in ("tf_aug", "tf_gan", "pix2pix"))
+        n += 2 * sum(self.needs(p) for p in ("tf_aug", "tf_gan", "pix2pix")) + int(self.needs("tf_aug_mass"))
         return n + (1 if self.cfg["synthetic_per_real"] else 0)
 
     def report_stage(self, write: Callable[[Experiment], dict[str, Path]]) -> Stage:

@@ -69,11 +69,15 @@ def _datalist_montages(datalist: Path, out_dir: Path, name: str, n: int) -> list
     return pngs
 
 
-def _online_derived(exp: Experiment, method: str, n: int | None) -> Iterator[tuple[Any, ...]]:
+def _online_derived(
+    exp: Experiment, method: str, n: int | None, mass_effect: bool = False
+) -> Iterator[tuple[Any, ...]]:
     """Apply an online method (DTSS or CarveMix) to the first ``n`` real training cases (all modalities of
-    the experiment, seeded by case index); yields ``(item, real_img, real_lab, new_img, new_lab, affine)``."""
+    the experiment, seeded by case index), followed by the mass effect of the new tumour when ``mass_effect``
+    (as dtss_mas_seg's ``dtss_mass_effect``); yields ``(item, real_img, real_lab, new_img, new_lab, affine)``."""
     from custom_components.data.datalist import select_modalities
     from custom_components.data.labels import to_internal
+    from custom_components.transforms import MassEffect
     from custom_components.transforms.carvemix import CarveMix
     from custom_components.transforms.dtss import DeformationTumorSynthesis
     from custom_components.transforms.intensity import RescaleBrainIntensity
@@ -100,14 +104,19 @@ def _online_derived(exp: Experiment, method: str, n: int | None) -> Iterator[tup
         else:
             src_img, src_lab, _ = load(items[(k + 1) % len(items)])
             new_img, new_lab, _ = CarveMix().set_random_state(seed=k)(img, lab, src_img, src_lab)
-        yield item, img, lab, np.asarray(new_img), np.asarray(new_lab), affine
+        new_img, new_lab = np.asarray(new_img), np.asarray(new_lab)
+        if mass_effect:
+            mass = MassEffect(spacing=_zooms(affine))
+            field = mass.field(new_img, new_lab)
+            new_img, new_lab = mass.apply(new_img, field), mass.apply(new_lab, field, "nearest")
+        yield item, img, lab, new_img, new_lab, affine
 
 
-def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> list[Path]:
+def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int, mass_effect: bool = False) -> list[Path]:
     """Before/after montages of an online method on real training cases (first modality)."""
     pngs = []
-    for item, img, lab, new_img, new_lab, affine in _online_derived(exp, method, n):
-        png = out_dir / f"{method}_{item['case_id']}.png"
+    for item, img, lab, new_img, new_lab, affine in _online_derived(exp, method, n, mass_effect):
+        png = out_dir / f"{method}{'+mass' if mass_effect else ''}_{item['case_id']}.png"
         pngs.append(
             save_montage(
                 new_img[0],
@@ -153,7 +162,14 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
         sets["TF"] = load_cases(exp.refined_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
     if exp.needs("pix2pix"):
         sets["Pix2Pix"] = load_cases(exp.pix2pix_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
-    for method, name, wanted in (("dtss", "DTSS", {"dtss", "dtss_mas"}), ("carvemix", "CarveMix", {"carvemix"})):
+    if exp.needs("tf_aug_mass"):
+        sets["TF-Aug+mass"] = load_cases(exp.mass_coarse_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+    online = (
+        ("dtss", "DTSS", {"dtss", "dtss_mas"}, False),
+        ("dtss", "DTSS+mass", {"dtss+mass", "dtss_mas+mass"}, True),
+        ("carvemix", "CarveMix", {"carvemix"}, False),
+    )
+    for method, name, wanted, mass in online:
         if arms & wanted:
             sets[name] = [
                 RealismCase(
@@ -162,7 +178,7 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
                     new_lab[0].astype(np.uint8),
                     _zooms(affine),
                 )
-                for item, _, _, new_img, new_lab, affine in _online_derived(exp, method, REALISM_MAX_CASES)
+                for item, _, _, new_img, new_lab, affine in _online_derived(exp, method, REALISM_MAX_CASES, mass)
             ]
     return {name: realism_scores(cases, held_out, mods, encoder, levels=3) for name, cases in sets.items() if cases}
 
@@ -187,6 +203,12 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         montages["Pix2Pix"] = _datalist_montages(exp.pix2pix_datalist, qc, "pix2pix", n)
     if arms & {"dtss", "dtss_mas"}:
         montages["DTSS (online)"] = _online_montages(exp, qc, "dtss", n)
+    if arms & {"dtss+mass", "dtss_mas+mass"}:
+        montages["DTSS with mass effect (online)"] = _online_montages(exp, qc, "dtss", n, mass_effect=True)
+    if exp.needs("tf_aug_mass"):
+        montages["TF-Aug with mass effect (coarse)"] = _datalist_montages(
+            exp.mass_coarse_datalist, qc, "tf_aug+mass", n
+        )
     if "carvemix" in arms:
         montages["CarveMix (online)"] = _online_montages(exp, qc, "carvemix", n)
     results = read_results(exp)
