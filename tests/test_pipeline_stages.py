@@ -69,6 +69,25 @@ def test_arms_differ_only_in_phase2_data(experiment):
     assert phase1["phase2_start_epoch"] == phase1["max_epochs"] and not phase1["use_dtss"]
 
 
+def test_mass_effect_arms(tmp_path):
+    real = {"training": [{"case_id": f"c{i}", "image": [f"c{i}.nii.gz"], "label": "l.nii.gz"} for i in range(2)]}
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    cfg = {"real_datalist": "real.json", "healthy": "healthy", "arms": ["baseline", "tf_aug+mass", "dtss+mass"]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    exp = Experiment(load_config(tmp_path / "p.yaml"))
+    stages = exp.model_stages()
+    names = [s.name for s in stages]
+    assert len(stages) + 1 == exp.count_model_stages()
+    # the paper-faithful synthesis stays as it is; a second one synthesises with mass effect
+    assert "mass_effect" not in _overrides(exp, "tf_aug_synthesise")
+    assert _overrides(exp, "tf_aug_synthesise_mass")["mass_effect"] is True
+    assert names.index("tf_aug_synthesise_mass") < names.index("seg_tf_aug+mass_s0")
+    assert _overrides(exp, "seg_tf_aug+mass_s0")["synthetic_datalists"] == [str(exp.mass_coarse_datalist)]
+    dtss = _overrides(exp, "seg_dtss+mass_s0")
+    assert dtss["use_dtss"] and dtss["dtss_mass_effect"] and not dtss["use_mas"]
+    assert "dtss_mass_effect" not in _overrides(exp, "seg_baseline_s0")
+
+
 def test_config_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"demo": {}, "arms": ["tf"]}))
     with pytest.raises(ValueError, match="must include 'baseline'"):
