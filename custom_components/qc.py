@@ -289,8 +289,8 @@ def save_montage(
         source_label: the source's label (default: ``label``).
         extra_images: further images on the same grid, one row each (e.g. the registration reference).
         row_titles: a name per row (image, [source, difference,] extras).
-        outline: optional binary mask drawn as a cyan contour on every panel (e.g. the ROI m_s, or the
-            reference brain when checking a registration).
+        outline: optional binary mask drawn as a cyan contour on every contour panel (e.g. the ROI m_s,
+            or the reference brain when checking a registration); plain panels never get an overlay.
         affine: voxel-to-world matrix for array inputs that carry none (default: RAS).
         labels: label convention of ``label`` / ``source_label``.
         outline_name: legend entry of the outline.
@@ -324,7 +324,7 @@ def save_montage(
                 ax.set_axis_off()
                 ax.set_facecolor("black")
                 ax.imshow(panel, aspect=aspect, interpolation="nearest")
-                if mask is not None:
+                if mask is not None and k == 1:  # the plain panel stays free of any overlay
                     m2 = _slice(mask, view, index[view])
                     if m2.any() and not m2.all():
                         ax.contour(m2.astype(np.float32), levels=[0.5], colors=[OUTLINE_COLOUR], linewidths=0.8)

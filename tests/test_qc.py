@@ -136,6 +136,8 @@ def test_source_and_difference_rows(tmp_path: Path) -> None:
     rgb = png[HEADER:, :, :3]
     cyan = (rgb[..., 2] - rgb[..., 0] > 0.4) & (rgb[..., 1] - rgb[..., 0] > 0.4)
     assert cyan.sum() > 50
+    plain_cols = np.concatenate([np.arange(c * PANEL, (c + 1) * PANEL) for c in (0, 2, 4)])
+    assert not cyan[: 2 * PANEL, plain_cols].any()  # the outline only on contour panels (image and source rows)
     with pytest.raises(ValueError, match="row_titles"):
         save_montage(image, label, tmp_path / "x.png", source=source, row_titles=["a"])
     with pytest.raises(ValueError, match="source image has shape"):
