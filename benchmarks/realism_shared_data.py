@@ -40,7 +40,8 @@ def bundle(configs: list[str], overrides: dict, run_id: str | None = None) -> No
     cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
     cmd += ["--config_file", str([str(BUNDLE / "configs" / c) for c in configs]), "--bundle_root", str(BUNDLE)]
     for k, v in overrides.items():
-        cmd += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+        # the bundle CLI reads values as Python literals: True/False, not JSON's true/false
+        cmd += [f"--{k}", v if isinstance(v, str) else str(v) if isinstance(v, bool) else json.dumps(v)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -83,7 +84,7 @@ def main() -> int:
         bundle(["common.yaml", "train.yaml"], {**common, "epochs": args.epochs, "crop_size": [64, 64, 64]}, "training")
     results = {}
     for name, mass in (("tf_aug", False), ("tf_aug+mass", True)):
-        synth = out / name
+        synth = out / f"synthetic_{name}"
         if not (synth / "datalist.json").is_file():
             bundle(
                 ["common.yaml", "inference.yaml"],

@@ -146,3 +146,25 @@ def test_bad_input(phantom):
 def test_no_tumour_is_identity(phantom):
     out = MassEffect()(phantom["image"], np.zeros_like(phantom["label"]), phantom["brain_mask"])
     np.testing.assert_array_equal(out, phantom["image"])
+
+
+def test_dtss_mass_effect_option_in_dtss_mas_seg(phantom):
+    """dtss_mas_seg: off by default (paper-faithful DTSS); on, the grown tumour pushes image and label."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from custom_components.transforms.dtss import DeformationTumorSynthesisd
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "dtss_mas_seg" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "common.yaml"), str(configs / "train.yaml")])
+    assert parser["dtss_mass_effect"] is False
+    assert isinstance(parser.get_parsed_content("train#dtss_online"), DeformationTumorSynthesisd)
+    parser["dtss_mass_effect"] = True
+    online = parser.get_parsed_content("train#dtss_online", lazy=False)
+    assert isinstance(online, Compose) and isinstance(online.transforms[1], MassEffectd)
+    image = np.where(phantom["brain_mask"] > 0, phantom["image"][:1], -1.0).astype(np.float32)
+    out = online({"image": image, "label": phantom["label"]})
+    assert out["label"].shape == phantom["label"].shape and (np.asarray(out["label"]) > 0).sum() > 0

@@ -195,6 +195,24 @@ def test_same_seed_is_byte_identical_and_labels_export(trained, synthesised, tmp
     assert np.array_equal(exported, np.where(internal == 3, 4, internal))
 
 
+def test_mass_effect_option_displaces_tissue_not_outline(trained, synthesised, tmp_path):
+    """mass_effect: true displaces the healthy tissue around m_s before painting; same masks, same outline."""
+    mass = _synthesise(trained, tmp_path / "mass", mass_effect=True, num_cases=1)
+    case = "tfaug-00000/tfaug-00000"
+    label = _nifti(synthesised / f"{case}_label.nii")
+    np.testing.assert_array_equal(_nifti(mass / f"{case}_label.nii"), label)  # same seed, same m_s
+    plain, moved = _nifti(synthesised / f"{case}_t1n.nii"), _nifti(mass / f"{case}_t1n.nii")
+    outside = label == 0
+    assert np.abs(moved - plain)[outside].max() > 0.05  # tissue next to the tumour moved
+    brain, brain_moved = _nifti(synthesised / f"{case}_brainmask.nii") > 0, _nifti(mass / f"{case}_brainmask.nii") > 0
+    assert 2 * (brain & brain_moved).sum() / (brain.sum() + brain_moved.sum()) >= 0.99
+    np.testing.assert_array_equal(moved[~brain], plain[~brain])  # background untouched
+    far = ndimage.distance_transform_edt(label == 0, sampling=4.0) > 40.0  # beyond mass_effect_falloff_mm
+    np.testing.assert_array_equal(moved[far], plain[far])
+    record = json.loads((mass / f"{case}_provenance.json").read_text())
+    assert any(t["transform"] == "MassEffectd" for t in record["fingerprint"]["synthesis"])
+
+
 def test_interrupted_run_resumes_without_duplicates(trained, synthesised, tmp_path):
     out = tmp_path / "resume"
     shutil.copytree(synthesised, out)
