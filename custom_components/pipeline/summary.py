@@ -183,6 +183,19 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
     return {name: realism_scores(cases, held_out, mods, encoder, levels=3) for name, cases in sets.items() if cases}
 
 
+def _shared_images(exp: Experiment) -> bool:
+    """Whether the evaluation section uses an image file of the training section (e.g. a single real case)."""
+    data = read_datalist(exp.real_datalist)
+
+    def files(section: str) -> set[str]:
+        out = set()
+        for item in data.get(section, []):
+            out |= set(item["image"] if isinstance(item["image"], list) else [item["image"]])
+        return out
+
+    return bool(files("training") & files(exp.cfg["eval_section"]))
+
+
 def _zooms(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(z) for z in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
 
@@ -226,6 +239,11 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     atomic_write_text(realism_json, json.dumps(realism, indent=2) + "\n")
     if not realism:
         notes.append(f"Realism: not computed (no held-out real cases in section '{cfg['eval_section']}').")
+    elif _shared_images(exp):
+        notes.append(
+            f"Realism caveat: section '{cfg['eval_section']}' shares image files with the training cases the "
+            "synthesis stages used, so the real side of the realism table is not held out."
+        )
     paths = write_report(results, out, title=cfg["title"], notes=notes, montages=montages, realism=realism)
     results_json = out / "results.json"
     atomic_write_text(
