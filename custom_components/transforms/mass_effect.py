@@ -56,7 +56,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 from scipy import ndimage, signal
 
-from custom_components.transforms.intensity import brain_foreground
+from custom_components.data.brain_mask import infer_brain_mask
 
 MODES: tuple[str, ...] = ("bilinear", "nearest")
 NEGLIGIBLE_VOXELS = 1e-3  # coarse-grid displacements below this are set to exactly 0
@@ -335,8 +335,8 @@ class MassEffect(RandomizableTransform):
         """The field of the current draw (call ``randomize`` first to draw a new one).
 
         Args:
-            img: image ``(C, X, Y, Z)`` (brain = voxels differing from the background value when no
-                brain mask is given; its ``pixdim`` gives the spacing).
+            img: image ``(C, X, Y, Z)`` (without a brain mask, the brain is inferred from its first channel
+                with ``custom_components.data.brain_mask.infer_brain_mask``; its ``pixdim`` gives the spacing).
             tumour: label of the tumour being inserted ``(1, X, Y, Z)``; every voxel > 0 is tumour.
             brain_mask: brain mask ``(1, X, Y, Z)``.
         """
@@ -346,7 +346,7 @@ class MassEffect(RandomizableTransform):
         shape = tuple(arr.shape[1:])
         tum = _as_3d(tumour, "tumour label") > 0
         if brain_mask is None:
-            brain = np.any([brain_foreground(c) for c in arr], axis=0)
+            brain = infer_brain_mask(arr[0].astype(np.float32), name=getattr(img, "meta", {}).get("filename_or_obj"))
         else:
             brain = _as_3d(brain_mask, "brain mask") > 0
         for name, m in (("tumour label", tum), ("brain mask", brain)):
@@ -381,7 +381,7 @@ class MassEffect(RandomizableTransform):
         """Args:
         img: channel-first image ``(C, X, Y, Z)`` (numpy or torch).
         tumour: label of the tumour being inserted ``(1, X, Y, Z)``.
-        brain_mask: brain mask ``(1, X, Y, Z)`` (default: voxels differing from the background).
+        brain_mask: brain mask ``(1, X, Y, Z)`` (default: inferred from the image's first channel).
         mode: ``"bilinear"`` for images, ``"nearest"`` for labels.
         randomize: draw a new magnitude first.
         """
@@ -397,8 +397,7 @@ class MassEffectd(RandomizableTransform, MapTransform):
         keys: keys to displace (images, existing labels, masks).
         tumour_key: key of the label of the tumour being inserted (defines the field; not displaced
             unless it is also in ``keys``).
-        brain_mask_key: key of the brain mask (None: voxels of the first key that differ from its
-            background value).
+        brain_mask_key: key of the brain mask (None: inferred from the first key's first channel).
         mode: ``"bilinear"`` or ``"nearest"`` per key (one value for all, or one per key).
         max_displacement_mm, min_displacement_mm, falloff_mm, boundary_mm, grid_mm, spacing, prob:
             see :class:`MassEffect`.
