@@ -106,7 +106,10 @@ def load_cases(
             raise ValueError(f"{item['label']}: label shape {lab.shape} differs from the image's {vols[0].shape}")
         if not (lab > 0).any():
             raise ValueError(f"{item['label']}: no tumour voxels (case {cid} in {datalist})")
-        image = np.asarray(RescaleBrainIntensity()(np.stack(vols)), dtype=np.float32)
+        brain = None
+        if item.get("brain_mask"):  # the item's brain mask wins over the inferred one
+            brain = np.asarray(nib.as_closest_canonical(nib.load(item["brain_mask"])).dataobj)[None] > 0
+        image = np.asarray(RescaleBrainIntensity()(np.stack(vols), brain), dtype=np.float32)
         cases.append(RealismCase(cid, image, lab.astype(np.uint8), zooms))
     return cases, (mods or wanted)
 

@@ -59,7 +59,11 @@ def _case(cid: str, seed: int, scale: float = 1.0) -> RealismCase:
     label[lo + 2 : lo + 7, lo + 2 : lo + 7, lo + 2 : lo + 7] = 3
     label[lo + 3 : lo + 6, lo + 3 : lo + 6, lo + 3 : lo + 6] = 1
     base = np.select([label == 1, label == 2, label == 3], [-0.6, 0.4, 0.8], 0.0)
+    grid = np.stack(np.meshgrid(*[np.arange(N)] * 3, indexing="ij"))
+    brain = ((grid - 7.5) ** 2).sum(0) < 7.9**2  # a skull-stripped head: constant background outside
+    brain |= label > 0
     image = np.stack([base + 0.1 * rng.normal(size=base.shape), -base + 0.1 * rng.normal(size=base.shape)])
+    image = np.where(brain, image, -2.0)
     return RealismCase(cid, (scale * image).astype(np.float32), label, (1.0, 1.0, 1.0))
 
 
