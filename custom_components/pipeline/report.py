@@ -42,8 +42,9 @@ class ArmSummary:
     seeds: tuple[int, ...]
     mean: Mapping[str, float]  # ET, TC, WT, Mean
     std: Mapping[str, float]
-    diff: float | None  # mean Dice minus the baseline's
+    diff: float | None  # mean over seeds of (mean Dice minus the baseline's, same seed)
     p_value: float | None  # paired two-tailed t-test of mean Dice against the baseline, by seed
+    diff_std: float | None = None  # standard deviation of the paired differences (ddof 1; 0 with one seed)
 
 
 def _by_seed(results: Sequence[ArmResult], arm: str) -> dict[int, float]:
@@ -68,7 +69,7 @@ def summarise(results: Sequence[ArmResult], baseline: str = "baseline") -> list[
         table = {k: [r.dice[k] for r in mine] for k in REGIONS}
         table["Mean"] = [r.mean for r in mine]
         ddof = 1 if len(mine) > 1 else 0
-        diff = p = None
+        diff = p = diff_std = None
         if arm != baseline and base:
             own = _by_seed(results, arm)
             shared = sorted(set(own) & set(base))
@@ -76,6 +77,7 @@ def summarise(results: Sequence[ArmResult], baseline: str = "baseline") -> list[
                 a = np.array([own[s] for s in shared])
                 b = np.array([base[s] for s in shared])
                 diff = float(np.mean(a - b))
+                diff_std = float(np.std(a - b, ddof=1 if len(shared) > 1 else 0))
                 if len(shared) >= 2:
                     p = float(stats.ttest_rel(a, b).pvalue)
                     p = None if math.isnan(p) else p
@@ -87,6 +89,7 @@ def summarise(results: Sequence[ArmResult], baseline: str = "baseline") -> list[
                 std={k: float(np.std(v, ddof=ddof)) for k, v in table.items()},
                 diff=diff,
                 p_value=p,
+                diff_std=diff_std,
             )
         )
     return rows
@@ -100,7 +103,7 @@ def table_rows(summaries: Sequence[ArmSummary]) -> list[list[str]]:
     """Rows of the report table (Dice in %), header first."""
     rows = [["Arm", "ET (%)", "TC (%)", "WT (%)", "Mean (%)", "Mean diff (%)", "p-value", "seeds"]]
     for s in summaries:
-        diff = "-" if s.diff is None else f"{100 * s.diff:+.2f}"
+        diff = "-" if s.diff is None else f"{100 * s.diff:+.2f} ± {100 * (s.diff_std or 0.0):.2f}"
         p = "-" if s.p_value is None else f"{s.p_value:.3g}"
         rows.append([s.arm, *(_cell(s, k) for k in (*REGIONS, "Mean")), diff, p, str(len(s.seeds))])
     return rows
@@ -212,6 +215,7 @@ def write_report(
     montages: Mapping[str, Sequence[str | os.PathLike]] | None = None,
     baseline: str = "baseline",
     realism: Mapping[str, Mapping] | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``dice.png`` into ``out_dir``; returns their paths.
 
@@ -224,6 +228,7 @@ def write_report(
         baseline: reference arm for the differences and t-tests.
         realism: realism results per synthetic method (:func:`custom_components.realism.realism_scores`);
             a table and ``realism.png`` next to the Dice table.
+        warnings: caveats shown in a "Warnings" section above the table (e.g. MAS with one real case).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,11 +241,14 @@ def write_report(
         return os.path.relpath(Path(p).resolve(), out.resolve())
 
     md = [f"# {title}", "", *(f"{n}\n" for n in notes)]
+    if warnings:
+        md += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
     md += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     md += [
         "",
-        f"Dice in % as mean ± std over seeds. Mean diff: mean Dice minus {baseline!r}'s, paired by seed; "
+        f"Dice in % as mean ± std over seeds. Mean diff: mean Dice minus {baseline!r}'s, paired by seed "
+        "(mean ± std of the paired differences); "
         "p-value: paired two-tailed t-test over seeds (scipy.stats.ttest_rel), '-' with fewer than two seeds.",
         "",
         f"![Dice per arm]({rel(plot)})",
@@ -268,6 +276,11 @@ def write_report(
         "td,th{border:1px solid #999;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         *(f"<p>{html.escape(n)}</p>" for n in notes),
+        *(
+            ["<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"]
+            if warnings
+            else []
+        ),
         f"<table><tr>{cells}</tr>{body}</table>",
         f"<p>Dice in % as mean ± std over seeds; p-value: paired two-tailed t-test against {html.escape(baseline)}.</p>",
         f"<img src='{html.escape(rel(plot))}' alt='Dice per arm'>",

@@ -51,6 +51,56 @@ def _source_image(item: dict[str, Any]) -> tuple[str | None, str]:
     return None, ""  # Pix2Pix: generated from the label alone
 
 
+def mas_summaries(exp: Experiment) -> dict[tuple[str, int], dict[str, Any]]:
+    """MAS's ``summary.json`` of every arm and seed whose training stage wrote one (arms that use MAS)."""
+    found = {}
+    for arm in exp.arms:
+        for seed in exp.cfg["seeds"]:
+            path = exp.stage_dir(f"seg_{arm}_s{int(seed)}") / "mas" / "summary.json"
+            if exp.arm_epochs(arm) > 0 and path.is_file():
+                summary = json.loads(path.read_text())
+                if summary.get("enabled"):
+                    found[(arm, int(seed))] = summary
+    return found
+
+
+def mas_lines(summaries: dict[tuple[str, int], dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Report notes (eta, theta, real cases, weight fractions per MAS run) and warnings (eq. 8 degenerate)."""
+    notes, warnings = [], []
+    for (arm, seed), summary in summaries.items():
+        stats = [h for h in summary.get("history", []) if "after_epoch" in h]
+        epochs = [h for h in summary.get("history", []) if "epoch" in h and "synthetic_samples" in h]
+        if stats:
+            n_real = sorted({int(h["real_cases"]) for h in stats})
+            first, last = stats[0], stats[-1]
+            line = (
+                f"MAS ({arm}, seed {seed}): eta {first['eta']:.3f} -> {last['eta']:.3f}, theta {first['theta']:.3g} "
+                f"-> {last['theta']:.3g} over {len(stats)} evaluations of {'/'.join(map(str, n_real))} real case(s)"
+            )
+            if epochs:
+                total = sum(h["synthetic_samples"] for h in epochs)
+                frac = {
+                    k: sum(h[f"{k}_fraction"] * h["synthetic_samples"] for h in epochs) / total
+                    for k in ("discarded", "full", "partial")
+                }
+                line += (
+                    f"; synthetic samples weighted 0 / 1 / in between: {100 * frac['discarded']:.0f} % / "
+                    f"{100 * frac['full']:.0f} % / {100 * frac['partial']:.0f} % of {int(total)}"
+                )
+            seconds = [h["eval_seconds"] for h in epochs if "eval_seconds" in h]
+            if seconds:
+                line += f"; evaluation of the real cases {sum(seconds) / len(seconds):.2f} s per epoch"
+            notes.append(line + ".")
+        if summary.get("degenerate"):
+            warnings.append(
+                f"MAS ({arm}, seed {seed}): fewer than two real training cases with tumour, so eq. 8 degenerated to "
+                f"theta = c = {summary.get('c')}: the weight-1 plateau is {2 * float(summary.get('c', 0)):.1g} wide "
+                "and synthetic samples are weighted almost only by the quadratic flanks (the paper assumes many real "
+                "cases)."
+            )
+    return notes, warnings
+
+
 def _datalist_montages(datalist: Path, out_dir: Path, name: str, n: int) -> list[Path]:
     items = read_datalist(datalist).get("training", [])[:n]
     pngs = []
@@ -227,11 +277,23 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     results = read_results(exp)
     data = "demo data (PHANTOM tumours, deformed MNI152 healthy scans)" if cfg["demo"] else str(exp.real_datalist)
     seg = cfg["seg"]
+    protocol = cfg["protocol"]
+    if protocol == "tf":
+        schedule = (
+            f"protocol tf (TF paper): the baseline is the phase-1 model ({seg['phase1_epochs']} epochs, real only); "
+            f"every other arm trains from scratch on real + synthetic data for the same {seg['phase1_epochs']} epochs "
+            f"= {exp.arm_iterations('baseline')} iterations."
+        )
+    else:
+        schedule = (
+            f"protocol dsma (DSMA paper): phase 1 {seg['phase1_epochs']} epochs (real only), then every arm "
+            f"(the baseline on real data only) continues the same phase-1 model for {seg['phase2_epochs']} epochs: "
+            f"{exp.arm_iterations('baseline')} iterations in all."
+        )
     notes = [
         f"Data: {data}; {exp.n_real()} real training cases; evaluation on section '{cfg['eval_section']}'.",
-        f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, "
-        f"phase 1 {seg['phase1_epochs']} epochs (real only), then phase 2 {seg['phase2_epochs']} epochs per arm "
-        "from the same phase-1 model.",
+        f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, batch "
+        f"{seg['batch_size']} real samples (+ their synthetic companions); {schedule}",
         "Arms: " + "; ".join(f"{a}: {ARMS.get(a, 'TF refined cases, synthetic-volume ablation')}" for a in exp.arms),
     ]
     realism = compute_realism(exp)
@@ -244,11 +306,39 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
             f"Realism caveat: section '{cfg['eval_section']}' shares image files with the training cases the "
             "synthesis stages used, so the real side of the realism table is not held out."
         )
-    paths = write_report(results, out, title=cfg["title"], notes=notes, montages=montages, realism=realism)
+    mas = mas_summaries(exp)
+    mas_notes, warnings = mas_lines(mas)
+    paths = write_report(
+        results,
+        out,
+        title=cfg["title"],
+        notes=notes + mas_notes,
+        montages=montages,
+        realism=realism,
+        warnings=warnings,
+    )
     results_json = out / "results.json"
     atomic_write_text(
         results_json,
-        json.dumps([{"arm": r.arm, "seed": r.seed, **r.dice, "mean": r.mean} for r in results], indent=2) + "\n",
+        json.dumps(
+            [
+                {
+                    "arm": r.arm,
+                    "seed": r.seed,
+                    **r.dice,
+                    "mean": r.mean,
+                    "protocol": protocol,
+                    **(
+                        {"mas_theta_degenerate": bool(mas[(r.arm, r.seed)].get("degenerate"))}
+                        if (r.arm, r.seed) in mas
+                        else {}
+                    ),
+                }
+                for r in results
+            ],
+            indent=2,
+        )
+        + "\n",
     )
     if cfg["mlflow"]["enabled"]:
         log_to_mlflow(
