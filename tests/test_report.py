@@ -28,6 +28,7 @@ def test_summary_matches_hand_computation():
     assert rows["tf"].mean["Mean"] == pytest.approx(tf_means.mean())
     assert rows["tf"].diff == pytest.approx((tf_means - base_means).mean())
     assert rows["tf"].p_value == pytest.approx(stats.ttest_rel(tf_means, base_means).pvalue)
+    assert rows["tf"].diff_std == pytest.approx(np.std(tf_means - base_means, ddof=1))
     assert rows["baseline"].diff is None and rows["baseline"].p_value is None
 
 
@@ -47,6 +48,33 @@ def test_write_report(tmp_path):
     assert table_rows(summarise(_results()))[2][0] == "tf"
     assert "<table>" in paths["html"].read_text()
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the paired difference as mean ± std over seeds: ((0.6267-0.6) + (0.6433-0.6167) + (0.62-0.5933)) / 3
+    assert tf_row.split(" | ")[5] == "+2.67 ± 0.00"
+    assert "## Warnings" not in md
+
+
+def test_report_shows_mas_warnings(tmp_path):
+    from custom_components.pipeline.summary import mas_lines
+
+    history = [
+        {"after_epoch": 0, "when": "start", "used": True, "eta": 0.4, "theta": 2e-5, "real_cases": 1.0},
+        {"epoch": 1, "synthetic_samples": 4.0, "discarded_fraction": 0.25, "full_fraction": 0.0,
+         "partial_fraction": 0.75, "eval_seconds": 0.5},
+        {"after_epoch": 1, "when": "end", "used": True, "eta": 0.5, "theta": 2e-5, "real_cases": 1.0},
+        {"epoch": 2, "synthetic_samples": 4.0, "discarded_fraction": 0.75, "full_fraction": 0.0,
+         "partial_fraction": 0.25, "eval_seconds": 0.3},
+    ]  # fmt: skip
+    notes, warnings = mas_lines({("dtss_mas", 0): {"c": 2e-5, "enabled": True, "degenerate": True, "history": history}})
+    assert notes == [
+        "MAS (dtss_mas, seed 0): eta 0.400 -> 0.500, theta 2e-05 -> 2e-05 over 2 evaluations of 1 real case(s); "
+        "synthetic samples weighted 0 / 1 / in between: 50 % / 0 % / 50 % of 8; evaluation of the real cases "
+        "0.40 s per epoch."
+    ]
+    assert len(warnings) == 1 and "theta = c = 2e-05" in warnings[0]
+    paths = write_report(_results(), tmp_path / "r", notes=notes, warnings=warnings)
+    md = paths["markdown"].read_text()
+    assert "## Warnings" in md and "eq. 8 degenerated" in md
+    assert "eq. 8 degenerated" in paths["html"].read_text()
 
 
 def test_mlflow_experiment_has_a_run_per_arm_and_seed(tmp_path):
