@@ -2,8 +2,10 @@
 
 Every iteration, after the forward pass, the trainer computes the hard Dice of every sample of the batch
 on the BraTS regions (detached, from the same forward pass: no extra network evaluation), asks the
-:class:`~custom_components.handlers.mas.MASHandler` for the weights of the synthetic samples (eq. 6,
-with the statistics of the previous epoch) and passes the per-sample weights to the loss (eq. 15).
+:class:`~custom_components.handlers.mas.MASHandler` for the weights of the synthetic samples (eq. 6, with
+eta/theta of the model after the previous epoch, or, in the first epoch of a run that starts in phase 2, of
+the model it starts from: the handler evaluates the real cases at the start of that epoch, before the first
+iteration) and passes the per-sample weights to the loss (eq. 15).
 Per-sample accuracies, weights and flags are returned in ``engine.state.output`` for the MAS handler and
 any logger. At the start of every epoch it tells the dataset the epoch (two-phase training) and records
 the phase in ``engine.state.metrics["phase"]``.
