@@ -7,13 +7,20 @@ in every batch, DynUNet, weighted Dice loss) in two settings:
 * ``mas``: ``SegmentationTrainer`` with a ``MASHandler`` (per-sample Dice of the detached prediction,
   MAS weights, per-epoch statistics, per-epoch CSV log).
 
+It also times MAS's evaluation of the real training cases (``MASHandler.evaluate``, eval mode, no gradients;
+the bundle's default source of eta/theta, run at the start of phase 2 and after every phase-2 epoch) on
+``--cases`` volumes of ``--volume`` voxels, as whole volumes (``SlidingWindowInferer``, the bundle's
+settings: roi = crop, overlap 0.5, Gaussian blending) and as tumour-centred crops (one forward pass per
+case), against the training epoch over the same cases (one iteration per ``--batch`` real cases).
+
 The data loading is excluded (the batches are prepared tensors), so the overhead is relative to the
 network's forward and backward passes only: an upper bound of MAS's share of a real epoch. Three figures:
 the difference of the median epoch times (noisy on a shared machine), the time spent in MAS code during
 the MAS epochs (timed in place, the reliable figure), and the MAS operations of one batch
 (``hard_prediction`` + ``region_dice_per_sample`` + ``MASHandler.weights``) against its forward + backward pass.
 
-Usage: ``python benchmarks/bench_mas.py [--crop 64] [--filters 8,16,32,64,128] [--batch 2] [--iters 4] [--epochs 3]``
+Usage: ``python benchmarks/bench_mas.py [--crop 64] [--filters 8,16,32,64,128] [--batch 2] [--iters 4] [--epochs 3]
+[--volume 80,96,80] [--cases 4]``
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any
 import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
+from monai.inferers import SlidingWindowInferer
 
 from custom_components.engines import seg_trainer
 from custom_components.engines.seg_trainer import SegmentationTrainer
@@ -133,7 +141,7 @@ def epoch_times(
 
 
 def mas_op_time(batches: list[dict], filters: list[int], channels: int, repeats: int = 5) -> tuple[float, float]:
-    """Median seconds of (forward + backward of one batch, MAS-specific operations of that batch)."""
+    """Median CPU seconds of (forward + backward of one batch, MAS-specific operations of that batch)."""
     torch.manual_seed(0)
     net = build_segmentation_network("dynunet", channels, 4, filters)
     loss = SampleWeightedDiceLoss()
@@ -142,16 +150,44 @@ def mas_op_time(batches: list[dict], filters: list[int], channels: int, repeats:
     batch = batches[0]
     step, ops = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         logits = net(batch["image"])
         loss(logits, batch["label"]).backward()
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         with torch.no_grad():
             dice = region_dice_per_sample(hard_prediction(logits.detach()), batch["label"][:, 0])
         mas.weights(dice, batch["weight"], batch["mas"])
-        ops.append(time.perf_counter() - t1)
+        ops.append(time.process_time() - t1)
         step.append(t1 - t0)
     return statistics.median(step), statistics.median(ops)
+
+
+def eval_time(
+    filters: list[int], channels: int, crop: int, volume: list[int], cases: int, whole: bool, repeats: int = 2
+) -> float:
+    """Median seconds of one ``MASHandler.evaluate`` over ``cases`` real cases (whole volumes or crops)."""
+    torch.manual_seed(0)
+    net = build_segmentation_network("dynunet", channels, 4, filters)
+    shape = volume if whole else [crop] * 3
+    loader = []
+    for i in range(cases):
+        label = torch.zeros(1, 1, *shape)
+        centre = [s // 2 for s in shape]
+        label[(0, 0, *(slice(c - crop // 6, c + crop // 6) for c in centre))] = 2
+        loader.append({"image": torch.randn(1, channels, *shape), "label": label, "case_id": [f"case{i}"]})
+    inferer = SlidingWindowInferer(roi_size=[crop] * 3, sw_batch_size=2, overlap=0.5, mode="gaussian")
+    mas = MASHandler(real_loader=loader, real_inferer=inferer)
+
+    class _Engine:
+        network = net
+        state = type("S", (), {"device": torch.device("cpu")})()
+
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()  # CPU time of this single-threaded process: robust to a shared machine
+        mas.evaluate(_Engine())  # type: ignore[arg-type]
+        times.append(time.process_time() - start)
+    return statistics.median(times)
 
 
 def main() -> int:
@@ -163,6 +199,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=3, help="iterations per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per setting (after one warm-up epoch)")
     parser.add_argument("--wall", action="store_true", help="time epochs by wall clock instead of process CPU time")
+    parser.add_argument("--volume", default="80,96,80", help="real-case volume for the evaluation pass (voxels)")
+    parser.add_argument("--cases", type=int, default=4, help="real cases of the evaluation pass")
     args = parser.parse_args()
     filters = [int(f) for f in args.filters.split(",")]
     batches = make_batches(args.iters, args.batch, args.batch, args.crop, args.channels)
@@ -188,6 +226,16 @@ def main() -> int:
         f"per iteration: forward+backward {step * 1000:.1f} ms, MAS operations {ops * 1000:.2f} ms "
         f"= {100 * ops / step:.2f} % of the iteration"
     )
+    volume = [int(v) for v in args.volume.split(",")]
+    # a phase-2 epoch over the cases: one iteration (batch real + as many synthetic crops) per `batch` cases
+    epoch = step * -(-args.cases // args.batch)
+    for whole in (True, False):
+        t = eval_time(filters, args.channels, args.crop, volume, args.cases, whole)
+        what = f"whole {'x'.join(map(str, volume))} volumes" if whole else f"tumour-centred {args.crop}^3 crops"
+        print(
+            f"MAS evaluation of {args.cases} real cases ({what}): {t:.3f} s CPU = {100 * t / epoch:.0f} % of the "
+            f"phase-2 epoch's forward+backward passes over them ({epoch:.3f} s)"
+        )
     return 0
 
 

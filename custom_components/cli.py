@@ -145,18 +145,106 @@ def demo_data(out: str, n_healthy: int = 4, n_tumour: int = 6, spacing: float = 
         print(f"{kind}: {path}")
 
 
-def qc(image: str, label: str, out: str, title: str = "") -> None:
-    """Write a PNG montage (axial, coronal, sagittal through the tumour) with the label overlaid.
+def qc(
+    image: str,
+    label: str | None,
+    out: str,
+    title: str = "",
+    source: str | None = None,
+    source_label: str | None = None,
+    channel: int = 0,
+    labels: str = "internal",
+) -> None:
+    """Write a PNG montage: axial, coronal, sagittal slices through the tumour, each as it is and with
+    the label contours; with --source also the source case and |image - source|.
 
     Args:
-        image: NIfTI image (first channel is shown).
-        label: NIfTI label in the internal convention.
+        image: NIfTI image (3D, or 4D with one channel per modality).
+        label: NIfTI label (None: no contours; slices through the volume centre).
         out: PNG file to write.
         title: optional title.
+        source: NIfTI image the case was derived from (TF-GAN's coarse input, the healthy scan,
+            the real case DTSS or CarveMix started from), same grid.
+        source_label: label of the source (default: the label).
+        channel: channel shown from 4D images.
+        labels: label convention of the label files (internal, brats2023, brats2021, brats2015).
     """
     from custom_components.qc import save_montage
 
-    print(save_montage(image, label, out, title=title))
+    try:
+        png = save_montage(
+            image, label, out, title=title, source=source, source_label=source_label, channel=channel, labels=labels
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    print(png)
+
+
+def realism(
+    synthetic: str,
+    real: str,
+    encoder: str | None = None,
+    out: str | None = None,
+    modalities: str | tuple[str, ...] | None = None,
+    section: str = "training",
+    real_section: str | None = None,
+    network: str = "dynunet",
+    filters: str | tuple[int, ...] = (16, 32, 64, 128, 256),
+    levels: int = 3,
+    n_splits: int = 10,
+    seed: int = 0,
+    max_cases: int | None = None,
+) -> None:
+    """How real do synthetic tumours look? Print a table of class-wise distances to real tumours (with the
+    real-vs-real floor) and write them as JSON.
+
+    Measures (custom_components.realism): Frechet distance of the frozen encoder's masked-GAP class features
+    (TF's perceptual-loss features), 1-D Wasserstein distance of brain-normalised class intensities per
+    modality, boundary sharpness against real.
+
+    Args:
+        synthetic: datalist of synthetic cases.
+        real: datalist of real cases (held out from every synthesis stage).
+        encoder: segmentation checkpoint whose encoder is F (dtss_mas_seg models/model.pt); without it
+            the Frechet distance is skipped.
+        out: JSON file to write (atomic).
+        modalities: comma-separated modalities (default: the synthetic datalist's).
+        section: section of the synthetic datalist.
+        real_section: section of the real datalist (default: ``section``).
+        network, filters, levels: the segmentation network's settings (filters comma-separated).
+        n_splits: random real-vs-real splits for the floors.
+        seed: seed of the splits.
+        max_cases: use at most this many cases per datalist.
+    """
+    import json
+
+    from custom_components.data.atomic import atomic_write_text
+    from custom_components.data.datalist import read_datalist
+    from custom_components.realism import format_table, load_cases, realism_scores
+
+    try:
+        mods = modalities.split(",") if isinstance(modalities, str) else modalities
+        mods = mods or read_datalist(synthetic).get("modalities")
+        syn_cases, names = load_cases(synthetic, mods, section, max_cases)
+        real_cases, _ = load_cases(real, names, real_section or section, max_cases)
+        frozen = None
+        if encoder is not None:
+            from custom_components.networks import FrozenEncoder
+
+            filt = tuple(int(f) for f in filters.split(",")) if isinstance(filters, str) else tuple(filters)
+            frozen = FrozenEncoder.from_checkpoint(encoder, levels, network, len(names), 4, filt)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    result = realism_scores(syn_cases, real_cases, names, frozen, levels, n_splits=n_splits, seed=seed)
+    result["synthetic"] = str(Path(synthetic).resolve())
+    result["real"] = str(Path(real).resolve())
+    result["encoder"] = None if encoder is None else str(Path(encoder).resolve())
+    print(format_table(result))
+    if out:
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        print(out)
 
 
 def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
@@ -171,15 +259,28 @@ def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
     """
     from custom_components.pipeline.config import load_config
     from custom_components.pipeline.experiment import run_experiment
+    from custom_components.pipeline.runner import StageInterrupted, WorkdirLocked
 
     from_stage = kwargs.pop("from", None)
     if kwargs:
         raise SystemExit(f"unknown options: {', '.join('--' + k for k in kwargs)}")
     cfg = load_config(config, **({"workdir": str(Path(workdir).resolve())} if workdir else {}))
     start = time.perf_counter()
-    report = run_experiment(cfg, from_stage=from_stage)
+    try:
+        report = run_experiment(cfg, from_stage=from_stage)
+    except StageInterrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except WorkdirLocked as e:
+        print(e, file=sys.stderr)
+        sys.exit(75)  # EX_TEMPFAIL
+    from custom_components.pipeline.summary import mean_dice_by_arm
+
+    dice = ", ".join(f"{arm} {d:.3f}" for arm, d in mean_dice_by_arm(report.parent / "results.json").items())
+    # the last line: what each arm reached, next to where the report is
     print(
-        f"pipeline finished in {time.perf_counter() - start:.0f} s; report: {report} (and {report.with_suffix('.html')})"
+        f"pipeline finished in {time.perf_counter() - start:.0f} s; held-out mean Dice (ET, TC, WT averaged): {dice}; "
+        f"report: {report} (and {report.with_suffix('.html')})"
     )
 
 
@@ -228,6 +329,7 @@ COMMANDS = {
     "prepare-healthy": prepare_healthy,
     "demo-data": demo_data,
     "qc": qc,
+    "realism": realism,
     "pipeline": pipeline,
     "demo": demo,
     "export-bundle": export_bundle,

@@ -35,6 +35,7 @@ from custom_components.data.datalist import write_datalist
 from custom_components.data.labels import check_convention, from_internal
 from custom_components.networks.classwise_intensity import ClasswiseIntensity
 from custom_components.transforms.mask_augment import MaskPool, TumorMaskAugmentd
+from custom_components.transforms.mass_effect import MassEffectd
 from custom_components.transforms.roi_blur import RoiGaussianBlurd
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,20 @@ def describe_synthesis(transform: Any) -> list[dict[str, Any]]:
                     "interp_order": a.interp_order,
                 }
             )
+        elif isinstance(t, MassEffectd):
+            m = t.mass
+            out.append(
+                {
+                    "transform": "MassEffectd",
+                    "keys": list(t.keys),
+                    "max_displacement_mm": m.max_displacement_mm,
+                    "min_displacement_mm": m.min_displacement_mm,
+                    "falloff_mm": m.falloff_mm,
+                    "boundary_mm": m.boundary_mm,
+                    "grid_mm": m.grid_mm,
+                    "prob": t.prob,
+                }
+            )
         elif isinstance(t, RoiGaussianBlurd):
             out.append(
                 {
@@ -195,8 +210,9 @@ class TFAugSynthesizer(Evaluator):
     exists with identical settings (fingerprint) and whose files all exist is skipped, so an interrupted
     run resumes; a record with different settings stops the run before anything is written unless
     ``overwrite``. When all cases are done, ``<output_dir>/<datalist_name>`` is written (``training``
-    section, items in case order). The first ``qc_cases`` cases get two PNG montages in ``<output_dir>/qc``
-    (``<case_id>.png``: synthetic vs healthy input with the ROI outlined; ``<case_id>_labels.png``: labels).
+    section, items in case order). The first ``qc_cases`` cases get a PNG montage in ``<output_dir>/qc``
+    (``<case_id>.png``: the synthetic image as it is and with label contours, the healthy input and their
+    absolute difference, ROI outlined).
 
     Args:
         device: device of the intensity module.
@@ -498,34 +514,22 @@ class TFAugSynthesizer(Evaluator):
         }
 
     def _qc(self, case: Mapping[str, Any]) -> None:
-        """Two PNGs: the synthetic image over the healthy input with the ROI outlined (to judge blur and
-        intensities), and the synthetic image with the class labels overlaid."""
+        """One PNG: the synthetic image as it is and with label contours, the healthy input it was painted
+        on, and their absolute difference, with the ROI m_s outlined (to judge blur and intensities)."""
         paths = self.case_paths(case)
-        labels_png = paths["qc"].with_name(f"{case['case_id']}_labels.png")
-        if int(case["case_index"]) >= self.qc_cases or (paths["qc"].is_file() and labels_png.is_file()):
+        if int(case["case_index"]) >= self.qc_cases or paths["qc"].is_file():
             return
         from custom_components.qc import save_montage
 
-        title = f"{case['case_id']}: TF-Aug on {case.get('healthy_id', '')} (seed {case['seed']})"
-        # the label (drawn fully transparent) only centres the slices on the tumour
         save_montage(
             str(paths["image"][0]),
             str(paths["label"]),
             paths["qc"],
-            title=f"{title}, ROI outlined",
-            extra_images=[str(case["image"][0])],
-            row_titles=[f"synthetic ({self.modalities[0]})", "healthy input"],
+            title=f"{case['case_id']}: TF-Aug on {case.get('healthy_id', '')} (seed {case['seed']}), ROI outlined",
+            source=str(case["image"][0]),
+            row_titles=[f"synthetic ({self.modalities[0]})", "healthy input", "|synthetic - healthy|"],
             outline=str(paths["roi"]),
             outline_name="ROI m_s",
-            alpha=0.0,
-            labels=self.export_labels,
-        )
-        save_montage(
-            str(paths["image"][0]),
-            str(paths["label"]),
-            labels_png,
-            title=f"{title}, labels",
-            row_titles=[f"synthetic ({self.modalities[0]})"],
             labels=self.export_labels,
         )
 

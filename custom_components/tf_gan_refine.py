@@ -212,6 +212,8 @@ class SyntheticDatalistWriter:
         labels: label convention of the input label files; labels in another convention than ``internal`` are
             written mapped to ``internal`` instead of copied.
         description: datalist description.
+        qc_cases: the first ``qc_cases`` cases (input order) get a QC montage ``<output_dir>/qc/<case_id>.png``:
+            the output as it is and with label contours, the coarse input and their absolute difference.
     """
 
     def __init__(
@@ -233,6 +235,7 @@ class SyntheticDatalistWriter:
         copy_keys: Sequence[str] = ("label", "roi", "brain_mask"),
         labels: str = "internal",
         description: str | None = None,
+        qc_cases: int = 0,
     ) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -254,6 +257,7 @@ class SyntheticDatalistWriter:
         self.copy_keys = tuple(copy_keys)
         self.labels = check_convention(labels)
         self.description = description or f"{stage} synthetic cases"
+        self.qc_cases = int(qc_cases)
         self.paths = output_paths(items, output_dir, self.modalities, self.copy_keys)
         self.written: dict[str, dict[str, Any]] = {}
 
@@ -347,7 +351,22 @@ class SyntheticDatalistWriter:
         out["synthetic"] = True
         out["provenance"] = provenance
         self.written[case_id] = out
+        if self.order.index(case_id) < self.qc_cases:
+            self._qc(case_id, out, item)
         return out
+
+    def _qc(self, case_id: str, out: Mapping[str, Any], item: Mapping[str, Any]) -> Path:
+        from custom_components.qc import save_montage
+
+        name = "refined" if self.stage == "tf_gan" else "pix2pix"
+        return save_montage(
+            out["image"][0],
+            out.get("label"),
+            self.output_dir / "qc" / f"{case_id}.png",
+            title=f"{case_id}: {self.stage} ({self.modalities[0]}) vs its coarse TF-Aug input",
+            source=item["image"][0],
+            row_titles=[name, "coarse input", f"|{name} - coarse|"],
+        )
 
     # events ---------------------------------------------------------------------------------------
     def iteration_completed(self, engine: Engine) -> None:

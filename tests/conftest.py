@@ -36,3 +36,11 @@ def real_case(shared_data: Path) -> dict[str, object]:
 def healthy_scans(shared_data: Path) -> list[Path]:
     """The two real healthy T1 brains (RAS, other grids than the tumour case)."""
     return sorted((shared_data / "healthy").glob("*.nii.gz"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_check_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Input-check results go to a cache file of this test session, not to the user's ~/.cache."""
+    import os
+
+    os.environ.setdefault("CUSTOM_COMPONENTS_CHECK_CACHE", str(tmp_path_factory.mktemp("check_cache") / "cache.json"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from custom_components.data.datalist import read_datalist
 from custom_components.data.demo import demo_grid, make_demo_data, mni152_template_path
@@ -87,18 +88,48 @@ def test_tumour_cases(demo: dict[str, Path]) -> None:
         t1n, t1c, t2w, t2f = (_load(p).astype(np.float64) for p in item["image"])
         for img in (t1n, t1c, t2w, t2f):
             assert img.shape == shape and (img[~brain] == 0).all() and (img[brain] > 0).all()
-        normal = brain & (label == 0)
+        wm = _white_matter(t1n, label, brain)
         ncr, ed, et = (label == 1), (label == 2), (label == 3)
-        # enhancing rim bright on T1 post-contrast, necrosis dark
-        assert t1c[et].mean() > 1.3 * np.percentile(t1c[normal], 75)
-        assert t1c[ncr].mean() < t1c[et].mean()
-        # oedema bright on T2 and FLAIR, slightly dark on T1
-        assert t2f[ed].mean() > 1.2 * np.median(t2f[normal])
-        assert t2w[ed].mean() > np.median(t2w[normal])
-        assert t1n[ed].mean() < np.percentile(t1n[normal], 75)
-        # the core is connected to the oedema: one tumour, centred in its own core
-        centre = np.round(np.argwhere(label > 0).mean(0)).astype(int)
-        assert label[tuple(centre)] in (1, 3) or np.linalg.norm(np.argwhere(label == 1).mean(0) - centre) < 4
+
+        def rel(img: np.ndarray, region: np.ndarray, wm: np.ndarray = wm) -> float:
+            return float(img[region].mean() / img[wm].mean())
+
+        # T1: necrosis markedly hypointense, oedema mildly but visibly hypointense, rim iso-to-hypointense
+        assert rel(t1n, ncr) < rel(t1n, ed) < 1.0
+        assert rel(t1n, ncr) < 0.65 and 0.65 < rel(t1n, ed) < 0.92 and rel(t1n, et) < 1.0
+        # T1 post-contrast: the rim enhances, the necrosis does not
+        assert rel(t1c, et) > 1.15 and rel(t1c, ncr) < 1.0
+        # T2 and FLAIR: oedema and necrosis bright
+        for img in (t2w, t2f):
+            assert rel(img, ed) > 1.2 and rel(img, ncr) > 1.2
+        # each drawn lesion is centred in its own core; touching lesions make one tumour
+        _, n = ndimage.label(label > 0)
+        lesions = item["provenance"]["lesions"]
+        assert n == item["provenance"]["n_lesions"] and 1 <= n <= len(lesions)
+        for lesion in lesions:
+            assert label[tuple(lesion["centre_voxel"])] in (1, 3)
+
+
+def _white_matter(t1n: np.ndarray, label: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Normal-appearing white matter: brain >= 3 voxels from the tumour, brightest 30 % on T1."""
+    normal = brain & ~ndimage.binary_dilation(label > 0, iterations=3)
+    return normal & (t1n > np.percentile(t1n[normal], 70))
+
+
+def test_variety(tmp_path: Path) -> None:
+    """Tumour size, location and lesion count differ across the cases of one seed."""
+    paths = make_demo_data(tmp_path, n_healthy=1, n_tumour=8, spacing=SPACING, seed=3, verbose=False)
+    data = read_datalist(paths["tumour"])
+    items = data["training"] + data["validation"]
+    volumes = [int((_load(it["label"]) > 0).sum()) for it in items]
+    centres = np.asarray([it["provenance"]["lesions"][0]["centre_voxel"] for it in items], dtype=float)
+    counts = [it["provenance"]["n_lesions"] for it in items]
+    assert max(volumes) > 2 * min(volumes), volumes
+    dist = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1))[np.triu_indices(len(items), 1)]
+    assert dist.min() > 0 and np.median(dist) * SPACING > 20.0  # mm
+    assert len(set(counts)) > 1 and min(counts) >= 1 and max(counts) <= 3, counts
+    radii = [lesion["core_radius_mm"] for it in items for lesion in it["provenance"]["lesions"]]
+    assert max(radii) > 1.5 * min(radii)
 
 
 def test_healthy_contrast_csf(demo: dict[str, Path]) -> None:

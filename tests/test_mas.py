@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.data import list_data_collate
 from monai.losses import DiceLoss
 
 from custom_components.engines.seg_data import TwoPhaseDataset
@@ -215,29 +217,140 @@ def test_mas_handler_statistics_and_weights(tmp_path) -> None:
     assert (other.eta, other.theta) == (handler.eta, handler.theta)
 
 
-def test_mas_handler_extra_pass_uses_eval_mode(tmp_path) -> None:
-    net = torch.nn.Conv3d(1, 4, 1)
-    seen = []
-
+def _oedema_everywhere(seen: list[bool]):
     def inferer(x: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
         seen.append(network.training)
         logits = torch.zeros(x.shape[0], 4, *x.shape[2:])
         logits[:, 2] = 1.0  # predicts oedema everywhere
         return logits
 
+    return inferer
+
+
+def _real_case(case_id: str, oedema_slices: int) -> dict:
     label = torch.zeros(1, 1, 4, 4, 4)
-    label[..., :2] = 2  # half the volume oedema: WT Dice = 2*32/(64+32) = 2/3
-    loader = [{"image": torch.zeros(1, 1, 4, 4, 4), "label": label, "case_id": ["a"]}]
-    handler = MASHandler(extra_pass_loader=loader, extra_pass_inferer=inferer, log_dir=tmp_path)
+    label[..., :oedema_slices] = 2
+    return {"image": torch.zeros(1, 1, 4, 4, 4), "label": label, "case_id": [case_id]}
+
+
+def test_mas_handler_real_eval_before_first_epoch_and_after_each(tmp_path) -> None:
+    net = torch.nn.Conv3d(1, 4, 1)
+    seen: list[bool] = []
+    # half the volume oedema, predicted everywhere: WT Dice = 2*32/(64+32) = 2/3; a quarter: 2*16/(64+16) = 0.4
+    loader = [_real_case("a", 2), _real_case("b", 1)]
+    handler = MASHandler(real_loader=loader, real_inferer=_oedema_everywhere(seen), log_dir=tmp_path)
+    ready_at_first_iteration = []
+    engine = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
+    engine.network = net
+    engine.add_event_handler(Events.ITERATION_STARTED, lambda e: ready_at_first_iteration.append(handler.ready))
+    handler.attach(engine)
+    net.train()
+    engine.run([0], max_epochs=2)
+    # evaluated (eval mode, both cases) before the first epoch (no statistics yet), then after epochs 1 and 2
+    assert seen == [False] * 6 and net.training
+    assert ready_at_first_iteration == [True, True]
+    # eq. 7: (2/3 + 0.4) / 2; eq. 8: (2/3 - 0.4) / 2 + c; the training sample (0.1) does not enter them
+    assert handler.eta == pytest.approx((2 / 3 + 0.4) / 2)
+    assert handler.theta == pytest.approx((2 / 3 - 0.4) / 2 + 2e-5)
+    m = engine.state.metrics
+    assert m["mas_real_cases"] == 2 and m["mas_theta_degenerate"] == 0 and m["mas_eval_seconds"] >= 0
+    log = (tmp_path / "epoch_0001.csv").read_text().splitlines()
+    assert log[1:] == [
+        "a,train,0,0,0.100000,1.000000",
+        "a,real_eval,0,0,0.666667,1.000000",
+        "b,real_eval,0,0,0.400000,1.000000",
+    ]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(h["after_epoch"], h["when"]) for h in summary["history"] if "after_epoch" in h] == [
+        (0, "start"),
+        (1, "end"),
+        (2, "end"),
+    ]
+    assert summary["degenerate"] is False
+
+
+def test_mas_handler_evaluates_only_from_phase2(tmp_path) -> None:
+    net = torch.nn.Conv3d(1, 4, 1)
+    seen: list[bool] = []
+    handler = MASHandler(
+        real_loader=[_real_case("a", 2), _real_case("b", 1)], real_inferer=_oedema_everywhere(seen), start_epoch=2
+    )
     engine = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
     engine.network = net
     handler.attach(engine)
-    net.train()
-    engine.run([0], max_epochs=1)
-    assert seen == [False] and net.training
-    assert handler.eta == pytest.approx(2 / 3)
-    log = (tmp_path / "epoch_0001.csv").read_text().splitlines()
-    assert log[1:] == ["a,train,0,0,0.100000,1.000000", "a,extra_pass,0,0,0.666667,1.000000"]
+    engine.run([0], max_epochs=3)
+    # phase 1 = epochs 1-2: the first evaluation (two cases) is after epoch 2 (for epoch 3), then after epoch 3
+    assert len(seen) == 4
+    # resuming with the saved statistics (the model's after its last epoch) does not evaluate again at the start
+    resumed = MASHandler(real_loader=handler.real_loader, real_inferer=_oedema_everywhere(seen), start_epoch=2)
+    resumed.load_state_dict(handler.state_dict())
+    engine2 = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
+    engine2.network = net
+    resumed.attach(engine2)
+    engine2.state.epoch = 3
+    resumed.epoch_started(engine2)
+    assert len(seen) == 4 and resumed.eta == handler.eta
+
+
+def test_mas_with_one_real_case_warns(tmp_path, caplog) -> None:
+    net = torch.nn.Conv3d(1, 4, 1)
+    handler = MASHandler(real_loader=[_real_case("a", 2)], real_inferer=_oedema_everywhere([]), log_dir=tmp_path)
+    engine = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
+    engine.network = net
+    handler.attach(engine)
+    with caplog.at_level("WARNING", logger="custom_components.handlers.mas"):
+        engine.run([0], max_epochs=1)
+    assert "degenerates to theta = c" in caplog.text
+    # eq. 8 with one case: theta = 0 / 2 + c
+    assert handler.theta == pytest.approx(2e-5) and handler.eta == pytest.approx(2 / 3)
+    assert engine.state.metrics["mas_theta_degenerate"] == 1.0 and handler.degenerate
+    assert json.loads((tmp_path / "summary.json").read_text())["degenerate"] is True
+
+
+def test_mas_weights_first_iteration_from_phase1_checkpoint(tmp_path) -> None:
+    """Phase 2 from a phase-1 checkpoint with phase2_start_epoch 0: MAS weights the synthetic samples of the
+    very first iteration (eqs. 6-8 with the loaded model's Dice on the real cases), not the fixed weight."""
+    from custom_components.networks import build_segmentation_network, load_network_weights
+
+    torch.manual_seed(0)
+    phase1 = build_segmentation_network("dynunet", 1, 4, [4, 8, 8])
+    torch.save(phase1.state_dict(), tmp_path / "model.pt")
+    net = load_network_weights(build_segmentation_network("dynunet", 1, 4, [4, 8, 8]), tmp_path / "model.pt")
+    g = torch.Generator().manual_seed(1)
+
+    def case(cid: str, r: int) -> dict:
+        label = torch.zeros(1, 8, 8, 8)
+        label[:, 4 - r : 4 + r, 4 - r : 4 + r, 2:6] = 2
+        label[:, 3:5, 3:5, 3:5] = 3
+        return {"image": torch.randn(1, 8, 8, 8, generator=g) + label, "label": label, "case_id": cid}
+
+    real = [case("a", 2), case("b", 3), case("c", 1)]
+    synthetic = [case("s0", 2), case("s1", 3)]
+    ds = TwoPhaseDataset(real, augment=lambda d: d, synthetic=synthetic, phase2_start_epoch=0, synthetic_weight=0.37)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=list_data_collate)
+    real_loader = torch.utils.data.DataLoader(real, batch_size=1)
+    mas = MASHandler(beta=0.5, real_loader=real_loader)
+    trainer = SegmentationTrainer(
+        device="cpu", max_epochs=1, train_data_loader=loader, network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.0), loss_function=SampleWeightedDiceLoss(), mas=mas,
+        decollate=False,
+    )  # fmt: skip
+    first = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: first.append(dict(e.state.output)))
+    trainer.run()
+    # hand-computed statistics of the loaded model on the real cases (eval mode, no gradients)
+    net.eval()
+    with torch.no_grad():
+        dice = [float(region_dice_per_sample(hard_prediction(net(c["image"][None])), c["label"])[0]) for c in real]
+    eta, theta = float(np.mean(dice)), (max(dice) - min(dice)) / 2 + 2e-5
+    assert mas.history[0]["when"] == "start" and mas.history[0]["eta"] == pytest.approx(eta, abs=1e-6)
+    out = first[0]
+    syn = out["is_synthetic"].bool()
+    assert int(syn.sum()) == 3
+    expected = mas_weight(out["sample_dice"][syn].double(), eta, theta, 0.5)
+    torch.testing.assert_close(out["sample_weight"][syn].double(), expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(out["sample_weight"][syn], torch.full((3,), 0.37))
+    assert torch.equal(out["sample_weight"][~syn], torch.ones(3))
 
 
 def test_sample_weighted_dice_loss() -> None:

@@ -134,6 +134,9 @@ def test_dtss_mas_seg_ddp_training_shares_mas_statistics(tmp_path: Path) -> None
         "datalist": str(tmp_path / "split.json"), "output_dir": str(out), "max_epochs": 2, "phase2_start_epoch": 1,
         "crop_size": [32, 32, 32], "filters": [4, 8, 16, 32], "batch_size": 1, "num_workers": 0, "amp": False,
         "sw_batch_size": 1,
+        # statistics from the training passes, gathered over the ranks (the evaluation pass of the default
+        # mas_real_eval runs on every rank over all real cases and needs no gathering)
+        "mas_real_eval": "training",
         # every rank reports the MAS statistics it ended with (full precision)
         "+finalize": ["$print('MAS_STATE', repr(@train#mas.state_dict()))"],
     }  # fmt: skip

@@ -81,8 +81,19 @@ def test_stage_datalists(finished):
 def test_report_table(finished):
     exp, _ = finished
     md = (exp.work / "report" / "report.md").read_text()
-    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    dice_md, realism_md = md.split("## Realism")
+    rows = {line.split("|")[1].strip(): line for line in dice_md.splitlines() if line.startswith("| ")}
     assert set(rows) == {"Arm", "baseline", "tf", "dtss_mas"}
+    # a realism row per synthetic method, against the held-out (validation) real cases
+    realism_rows = {line.split("|")[1].strip() for line in realism_md.splitlines() if line.startswith("| ")}
+    assert realism_rows == {"Method", "TF-Aug", "TF", "DTSS"}
+    realism = json.loads((exp.work / "report" / "realism.json").read_text())
+    n_held_out = len(read_datalist(exp.real_datalist)["validation"])
+    for method in ("TF-Aug", "TF", "DTSS"):
+        assert realism[method]["n_real"] == n_held_out
+        assert np.isfinite(realism[method]["summary"]["frechet"])
+        assert np.isfinite(realism[method]["summary"]["wasserstein"])
+    assert (exp.work / "report" / "realism.png").is_file()
     results = json.loads((exp.work / "report" / "results.json").read_text())
     for r in results:
         metrics = json.loads(exp.metrics(r["arm"], r["seed"]).read_text())["mean"]

@@ -28,6 +28,7 @@ def test_summary_matches_hand_computation():
     assert rows["tf"].mean["Mean"] == pytest.approx(tf_means.mean())
     assert rows["tf"].diff == pytest.approx((tf_means - base_means).mean())
     assert rows["tf"].p_value == pytest.approx(stats.ttest_rel(tf_means, base_means).pvalue)
+    assert rows["tf"].diff_std == pytest.approx(np.std(tf_means - base_means, ddof=1))
     assert rows["baseline"].diff is None and rows["baseline"].p_value is None
 
 
@@ -47,6 +48,33 @@ def test_write_report(tmp_path):
     assert table_rows(summarise(_results()))[2][0] == "tf"
     assert "<table>" in paths["html"].read_text()
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the paired difference as mean ± std over seeds: ((0.6267-0.6) + (0.6433-0.6167) + (0.62-0.5933)) / 3
+    assert tf_row.split(" | ")[5] == "+2.67 ± 0.00"
+    assert "## Warnings" not in md
+
+
+def test_report_shows_mas_warnings(tmp_path):
+    from custom_components.pipeline.summary import mas_lines
+
+    history = [
+        {"after_epoch": 0, "when": "start", "used": True, "eta": 0.4, "theta": 2e-5, "real_cases": 1.0},
+        {"epoch": 1, "synthetic_samples": 4.0, "discarded_fraction": 0.25, "full_fraction": 0.0,
+         "partial_fraction": 0.75, "eval_seconds": 0.5},
+        {"after_epoch": 1, "when": "end", "used": True, "eta": 0.5, "theta": 2e-5, "real_cases": 1.0},
+        {"epoch": 2, "synthetic_samples": 4.0, "discarded_fraction": 0.75, "full_fraction": 0.0,
+         "partial_fraction": 0.25, "eval_seconds": 0.3},
+    ]  # fmt: skip
+    notes, warnings = mas_lines({("dtss_mas", 0): {"c": 2e-5, "enabled": True, "degenerate": True, "history": history}})
+    assert notes == [
+        "MAS (dtss_mas, seed 0): eta 0.400 -> 0.500, theta 2e-05 -> 2e-05 over 2 evaluations of 1 real case(s); "
+        "synthetic samples weighted 0 / 1 / in between: 50 % / 0 % / 50 % of 8; evaluation of the real cases "
+        "0.40 s per epoch."
+    ]
+    assert len(warnings) == 1 and "theta = c = 2e-05" in warnings[0]
+    paths = write_report(_results(), tmp_path / "r", notes=notes, warnings=warnings)
+    md = paths["markdown"].read_text()
+    assert "## Warnings" in md and "eq. 8 degenerated" in md
+    assert "eq. 8 degenerated" in paths["html"].read_text()
 
 
 def test_mlflow_experiment_has_a_run_per_arm_and_seed(tmp_path):
@@ -71,3 +99,39 @@ def test_mlflow_experiment_has_a_run_per_arm_and_seed(tmp_path):
     assert by_name["tf_s1"].data.metrics["dice_mean"] == pytest.approx((0.56 + 0.64 + 0.73) / 3)
     artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(by_name["report"].info.run_id)}
     assert {"report.md", "report.html", "dice.png"} <= artifacts
+
+
+def test_mean_dice_by_arm_averages_seeds_in_order(tmp_path) -> None:
+    """The pipeline's last line: each arm's mean Dice over its seeds, arms in report order."""
+    import json
+
+    from custom_components.pipeline.summary import mean_dice_by_arm
+
+    rows = [
+        {"arm": "baseline", "seed": 0, "mean": 0.5},
+        {"arm": "baseline", "seed": 1, "mean": 0.7},
+        {"arm": "tf", "seed": 0, "mean": 0.4},
+        {"arm": "tf", "seed": 1, "mean": 0.5},
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(rows))
+    got = mean_dice_by_arm(path)
+    assert list(got) == ["baseline", "tf"]
+    assert got["baseline"] == pytest.approx(0.6) and got["tf"] == pytest.approx(0.45)
+
+
+def test_write_report_with_realism_table(tmp_path):
+    summary = {
+        "frechet": 2.5,
+        "frechet_floor": 1.0,
+        "wasserstein": 0.12,
+        "wasserstein_floor": None,
+        "sharpness_ratio": 1.4,
+    }
+    realism = {"TF-Aug": {"summary": summary, "n_synthetic": 4, "n_real": 2}}
+    paths = write_report(_results(), tmp_path / "report", realism=realism)
+    md = paths["markdown"].read_text()
+    assert "## Realism" in md
+    assert "| TF-Aug | 2.5 | 1 | 0.12 | - | 1.4 | 4 | 2 |" in md
+    assert paths["realism_plot"].is_file() and "realism.png" in md
+    assert "<td>TF-Aug</td><td>2.5</td>" in paths["html"].read_text()

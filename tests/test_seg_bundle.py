@@ -72,8 +72,9 @@ def _bundle_cmd(configs: list[str], overrides: dict[str, Any], work: Path, launc
 
 
 def _error_chain(fn: Any) -> str:
-    """Run ``fn``; return the messages of the raised exception and its causes (MONAI wraps config errors)."""
-    with pytest.raises(Exception) as info:
+    """Run ``fn``; return the messages of the raised exception and its causes (MONAI wraps config errors; the
+    input check raises a SystemExit listing every problem)."""
+    with pytest.raises(BaseException) as info:
         fn()
     messages, err = [], info.value
     while err is not None:
@@ -121,12 +122,16 @@ def test_training_outputs(trained: Path) -> None:
     full = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler", "trainer", "mas"} <= set(full)
     assert full["trainer"]["iteration"] == 4 and full["trainer"]["epoch_length"] == 2
-    # phase 1 (epoch 1): 3 real crops; phase 2 (epoch 2): 3 real + 3 DTSS crops, MAS-weighted with epoch 1's eta/theta
+    # phase 1 (epoch 1): 3 real crops, then MAS evaluates the model after epoch 1 on the 3 real cases (tumour-centred
+    # crops, eval mode); phase 2 (epoch 2): 3 real + 3 DTSS crops, MAS-weighted with the eta/theta of that evaluation
     e1, e2 = _csv(trained / "mas" / "epoch_0001.csv"), _csv(trained / "mas" / "epoch_0002.csv")
-    assert len(e1) == 3 and all(r["synthetic"] == "0" for r in e1)
+    train1 = [r for r in e1 if r["source"] == "train"]
+    assert len(train1) == 3 and all(r["synthetic"] == "0" for r in train1)
     syn = [r for r in e2 if r["synthetic"] == "1"]
-    assert len(e2) == 6 and len(syn) == 3 and all(r["case_id"].endswith("#online0") and r["mas"] == "1" for r in syn)
-    real1 = {r["case_id"]: float(r["dice"]) for r in e1 if r["dice"] != "nan"}
+    assert len([r for r in e2 if r["source"] == "train"]) == 6
+    assert len(syn) == 3 and all(r["case_id"].endswith("#online0") and r["mas"] == "1" for r in syn)
+    real1 = {r["case_id"]: float(r["dice"]) for r in e1 if r["source"] == "real_eval"}
+    assert len(real1) == 3
     eta, theta = float(np.mean(list(real1.values()))), (max(real1.values()) - min(real1.values())) / 2 + 2e-5
     assert full["mas"]["eta"] is not None
     for r in syn:
@@ -181,14 +186,27 @@ def test_phase2_from_checkpoint_with_synthetic_datalist(demo: Path, trained: Pat
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.state.metrics["phase"] == 2
     rows = _csv(out / "mas" / "epoch_0001.csv")
-    syn = [r for r in rows if r["synthetic"] == "1" and "#" not in r["case_id"]]
+    syn = [r for r in rows if r["synthetic"] == "1" and "#" not in r["case_id"] and r["source"] == "train"]
     mixed = [r for r in rows if r["case_id"].endswith("#online0")]
     # 3 real cases, each with a CarveMix case (the only online transform here) and one synthetic-datalist case
     # (cycled over the 2 available)
-    assert len(rows) == 9 and len(mixed) == 3 and all(r["synthetic"] == "1" for r in mixed)
+    assert len(rows) == 9 + 3 and len(mixed) == 3 and all(r["synthetic"] == "1" for r in mixed)
     assert sorted(r["case_id"] for r in syn) == ["demo-tumour-000", "demo-tumour-000", "demo-tumour-001"]
-    # no MAS statistics exist in the first epoch of a run: synthetic samples keep synthetic_weight
-    assert all(float(r["weight"]) == 0.25 for r in syn + mixed)
+    # MAS acts from the first synthetic sample: eta/theta come from the loaded model's Dice on the 3 real cases
+    # (tumour-centred crops, eval mode) before the first iteration, and weight every synthetic sample (eq. 6), not the
+    # fixed synthetic_weight; with lr 0 the evaluation after the epoch sees the same model, so the log's
+    # real_eval rows are the start's accuracies
+    summary = json.loads((out / "mas" / "summary.json").read_text())
+    start = summary["history"][0]
+    assert (start["when"], start["after_epoch"], start["real_cases"]) == ("start", 0, 3) and not summary["degenerate"]
+    real = [float(r["dice"]) for r in rows if r["source"] == "real_eval"]
+    assert len(real) == 3 and start["eta"] == pytest.approx(np.mean(real), abs=1e-5)
+    assert start["theta"] == pytest.approx((max(real) - min(real)) / 2 + 2e-5, abs=1e-5)
+    for r in syn + mixed:
+        assert float(r["weight"]) == pytest.approx(
+            mas_weight(float(r["dice"]), start["eta"], start["theta"], 0.1), abs=1e-5
+        ), r
+    assert any(float(r["weight"]) != 0.25 for r in syn + mixed)
     # lr 0 in phase 2: the weights are exactly those of init_checkpoint
     before, after = torch.load(init, weights_only=True), torch.load(out / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -203,7 +221,8 @@ def test_bad_datalist_fails_before_writing(demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     wf = workflow(BUNDLE, ["common.yaml", "train.yaml"], "train", **TINY, datalist=str(bad), output_dir=str(out))
     message = _error_chain(wf.initialize)
-    assert "FileNotFoundError" in message and str(bad) in message and "nowhere_seg.nii.gz" in message
+    assert "InputCheckError" in message and "nowhere_seg.nii.gz: file not found" in message
+    assert f"({bad} training[1], case demo-tumour-001)" in message
     assert not out.exists()
 
 
@@ -222,6 +241,7 @@ def test_evaluation_writes_metrics(demo: Path, trained: Path, tmp_path: Path) ->
         assert float(rows[0][col]) >= 0.0
     report = json.loads((out / "eval" / "metrics.json").read_text())
     assert report["n_cases"] == 1 and report["section"] == "validation"
+    assert report["conventions"]["hd95_mode"] == "brats" and "373.13" in report["conventions"]["empty_one"]
     assert report["mean"]["dice_WT"] == pytest.approx(float(rows[0]["dice_WT"]), abs=1e-6)
     summary = _csv(out / "eval" / "metrics_summary.csv")
     assert summary[0]["statistic"] == "mean"

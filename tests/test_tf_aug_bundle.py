@@ -98,7 +98,8 @@ def test_metadata_validates():
 @pytest.mark.parametrize(("configs", "kind"), [(TRAIN, "train"), (INFER, "infer")])
 def test_check_properties(trained, configs, kind):
     # the inference properties include the network, i.e. the learned parameters: after training
-    wf = workflow(BUNDLE, configs, kind, **trained["overrides"])
+    # overwrite: initialize only (a training rerun into the trained output_dir is otherwise refused)
+    wf = workflow(BUNDLE, configs, kind, **trained["overrides"], **({"overwrite": True} if kind == "train" else {}))
     wf.initialize()
     assert wf.check_properties() == []
 
@@ -114,6 +115,27 @@ def test_training_writes_learned_parameters(trained):
     state = torch.load(models / "intensity.pt", weights_only=True)
     assert state["b"][2, 0].item() == pytest.approx(params["ET"]["b"][0])
     assert (models / "checkpoint_final.pt").is_file()
+
+
+@pytest.mark.slow
+def test_training_rerun_is_refused_unless_resumed(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained["overrides"]["output_dir"], out)
+    overrides = {**trained["overrides"], "output_dir": str(out)}
+    before = _files(out / "models")
+    with pytest.raises(RuntimeError) as err:  # the same output folder: refused before anything is written
+        run_workflow(BUNDLE, TRAIN, "train", run_id="training", **overrides)
+    assert f"{out / 'models'}: an earlier run's models are there" in _chain(err.value)
+    assert _files(out / "models") == before
+    # resume_checkpoint continues the run (epoch 3 of 3) and keeps exactly the newest epoch checkpoint
+    models = out / "models"
+    wf = run_workflow(
+        BUNDLE, TRAIN, "train", run_id="training", **{**overrides, "max_epochs": 3},
+        resume_checkpoint=str(models / "checkpoint_final.pt"),
+    )  # fmt: skip
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 3
+    assert sorted(p.name for p in models.glob("*_epoch=*.pt")) == ["checkpoint_epoch=3.pt"]
 
 
 @pytest.mark.slow
@@ -154,7 +176,6 @@ def test_synthesised_cases(trained, synthesised):
                 np.testing.assert_allclose(y[sel], np.clip(a * num[sel] / den[sel] + b, -1, 1), atol=2e-5)
         assert y.min() >= -1 and y.max() <= 1
     assert (synthesised / "qc" / "tfaug-00000.png").is_file()
-    assert (synthesised / "qc" / "tfaug-00000_labels.png").is_file()
     assert not (synthesised / "qc" / "tfaug-00001.png").exists()
 
 
@@ -177,6 +198,25 @@ def test_same_seed_is_byte_identical_and_labels_export(trained, synthesised, tmp
     internal = _nifti(synthesised / "tfaug-00000" / "tfaug-00000_label.nii")
     exported = _nifti(b21 / "tfaug-00000" / "tfaug-00000_label.nii")
     assert np.array_equal(exported, np.where(internal == 3, 4, internal))
+
+
+@pytest.mark.slow
+def test_mass_effect_option_displaces_tissue_not_outline(trained, synthesised, tmp_path):
+    """mass_effect: true displaces the healthy tissue around m_s before painting; same masks, same outline."""
+    mass = _synthesise(trained, tmp_path / "mass", mass_effect=True, num_cases=1)
+    case = "tfaug-00000/tfaug-00000"
+    label = _nifti(synthesised / f"{case}_label.nii")
+    np.testing.assert_array_equal(_nifti(mass / f"{case}_label.nii"), label)  # same seed, same m_s
+    plain, moved = _nifti(synthesised / f"{case}_t1n.nii"), _nifti(mass / f"{case}_t1n.nii")
+    outside = label == 0
+    assert np.abs(moved - plain)[outside].max() > 0.05  # tissue next to the tumour moved
+    brain, brain_moved = _nifti(synthesised / f"{case}_brainmask.nii") > 0, _nifti(mass / f"{case}_brainmask.nii") > 0
+    assert 2 * (brain & brain_moved).sum() / (brain.sum() + brain_moved.sum()) >= 0.99
+    np.testing.assert_array_equal(moved[~brain], plain[~brain])  # background untouched
+    far = ndimage.distance_transform_edt(label == 0, sampling=4.0) > 40.0  # beyond mass_effect_falloff_mm
+    np.testing.assert_array_equal(moved[far], plain[far])
+    record = json.loads((mass / f"{case}_provenance.json").read_text())
+    assert any(t["transform"] == "MassEffectd" for t in record["fingerprint"]["synthesis"])
 
 
 @pytest.mark.slow
@@ -220,9 +260,9 @@ def test_changed_settings_and_bad_inputs_are_refused_before_writing(trained, syn
         it.pop("brain_mask")
         it["image"] = [str(Path(trained["healthy"]).parent / f) for f in it["image"]]
     bad.write_text(json.dumps(data))
-    with pytest.raises(Exception) as err:
+    with pytest.raises(SystemExit) as err:  # the input check's InputCheckError
         _synthesise(trained, fresh, healthy_datalist=str(bad))
-    assert "healthy_no_mask.json: training[0]" in _chain(err.value) and "has no brain_mask" in _chain(err.value)
+    assert "healthy_no_mask.json: training[0] (case" in _chain(err.value) and "no 'brain_mask'" in _chain(err.value)
     assert not fresh.exists()
     _synthesise(
         trained, fresh, intensity_params=str(tmp_path / "missing.json"), allow_identity_intensity=True, num_cases=1

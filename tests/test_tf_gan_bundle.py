@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from custom_components.data.datalist import read_datalist
+from custom_components.data.input_check import InputCheckError
 from custom_components.data.validation import check_datalist
 from custom_components.engines.gan_trainer import loss_terms
 from custom_components.networks.segmentation import build_segmentation_network
@@ -202,7 +203,10 @@ def test_tf_gan_train_resume_refine(data: dict[str, Path], tmp_path: Path) -> No
     }
     assert full["g_optimizer"]["param_groups"][0]["lr"] == 0.0  # linear decay to 0 over max_epochs
 
-    # resume: the same command with one more epoch and resume_checkpoint continues at iteration 4
+    # a plain rerun into the same models_dir is refused; with resume_checkpoint it continues at iteration 4
+    with pytest.raises(RuntimeError) as err:
+        run_workflow(BUNDLE, TRAIN, "train", **train_overrides(data, tmp_path, max_epochs=3))
+    assert "an earlier run's models are there" in _chain(err.value)
     resume = str(models / "checkpoint_final.pt")
     wf = run_workflow(BUNDLE, TRAIN, "train", **train_overrides(data, tmp_path, max_epochs=3, resume_checkpoint=resume))
     trainer = wf.parser.get_parsed_content("train#trainer")
@@ -265,9 +269,9 @@ def test_refine_bad_input_fails_before_output(data: dict[str, Path], tmp_path: P
     ckpt = tmp_path / "models" / "model.pt"
     ckpt.parent.mkdir()
     torch.save({}, ckpt)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(InputCheckError) as err:
         run_workflow(BUNDLE, INFER, "infer", **tiny(data, tmp_path, coarse_datalist=str(bad)))
-    assert missing in _chain(err.value)
+    assert f"{missing}: file not found ({bad} training[1]" in _chain(err.value)
     assert not (tmp_path / "outputs").exists()
 
 

@@ -3,6 +3,7 @@ BraTS / healthy datalist discovery, healthy-scan preparation and demo data."""
 
 from custom_components.data.atomic import atomic_path, atomic_write_text, save_nifti
 from custom_components.data.brain_mask import BrainMaskError, check_brain_mask, infer_brain_mask
+from custom_components.data.cache import DataCheckCache, default_cache
 from custom_components.data.datalist import (
     NIFTI_SUFFIXES,
     PATH_KEYS,
@@ -21,6 +22,7 @@ from custom_components.data.discovery import (
     make_brats_datalist,
     make_healthy_datalist,
 )
+from custom_components.data.input_check import InputCheckError, check_checkpoint, check_inputs, input_problems
 from custom_components.data.labels import (
     CONVENTIONS,
     INTERNAL_CLASSES,
@@ -45,6 +47,8 @@ __all__ = [
     "BRAIN_MASK_PATTERNS",
     "BRAIN_MASK_SUFFIXES",
     "BrainMaskError",
+    "DataCheckCache",
+    "InputCheckError",
     "CONVENTIONS",
     "INTERNAL_CLASSES",
     "INTERNAL_LABELS",
@@ -57,11 +61,15 @@ __all__ = [
     "atomic_write_text",
     "case_id_of",
     "check_brain_mask",
+    "check_checkpoint",
+    "check_inputs",
     "check_brain_mask_grid",
     "check_convention",
     "check_datalist",
     "check_items",
+    "default_cache",
     "from_internal",
+    "input_problems",
     "infer_brain_mask",
     "is_brain_mask_name",
     "is_nifti",

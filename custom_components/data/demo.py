@@ -11,9 +11,12 @@ without network access can run every bundle end to end.
   so that they go through ``prepare-healthy`` like real healthy scans would.
 * Tumour cases: another deformed variant of the template per case, four modalities (t1n, t1c,
   t2w, t2f) derived from the T1 tissue contrast (T2 bright CSF, FLAIR dark CSF, ...), and a
-  procedural glioma **phantom**: a noise-perturbed blob with a necrotic core (label 1), an
-  enhancing rim (label 3, bright on t1c) and an oedema halo (label 2, bright on t2w/t2f, slightly
-  dark on t1n), with a mild mass effect. Labels are in the internal convention (0, 1, 2, 3).
+  procedural glioma **phantom** of one to three lesions of varied size, shape and location, each a
+  noise-perturbed ellipsoid with a necrotic core (label 1), an enhancing rim (label 3) and an oedema
+  halo (label 2), with a mild mass effect. Each class's intensity per modality is calibrated against
+  white matter on a real glioma (``_TUMOUR_INTENSITY``): on T1 the necrosis is markedly and the oedema
+  mildly hypointense, the rim iso-to-hypointense; on T1c the rim enhances; on T2 and FLAIR oedema and
+  necrosis are bright. Labels are in the internal convention (0, 1, 2, 3).
 
 The tumours are phantoms: they exercise shapes, classes and pipelines, they are not real
 pathology and no accuracy measured on them means anything clinically.
@@ -54,17 +57,38 @@ _CONTRAST: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 # scanner gain per modality (intensity of white matter), similar to raw BraTS values
 _GAIN: dict[str, float] = {"t1n": 330.0, "t1c": 360.0, "t2w": 260.0, "t2f": 180.0}
-# phantom tissue intensity per class and modality, relative to the modality's white matter; chosen so that
-# class means over the normal-brain median come close to the real TCGA-FG-6692 case's (ED: t1n 0.9, t2w 1.2,
-# t2f 1.4; ET: t1c 1.3+), with the textbook pattern of a high-grade glioma (dark necrosis, enhancing rim)
+# Phantom tissue intensity per class and modality, relative to the modality's white matter (WM = 1).
+# Calibrated on the real glioma TCGA-FG-6692 in ../shared/data (BraTS 2021 labels): class mean over the
+# mean of its normal-appearing white matter (brain >= 10 voxels from the tumour and >= 5 from the brain
+# edge, brightest of three k-means T1 clusters). Measured (class mean / WM):
+#            NCR    ED     ET     (GM)
+#   t1n      0.66   0.73   0.68   0.79
+#   t1c      0.99   1.01   1.22   0.98
+#   t2w      1.65   1.38   1.62   1.16
+#   t2f      1.55   1.38   1.54   1.04
+# The phantom keeps these values except where the case departs from the textbook high-grade pattern the
+# demo teaches (docs: bundles/dtss_mas_seg/docs/README.md, "Demo data"):
+# * t1n: necrosis markedly hypointense (0.45; real 0.66); oedema at the real oedema/grey-matter ratio
+#   (0.73 / 0.79 = 0.92 of grey matter, the template's grey matter being 0.75: 0.70), i.e. mildly hypointense,
+#   just below grey matter; the enhancing rim iso-to-mildly hypointense (0.85; real 0.68, an LGG case whose
+#   labels come from a model), so that on T1 the rim is a brighter shell between dark core and dark oedema;
+# * t1c: necrosis dark (0.55; the real "NCR" is mostly non-enhancing tumour, 0.99), oedema hypointense as on
+#   T1 (0.85), the rim enhancing (1.40; real 1.22);
+# * t2w, t2f: the real values (oedema and necrosis bright).
 _TUMOUR_INTENSITY: dict[int, dict[str, float]] = {
-    1: {"t1n": 0.55, "t1c": 0.55, "t2w": 1.9, "t2f": 1.2},  # NCR: dark T1, fluid-like T2
-    2: {"t1n": 0.65, "t1c": 0.70, "t2w": 1.7, "t2f": 1.8},  # ED: slightly dark T1, bright T2/FLAIR
-    3: {"t1n": 0.70, "t1c": 1.45, "t2w": 1.7, "t2f": 1.5},  # ET: bright on T1 post-contrast
+    1: {"t1n": 0.45, "t1c": 0.55, "t2w": 1.65, "t2f": 1.55},  # NCR
+    2: {"t1n": 0.70, "t1c": 0.85, "t2w": 1.38, "t2f": 1.38},  # ED
+    3: {"t1n": 0.85, "t1c": 1.40, "t2w": 1.62, "t2f": 1.54},  # ET
 }
-_TEXTURE: dict[int, float] = {1: 0.10, 2: 0.05, 3: 0.08}
-# oedema keeps part of the underlying anatomy (infiltrated tissue)
+# relative standard deviation of the band-limited texture inside each class (real T1: 0.07-0.09)
+_TEXTURE: dict[int, float] = {1: 0.08, 2: 0.06, 3: 0.07}
+# per-case, per-class and per-modality gain of the levels above: uniform in [1 - j, 1 + j]
+_LEVEL_JITTER = 0.06
+# oedema is infiltrated tissue: its level is multiplied by (healthy / WM) ** _OEDEMA_ANATOMY, so it keeps
+# part of the grey/white contrast underneath and equals the level above in white matter
 _OEDEMA_ANATOMY = 0.3
+# number of lesions per case (1, 2 or 3, multifocal glioma) and their probabilities
+_LESION_COUNT_P = (0.6, 0.3, 0.1)
 _KIND = {"healthy": 1, "tumour": 2}
 
 
@@ -164,20 +188,19 @@ class _Template:
             * elastic_mm,
         }
 
-    def warp(self, deform: dict[str, Any], mass: tuple[np.ndarray, float, float] | None = None) -> tuple:
+    def warp(self, deform: dict[str, Any], mass: list[tuple[np.ndarray, float, float]] | None = None) -> tuple:
         """A deformed copy of the template on the demo grid.
 
         Args:
             deform: deformation from :meth:`draw_warp`.
-            mass: optional mass effect ``(centre_mm, radius_mm, strength)`` pushing tissue away
-                from ``centre_mm``.
+            mass: optional mass effects, one ``(centre_mm, radius_mm, strength)`` per lesion, each
+                pushing tissue away from its ``centre_mm``.
 
         Returns:
             ``(t1, brain)``: normalised T1 (0 outside the brain) and the bool brain mask.
         """
         world = self.world
-        if mass is not None:
-            c, radius, strength = mass
+        for c, radius, strength in mass or []:
             rel = world - np.asarray(c, dtype=np.float32).reshape(3, 1)
             r2 = (rel**2).sum(0) / radius**2
             world = world - rel * (strength * np.exp(-0.5 * r2))
@@ -218,52 +241,84 @@ def _contrast(t1: np.ndarray, modality: str, gamma: float = 1.0) -> np.ndarray:
     return np.interp(np.power(np.clip(t1, 0, None), gamma), knots, values).astype(np.float32)
 
 
-def _phantom(rng: np.random.Generator, t1: np.ndarray, brain: np.ndarray, spacing: float) -> tuple:
-    """Draw a glioma phantom inside ``brain``: internal labels and its parameters.
+def _lesion(
+    rng: np.random.Generator, candidates: np.ndarray, shape: tuple[int, ...], spacing: float, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """One lesion: its core and oedema "radius" fields (< 1 inside) and parameters.
 
-    Returns:
-        ``(label, params)`` or ``None`` when a draw misses a class (the caller draws again).
+    The shape is an ellipsoid (axes 0.7-1.35, random orientation) whose boundary is perturbed by smooth
+    noise, so lesions range from round to lobulated; core and oedema sizes and the necrotic fraction are
+    drawn per lesion (``scale`` < 1 for the satellites of a multifocal case).
     """
-    shape = brain.shape
-    r_core = max(rng.uniform(10.0, 20.0), 3.0 * spacing)
-    r_oedema = r_core + max(rng.uniform(5.0, 15.0), 2.0 * spacing)
-    f_ncr = min(rng.uniform(0.5, 0.75), 1.0 - 1.5 * spacing / r_core)
-    # centre: white matter with the whole core inside the brain
-    depth = ndimage.distance_transform_edt(brain) * spacing
-    candidates = np.argwhere((depth > r_core + spacing) & (t1 > 0.85))
-    if len(candidates) == 0:
-        candidates = np.argwhere(depth >= depth.max() * 0.8)
+    r_core = max(scale * rng.uniform(8.0, 20.0), 2.5 * spacing)
+    r_oedema = r_core + max(scale * rng.uniform(3.0, 14.0), 2.0 * spacing)
+    f_ncr = min(rng.uniform(0.5, 0.8), 1.0 - 1.5 * spacing / r_core)
     centre = candidates[rng.integers(len(candidates))].astype(np.float64)
-    axes = rng.uniform(0.8, 1.2, 3)
+    axes = rng.uniform(0.7, 1.35, 3)
     rot = _rotation(rng.uniform(-np.pi, np.pi, 3))
     rel = (np.indices(shape, dtype=np.float32).reshape(3, -1) - centre.reshape(3, 1).astype(np.float32)) * spacing
     ell = (rot.astype(np.float32) @ rel) / axes.reshape(3, 1).astype(np.float32)
     r = np.sqrt((ell**2).sum(0)).reshape(shape)
     sigma_vox = max(4.0 / spacing, 0.8)
-    rho_core = r / r_core + rng.uniform(0.12, 0.22) * _texture(rng, shape, sigma_vox)
-    rho_ed = r / r_oedema + rng.uniform(0.12, 0.25) * _texture(rng, shape, 1.5 * sigma_vox)
-    csf = t1 < 0.5
-    label = np.zeros(shape, dtype=np.uint8)
-    label[(rho_ed < 1.0) & ~csf] = 2
-    label[rho_core < 1.0] = 3
-    label[rho_core < f_ncr] = 1
-    label[~brain] = 0
-    # keep the connected tumour around the centre (noise can leave specks)
-    comps, n = ndimage.label(label > 0)
-    if n > 1:
-        sizes = ndimage.sum_labels(np.ones(shape), comps, index=np.arange(1, n + 1))
-        label[comps != 1 + int(np.argmax(sizes))] = 0
-    counts = {c: int((label == c).sum()) for c in (1, 2, 3)}
-    if min(counts.values()) == 0:
-        return None
+    rho_core = r / r_core + rng.uniform(0.10, 0.25) * _texture(rng, shape, sigma_vox)
+    rho_ed = r / r_oedema + rng.uniform(0.10, 0.30) * _texture(rng, shape, 1.5 * sigma_vox)
     params = {
         "centre_voxel": centre.astype(int).tolist(),
         "core_radius_mm": round(float(r_core), 2),
         "oedema_radius_mm": round(float(r_oedema), 2),
         "necrosis_fraction": round(float(f_ncr), 3),
-        "voxels": {"NCR": counts[1], "ED": counts[2], "ET": counts[3]},
+        "axes": np.round(axes, 3).tolist(),
     }
-    return label, params
+    return rho_core, rho_ed, np.asarray(f_ncr), params
+
+
+def _phantom(rng: np.random.Generator, t1: np.ndarray, brain: np.ndarray, spacing: float) -> tuple | None:
+    """Draw a glioma phantom inside ``brain``: internal labels and its parameters.
+
+    One to three lesions (``_LESION_COUNT_P``; satellites smaller), each centred in white matter with its
+    core inside the brain: a necrotic core (1) inside an enhancing rim (3) inside an oedema halo (2) that
+    spares CSF.
+
+    Returns:
+        ``(label, params)`` or ``None`` when a draw misses a class (the caller draws again).
+    """
+    shape = brain.shape
+    depth = ndimage.distance_transform_edt(brain) * spacing
+    n_lesions = 1 + int(rng.choice(len(_LESION_COUNT_P), p=_LESION_COUNT_P))
+    csf = t1 < 0.5
+    grid = np.indices(shape, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    lesions = []
+    for k in range(n_lesions):
+        scale = 1.0 if k == 0 else rng.uniform(0.45, 0.8)
+        # centre: white matter deep enough for the largest core of this scale, away from earlier lesions
+        ok = (depth > scale * 20.0 + spacing) & (t1 > 0.85)
+        for other in lesions:
+            offset = grid - np.asarray(other["centre_voxel"], dtype=np.float32).reshape(3, 1, 1, 1)
+            ok &= np.sqrt((offset**2).sum(0)) * spacing > 1.35 * other["oedema_radius_mm"] + 20.0
+        candidates = np.argwhere(ok)
+        if len(candidates) == 0:
+            if k == 0:
+                candidates = np.argwhere(depth >= depth.max() * 0.8)
+            else:
+                break
+        rho_core, rho_ed, f_ncr, params = _lesion(rng, candidates, shape, spacing, scale)
+        oedema = (rho_ed < 1.0) & ~csf & (label == 0)
+        label[oedema] = 2
+        label[rho_core < 1.0] = 3
+        label[rho_core < f_ncr] = 1
+        lesions.append(params)
+    label[~brain] = 0
+    # keep the connected parts that hold a lesion centre (noise can leave specks)
+    comps, _ = ndimage.label(label > 0)
+    keep = sorted({int(comps[tuple(p["centre_voxel"])]) for p in lesions} - {0})
+    label[~np.isin(comps, keep)] = 0
+    counts = {c: int((label == c).sum()) for c in (1, 2, 3)}
+    if min(counts.values()) == 0:
+        return None
+    voxels = {"NCR": counts[1], "ED": counts[2], "ET": counts[3]}
+    # "lesions": the drawn lesions; "n_lesions": the separate tumours in the image (drawn ones may touch)
+    return label, {"n_lesions": len(keep), "lesions": lesions, "voxels": voxels}
 
 
 def _healthy_case(tpl: _Template, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -288,10 +343,18 @@ def _tumour_case(
         if drawn is None:
             continue
         label, tumour = drawn
-        # mass effect: the same subject again with the tissue pushed away from the tumour centre
-        centre_mm = nib.affines.apply_affine(tpl.grid_affine, np.asarray(tumour["centre_voxel"], dtype=float))
-        t1, brain = tpl.warp(deform, mass=(centre_mm, tumour["core_radius_mm"], strength))
+        # mass effect: the same subject again with the tissue pushed away from each lesion's centre
+        mass = [
+            (
+                nib.affines.apply_affine(tpl.grid_affine, np.asarray(lesion["centre_voxel"], dtype=float)),
+                lesion["core_radius_mm"],
+                strength,
+            )
+            for lesion in tumour["lesions"]
+        ]
+        t1, brain = tpl.warp(deform, mass=mass)
         label[~brain] = 0
+        tumour["n_lesions"] = int(ndimage.label(label > 0)[1])
         if min(int((label == c).sum()) for c in (1, 2, 3)) > 0:
             break
     else:  # pragma: no cover - 50 failed draws would mean a broken template
@@ -301,13 +364,14 @@ def _tumour_case(
     params["voxels"] = {name: int((label == c).sum()) for c, name in ((1, "NCR"), (2, "ED"), (3, "ET"))}
     shape = tpl.shape
     onehot = np.stack([(label == c).astype(np.float32) for c in (1, 2, 3)])
-    soft = np.stack([ndimage.gaussian_filter(o, 0.6) for o in onehot])
+    # partial volume at the class borders: a 1.2 mm Gaussian
+    soft = np.stack([ndimage.gaussian_filter(o, 1.2 / tpl.spacing) for o in onehot])
     soft *= brain
     healthy_w = np.clip(1.0 - soft.sum(0), 0.0, 1.0)
     gamma = rng.uniform(0.9, 1.1)
     bias = np.exp(0.1 * _smooth_field(rng, shape, 3)).astype(np.float32)
     textures = {c: _texture(rng, shape, max(2.0 / tpl.spacing, 0.6)) for c in (1, 2, 3)}
-    jitter = {c: {m: rng.uniform(0.9, 1.1) for m in DEMO_MODALITIES} for c in (1, 2, 3)}
+    jitter = {c: {m: rng.uniform(1.0 - _LEVEL_JITTER, 1.0 + _LEVEL_JITTER) for m in DEMO_MODALITIES} for c in (1, 2, 3)}
     images = {}
     for m in DEMO_MODALITIES:
         healthy = _contrast(t1, m, gamma)
@@ -315,7 +379,7 @@ def _tumour_case(
         for k, c in enumerate((1, 2, 3)):
             level = _TUMOUR_INTENSITY[c][m] * jitter[c][m] * (1.0 + _TEXTURE[c] * textures[c])
             if c == 2:
-                level = _OEDEMA_ANATOMY * healthy + (1.0 - _OEDEMA_ANATOMY) * level
+                level = level * np.power(np.clip(healthy, 0.3, None), _OEDEMA_ANATOMY)
             img = img + soft[k] * level
         images[m] = _scanner(rng, img, brain, m, bias)
     params["gamma"] = round(float(gamma), 4)

@@ -39,7 +39,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from custom_components.data.datalist import case_id_of, read_datalist
+from custom_components.data.cache import DataCheckCache, default_cache
+from custom_components.data.datalist import case_id_of, read_datalist, select_modalities
 from custom_components.data.labels import CONVENTIONS, allowed_values, check_convention
 
 AFFINE_ATOL: float = 1e-4
@@ -108,6 +109,13 @@ class _Validator:
     labels: str | None  # None: do not check label values
     require_tumour: bool
     modalities: Sequence[str] | None = None
+    cache: DataCheckCache | None = None
+    # modalities the run reads (chosen by name from ``modalities``): only their image files are checked
+    select: Sequence[str] | None = None
+    # keys every item must have besides ``image`` (e.g. ``label``, ``brain_mask``)
+    require: Sequence[str] = ()
+    # file keys whose files are checked (None: all); e.g. ("label",) when a run reads only the labels
+    check_keys: Sequence[str] | None = None
     problems: list[str] = field(default_factory=list)
     _headers: dict[str, _Header] = field(default_factory=dict)
     _data: dict[tuple[str, str], list[str]] = field(default_factory=dict)
@@ -150,13 +158,26 @@ class _Validator:
         key = (path, role)
         if key in self._data:
             return self._data[key]
+        cache_key = None
+        if self.cache is not None:
+            cache_key = self.cache.key(path, role, self.labels, self.require_tumour)
+            cached = self.cache.get(cache_key)
+            if cached is not None:
+                self._data[key] = cached
+                return cached
+        out = self._read_and_check(path, role)
+        self._data[key] = out
+        if cache_key is not None:
+            self.cache.put(cache_key, out)
+        return out
+
+    def _read_and_check(self, path: str, role: str) -> list[str]:
         out: list[str] = []
         img = self._headers[path].image
         try:
             data = np.asanyarray(img.dataobj)
         except Exception as e:
             out.append(f"unreadable data, file truncated or corrupt ({type(e).__name__}: {e})")
-            self._data[key] = out
             return out
         if np.issubdtype(data.dtype, np.floating):
             bad = int(data.size - np.count_nonzero(np.isfinite(data)))
@@ -177,7 +198,6 @@ class _Validator:
                 out.append("label has no tumour voxels (all background); allow empty labels for healthy/control cases")
         elif role == "mask" and not np.any(data):
             out.append("mask is empty (no non-zero voxels)")
-        self._data[key] = out
         return out
 
     # -- items -------------------------------------------------------------------------------
@@ -189,18 +209,29 @@ class _Validator:
             )
             return
         cid = case_id_of(item)
-        ctx = f"({where}, case {cid})" if cid else f"({where})"
+        # name the datalist in every line about a file (items without a datalist file: "<items>")
+        at = where if source == "<items>" else f"{source} {where}"
+        ctx = f"({at}, case {cid})" if cid else f"({at})"
         loc = f"{where} (case {cid})" if cid else where
         if "image" not in item:
             self.problems.append(f"{source}: {loc} has no 'image' key")
             return
+        absent = [k for k in self.require if not item.get(k)]
+        if absent:
+            self.problems.append(f"{source}: {loc} has no {', '.join(repr(k) for k in absent)}")
         images = item["image"]
         images = list(images) if isinstance(images, list | tuple) else [images]
         if not images or not all(isinstance(f, str | os.PathLike) and str(f) for f in images):
             self.problems.append(f"{source}: {loc} 'image' must be a file or a non-empty list of files")
             return
         images = [os.fspath(f) for f in images]
-        if self.modalities is not None and len(images) != len(self.modalities):
+        if self.select is not None:
+            try:
+                images = select_modalities(images, self.modalities, self.select, f"{source}: {loc}")
+            except ValueError as e:
+                self.problems.append(str(e))
+                return
+        elif self.modalities is not None and len(images) != len(self.modalities):
             self.problems.append(
                 f"{source}: {loc} has {len(images)} image file(s) but the datalist declares "
                 f"{len(self.modalities)} modalities ({', '.join(self.modalities)})"
@@ -208,7 +239,8 @@ class _Validator:
         # headers: existence, dimensionality, grid agreement
         ref: tuple[str, _Header] | None = None
         sound: list[tuple[str, str]] = []
-        for f in images:
+        checked = set(self.check_keys) if self.check_keys is not None else None
+        for f in images if checked is None or "image" in checked else []:
             h = self.header(f)
             if h.error:
                 self.report(f, h.error, ctx)
@@ -226,6 +258,7 @@ class _Validator:
         if "label" in item:
             others.append(("label", "label"))
         others += [(k, "mask") for k in MASK_KEYS if k in item]
+        others = [(k, r) for k, r in others if checked is None or k in checked]
         for key, role in others:
             f = item[key]
             if not isinstance(f, str | os.PathLike) or not str(f):
@@ -288,10 +321,14 @@ def validate_items(
     Raises:
         ValueError: for an unknown label convention.
     """
-    v = _Validator(labels=check_convention(labels), require_tumour=require_tumour, modalities=modalities)
+    v = _Validator(
+        labels=check_convention(labels), require_tumour=require_tumour, modalities=modalities, cache=default_cache()
+    )
     for i, item in enumerate(items):
         v.item(item, f"{section}[{i}]", source)
     ids = [(case_id_of(it), f"{section}[{i}]") for i, it in enumerate(items) if isinstance(it, Mapping)]
+    if v.cache is not None:
+        v.cache.save()
     return v.problems + _duplicates(((c, w) for c, w in ids if c is not None), source)
 
 
@@ -300,6 +337,10 @@ def validate_datalist(
     labels: str | None = None,
     require_tumour: bool = True,
     sections: Sequence[str] | None = None,
+    select: Sequence[str] | None = None,
+    require: Sequence[str] = (),
+    cache: DataCheckCache | None | bool = True,
+    check_keys: Sequence[str] | None = None,
 ) -> list[str]:
     """Check a datalist file and every file it names (see the module docstring for the checks).
 
@@ -309,6 +350,13 @@ def validate_datalist(
             else ``brats2023``.
         require_tumour: report labels without tumour voxels (pass False for healthy/control cases).
         sections: list sections to check (default: every list section of the datalist).
+        select: modalities a run reads, chosen by name from the datalist's top-level ``modalities``
+            (without it every item must list exactly these many files); only their image files are
+            checked. None: every image file.
+        require: keys every item must have besides ``image`` (e.g. ``["label"]``).
+        cache: data-check results keyed on (path, size, mtime) so a file is decompressed once across runs
+            (:class:`~custom_components.data.cache.DataCheckCache`); True: the default cache, False/None: none.
+        check_keys: file keys whose files are checked (e.g. ``["image"]`` for inference); None: every file key.
 
     Returns:
         one line per problem, each starting with the offending file; empty when valid.
@@ -355,7 +403,17 @@ def validate_datalist(
         problems.append(f"{path}: no items in {', '.join(names)}")
 
     # with an unknown convention the label values cannot be checked (reported once above)
-    v = _Validator(labels=convention if label_ok else None, require_tumour=require_tumour, modalities=modalities)
+    if cache is True:
+        cache = default_cache()
+    v = _Validator(
+        labels=convention if label_ok else None,
+        require_tumour=require_tumour,
+        modalities=modalities,
+        cache=cache or None,
+        select=None if select is None else [str(m) for m in select],
+        require=tuple(require),
+        check_keys=None if check_keys is None else tuple(check_keys),
+    )
     ids: list[tuple[str, str]] = []
     for s in names:
         for i, item in enumerate(data[s]):
@@ -367,6 +425,8 @@ def validate_datalist(
             cid = case_id_of(item)
             if cid is not None:
                 ids.append((cid, f"{s}[{i}]"))
+    if v.cache is not None:
+        v.cache.save()
     return problems + v.problems + _duplicates(ids, path)
 
 

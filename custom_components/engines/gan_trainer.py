@@ -46,6 +46,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from custom_components.distributed import all_reduce_sum
+from custom_components.handlers.checkpoints import guard_loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss
 from custom_components.losses.hinge_l1 import HingeL1Loss
 from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
@@ -149,6 +150,8 @@ class TFGANTrainer(Trainer):
             default MLflow settings, whose ``output_transform`` expects a list).
         optim_set_to_none: ``zero_grad(set_to_none=...)``.
         amp_kwargs: arguments of ``torch.autocast``.
+        checkpoint_dir: folder of the run's checkpoints; a non-finite loss stops training (before that network's
+            weights are updated) naming the iteration, the batch's cases and the newest checkpoint there.
     """
 
     def __init__(
@@ -187,6 +190,7 @@ class TFGANTrainer(Trainer):
         decollate: bool = True,
         optim_set_to_none: bool = False,
         amp_kwargs: dict | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -222,6 +226,7 @@ class TFGANTrainer(Trainer):
         self.lambda_hinge = float(lambda_hinge)
         self.lambda_perceptual = float(lambda_perceptual)
         self.lambda_l1 = float(lambda_l1)
+        self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.classes = tuple(int(c) for c in classes)
         self.image_key, self.label_key, self.roi_key, self.brain_key = image_key, label_key, roi_key, brain_key
         self.g_inferer = SimpleInferer() if g_inferer is None else g_inferer
@@ -296,6 +301,9 @@ class TFGANTrainer(Trainer):
         engine.state.metrics["lr_d"] = float(self.d_optimizer.param_groups[0]["lr"])
 
     def _step(self, loss: torch.Tensor, optimizer: Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+        batch = self.state.batch
+        cases = batch.get("case_id") if isinstance(batch, Mapping) else None
+        guard_loss(loss, self, list(cases) if cases is not None else None, self.checkpoint_dir)
         if scaler is None:
             loss.backward()
             optimizer.step()

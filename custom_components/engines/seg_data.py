@@ -13,6 +13,7 @@ the batches grow instead (``batch_size`` real samples plus their synthetic sampl
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,8 +81,11 @@ class TwoPhaseDataset(Dataset):
 
     * phase 1 (epochs ``1 .. phase2_start_epoch``): ``augment(real[i])``;
     * phase 2: additionally ``augment(t(real[i]))`` for every online synthesis transform ``t`` (e.g. DTSS, drawn
-      afresh every epoch) and ``synthetic_per_case`` items of ``synthetic``, taken cyclically so that every
-      synthetic item is used equally often across epochs.
+      afresh every epoch) and items of ``synthetic``, ``synthetic_per_case`` per real case on average, taken
+      cyclically so that every synthetic item is used equally often across epochs. A fractional
+      ``synthetic_per_case`` ``r`` gives index ``i`` ``floor((i + 1) r) - floor(i r)`` items, so an epoch uses
+      ``floor(n r)`` synthetic items for ``n`` real cases (0.5: every other index; the TF paper's Syn50 with
+      100 real cases = 50 synthetic samples per 100 real ones).
 
     Every sample carries ``image``, ``label`` (plain tensors), ``case_id``, ``synthetic_key`` (bool),
     ``mas_key`` (bool: MAS weights this sample) and ``weight_key`` (its fixed loss weight: 1 for real samples,
@@ -100,7 +104,7 @@ class TwoPhaseDataset(Dataset):
         synthetic: dataset of preprocessed synthetic cases used in phase 2 (``None``: none).
         phase2_start_epoch: number of phase-1 epochs; phase 2 starts at epoch ``phase2_start_epoch + 1``
             (0: the whole run is phase 2).
-        synthetic_per_case: synthetic-dataset items per real case per epoch in phase 2.
+        synthetic_per_case: synthetic-dataset items per real case per epoch in phase 2 (may be fractional).
         synthetic_weight: fixed loss weight of synthetic samples (used where MAS does not weight them).
         online_mas: MAS weights the online-synthesised samples.
         synthetic_mas: MAS weights the synthetic-dataset samples.
@@ -115,7 +119,7 @@ class TwoPhaseDataset(Dataset):
         online: Sequence[Callable[[dict], dict]] = (),
         synthetic: Dataset | Sequence[dict] | None = None,
         phase2_start_epoch: int = 0,
-        synthetic_per_case: int = 1,
+        synthetic_per_case: float = 1,
         synthetic_weight: float = 1.0,
         online_mas: bool = True,
         synthetic_mas: bool = True,
@@ -138,7 +142,7 @@ class TwoPhaseDataset(Dataset):
         self.online = list(online or ())
         self.synthetic = synthetic if synthetic is not None and len(synthetic) > 0 else None
         self.phase2_start_epoch = int(phase2_start_epoch)
-        self.synthetic_per_case = int(synthetic_per_case)
+        self.synthetic_per_case = float(synthetic_per_case)
         self.synthetic_weight = float(synthetic_weight)
         self.online_mas = bool(online_mas)
         self.synthetic_mas = bool(synthetic_mas)
@@ -155,11 +159,21 @@ class TwoPhaseDataset(Dataset):
         """1 during the first ``phase2_start_epoch`` epochs, 2 afterwards."""
         return 2 if self.epoch > self.phase2_start_epoch else 1
 
-    def samples_per_case(self, phase: int | None = None) -> int:
-        """Samples one index yields per ``augment`` output in ``phase`` (default: the current phase)."""
+    def _synthetic_slots(self, index: int) -> tuple[int, int]:
+        """(first slot, number of slots) of index ``index`` among an epoch's ``floor(n r)`` synthetic items."""
+        r = self.synthetic_per_case
+        first = math.floor(index * r + 1e-9)
+        return first, math.floor((index + 1) * r + 1e-9) - first
+
+    def synthetic_per_epoch(self) -> int:
+        """Synthetic-dataset items used per phase-2 epoch: ``floor(n_real * synthetic_per_case)``."""
+        return 0 if self.synthetic is None else self._synthetic_slots(len(self.real))[0]
+
+    def samples_per_case(self, phase: int | None = None, index: int = 0) -> int:
+        """Samples index ``index`` yields per ``augment`` output in ``phase`` (default: the current phase)."""
         if (phase or self.phase) == 1:
             return 1
-        return 1 + len(self.online) + (self.synthetic_per_case if self.synthetic is not None else 0)
+        return 1 + len(self.online) + (self._synthetic_slots(index)[1] if self.synthetic is not None else 0)
 
     def __len__(self) -> int:
         return len(self.real)
@@ -186,9 +200,10 @@ class TwoPhaseDataset(Dataset):
             derived = transform(copy.deepcopy(base))
             samples += self._finish(self.augment(derived), f"{case_id}#online{k}", synthetic=True, mas=self.online_mas)
         if self.synthetic is not None:
-            m, per = len(self.synthetic), self.synthetic_per_case
-            for k in range(per):
-                j = ((self.epoch - 1) * len(self.real) * per + index * per + k) % m
+            m, total = len(self.synthetic), self.synthetic_per_epoch()
+            first, count = self._synthetic_slots(index)
+            for k in range(count):
+                j = ((self.epoch - 1) * total + first + k) % m
                 item = self.synthetic[j]
                 sid = str(item.get(self.case_key, f"synthetic{j}"))
                 samples += self._finish(self.augment(item), sid, synthetic=True, mas=self.synthetic_mas)

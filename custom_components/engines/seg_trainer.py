@@ -2,8 +2,10 @@
 
 Every iteration, after the forward pass, the trainer computes the hard Dice of every sample of the batch
 on the BraTS regions (detached, from the same forward pass: no extra network evaluation), asks the
-:class:`~custom_components.handlers.mas.MASHandler` for the weights of the synthetic samples (eq. 6,
-with the statistics of the previous epoch) and passes the per-sample weights to the loss (eq. 15).
+:class:`~custom_components.handlers.mas.MASHandler` for the weights of the synthetic samples (eq. 6, with
+eta/theta of the model after the previous epoch, or, in the first epoch of a run that starts in phase 2, of
+the model it starts from: the handler evaluates the real cases at the start of that epoch, before the first
+iteration) and passes the per-sample weights to the loss (eq. 15).
 Per-sample accuracies, weights and flags are returned in ``engine.state.output`` for the MAS handler and
 any logger. At the start of every epoch it tells the dataset the epoch (two-phase training) and records
 the phase in ``engine.state.metrics["phase"]``.
@@ -13,13 +15,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 
+from custom_components.handlers.checkpoints import check_output_dir, guard_loss
 from custom_components.handlers.mas import MASHandler, hard_prediction, region_dice_per_sample
 
 __all__ = ["SegmentationTrainer", "TwoPhaseLRLambda", "attach_handlers", "check_output_dir"]
@@ -46,33 +48,6 @@ class TwoPhaseLRLambda:
 
     def __call__(self, epoch: int) -> float:
         return 1.0 if epoch < self.phase2_start_epoch else self.ratio
-
-
-def check_output_dir(
-    output_dir: str | os.PathLike, resume_checkpoint: str | None = None, overwrite: bool = False
-) -> Path:
-    """Refuse to train into an output folder that already holds models, unless resuming or told to overwrite.
-
-    Args:
-        output_dir: the run's output folder.
-        resume_checkpoint: checkpoint the run resumes from (then the folder may hold models).
-        overwrite: allow replacing the models of an earlier run.
-
-    Returns:
-        ``output_dir`` as a Path.
-    """
-    out = Path(output_dir)
-    models = out / "models"
-    if resume_checkpoint:
-        if not Path(resume_checkpoint).is_file():
-            raise FileNotFoundError(f"{resume_checkpoint}: resume checkpoint not found")
-        return out
-    if not overwrite and models.is_dir() and any(models.iterdir()):
-        raise FileExistsError(
-            f"{models}: an earlier run's models are there; set resume_checkpoint to continue it, "
-            "overwrite=true to replace it, or choose another output_dir"
-        )
-    return out
 
 
 def attach_handlers(engine: Engine, handlers: Sequence[Any]) -> Engine:
@@ -113,6 +88,8 @@ class SegmentationTrainer(SupervisedTrainer):
             when ``StatsHandler``/``MLFlowHandler`` log); ``None``: fixed weights only.
         train_handlers: handlers attached after the MAS handler.
         synthetic_key, mas_key, weight_key, case_key: per-sample keys of the batch.
+        checkpoint_dir: folder of the run's checkpoints; a non-finite loss stops training (before the weights are
+            updated) with a message naming the iteration, the batch's cases and the newest checkpoint there.
         kwargs: further ``SupervisedTrainer`` arguments (inferer, amp, epoch_length, ...).
     """
 
@@ -130,6 +107,7 @@ class SegmentationTrainer(SupervisedTrainer):
         mas_key: str = "mas",
         weight_key: str = "weight",
         case_key: str = "case_id",
+        checkpoint_dir: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -143,6 +121,7 @@ class SegmentationTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.criterion = loss_function
+        self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.mas = mas
         self.synthetic_key, self.mas_key, self.weight_key, self.case_key = synthetic_key, mas_key, weight_key, case_key
         self.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
@@ -177,4 +156,6 @@ class SegmentationTrainer(SupervisedTrainer):
         cases = batch.get(self.case_key) if isinstance(batch, dict) else None
         if cases is not None and len(cases) == n:
             out[self.case_key] = list(cases)
-        return self.criterion(pred, target, weight=weight)
+        loss = self.criterion(pred, target, weight=weight)
+        guard_loss(loss, self, list(cases) if cases is not None else None, self.checkpoint_dir)
+        return loss

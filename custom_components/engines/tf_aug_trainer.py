@@ -33,6 +33,7 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.utils import CommonKeys as Keys
 from torch.utils.data import DataLoader
 
+from custom_components.handlers.checkpoints import guard_loss
 from custom_components.networks.classwise_intensity import ClasswiseIntensity
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class TFAugTrainer(Trainer):
             reach a and b even when a value leaves [-1, 1]).
         iteration_update, postprocessing, key_train_metric, additional_metrics, metric_cmp_fn, event_names,
             event_to_attr, decollate, to_kwargs, amp_kwargs: as for MONAI's ``Trainer``.
+        checkpoint_dir: folder of the run's checkpoints; a non-finite loss stops training (before a and b are
+            updated) naming the iteration, the batch's healthy and real cases and the newest checkpoint there.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class TFAugTrainer(Trainer):
         decollate: bool = False,
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
     ) -> None:
         extra = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
         super().__init__(
@@ -121,6 +125,7 @@ class TFAugTrainer(Trainer):
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.keys = (image_key, label_key, real_image_key, real_label_key)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self._loss_sum, self._loss_n = 0.0, 0
         self.add_event_handler(Events.EPOCH_STARTED, self._reset_epoch)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._finish_epoch)
@@ -159,6 +164,7 @@ class TFAugTrainer(Trainer):
                 synthetic = synthetic.clamp(*self.clip)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             loss = engine.loss_function(synthetic, label, real.float(), real_label)
+            guard_loss(loss, engine, _batch_cases(batchdata), self.checkpoint_dir)
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
             return loss
 
@@ -182,6 +188,14 @@ class TFAugTrainer(Trainer):
         engine.state.output = [{Keys.LOSS: loss.detach(), **params}]
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+def _batch_cases(batchdata: dict[str, Any]) -> list[str] | None:
+    """``healthy+real`` ids of the pairs of a batch (None when the batch does not carry them)."""
+    healthy, real = batchdata.get("healthy_id"), batchdata.get("real_id")
+    if healthy is None or real is None:
+        return None
+    return [f"{h}+{r}" for h, r in zip(healthy, real, strict=False)]
 
 
 class ClasswiseIntensitySaver:

@@ -1,7 +1,16 @@
-"""Ignite handlers: DSMA's MAS sample weights and the label writer.
+"""Ignite handlers: DSMA's MAS sample weights, the label writer, and the checkpoint savers and training guards.
 
 TF-GAN's lambda_c schedule is MONAI's ``ParamSchedulerHandler`` (linear), configured in tf_gan's train.yaml."""
 
+from custom_components.handlers.checkpoints import (
+    BestModelSaver,
+    SafeCheckpointSaver,
+    TrainingGuardError,
+    check_output_dir,
+    guard_loss,
+    last_checkpoint,
+    non_finite_tensors,
+)
 from custom_components.handlers.mas import (
     MASHandler,
     hard_prediction,
@@ -13,6 +22,13 @@ from custom_components.handlers.mas import (
 from custom_components.handlers.save_labels import SegmentationWriter
 
 __all__ = [
+    "BestModelSaver",
+    "SafeCheckpointSaver",
+    "TrainingGuardError",
+    "check_output_dir",
+    "guard_loss",
+    "last_checkpoint",
+    "non_finite_tensors",
     "MASHandler",
     "SegmentationWriter",
     "hard_prediction",

@@ -16,12 +16,14 @@ Choices where the paper is silent (documented in bundles/dtss_mas_seg/docs/READM
   tumour in its ground truth has no accuracy (NaN): a real one does not enter ``eta``/``theta``, a
   synthetic one keeps its fixed weight. The per-case accuracy of a real case is the mean over its
   samples in the epoch (one crop per case and epoch by default).
-* **Lag**: the weights of epoch ``k`` use ``eta``/``theta`` computed from the real samples of epoch
-  ``k - 1`` (the forward passes of training, at no extra cost), so every weight is known when the
-  loss is computed. Before any statistics exist (the first epoch of a run, or of a phase-2 run
-  started from a checkpoint) synthetic samples keep their fixed weight (1 by default).
-  With ``extra_pass_loader`` the statistics are instead computed at the end of each epoch by an
-  extra evaluation pass of the model (eval mode, whole volumes) over the real training cases.
+* **When**: the paper's ``L'_j`` is "the accuracy of the model on the j-th real data after the k-th epoch".
+  With a ``real_loader`` (the bundle's default) the model is evaluated (eval mode, no gradients) on every real
+  training case at the end of every phase-2 epoch and, when a run starts in phase 2 without statistics, before
+  its first epoch, so the weights of epoch ``k + 1`` use the model after epoch ``k`` and MAS weights the first
+  synthetic sample already. Without a loader, the statistics come from the real samples of the epoch's training
+  forward passes (no extra cost, lagging one epoch; the first epoch keeps the fixed weights).
+* **Fewer than two real cases**: eq. 8 gives ``theta = c`` (a plateau of width ``2c``); the handler warns in
+  the log and records ``theta_degenerate`` so the report says so.
 * **Borders**: for ``L`` in ``[0, 1]`` the quadratic branch covers the open flanks
   ``(eta - theta - beta, eta - theta)`` and ``(eta + theta, eta + theta + beta)``. When a discard point
   lies outside ``[0, 1]`` (``eta - theta - beta < 0`` or ``eta + theta + beta > 1``), the paper's
@@ -33,9 +35,11 @@ Choices where the paper is silent (documented in bundles/dtss_mas_seg/docs/READM
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -232,33 +236,49 @@ def _per_sample(output: Any, key: str) -> list[Any] | None:
 
 
 class MASHandler:
-    """Ignite handler computing MAS statistics per epoch and giving synthetic samples their weights.
+    """Ignite handler computing MAS statistics and giving synthetic samples their weights.
 
-    It observes the trainer's per-sample outputs (``dice_key``, ``weight_key``, ``synthetic_key``,
-    ``mas_key``, ``case_key``, as written by :class:`custom_components.engines.seg_trainer.SegmentationTrainer`):
+    ``eta_k`` and ``theta_k`` are the mean and half range (+ ``c``) of the model's accuracy on the real training
+    cases "after epoch k" (eqs. 7-8). With ``real_loader`` (the bundle's default) they come from an evaluation of
+    the model (eval mode, no gradients) over the real training cases, whole volumes or tumour-centred crops:
 
-    * at every iteration it records the accuracy of each real sample under its case id;
-    * at the end of epoch ``k`` (after gathering the samples of every rank when run with ``torchrun``, so all
-      ranks use the same statistics) it computes ``eta_k`` (eq. 7) and ``theta_k`` (eq. 8) over the per-case
-      accuracies (or over an extra evaluation pass, ``extra_pass_loader``), logs them with the weight
-      statistics of the epoch's synthetic samples in ``engine.state.metrics`` (``mas_*`` entries, which
-      ``StatsHandler`` prints and ``MLFlowHandler`` records) and keeps them for epoch ``k + 1``;
-    * :meth:`weights` maps the accuracies of the samples of a batch to their loss weights (eq. 6).
+    * at the end of every epoch ``k >= start_epoch`` (the statistics used by epoch ``k + 1``, the first phase-2
+      epoch included when phase 1 and phase 2 run in one job);
+    * at the start of an epoch ``k > start_epoch`` when no statistics exist yet: a run that starts in phase 2
+      (``init_checkpoint`` with ``phase2_start_epoch 0``) or resumes from a checkpoint without MAS state. The
+      statistics saved in a checkpoint are those of the model it holds, so a resumed run continues with them.
+
+    So MAS weights every synthetic sample from the first one on. Without ``real_loader`` the statistics come
+    from the real samples of the training forward passes of epoch ``k`` (free, but one random crop per case and
+    training mode) and the first epoch of a run keeps the fixed weights.
+
+    It observes the trainer's per-sample outputs (``dice_key``, ``weight_key``, ``synthetic_key``, ``mas_key``,
+    ``case_key``, as written by :class:`custom_components.engines.seg_trainer.SegmentationTrainer`) and writes
+    per epoch (after gathering the samples of every rank under ``torchrun``) into ``engine.state.metrics``
+    (``StatsHandler`` prints them, ``MLFlowHandler`` records them): ``mas_eta``, ``mas_theta``,
+    ``mas_real_cases`` (statistics for the next epoch), ``mas_eta_applied``/``mas_theta_applied`` (used in this
+    epoch), ``mas_theta_degenerate`` (1 when fewer than two real cases had tumour: eq. 8 gives ``theta = c``),
+    ``mas_eval_seconds`` (time of the evaluation pass), and over the epoch's synthetic samples their number,
+    mean/min/max weight and the fractions weighted 0 (``mas_discarded_fraction``), 1 (``mas_full_fraction``) and
+    in between (``mas_partial_fraction``). With ``log_dir`` it also writes ``epoch_XXXX.csv`` per epoch and
+    ``summary.json`` (one entry per computation of the statistics and per epoch, and ``degenerate``), which
+    the pipeline's report reads.
 
     Args:
         beta: flank width of the weight function (eq. 6), ``> 0``.
         c: widening constant of ``theta`` (eq. 8).
         enabled: when False, statistics are still computed and logged but :meth:`weights` returns the
             fixed weights (the "synthetic data without MAS" arm of the ablation).
-        extra_pass_loader: optional loader over the real training cases (whole volumes, validation
-            preprocessing); when given, ``eta``/``theta`` come from an eval-mode pass over it at the end
-            of every epoch instead of from the training forward passes.
-        extra_pass_inferer: inferer of the extra pass (e.g. ``SlidingWindowInferer``); default: call the network.
+        real_loader: loader over the real training cases (validation preprocessing: whole volumes or
+            tumour-centred crops, ``batch_size`` any); ``None``: statistics from the training forward passes.
+        real_inferer: inferer of the evaluation pass (e.g. ``SlidingWindowInferer``); default: call the network.
+        start_epoch: number of epochs before MAS weights are needed (the bundle's ``phase2_start_epoch``); the
+            evaluation pass runs from the end of this epoch on (never during phase 1).
         log_dir: optional folder for one CSV per epoch (``epoch_0001.csv``: case id, source (``train`` for the
-            training samples, ``extra_pass`` for the cases of the extra pass), synthetic flag, MAS flag,
-            accuracy, weight), written atomically.
+            training samples, ``real_eval`` for the evaluation pass), synthetic flag, MAS flag, accuracy,
+            weight) and ``summary.json``, written atomically.
         dice_key, weight_key, synthetic_key, mas_key, case_key: keys of the trainer's per-sample outputs.
-        image_key, label_key: keys of the extra-pass batches.
+        image_key, label_key: keys of the evaluation batches.
         metric_prefix: prefix of the entries written to ``engine.state.metrics``.
     """
 
@@ -267,8 +287,9 @@ class MASHandler:
         beta: float = DEFAULT_BETA,
         c: float = DEFAULT_C,
         enabled: bool = True,
-        extra_pass_loader: Iterable | None = None,
-        extra_pass_inferer: Callable[..., torch.Tensor] | None = None,
+        real_loader: Iterable | None = None,
+        real_inferer: Callable[..., torch.Tensor] | None = None,
+        start_epoch: int = 0,
         log_dir: str | os.PathLike | None = None,
         dice_key: str = "sample_dice",
         weight_key: str = "sample_weight",
@@ -282,11 +303,14 @@ class MASHandler:
         _check_params(0.5, 0.0, float(beta))
         if c < 0:
             raise ValueError(f"MAS c must be >= 0, got {c}")
+        if start_epoch < 0:
+            raise ValueError(f"MAS start_epoch must be >= 0, got {start_epoch}")
         self.beta = float(beta)
         self.c = float(c)
         self.enabled = bool(enabled)
-        self.extra_pass_loader = extra_pass_loader
-        self.extra_pass_inferer = extra_pass_inferer
+        self.real_loader = real_loader
+        self.real_inferer = real_inferer
+        self.start_epoch = int(start_epoch)
         self.log_dir = Path(log_dir) if log_dir else None
         self.dice_key, self.weight_key = dice_key, weight_key
         self.synthetic_key, self.mas_key, self.case_key = synthetic_key, mas_key, case_key
@@ -295,8 +319,12 @@ class MASHandler:
         self.eta: float | None = None
         self.theta: float | None = None
         self.logger = logging.getLogger(__name__)
+        self.history: list[dict[str, Any]] = []
         self._real: dict[str, list[float]] = defaultdict(list)
         self._records: list[tuple[str, bool, bool, float, float]] = []
+        self._eval: dict[str, float] = {}
+        self._eval_seconds = 0.0
+        self._started_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ weights
     @property
@@ -333,10 +361,15 @@ class MASHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
-    def epoch_started(self, engine: Engine) -> None:  # noqa: ARG002 - ignite signature
-        """Reset the epoch's accumulators."""
+    def epoch_started(self, engine: Engine) -> None:
+        """Reset the epoch's accumulators; evaluate the model when MAS weights are needed and none exist yet."""
         self._real = defaultdict(list)
         self._records = []
+        self._eval, self._eval_seconds, self._started_stats = {}, 0.0, {}
+        if self.real_loader is not None and engine.state.epoch > self.start_epoch and not self.ready:
+            per_case, seconds = self.evaluate(engine)
+            self._eval, self._eval_seconds = per_case, seconds
+            self._started_stats = self._set_statistics(per_case, engine.state.epoch - 1, "start")
 
     def iteration_completed(self, engine: Engine) -> None:
         """Record the accuracy of every real sample and the weight of every sample of the iteration."""
@@ -355,23 +388,60 @@ class MASHandler:
                 self._real[str(cid)].append(d)
             self._records.append((str(cid), syn, bool(mas), d, float(w)))
 
+    def _set_statistics(self, per_case: Mapping[str, float], after_epoch: int, when: str) -> dict[str, float]:
+        """Eqs. 7-8 over per-case accuracies; warns when fewer than two cases make ``theta = c``."""
+        if not per_case:
+            self.logger.warning(
+                "MAS after epoch %d: no real training case with tumour was evaluated; eta/theta unchanged",
+                after_epoch,
+            )
+            return {}
+        values = list(per_case.values())
+        self.eta, self.theta = mas_eta(values), mas_theta(values, self.c)
+        degenerate = len(values) < 2
+        # the statistics weight samples from epoch start_epoch + 1 on, when MAS is enabled
+        used = self.enabled and after_epoch >= self.start_epoch
+        if degenerate and used:
+            self.logger.warning(
+                "MAS after epoch %d: only %d real case(s) with tumour, so eq. 8 degenerates to theta = c = %g: "
+                "the weight-1 plateau has width 2c around eta = %.4f and almost every synthetic sample is weighted "
+                "by the quadratic flanks (train with at least two real cases for the paper's behaviour)",
+                after_epoch,
+                len(values),
+                self.c,
+                self.eta,
+            )
+        stats = {
+            f"{self.prefix}eta": self.eta,
+            f"{self.prefix}theta": self.theta,
+            f"{self.prefix}real_cases": float(len(values)),
+            f"{self.prefix}theta_degenerate": float(degenerate),
+        }
+        entry = {"after_epoch": after_epoch, "when": when, "used": used}
+        self.history.append({**entry, **{k[len(self.prefix) :]: v for k, v in stats.items()}})
+        return stats
+
     def epoch_completed(self, engine: Engine) -> None:
-        """Compute ``eta_k`` and ``theta_k``, log them and the epoch's weight statistics, keep them for epoch k+1."""
+        """Log the epoch's weights; compute ``eta_k`` and ``theta_k`` for epoch k+1 and log them."""
         applied = (self.eta, self.theta)
         # under torchrun every rank saw part of the data: combine the ranks' samples (identity in one process)
         self._records = [r for part in all_gather_objects(self._records) for r in part]
-        if self.extra_pass_loader is not None:
-            per_case = self.extra_pass(engine)
+        epoch = engine.state.epoch
+        metrics: dict[str, float] = dict(self._started_stats)
+        eval_seconds = self._eval_seconds
+        if self.real_loader is not None:
+            if epoch >= self.start_epoch:
+                per_case, seconds = self.evaluate(engine)
+                self._eval, eval_seconds = per_case, eval_seconds + seconds
+                metrics.update(self._set_statistics(per_case, epoch, "end"))
         else:
             real = merge_case_values(all_gather_objects(dict(self._real)))
             per_case = {cid: float(np.mean(v)) for cid, v in real.items() if v}
-        metrics: dict[str, float] = {}
-        if per_case:
-            values = list(per_case.values())
-            self.eta, self.theta = mas_eta(values), mas_theta(values, self.c)
-            metrics[f"{self.prefix}eta"] = self.eta
-            metrics[f"{self.prefix}theta"] = self.theta
-            metrics[f"{self.prefix}real_cases"] = float(len(values))
+            metrics.update(self._set_statistics(per_case, epoch, "end") if per_case else {})
+        if self.real_loader is not None:
+            metrics[f"{self.prefix}eval_seconds"] = eval_seconds
+        if self._started_stats:
+            applied = (self._started_stats[f"{self.prefix}eta"], self._started_stats[f"{self.prefix}theta"])
         if applied[0] is not None:
             metrics[f"{self.prefix}eta_applied"] = float(applied[0])
             metrics[f"{self.prefix}theta_applied"] = float(applied[1])
@@ -384,29 +454,36 @@ class MASHandler:
             metrics[f"{self.prefix}weight_min"] = float(w.min())
             metrics[f"{self.prefix}weight_max"] = float(w.max())
             metrics[f"{self.prefix}discarded_fraction"] = float((w == 0).mean())
+            metrics[f"{self.prefix}full_fraction"] = float((w == 1).mean())
+            metrics[f"{self.prefix}partial_fraction"] = float(((w > 0) & (w < 1)).mean())
             if np.isfinite(d).any():
                 metrics[f"{self.prefix}synthetic_dice"] = float(np.nanmean(d))
         engine.state.metrics.update(metrics)
         if metrics:
-            self.logger.info(
-                "epoch %d MAS: %s", engine.state.epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            )
+            self.logger.info("epoch %d MAS: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        self.history.append({"epoch": epoch, **{k[len(self.prefix) :]: v for k, v in metrics.items()}})
         if self.log_dir is not None and get_rank() == 0:
-            self._write_log(engine.state.epoch, per_case)
+            self._write_log(epoch)
 
-    def extra_pass(self, engine: Engine) -> dict[str, float]:
-        """Accuracy of the model (eval mode, no gradients) on every case of ``extra_pass_loader``."""
+    @property
+    def degenerate(self) -> bool:
+        """Whether eq. 8 degenerated (fewer than two real cases) in a computation whose statistics weighted samples."""
+        return any(h.get("theta_degenerate") and h.get("used") for h in self.history if "after_epoch" in h)
+
+    def evaluate(self, engine: Engine) -> tuple[dict[str, float], float]:
+        """Accuracy of the model (eval mode, no gradients) on every real case of ``real_loader``, and its seconds."""
         network: torch.nn.Module = engine.network  # type: ignore[attr-defined]
         device = getattr(engine.state, "device", None) or next(network.parameters()).device
         was_training = network.training
+        start = time.perf_counter()
         network.eval()
         per_case: dict[str, float] = {}
         try:
             with torch.no_grad():
-                for batch in self.extra_pass_loader:  # type: ignore[union-attr]
+                for batch in self.real_loader:  # type: ignore[union-attr]
                     image = torch.as_tensor(batch[self.image_key]).to(device)
                     label = torch.as_tensor(batch[self.label_key]).to(device)
-                    logits = self.extra_pass_inferer(image, network) if self.extra_pass_inferer else network(image)
+                    logits = self.real_inferer(image, network) if self.real_inferer else network(image)
                     dice = region_dice_per_sample(hard_prediction(logits), label[:, 0])
                     cases = batch.get(self.case_key) or [f"case{len(per_case) + i}" for i in range(len(dice))]
                     for cid, d in zip(cases, dice.cpu().tolist(), strict=True):
@@ -414,14 +491,16 @@ class MASHandler:
                             per_case[str(cid)] = float(d)
         finally:
             network.train(was_training)
-        return per_case
+        return per_case, time.perf_counter() - start
 
-    def _write_log(self, epoch: int, per_case: Mapping[str, float]) -> None:
+    def _write_log(self, epoch: int) -> None:
         lines = ["case_id,source,synthetic,mas,dice,weight"]
         lines += [f"{c},train,{int(s)},{int(m)},{d:.6f},{w:.6f}" for c, s, m, d, w in self._records]
-        if self.extra_pass_loader is not None:
-            lines += [f"{c},extra_pass,0,0,{d:.6f},1.000000" for c, d in per_case.items()]
+        lines += [f"{c},real_eval,0,0,{d:.6f},1.000000" for c, d in self._eval.items()]
         atomic_write_text(self.log_dir / f"epoch_{epoch:04d}.csv", "\n".join(lines) + "\n")  # type: ignore[operator]
+        summary = {"beta": self.beta, "c": self.c, "enabled": self.enabled, "degenerate": self.degenerate}
+        summary["history"] = self.history
+        atomic_write_text(self.log_dir / "summary.json", json.dumps(summary, indent=1) + "\n")  # type: ignore[operator]
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, float | None]:

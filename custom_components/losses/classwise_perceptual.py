@@ -95,6 +95,17 @@ class ClasswisePerceptualLoss(_Loss):
             pooled = torch.einsum("bkn,bcn->bkc", masks, feat) / count.clamp(min=1.0).unsqueeze(-1)
         return pooled, count > 0
 
+    def class_vectors(self, image: torch.Tensor, label: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per level, the masked-GAP class vectors ``(B, K, C_i)`` and presence flags ``(B, K)`` of images.
+
+        The same features the loss compares (used by :mod:`custom_components.realism` for Frechet distances).
+
+        Args:
+            image: ``(B, C, *spatial)``.
+            label: ``(B, 1, *spatial)`` label map.
+        """
+        return [self._pooled(f, self._masks(label, f.shape[2:])) for f in self._features(image)]
+
     def forward(
         self,
         refined: torch.Tensor,

@@ -79,6 +79,7 @@ class FrozenEncoder(nn.Module):
         in_channels: int = 1,
         out_channels: int = 4,
         filters: Sequence[int] = (16, 32, 64, 128, 256),
+        patch_size: Sequence[int] | None = None,
     ) -> FrozenEncoder:
         """Build the segmentation network as dtss_mas_seg did, load its weights, keep the encoder.
 
@@ -86,6 +87,7 @@ class FrozenEncoder(nn.Module):
             checkpoint: ``models/model.pt`` (or a checkpoint dict) written by dtss_mas_seg.
             levels: encoder levels to return.
             name, in_channels, out_channels, filters: the network settings used for training.
+            patch_size: the training crop size (needed by ``nnunet``, whose stages follow it).
         """
-        network = build_segmentation_network(name, in_channels, out_channels, filters)
+        network = build_segmentation_network(name, in_channels, out_channels, filters, patch_size=patch_size)
         return cls(load_network_weights(network, checkpoint), levels)

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-# Comparison arms of the two papers. Each is a phase-2 continuation of the same phase-1 model.
+# Comparison arms of the two papers. How an arm trains follows the experiment's protocol (PROTOCOLS).
 ARMS: dict[str, str] = {
     "baseline": "real data only",
     "carvemix": "+ CarveMix (online)",
@@ -19,6 +19,21 @@ ARMS: dict[str, str] = {
     "dtss": "+ DTSS (online)",
     "dtss_mas": "+ DTSS + MAS",
     "tf_mas": "+ TF synthetic cases weighted by MAS",
+    # beyond both papers: the same methods with mass effect (custom_components.transforms.MassEffectd)
+    "tf_aug+mass": "+ TF-Aug coarse cases with mass effect (healthy tissue displaced before painting)",
+    "dtss+mass": "+ DTSS (online) with mass effect (growth pushes the surroundings)",
+    "dtss_mas+mass": "+ DTSS with mass effect + MAS",
+}
+# arms that need TF-Aug cases synthesised with mass effect
+MASS_TF_AUG_ARMS: tuple[str, ...] = ("tf_aug+mass",)
+
+# How the synthetic arms train the segmentation model (per experiment):
+PROTOCOLS: dict[str, str] = {
+    # DSMA paper (section 3): phase 1 on real data, then phase 2 continues that model with real + synthetic data
+    "dsma": "continue the phase-1 (baseline) model for phase2_epochs with real + synthetic data",
+    # TF paper (section 4): the downstream model is trained from scratch on real + synthetic data for as long
+    # as the real-only baseline
+    "tf": "train from scratch on real + synthetic data for the baseline's number of iterations",
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -36,9 +51,16 @@ DEFAULTS: dict[str, Any] = {
     "eval_section": "validation",
     # the TF stages work on T1 (the paper's setting); segmentation uses the same channels
     "modalities": ["t1n"],
-    "seeds": [0],
+    # >= 3 seeds for mean +- std and paired t-tests (the TF paper's three runs)
+    "seeds": [0, 1, 2],
     "arms": ["baseline", "tf", "dtss_mas"],
-    # synthetic-volume ablation: TF arms with N synthetic cases per real case (tf_syn<N>)
+    # dsma | tf: see PROTOCOLS
+    "protocol": "dsma",
+    # real training cases every arm sees (the first n_real of the datalist's training section; synthesis draws
+    # from the same cases); null: all
+    "n_real": None,
+    # synthetic-volume ablation: TF arms with r synthetic cases per real case (tf_syn<r>; r may be fractional,
+    # 0.5 with 100 real cases = the TF paper's Syn50)
     "synthetic_per_real": [],
     "device": "cpu",
     "num_workers": 0,
@@ -106,5 +128,14 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
         raise ValueError(f"{path}: the arms must include 'baseline' (the reference of the comparison)")
     if not cfg["seeds"]:
         raise ValueError(f"{path}: 'seeds' is empty")
+    if cfg["protocol"] not in PROTOCOLS:
+        raise ValueError(f"{path}: unknown protocol {cfg['protocol']!r}; known: {list(PROTOCOLS)}")
+    if cfg["n_real"] is not None and (isinstance(cfg["n_real"], bool) or not isinstance(cfg["n_real"], int)):
+        raise ValueError(f"{path}: n_real must be a whole number of cases or null, got {cfg['n_real']!r}")
+    if cfg["n_real"] is not None and cfg["n_real"] < 1:
+        raise ValueError(f"{path}: n_real must be >= 1, got {cfg['n_real']}")
+    ratios = [*cfg["synthetic_per_real"], cfg["tf_aug"]["synthetic_per_real"]]
+    if any(isinstance(r, bool) or not isinstance(r, int | float) or not r > 0 for r in ratios):
+        raise ValueError(f"{path}: synthetic_per_real values must be numbers > 0, got {ratios}")
     cfg["source"] = str(path.resolve())
     return cfg

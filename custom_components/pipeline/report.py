@@ -1,5 +1,6 @@
 """The comparison report: Dice table (mean +- std over seeds), difference to baseline, paired t-test,
-a plot of Dice per arm, and QC montages of synthetic cases, as Markdown and HTML."""
+a plot of Dice per arm, the realism table and plot per synthetic method, and QC montages of synthetic
+cases, as Markdown and HTML."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ class ArmSummary:
     seeds: tuple[int, ...]
     mean: Mapping[str, float]  # ET, TC, WT, Mean
     std: Mapping[str, float]
-    diff: float | None  # mean Dice minus the baseline's
+    diff: float | None  # mean over seeds of (mean Dice minus the baseline's, same seed)
     p_value: float | None  # paired two-tailed t-test of mean Dice against the baseline, by seed
+    diff_std: float | None = None  # standard deviation of the paired differences (ddof 1; 0 with one seed)
 
 
 def _by_seed(results: Sequence[ArmResult], arm: str) -> dict[int, float]:
@@ -67,7 +69,7 @@ def summarise(results: Sequence[ArmResult], baseline: str = "baseline") -> list[
         table = {k: [r.dice[k] for r in mine] for k in REGIONS}
         table["Mean"] = [r.mean for r in mine]
         ddof = 1 if len(mine) > 1 else 0
-        diff = p = None
+        diff = p = diff_std = None
         if arm != baseline and base:
             own = _by_seed(results, arm)
             shared = sorted(set(own) & set(base))
@@ -75,6 +77,7 @@ def summarise(results: Sequence[ArmResult], baseline: str = "baseline") -> list[
                 a = np.array([own[s] for s in shared])
                 b = np.array([base[s] for s in shared])
                 diff = float(np.mean(a - b))
+                diff_std = float(np.std(a - b, ddof=1 if len(shared) > 1 else 0))
                 if len(shared) >= 2:
                     p = float(stats.ttest_rel(a, b).pvalue)
                     p = None if math.isnan(p) else p
@@ -86,6 +89,7 @@ def summarise(results: Sequence[ArmResult], baseline: str = "baseline") -> list[
                 std={k: float(np.std(v, ddof=ddof)) for k, v in table.items()},
                 diff=diff,
                 p_value=p,
+                diff_std=diff_std,
             )
         )
     return rows
@@ -99,7 +103,7 @@ def table_rows(summaries: Sequence[ArmSummary]) -> list[list[str]]:
     """Rows of the report table (Dice in %), header first."""
     rows = [["Arm", "ET (%)", "TC (%)", "WT (%)", "Mean (%)", "Mean diff (%)", "p-value", "seeds"]]
     for s in summaries:
-        diff = "-" if s.diff is None else f"{100 * s.diff:+.2f}"
+        diff = "-" if s.diff is None else f"{100 * s.diff:+.2f} ± {100 * (s.diff_std or 0.0):.2f}"
         p = "-" if s.p_value is None else f"{s.p_value:.3g}"
         rows.append([s.arm, *(_cell(s, k) for k in (*REGIONS, "Mean")), diff, p, str(len(s.seeds))])
     return rows
@@ -128,6 +132,81 @@ def plot_dice(results: Sequence[ArmResult], out_png: str | os.PathLike) -> Path:
     return Path(out_png)
 
 
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def realism_rows(realism: Mapping[str, Mapping]) -> list[list[str]]:
+    """Rows of the realism table (header first): one per synthetic method, from
+    :func:`custom_components.realism.realism_scores` results (their ``summary``)."""
+    rows = [
+        [
+            "Method",
+            "Frechet F-features",
+            "floor (real/real)",
+            "W1 intensity",
+            "floor (real/real)",
+            "sharpness ratio",
+            "synthetic cases",
+            "real cases",
+        ]
+    ]
+    for method, res in realism.items():
+        s = res["summary"]
+        rows.append(
+            [
+                method,
+                _num(s["frechet"]),
+                _num(s["frechet_floor"]),
+                _num(s["wasserstein"]),
+                _num(s["wasserstein_floor"]),
+                _num(s["sharpness_ratio"]),
+                str(res["n_synthetic"]),
+                str(res["n_real"]),
+            ]
+        )
+    return rows
+
+
+REALISM_NOTE = (
+    "Realism against held-out real cases that no synthesis stage used (lower is more real; the floor is the "
+    "same distance between two halves of the real cases, i.e. what real tumours differ by). Frechet: class-wise "
+    "Frechet distance of the frozen encoder F's masked-GAP features (TF's perceptual-loss features), mean over "
+    "NCR/ED/ET and the first levels; W1: 1-D Wasserstein distance of brain-normalised class intensities, mean "
+    "over classes and modalities; sharpness ratio: mean gradient magnitude across the tumour border, synthetic / "
+    "real (1 = as sharp as real)."
+)
+
+
+def plot_realism(realism: Mapping[str, Mapping], out_png: str | os.PathLike) -> Path:
+    """Bars per method: Frechet distance and W1 distance (each with the real-vs-real floor as a dashed line),
+    and the sharpness ratio (1 = real)."""
+    methods = list(realism)
+    fig, axes = plt.subplots(1, 3, figsize=(max(9, 1.6 * len(methods) * 3 / 2), 3.6))
+    panels = (
+        ("frechet", "frechet_floor", "Frechet (F features)"),
+        ("wasserstein", "wasserstein_floor", "W1 intensity"),
+        ("sharpness_ratio", None, "sharpness ratio"),
+    )
+    for ax, (key, floor_key, name) in zip(axes, panels, strict=True):
+        vals = [realism[m]["summary"][key] for m in methods]
+        ax.bar(range(len(methods)), [np.nan if v is None else v for v in vals], color="C0")
+        floors = [realism[m]["summary"][floor_key] for m in methods] if floor_key else []
+        floors = [f for f in floors if f is not None]
+        if floors:
+            ax.axhline(float(np.mean(floors)), color="k", ls="--", lw=1, label="real vs real")
+            ax.legend(fontsize=7)
+        if key == "sharpness_ratio":
+            ax.axhline(1.0, color="k", ls="--", lw=1)
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(out_png)
+
+
 def write_report(
     results: Sequence[ArmResult],
     out_dir: str | os.PathLike,
@@ -135,6 +214,8 @@ def write_report(
     notes: Sequence[str] = (),
     montages: Mapping[str, Sequence[str | os.PathLike]] | None = None,
     baseline: str = "baseline",
+    realism: Mapping[str, Mapping] | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``dice.png`` into ``out_dir``; returns their paths.
 
@@ -145,6 +226,9 @@ def write_report(
         notes: paragraphs printed under the heading (data, sizes, caveats).
         montages: QC PNGs per synthesis method, shown under the table.
         baseline: reference arm for the differences and t-tests.
+        realism: realism results per synthetic method (:func:`custom_components.realism.realism_scores`);
+            a table and ``realism.png`` next to the Dice table.
+        warnings: caveats shown in a "Warnings" section above the table (e.g. MAS with one real case).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,16 +241,28 @@ def write_report(
         return os.path.relpath(Path(p).resolve(), out.resolve())
 
     md = [f"# {title}", "", *(f"{n}\n" for n in notes)]
+    if warnings:
+        md += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
     md += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     md += [
         "",
-        f"Dice in % as mean ± std over seeds. Mean diff: mean Dice minus {baseline!r}'s, paired by seed; "
+        f"Dice in % as mean ± std over seeds. Mean diff: mean Dice minus {baseline!r}'s, paired by seed "
+        "(mean ± std of the paired differences); "
         "p-value: paired two-tailed t-test over seeds (scipy.stats.ttest_rel), '-' with fewer than two seeds.",
         "",
         f"![Dice per arm]({rel(plot)})",
         "",
     ]
+    paths_extra: dict[str, Path] = {}
+    if realism:
+        rplot = plot_realism(realism, out / "realism.png")
+        paths_extra["realism_plot"] = rplot
+        rrows = realism_rows(realism)
+        md += ["## Realism: which method's tumours look most like real ones", "", REALISM_NOTE, ""]
+        md += ["| " + " | ".join(rrows[0]) + " |", "|" + "---|" * len(rrows[0])]
+        md += ["| " + " | ".join(r) + " |" for r in rrows[1:]]
+        md += ["", f"![Realism per method]({rel(rplot)})", ""]
     for method, pngs in montages.items():
         md += [f"## QC: {method}", ""] + [f"![{method}]({rel(p)})" for p in pngs] + [""]
     md_path = out / "report.md"
@@ -180,14 +276,29 @@ def write_report(
         "td,th{border:1px solid #999;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         *(f"<p>{html.escape(n)}</p>" for n in notes),
+        *(
+            ["<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"]
+            if warnings
+            else []
+        ),
         f"<table><tr>{cells}</tr>{body}</table>",
         f"<p>Dice in % as mean ± std over seeds; p-value: paired two-tailed t-test against {html.escape(baseline)}.</p>",
         f"<img src='{html.escape(rel(plot))}' alt='Dice per arm'>",
     ]
+    if realism:
+        rrows = realism_rows(realism)
+        rcells = "".join("<th>" + html.escape(c) + "</th>" for c in rrows[0])
+        rbody = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rrows[1:])
+        parts += [
+            "<h2>Realism: which method's tumours look most like real ones</h2>",
+            f"<p>{html.escape(REALISM_NOTE)}</p>",
+            f"<table><tr>{rcells}</tr>{rbody}</table>",
+            f"<img src='{html.escape(rel(paths_extra['realism_plot']))}' alt='Realism per method'>",
+        ]
     for method, pngs in montages.items():
         parts.append(f"<h2>QC: {html.escape(method)}</h2>")
         parts += [f"<img src='{html.escape(rel(p))}' alt='{html.escape(method)}'>" for p in pngs]
     parts.append("</body></html>")
     html_path = out / "report.html"
     atomic_write_text(html_path, "\n".join(parts))
-    return {"markdown": md_path, "html": html_path, "plot": plot}
+    return {"markdown": md_path, "html": html_path, "plot": plot, **paths_extra}

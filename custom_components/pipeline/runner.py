@@ -5,19 +5,37 @@ overrides file) with declared inputs and outputs. After a stage succeeds, ``<wor
 records a fingerprint of its command, its config files, its overrides and its inputs. On a rerun the
 stage is skipped when the fingerprint is unchanged and every output exists; otherwise it runs again,
 and so (through their inputs) does every stage that consumes its outputs.
+
+Interruptions:
+
+- a stage's command runs in its own process group (``start_new_session``; on Linux it also gets SIGTERM
+  when the runner dies, even by SIGKILL); SIGTERM / SIGINT sent to the runner are forwarded to that group,
+  the runner waits for it (SIGKILL after ``KILL_AFTER_S``) and stops with :class:`StageInterrupted`, leaving
+  the stage unmarked;
+- ``stage.json`` is the finished marker: a stage folder without it is an unfinished run, redone (its folder
+  cleared) on the next start;
+- ``--from STAGE`` removes the finished markers of that stage and of every later one before anything runs, so
+  an interrupted forced run still redoes all of them (:func:`run_stages`; the pipeline CLI also records the
+  forced stage in ``<workdir>/forced_from.json`` until the run completes, for stages listed later);
+- :func:`workdir_lock` (an exclusive ``flock`` on ``<workdir>/.pipeline.lock``, released by the kernel when the
+  process dies) stops two runners from sharing a work dir.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +44,10 @@ from custom_components.data.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
+LOCK_FILE = ".pipeline.lock"
+# after forwarding SIGTERM/SIGINT, wait this long for the stage's processes before SIGKILL
+KILL_AFTER_S = 60.0
+_HELD_LOCKS: set[str] = set()
 
 
 @dataclass
@@ -141,6 +163,67 @@ class StageError(RuntimeError):
     """A stage's command failed; the message names the stage and its log file."""
 
 
+class StageInterrupted(StageError):
+    """The runner got SIGTERM / SIGINT while a stage ran; the stage's processes are gone, the stage unmarked."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class WorkdirLocked(RuntimeError):
+    """Another runner holds the work dir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on ``<workdir>/.pipeline.lock`` (re-entrant within one process).
+
+    Raises:
+        WorkdirLocked: naming the work dir and the other runner's pid when it is held.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = str(workdir.resolve())
+    if key in _HELD_LOCKS:
+        yield workdir
+        return
+    path = workdir / LOCK_FILE
+    fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            other = fh.read().strip() or "?"
+            raise WorkdirLocked(
+                f"{workdir}: another pipeline runner (pid {other}) is using this work dir; wait for it or stop it"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        _HELD_LOCKS.add(key)
+        try:
+            yield workdir
+        finally:
+            _HELD_LOCKS.discard(key)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+def invalidate(workdir: str | os.PathLike, stages: Sequence[Stage]) -> list[str]:
+    """Remove the finished markers of ``stages`` (they rerun even if up to date); returns their names."""
+    removed = []
+    for stage in stages:
+        state = _state_file(Path(workdir), stage)
+        if state.is_file():
+            state.unlink()
+            removed.append(stage.name)
+    return removed
+
+
 def run_stages(
     stages: Sequence[Stage],
     workdir: str | os.PathLike,
@@ -166,15 +249,30 @@ def run_stages(
     if from_stage is not None and from_stage not in names:
         raise ValueError(f"--from {from_stage!r} is not a stage; stages: {', '.join(names)}")
     force_from = names.index(from_stage) if from_stage is not None else len(names)
+    with workdir_lock(workdir):
+        # a forced rerun unmarks its stages first: interrupted, it still redoes every one of them
+        invalidate(workdir, stages[force_from:])
+        return _run_stages(stages, workdir, log, env, numbering)
+
+
+def _run_stages(
+    stages: Sequence[Stage],
+    workdir: Path,
+    log: Callable[[str], None],
+    env: Mapping[str, str] | None,
+    numbering: tuple[int, int] | None,
+) -> dict[str, str]:
     status: dict[str, str] = {}
     total = time.perf_counter()
     for i, stage in enumerate(stages):
         offset, count = numbering or (0, len(stages))
         prefix = f"[{offset + i + 1}/{count}] {stage.name}"
-        if i < force_from and is_up_to_date(workdir, stage):
+        if is_up_to_date(workdir, stage):
             log(f"{prefix}: up to date, skipped")
             status[stage.name] = "skipped"
             continue
+        if (workdir / stage.name).is_dir() and not _state_file(workdir, stage).is_file():
+            log(f"{prefix}: found an unfinished run (no finished marker); redoing it")
         log(f"{prefix}: running{' - ' + stage.description if stage.description else ''}")
         start = time.perf_counter()
         _state_file(workdir, stage).unlink(missing_ok=True)
@@ -204,7 +302,65 @@ def _run_command(workdir: Path, stage: Stage, env: Mapping[str, str] | None) -> 
     with open(log_file, "w") as fh:
         fh.write(" ".join(stage.command or []) + "\n\n")
         fh.flush()
-        proc = subprocess.run(stage.command or [], stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
-    if proc.returncode != 0:
+        returncode, signum = _run_in_own_group(stage.command or [], fh, full_env)
+    if signum is not None:
+        raise StageInterrupted(
+            f"stage {stage.name} interrupted by {signal.Signals(signum).name}: its processes were stopped and it is "
+            f"left unmarked, so the next run redoes it; log: {log_file}",
+            signum,
+        )
+    if returncode != 0:
         tail = log_file.read_text().splitlines()[-25:]
-        raise StageError(f"stage {stage.name} failed (exit {proc.returncode}); log: {log_file}\n" + "\n".join(tail))
+        raise StageError(f"stage {stage.name} failed (exit {returncode}); log: {log_file}\n" + "\n".join(tail))
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the runner dies, even by SIGKILL (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _run_in_own_group(command: Sequence[str], log: Any, env: Mapping[str, str]) -> tuple[int, int | None]:
+    """Run ``command`` in a new session; forward SIGTERM/SIGINT to its process group and wait for it.
+
+    Returns:
+        (exit status, the first signal forwarded or None).
+    """
+    got: dict[str, Any] = {"signum": None, "at": 0.0}
+    proc = subprocess.Popen(
+        list(command),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(env),
+        cwd=REPO,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks
+    )
+
+    def forward(signum: int, frame: Any) -> None:
+        if got["signum"] is None:
+            got.update(signum=signum, at=time.monotonic())
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        while True:
+            try:
+                returncode = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if got["signum"] is not None and time.monotonic() - got["at"] > KILL_AFTER_S:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if got["signum"] is not None:  # stragglers of the group (data-loader workers, torchrun children)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    return returncode, got["signum"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -10,7 +11,7 @@ import nibabel as nib
 import numpy as np
 
 from custom_components.data.atomic import atomic_write_text
-from custom_components.data.datalist import label_convention_of
+from custom_components.data.datalist import label_convention_of, read_datalist
 from custom_components.data.loader import load_datalist
 from custom_components.pipeline.config import ARMS
 from custom_components.pipeline.report import REGIONS, ArmResult, write_report
@@ -59,57 +60,221 @@ def read_results(exp: Experiment) -> list[ArmResult]:
     return results
 
 
+def mean_dice_by_arm(results_json: Path) -> dict[str, float]:
+    """Mean Dice (average of ET, TC, WT) of every arm over its seeds, from a report's ``results.json``."""
+    rows = json.loads(Path(results_json).read_text())
+    by_arm: dict[str, list[float]] = {}
+    for row in rows:
+        by_arm.setdefault(str(row["arm"]), []).append(float(row["mean"]))
+    return {arm: float(np.mean(values)) for arm, values in by_arm.items()}
+
+
+def _source_image(item: dict[str, Any]) -> tuple[str | None, str]:
+    """The image a synthetic case was derived from (first modality) and its row name, from provenance."""
+    prov = item.get("provenance") or {}
+    if prov.get("coarse_image"):  # TF-GAN refined: its coarse TF-Aug input
+        return prov["coarse_image"][0], "coarse input"
+    if prov.get("stage") == "tf_aug" and prov.get("healthy"):
+        healthy = prov["healthy"]
+        return (healthy[0] if isinstance(healthy, list) else healthy), "healthy input"
+    return None, ""  # Pix2Pix: generated from the label alone
+
+
+def mas_summaries(exp: Experiment) -> dict[tuple[str, int], dict[str, Any]]:
+    """MAS's ``summary.json`` of every arm and seed whose training stage wrote one (arms that use MAS)."""
+    found = {}
+    for arm in exp.arms:
+        for seed in exp.cfg["seeds"]:
+            path = exp.stage_dir(f"seg_{arm}_s{int(seed)}") / "mas" / "summary.json"
+            if exp.arm_epochs(arm) > 0 and path.is_file():
+                summary = json.loads(path.read_text())
+                if summary.get("enabled"):
+                    found[(arm, int(seed))] = summary
+    return found
+
+
+def mas_lines(summaries: dict[tuple[str, int], dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Report notes (eta, theta, real cases, weight fractions per MAS run) and warnings (eq. 8 degenerate)."""
+    notes, warnings = [], []
+    for (arm, seed), summary in summaries.items():
+        stats = [h for h in summary.get("history", []) if "after_epoch" in h]
+        epochs = [h for h in summary.get("history", []) if "epoch" in h and "synthetic_samples" in h]
+        if stats:
+            n_real = sorted({int(h["real_cases"]) for h in stats})
+            first, last = stats[0], stats[-1]
+            line = (
+                f"MAS ({arm}, seed {seed}): eta {first['eta']:.3f} -> {last['eta']:.3f}, theta {first['theta']:.3g} "
+                f"-> {last['theta']:.3g} over {len(stats)} evaluations of {'/'.join(map(str, n_real))} real case(s)"
+            )
+            if epochs:
+                total = sum(h["synthetic_samples"] for h in epochs)
+                frac = {
+                    k: sum(h[f"{k}_fraction"] * h["synthetic_samples"] for h in epochs) / total
+                    for k in ("discarded", "full", "partial")
+                }
+                line += (
+                    f"; synthetic samples weighted 0 / 1 / in between: {100 * frac['discarded']:.0f} % / "
+                    f"{100 * frac['full']:.0f} % / {100 * frac['partial']:.0f} % of {int(total)}"
+                )
+            seconds = [h["eval_seconds"] for h in epochs if "eval_seconds" in h]
+            if seconds:
+                line += f"; evaluation of the real cases {sum(seconds) / len(seconds):.2f} s per epoch"
+            notes.append(line + ".")
+        if summary.get("degenerate"):
+            warnings.append(
+                f"MAS ({arm}, seed {seed}): fewer than two real training cases with tumour, so eq. 8 degenerated to "
+                f"theta = c = {summary.get('c')}: the weight-1 plateau is {2 * float(summary.get('c', 0)):.1g} wide "
+                "and synthetic samples are weighted almost only by the quadratic flanks (the paper assumes many real "
+                "cases)."
+            )
+    return notes, warnings
+
+
 def _datalist_montages(datalist: Path, out_dir: Path, name: str, n: int) -> list[Path]:
     items = load_datalist(datalist, require=["label"], check="none", max_items=n)
     pngs = []
     for item in items:
         image = item["image"][0]
+        source, source_name = _source_image(item)
+        if source is not None and not Path(source).is_file():
+            source = None
         png = out_dir / f"{name}_{item['case_id']}.png"
-        pngs.append(save_montage(image, item["label"], png, title=f"{name}: {item['case_id']}"))
+        titles = [name] + ([source_name, f"|{name} - {source_name}|"] if source is not None else [])
+        pngs.append(
+            save_montage(
+                image, item["label"], png, title=f"{name}: {item['case_id']}", source=source, row_titles=titles
+            )
+        )
     return pngs
 
 
-def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int) -> list[Path]:
-    """Apply an online method (DTSS or CarveMix) to real training cases and show before/after."""
+def _online_derived(
+    exp: Experiment, method: str, n: int | None, mass_effect: bool = False
+) -> Iterator[tuple[Any, ...]]:
+    """Apply an online method (DTSS or CarveMix) to the first ``n`` real training cases (all modalities of
+    the experiment, seeded by case index), followed by the mass effect of the new tumour when ``mass_effect``
+    (as dtss_mas_seg's ``dtss_mass_effect``); yields ``(item, real_img, real_lab, new_img, new_lab, affine)``."""
     from custom_components.data.labels import to_internal
+    from custom_components.transforms import MassEffect
     from custom_components.transforms.carvemix import CarveMix
     from custom_components.transforms.dtss import DeformationTumorSynthesis
     from custom_components.transforms.intensity import RescaleBrainIntensity
 
     convention = label_convention_of(exp.real_datalist)
-    # the first configured modality of each real case (one loader, one case-id rule)
-    items = load_datalist(exp.real_datalist, modalities=exp.cfg["modalities"][:1], require=["label"], check="none")
+    # the configured modalities of each real case (one loader, one case-id rule)
+    items = load_datalist(exp.real_datalist, modalities=exp.cfg["modalities"], require=["label"], check="none")
 
     def load(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        image = nib.as_closest_canonical(nib.load(item["image"][0]))
+        files = item["image"]
+        images = [nib.as_closest_canonical(nib.load(f)) for f in files]
         label = nib.as_closest_canonical(nib.load(item["label"]))
         brain = None
         if item.get("brain_mask"):  # the item's brain mask wins over the inferred one
             brain = np.asarray(nib.as_closest_canonical(nib.load(item["brain_mask"])).dataobj)[None] > 0
-        img = RescaleBrainIntensity()(image.get_fdata(dtype=np.float32)[None], brain)
-        return img, to_internal(np.asarray(label.dataobj), convention)[None], image.affine
+        img = RescaleBrainIntensity()(np.stack([i.get_fdata(dtype=np.float32) for i in images]), brain)
+        return np.asarray(img), to_internal(np.asarray(label.dataobj), convention)[None], images[0].affine
 
-    pngs = []
-    for k, item in enumerate(items[:n]):
+    for k, item in enumerate(items[:n] if n else items):
         img, lab, affine = load(item)
         if method == "dtss":
             new_img, new_lab = DeformationTumorSynthesis().set_random_state(seed=k)(img, lab)
         else:
             src_img, src_lab, _ = load(items[(k + 1) % len(items)])
             new_img, new_lab, _ = CarveMix().set_random_state(seed=k)(img, lab, src_img, src_lab)
-        png = out_dir / f"{method}_{item['case_id']}.png"
+        new_img, new_lab = np.asarray(new_img), np.asarray(new_lab)
+        if mass_effect:
+            mass = MassEffect(spacing=_zooms(affine))
+            field = mass.field(new_img, new_lab)
+            new_img, new_lab = mass.apply(new_img, field), mass.apply(new_lab, field, "nearest")
+        yield item, img, lab, new_img, new_lab, affine
+
+
+def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int, mass_effect: bool = False) -> list[Path]:
+    """Before/after montages of an online method on real training cases (first modality)."""
+    pngs = []
+    for item, img, lab, new_img, new_lab, affine in _online_derived(exp, method, n, mass_effect):
+        png = out_dir / f"{method}{'+mass' if mass_effect else ''}_{item['case_id']}.png"
         pngs.append(
             save_montage(
-                np.asarray(new_img)[0],
-                np.asarray(new_lab)[0],
+                new_img[0],
+                new_lab[0],
                 png,
-                title=f"{method} on {item['case_id']} (bottom: real)",
-                extra_images=[img[0]],
-                row_titles=[method, "real"],
+                title=f"{method} on {item['case_id']}",
+                source=img[0],
+                source_label=lab[0],
+                row_titles=[method, f"real {item['case_id']}", f"|{method} - real|"],
                 affine=affine,
             )
         )
     return pngs
+
+
+REALISM_MAX_CASES = 50  # synthetic cases per method scored (the first ones; loading is the cost)
+
+
+def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """Realism of every synthetic method of the experiment against the held-out real cases (the evaluation
+    section, which no synthesis stage reads), with F = the phase-1 encoder of the first seed.
+
+    Methods: TF-Aug (coarse), TF (refined), Pix2Pix, and the online DTSS and CarveMix applied to the real
+    training cases, where the experiment has them. Empty when the evaluation section has no cases.
+    """
+    from custom_components.networks import FrozenEncoder
+    from custom_components.realism import RealismCase, load_cases, realism_scores
+
+    cfg, seg = exp.cfg, exp.cfg["seg"]
+    mods = list(cfg["modalities"])
+    try:
+        held_out, _ = load_cases(exp.real_datalist, mods, cfg["eval_section"])
+    except ValueError:
+        return {}
+    encoder = FrozenEncoder.from_checkpoint(
+        exp.phase1_model(exp.encoder_seed), 3, seg["network_name"], len(mods), 4, tuple(seg["filters"])
+    )
+    arms = set(exp.arms)
+    sets: dict[str, list[RealismCase]] = {}
+    if exp.needs("tf_aug"):
+        sets["TF-Aug"] = load_cases(exp.coarse_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+    if exp.needs("tf_gan"):
+        sets["TF"] = load_cases(exp.refined_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+    if exp.needs("pix2pix"):
+        sets["Pix2Pix"] = load_cases(exp.pix2pix_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+    if exp.needs("tf_aug_mass"):
+        sets["TF-Aug+mass"] = load_cases(exp.mass_coarse_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+    online = (
+        ("dtss", "DTSS", {"dtss", "dtss_mas"}, False),
+        ("dtss", "DTSS+mass", {"dtss+mass", "dtss_mas+mass"}, True),
+        ("carvemix", "CarveMix", {"carvemix"}, False),
+    )
+    for method, name, wanted, mass in online:
+        if arms & wanted:
+            sets[name] = [
+                RealismCase(
+                    f"{method}_{item['case_id']}",
+                    new_img.astype(np.float32),
+                    new_lab[0].astype(np.uint8),
+                    _zooms(affine),
+                )
+                for item, _, _, new_img, new_lab, affine in _online_derived(exp, method, REALISM_MAX_CASES, mass)
+            ]
+    return {name: realism_scores(cases, held_out, mods, encoder, levels=3) for name, cases in sets.items() if cases}
+
+
+def _shared_images(exp: Experiment) -> bool:
+    """Whether the evaluation section uses an image file of the training section (e.g. a single real case)."""
+    data = read_datalist(exp.real_datalist)
+
+    def files(section: str) -> set[str]:
+        out = set()
+        for item in data.get(section, []):
+            out |= set(item["image"] if isinstance(item["image"], list) else [item["image"]])
+        return out
+
+    return bool(files("training") & files(exp.cfg["eval_section"]))
+
+
+def _zooms(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(z) for z in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
 
 
 def write_experiment_report(exp: Experiment) -> dict[str, Path]:
@@ -128,35 +293,91 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         montages["Pix2Pix"] = _datalist_montages(exp.pix2pix_datalist, qc, "pix2pix", n)
     if arms & {"dtss", "dtss_mas"}:
         montages["DTSS (online)"] = _online_montages(exp, qc, "dtss", n)
+    if arms & {"dtss+mass", "dtss_mas+mass"}:
+        montages["DTSS with mass effect (online)"] = _online_montages(exp, qc, "dtss", n, mass_effect=True)
+    if exp.needs("tf_aug_mass"):
+        montages["TF-Aug with mass effect (coarse)"] = _datalist_montages(
+            exp.mass_coarse_datalist, qc, "tf_aug+mass", n
+        )
     if "carvemix" in arms:
         montages["CarveMix (online)"] = _online_montages(exp, qc, "carvemix", n)
     results = read_results(exp)
     data = "demo data (PHANTOM tumours, deformed MNI152 healthy scans)" if cfg["demo"] else str(exp.real_datalist)
     seg = cfg["seg"]
+    protocol = cfg["protocol"]
+    if protocol == "tf":
+        schedule = (
+            f"protocol tf (TF paper): the baseline is the phase-1 model ({seg['phase1_epochs']} epochs, real only); "
+            f"every other arm trains from scratch on real + synthetic data for the same {seg['phase1_epochs']} epochs "
+            f"= {exp.arm_iterations('baseline')} iterations."
+        )
+    else:
+        schedule = (
+            f"protocol dsma (DSMA paper): phase 1 {seg['phase1_epochs']} epochs (real only), then every arm "
+            f"(the baseline on real data only) continues the same phase-1 model for {seg['phase2_epochs']} epochs: "
+            f"{exp.arm_iterations('baseline')} iterations in all."
+        )
     notes = [
         f"Data: {data}; {exp.n_real()} real training cases; evaluation on section '{cfg['eval_section']}'.",
-        f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, "
-        f"phase 1 {seg['phase1_epochs']} epochs (real only), then phase 2 {seg['phase2_epochs']} epochs per arm "
-        "from the same phase-1 model.",
+        f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, batch "
+        f"{seg['batch_size']} real samples (+ their synthetic companions); {schedule}",
         "Arms: " + "; ".join(f"{a}: {ARMS.get(a, 'TF refined cases, synthetic-volume ablation')}" for a in exp.arms),
     ]
-    paths = write_report(results, out, title=cfg["title"], notes=notes, montages=montages)
+    realism = compute_realism(exp)
+    realism_json = out / "realism.json"
+    atomic_write_text(realism_json, json.dumps(realism, indent=2) + "\n")
+    if not realism:
+        notes.append(f"Realism: not computed (no held-out real cases in section '{cfg['eval_section']}').")
+    elif _shared_images(exp):
+        notes.append(
+            f"Realism caveat: section '{cfg['eval_section']}' shares image files with the training cases the "
+            "synthesis stages used, so the real side of the realism table is not held out."
+        )
+    mas = mas_summaries(exp)
+    mas_notes, warnings = mas_lines(mas)
+    paths = write_report(
+        results,
+        out,
+        title=cfg["title"],
+        notes=notes + mas_notes,
+        montages=montages,
+        realism=realism,
+        warnings=warnings,
+    )
     results_json = out / "results.json"
     atomic_write_text(
         results_json,
-        json.dumps([{"arm": r.arm, "seed": r.seed, **r.dice, "mean": r.mean} for r in results], indent=2) + "\n",
+        json.dumps(
+            [
+                {
+                    "arm": r.arm,
+                    "seed": r.seed,
+                    **r.dice,
+                    "mean": r.mean,
+                    "protocol": protocol,
+                    **(
+                        {"mas_theta_degenerate": bool(mas[(r.arm, r.seed)].get("degenerate"))}
+                        if (r.arm, r.seed) in mas
+                        else {}
+                    ),
+                }
+                for r in results
+            ],
+            indent=2,
+        )
+        + "\n",
     )
     if cfg["mlflow"]["enabled"]:
         log_to_mlflow(
             results,
             {(r.arm, r.seed): exp.metrics(r.arm, r.seed) for r in results},
-            [*paths.values(), results_json, Path(cfg["source"])],
+            [*paths.values(), results_json, realism_json, Path(cfg["source"])],
             exp.work / "mlflow",
             tracking_uri=cfg["mlflow"]["tracking_uri"],
             experiment=cfg["mlflow"]["experiment"] or cfg["title"],
             params={"pipeline_config": cfg["source"], "arms": ",".join(exp.arms)},
         )
-    return {**paths, "results": results_json}
+    return {**paths, "results": results_json, "realism": realism_json}
 
 
 def log_to_mlflow(

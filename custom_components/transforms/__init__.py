@@ -19,6 +19,7 @@ from custom_components.transforms.labels import (
     MapBratsLabelsd,
 )
 from custom_components.transforms.mask_augment import MaskPool, SourceMask, TumorMaskAugment, TumorMaskAugmentd
+from custom_components.transforms.mass_effect import MassEffect, MassEffectd, MassEffectField, mass_effect_field
 from custom_components.transforms.roi_blur import RoiGaussianBlur, RoiGaussianBlurd, gaussian_kernel
 from custom_components.transforms.roi_mask import RoiMask, RoiMaskd, roi_mask
 
@@ -35,6 +36,9 @@ __all__ = [
     "DeformationTumorSynthesisd",
     "MapBratsLabels",
     "MapBratsLabelsd",
+    "MassEffect",
+    "MassEffectField",
+    "MassEffectd",
     "MaskPool",
     "RescaleBrainIntensity",
     "RescaleBrainIntensityd",
@@ -49,6 +53,7 @@ __all__ = [
     "deformation_area",
     "fuse_image",
     "gaussian_kernel",
+    "mass_effect_field",
     "monomer_mask",
     "roi_mask",
     "signed_distance",

@@ -1,0 +1,267 @@
+"""Checkpoints that survive interruptions: one overwrite rule, the best model kept across resumes, no NaN model.
+
+- :func:`check_output_dir` is the overwrite rule of every training workflow: a run into a folder that already
+  holds an earlier run's models is refused unless it resumes (``resume_checkpoint``) or ``overwrite`` is set.
+- :class:`BestModelSaver` (an evaluator handler) writes ``model.pt`` (a plain ``state_dict``) atomically when the
+  key metric beats the best so far. The best metric and its epoch are part of the training checkpoint (it has
+  ``state_dict``/``load_state_dict``), so a resumed run replaces ``model.pt`` only when it beats the best from
+  before the interruption. Non-finite weights are never written.
+- :class:`SafeCheckpointSaver` is MONAI's ``CheckpointSaver`` that keeps exactly the newest
+  ``checkpoint_epoch=*.pt`` (also those left by the run before a resume) and never writes non-finite weights
+  (neither at an interval nor as the final checkpoint MONAI writes when training stops on an error).
+- :class:`TrainingGuardError` (a ``SystemExit``) stops training with a message naming what went wrong and the
+  last good checkpoint; MONAI's config parser does not wrap it in a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
+
+from custom_components.data.atomic import atomic_path
+
+__all__ = [
+    "BestModelSaver",
+    "SafeCheckpointSaver",
+    "TrainingGuardError",
+    "check_output_dir",
+    "guard_loss",
+    "last_checkpoint",
+    "non_finite_tensors",
+]
+
+logger = logging.getLogger(__name__)
+
+_EPOCH_FILE = re.compile(r"^(?P<prefix>.*)_epoch=(?P<epoch>\d+)\.pt$")
+
+
+class TrainingGuardError(SystemExit):
+    """Training stopped by a guard (non-finite loss or weights); the message says where and what to resume from.
+
+    A ``SystemExit`` (status 1, message printed last to stderr) so ``python -m monai.bundle run`` ends with it.
+    """
+
+    def __init__(self, message: str) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        super().__init__(message)
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike,
+    resume_checkpoint: str | None = None,
+    overwrite: bool = False,
+    models: str | os.PathLike | None = "models",
+) -> Path:
+    """Refuse to train into a folder that already holds models, unless resuming or told to overwrite.
+
+    Args:
+        output_dir: the run's output folder.
+        resume_checkpoint: checkpoint the run resumes from (then the folder may hold models).
+        overwrite: allow replacing the models of an earlier run.
+        models: the sub-folder holding the models (None: ``output_dir`` itself).
+
+    Returns:
+        ``output_dir`` as a Path.
+    """
+    out = Path(output_dir)
+    folder = out / models if models else out
+    if resume_checkpoint:
+        if not Path(resume_checkpoint).is_file():
+            raise FileNotFoundError(f"{resume_checkpoint}: resume checkpoint not found")
+        return out
+    # files only: a sub-folder may hold another workflow's models (tf_gan's models/pix2pix)
+    if not overwrite and folder.is_dir() and any(p.is_file() for p in folder.iterdir()):
+        raise FileExistsError(
+            f"{folder}: an earlier run's models are there; set resume_checkpoint to continue it, "
+            "overwrite=true to replace it, or choose another output folder"
+        )
+    return out
+
+
+def _module(obj: Any) -> Any:
+    return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel) else obj
+
+
+def non_finite_tensors(objects: Mapping[str, Any] | torch.nn.Module) -> list[str]:
+    """Names of the floating-point parameters / buffers holding NaN or inf in ``objects`` (modules are checked)."""
+    items = {"": objects} if isinstance(objects, torch.nn.Module) else dict(objects)
+    bad = []
+    for name, obj in items.items():
+        obj = _module(obj)
+        if not isinstance(obj, torch.nn.Module):
+            continue
+        for key, t in obj.state_dict().items():
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad.append(f"{name}.{key}" if name else key)
+    return bad
+
+
+def last_checkpoint(directory: str | os.PathLike | None, pattern: str = "checkpoint*.pt") -> str | None:
+    """The newest checkpoint file in ``directory`` (by modification time), or None."""
+    if directory is None or not Path(directory).is_dir():
+        return None
+    found = sorted(Path(directory).glob(pattern), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return str(found[-1]) if found else None
+
+
+class BestModelSaver:
+    """Evaluator handler: write the network's weights to ``<save_dir>/<filename>`` when the key metric improves.
+
+    The file is a plain ``state_dict``, written atomically. The best value and its epoch are this handler's
+    state (``state_dict``/``load_state_dict``): put the handler in the training checkpoint's ``save_dict`` and a
+    resumed run compares with the best from before the interruption.
+
+    Args:
+        save_dir: folder of the file.
+        network: the network (DDP/DataParallel wrappers are unwrapped).
+        filename: file name (``model.pt``).
+        metric_name: metric in ``engine.state.metrics`` (default: the evaluator's key metric).
+        mode: ``max`` (higher is better) or ``min``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        network: torch.nn.Module,
+        filename: str = "model.pt",
+        metric_name: str | None = None,
+        mode: str = "max",
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.path = Path(save_dir) / filename
+        self.network = network
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best_metric = -math.inf if mode == "max" else math.inf
+        self.best_epoch = -1
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"best_metric": float(self.best_metric), "best_epoch": int(self.best_epoch)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best_metric = float(state["best_metric"])
+        self.best_epoch = int(state["best_epoch"])
+
+    def better(self, value: float) -> bool:
+        return value > self.best_metric if self.mode == "max" else value < self.best_metric
+
+    def __call__(self, engine: Engine) -> None:
+        name = self.metric_name or getattr(engine.state, "key_metric_name", None)
+        value = engine.state.metrics.get(name) if name else None
+        if value is None:
+            return
+        value = float(value)
+        if not math.isfinite(value) or not self.better(value):
+            return
+        bad = non_finite_tensors(self.network)
+        if bad:
+            raise TrainingGuardError(
+                f"{self.path}: not written, the network has non-finite weights ({', '.join(bad[:3])}...) at epoch "
+                f"{engine.state.epoch}; the best model (epoch {self.best_epoch}) is kept"
+            )
+        with atomic_path(self.path) as tmp:
+            torch.save(_module(self.network).state_dict(), tmp)
+        previous = self.best_epoch
+        self.best_metric, self.best_epoch = value, int(engine.state.epoch)
+        engine.state.best_metric, engine.state.best_metric_epoch = value, self.best_epoch
+        logger.info(
+            f"epoch {self.best_epoch}: new best {name} {value:.4f} (previous best epoch {previous}): {self.path}"
+        )
+
+
+class SafeCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` that writes atomically, keeps only the newest interval checkpoint and never
+    writes NaN weights.
+
+    Every file is written to a temporary file and renamed (Ignite's ``DiskSaver(atomic=True)``, which also gives
+    the file group/other read permission; MONAI turns atomic writes off), so a kill never leaves a partial file.
+
+    After each interval save, every other ``*_epoch=N.pt`` in ``save_dir`` is deleted (MONAI's ``n_saved`` only
+    counts the files of the current process, so a resumed run would leave the old one). Before saving, the
+    modules of ``save_dict`` are checked for non-finite weights: an interval save then stops training with
+    :class:`TrainingGuardError`, and the final checkpoint MONAI writes when training stops on an error is skipped.
+
+    Args: as for ``monai.handlers.CheckpointSaver``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None and hasattr(checkpoint.save_handler, "_atomic"):
+                checkpoint.save_handler._atomic = True
+
+    def _finite_or_reason(self) -> str | None:
+        bad = non_finite_tensors({k: v for k, v in self.save_dict.items() if isinstance(v, torch.nn.Module)})
+        return f"non-finite weights in {', '.join(bad[:3])}" if bad else None
+
+    def interval_completed(self, engine: Engine) -> None:
+        reason = self._finite_or_reason()
+        if reason:
+            raise TrainingGuardError(
+                f"training stopped at epoch {engine.state.epoch}: {reason}; no checkpoint written. "
+                f"Last good checkpoint: {last_checkpoint(self.save_dir) or 'none'}"
+            )
+        super().interval_completed(engine)
+        self.prune()
+
+    def completed(self, engine: Engine) -> None:
+        reason = self._finite_or_reason()
+        if reason:
+            raise TrainingGuardError(f"final checkpoint not written: {reason}")
+        super().completed(engine)
+
+    def exception_raised(self, engine: Engine, e: BaseException) -> None:
+        reason = "training stopped by a guard" if isinstance(e, TrainingGuardError) else self._finite_or_reason()
+        if reason:
+            logger.warning(f"final checkpoint not written after the error ({reason})")
+            raise e
+        super().exception_raised(engine, e)  # type: ignore[arg-type]
+
+    def prune(self) -> list[str]:
+        """Delete every interval checkpoint in ``save_dir`` except the newest epoch's; returns the deleted files."""
+        found: dict[str, list[tuple[int, Path]]] = {}
+        for p in Path(self.save_dir).glob("*_epoch=*.pt"):
+            m = _EPOCH_FILE.match(p.name)
+            if m:
+                found.setdefault(m["prefix"], []).append((int(m["epoch"]), p))
+        removed = []
+        for files in found.values():
+            files.sort()
+            for _, p in files[:-1]:
+                p.unlink(missing_ok=True)
+                removed.append(str(p))
+        return removed
+
+
+def guard_loss(loss: torch.Tensor, engine: Engine, cases: Sequence[str] | None, checkpoint_dir: str | None) -> None:
+    """Stop training with :class:`TrainingGuardError` when ``loss`` is not finite (before any weight update).
+
+    Args:
+        loss: the iteration's loss.
+        engine: the trainer (for the epoch and iteration).
+        cases: case ids of the batch (None: unknown).
+        checkpoint_dir: folder of the run's checkpoints (to name the last good one).
+    """
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    ids = ", ".join(str(c) for c in cases) if cases else "unknown"
+    raise TrainingGuardError(
+        f"training stopped: non-finite loss ({float(loss.detach().float().mean())}) at epoch {engine.state.epoch}, "
+        f"iteration {engine.state.iteration}; batch cases: {ids}. No weights were updated or written. "
+        f"Last good checkpoint: {last_checkpoint(checkpoint_dir) or 'none'}"
+    )

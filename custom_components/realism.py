@@ -1,0 +1,370 @@
+"""How real do synthetic tumours look? Distances between synthetic and real tumour cases, with floors.
+
+Three measures, each per tumour class (internal NCR=1, ED=2, ET=3) unless said otherwise:
+
+- **Class-wise Frechet distance of frozen-encoder features.** The features are those of TF's
+  class-wise perceptual loss (its eq. 3): the first ``levels`` encoder levels of F (the encoder of
+  a segmentation model trained on real data), average-pooled over the voxels of the class (masked
+  global average pooling, :meth:`ClasswisePerceptualLoss.class_vectors`). Each case gives one vector
+  per level and class; the Frechet distance ``|mu_s - mu_r|^2 + tr(S_s + S_r - 2 (S_s S_r)^(1/2))``
+  between the synthetic and the real vectors is computed per level and averaged over levels.
+- **Intensity distribution distance.** 1-D Wasserstein distance (``scipy.stats.wasserstein_distance``)
+  between the brain-normalised intensities (``RescaleBrainIntensity``: brain 0.5-99.5 percentiles to
+  [-1, 1], as every model input) of the class's voxels, pooled over cases, per modality.
+- **Boundary sharpness.** Mean gradient magnitude (per mm, brain-normalised intensities) over the
+  voxels on the whole tumour's border (inside and outside neighbours of the boundary), per modality,
+  averaged over cases; reported for synthetic and real and as their ratio (1 = as sharp as real; a
+  pasted tumour is typically too sharp, a blurred one too soft).
+
+The **floor** of each distance is the same distance between two halves of the real cases (averaged
+over ``n_splits`` random splits): what two samples of real tumours differ by. A synthetic set at the
+floor is as close to the real set as real tumours are to each other. (Halves are smaller than the sets
+compared, so the floor carries a little more sampling noise.) The floor needs at least two real cases;
+with one it is None.
+
+Choices where the paper is silent (written down in docs/architecture.md): the unit of the Frechet
+distance is the case (one masked-GAP vector per case, level and class, as the loss pools); with a
+single case on a side its covariance is taken as zero; per-case features are computed on the tumour's
+bounding box plus ``margin`` voxels (beyond the first levels' receptive field) to keep CPU time low.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg, ndimage, stats
+
+from custom_components.data.datalist import label_convention_of, read_datalist, select_modalities
+from custom_components.data.labels import INTERNAL_CLASSES, to_internal
+from custom_components.transforms.intensity import RescaleBrainIntensity
+
+CLASSES: tuple[int, ...] = (1, 2, 3)
+
+
+@dataclass
+class RealismCase:
+    """One case in memory: brain-normalised image ``(C, X, Y, Z)``, internal label, voxel size (mm)."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    zooms: tuple[float, float, float]
+
+
+def load_cases(
+    datalist: str | os.PathLike,
+    modalities: Sequence[str] | None = None,
+    section: str = "training",
+    max_cases: int | None = None,
+) -> tuple[list[RealismCase], list[str]]:
+    """Read the cases of a datalist section (images rescaled to [-1, 1] on the brain, labels internal).
+
+    Args:
+        datalist: datalist JSON.
+        modalities: modalities to use, in channel order (default: the datalist's ``modalities``).
+        section: datalist section.
+        max_cases: read at most this many (in datalist order).
+
+    Raises:
+        FileNotFoundError / ValueError naming the datalist or file on missing files, missing modalities or
+        labels without tumour.
+    """
+    data = read_datalist(datalist)
+    if section not in data:
+        raise ValueError(f"{datalist}: no section {section!r} (has: {', '.join(sorted(data))})")
+    convention = label_convention_of(data, source=str(datalist))
+    available = data.get("modalities")
+    mods = list(modalities or available or [])
+    items = data[section][:max_cases] if max_cases else data[section]
+    if not items:
+        raise ValueError(f"{datalist}: section {section!r} is empty")
+    cases = []
+    for k, item in enumerate(items):
+        cid = str(item.get("case_id", k))
+        images = item["image"] if isinstance(item["image"], list) else [item["image"]]
+        wanted = mods or [f"channel{i}" for i in range(len(images))]
+        files = select_modalities(images, available, wanted, f"{datalist} case {cid}")
+        vols = []
+        for f in files:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"{f}: image of case {cid} in {datalist} not found")
+            img = nib.as_closest_canonical(nib.load(f))
+            vols.append(np.asarray(img.dataobj, dtype=np.float32))
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        if not Path(item["label"]).is_file():
+            raise FileNotFoundError(f"{item['label']}: label of case {cid} in {datalist} not found")
+        lab = to_internal(np.asarray(nib.as_closest_canonical(nib.load(item["label"])).dataobj), convention)
+        if lab.shape != vols[0].shape:
+            raise ValueError(f"{item['label']}: label shape {lab.shape} differs from the image's {vols[0].shape}")
+        if not (lab > 0).any():
+            raise ValueError(f"{item['label']}: no tumour voxels (case {cid} in {datalist})")
+        brain = None
+        if item.get("brain_mask"):  # the item's brain mask wins over the inferred one
+            brain = np.asarray(nib.as_closest_canonical(nib.load(item["brain_mask"])).dataobj)[None] > 0
+        image = np.asarray(RescaleBrainIntensity()(np.stack(vols), brain), dtype=np.float32)
+        cases.append(RealismCase(cid, image, lab.astype(np.uint8), zooms))
+    return cases, (mods or wanted)
+
+
+# ---- distances ------------------------------------------------------------------------------------
+def _sqrt_psd(m: np.ndarray) -> np.ndarray:
+    w, v = linalg.eigh(m)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two samples of vectors ``(n, d)`` and ``(m, d)``.
+
+    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^(1/2) S_b S_a^(1/2))^(1/2))``, covariances with
+    ``ddof=1`` (zero for a single vector). The trace term is computed from symmetric eigen-decompositions,
+    so rank-deficient covariances (fewer cases than feature channels) are fine.
+    """
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape[1] != b.shape[1] or len(a) == 0 or len(b) == 0:
+        raise ValueError(f"need non-empty samples of equal dimension, got {a.shape} and {b.shape}")
+
+    def cov(x: np.ndarray) -> np.ndarray:
+        return (
+            np.cov(x, rowvar=False, ddof=1).reshape(x.shape[1], x.shape[1])
+            if len(x) > 1
+            else np.zeros((x.shape[1],) * 2)
+        )
+
+    ca, cb = cov(a), cov(b)
+    root_a = _sqrt_psd(ca)
+    cross = np.sqrt(np.clip(linalg.eigvalsh(root_a @ cb @ root_a), 0.0, None)).sum()
+    dist = float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2.0 * cross)
+    return max(dist, 0.0)
+
+
+def wasserstein(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float | None:
+    """1-D Wasserstein distance between the pooled values of two lists of per-case arrays (None if empty)."""
+    u = np.concatenate([np.ravel(x) for x in a]) if a else np.zeros(0)
+    v = np.concatenate([np.ravel(x) for x in b]) if b else np.zeros(0)
+    if u.size == 0 or v.size == 0:
+        return None
+    return float(stats.wasserstein_distance(u, v))
+
+
+def _split_halves(n: int, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_splits):
+        perm = rng.permutation(n)
+        out.append((perm[: n // 2], perm[n // 2 :]))
+    return out
+
+
+# ---- per-case measurements --------------------------------------------------------------------------
+def _tumour_box(label: np.ndarray, margin: int, multiple: int = 1) -> tuple[slice, ...]:
+    idx = np.argwhere(label > 0)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, label.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def encoder_class_vectors(
+    cases: Sequence[RealismCase],
+    encoder: torch.nn.Module,
+    levels: int = 3,
+    classes: Sequence[int] = CLASSES,
+    margin: int = 16,
+    device: str | torch.device = "cpu",
+) -> list[dict[int, list[np.ndarray | None]]]:
+    """Masked-GAP feature vectors per case, class and level: ``[case]{class: [level vector or None]}``
+    (None where the class is absent at that level).
+
+    Args:
+        cases: the cases.
+        encoder: frozen feature extractor (``FrozenEncoder``) returning at least ``levels`` feature maps.
+        levels: encoder levels used (TF's perceptual loss: 3).
+        classes: internal class values.
+        margin: voxels of context kept around the tumour's bounding box.
+        device: where the encoder runs.
+    """
+    from custom_components.losses.classwise_perceptual import ClasswisePerceptualLoss
+
+    pooler = ClasswisePerceptualLoss(encoder, levels=levels, classes=classes).to(device)
+    multiple = 2 ** (levels - 1)
+    out = []
+    with torch.no_grad():
+        for case in cases:
+            box = _tumour_box(case.label, margin)
+            img = torch.from_numpy(np.ascontiguousarray(case.image[(slice(None), *box)]))[None]
+            lab = torch.from_numpy(case.label[box].astype(np.int64))[None, None]
+            pad = []
+            for s in reversed(img.shape[2:]):
+                pad += [0, (-s) % multiple]
+            img = F.pad(img, pad, value=-1.0).to(device)
+            lab = F.pad(lab, pad, value=0).to(device)
+            vectors: dict[int, list[np.ndarray | None]] = {c: [] for c in classes}
+            for vec, present in pooler.class_vectors(img, lab):
+                for k, c in enumerate(classes):
+                    vectors[c].append(vec[0, k].double().cpu().numpy() if bool(present[0, k]) else None)
+            out.append(vectors)
+    return out
+
+
+def class_intensities(
+    cases: Sequence[RealismCase], classes: Sequence[int] = CLASSES
+) -> dict[int, list[list[np.ndarray]]]:
+    """Brain-normalised intensities of each class's voxels: ``{class: [modality][case arrays]}``."""
+    n_mod = cases[0].image.shape[0] if cases else 0
+    return {c: [[case.image[m][case.label == c] for case in cases] for m in range(n_mod)] for c in classes}
+
+
+def boundary_sharpness(case: RealismCase) -> np.ndarray:
+    """Mean gradient magnitude (per mm) per modality over the whole tumour's border voxels: tumour voxels
+    with a non-tumour 6-neighbour and non-tumour voxels with a tumour 6-neighbour."""
+    box = _tumour_box(case.label, 2)
+    tumour = case.label[box] > 0
+    border = ndimage.binary_dilation(tumour) & ~ndimage.binary_erosion(tumour)
+    out = []
+    for channel in case.image[(slice(None), *box)]:
+        grads = np.gradient(channel.astype(np.float64), *case.zooms)
+        out.append(float(np.sqrt(sum(g**2 for g in grads))[border].mean()))
+    return np.array(out)
+
+
+# ---- the score ------------------------------------------------------------------------------------
+def realism_scores(
+    synthetic: Sequence[RealismCase],
+    real: Sequence[RealismCase],
+    modalities: Sequence[str],
+    encoder: torch.nn.Module | None = None,
+    levels: int = 3,
+    classes: Sequence[int] = CLASSES,
+    n_splits: int = 10,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Realism of ``synthetic`` against ``real`` (see the module docstring) as a JSON-ready dict.
+
+    Returns ``{"n_synthetic", "n_real", "modalities", "classes", "frechet": {class: {"distance", "floor",
+    "per_level"}}, "wasserstein": {class: {modality: {"distance", "floor"}}}, "sharpness": {modality:
+    {"synthetic", "real", "ratio", "floor_ratio"}}, "summary": {...}}``; a distance is None where a class is
+    absent on a side; floors are None with fewer than two real cases. ``summary`` averages over classes
+    (and modalities): ``frechet``, ``frechet_floor``, ``wasserstein``, ``wasserstein_floor``,
+    ``sharpness_ratio``.
+
+    Args:
+        synthetic, real: the cases (same modalities, brain-normalised).
+        modalities: their names.
+        encoder: frozen feature extractor (None: no Frechet distance).
+        levels: encoder levels.
+        classes: internal class values.
+        n_splits: random real-vs-real splits averaged for the floors.
+        seed: seed of the splits.
+        device: device of the encoder.
+    """
+    if not synthetic or not real:
+        raise ValueError(f"need synthetic and real cases, got {len(synthetic)} and {len(real)}")
+    if synthetic[0].image.shape[0] != real[0].image.shape[0]:
+        raise ValueError(
+            f"synthetic cases have {synthetic[0].image.shape[0]} channels, real ones {real[0].image.shape[0]}"
+        )
+    names = {c: INTERNAL_CLASSES.get(c, str(c)) for c in classes}
+    splits = _split_halves(len(real), n_splits, seed) if len(real) >= 2 else []
+
+    def mean_or_none(values: list[float | None]) -> float | None:
+        vals = [v for v in values if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    result: dict[str, Any] = {
+        "n_synthetic": len(synthetic),
+        "n_real": len(real),
+        "modalities": list(modalities),
+        "classes": [names[c] for c in classes],
+        "levels": levels,
+        "n_splits": len(splits),
+    }
+    # Frechet distance of masked-GAP encoder features, per class (mean over levels)
+    frechet: dict[str, Any] = {}
+    if encoder is not None:
+        ps = encoder_class_vectors(synthetic, encoder, levels, classes, device=device)
+        pr = encoder_class_vectors(real, encoder, levels, classes, device=device)
+
+        def fd(side_a: list, idx_a: Sequence[int], side_b: list, idx_b: Sequence[int], c: int) -> list[float | None]:
+            per_level = []
+            for level in range(levels):
+                va = [side_a[i][c][level] for i in idx_a if side_a[i][c][level] is not None]
+                vb = [side_b[i][c][level] for i in idx_b if side_b[i][c][level] is not None]
+                per_level.append(frechet_distance(np.stack(va), np.stack(vb)) if va and vb else None)
+            return per_level
+
+        for c in classes:
+            per_level = fd(ps, range(len(ps)), pr, range(len(pr)), c)
+            floor = mean_or_none([mean_or_none(fd(pr, a, pr, b, c)) for a, b in splits])
+            frechet[names[c]] = {"distance": mean_or_none(per_level), "floor": floor, "per_level": per_level}
+    result["frechet"] = frechet
+    # intensity distributions
+    ins, inr = class_intensities(synthetic, classes), class_intensities(real, classes)
+    wass: dict[str, Any] = {}
+    for c in classes:
+        wass[names[c]] = {}
+        for m, mod in enumerate(modalities):
+            floor = mean_or_none([wasserstein([inr[c][m][i] for i in a], [inr[c][m][i] for i in b]) for a, b in splits])
+            wass[names[c]][mod] = {"distance": wasserstein(ins[c][m], inr[c][m]), "floor": floor}
+    result["wasserstein"] = wass
+    # boundary sharpness
+    ss = np.stack([boundary_sharpness(case) for case in synthetic])
+    sr = np.stack([boundary_sharpness(case) for case in real])
+    sharp: dict[str, Any] = {}
+    for m, mod in enumerate(modalities):
+        floor_ratio = mean_or_none([float(sr[a, m].mean() / sr[b, m].mean()) for a, b in splits])
+        sharp[mod] = {
+            "synthetic": float(ss[:, m].mean()),
+            "real": float(sr[:, m].mean()),
+            "ratio": float(ss[:, m].mean() / sr[:, m].mean()),
+            "floor_ratio": floor_ratio,
+        }
+    result["sharpness"] = sharp
+    result["summary"] = {
+        "frechet": mean_or_none([v["distance"] for v in frechet.values()]),
+        "frechet_floor": mean_or_none([v["floor"] for v in frechet.values()]),
+        "wasserstein": mean_or_none([w["distance"] for v in wass.values() for w in v.values()]),
+        "wasserstein_floor": mean_or_none([w["floor"] for v in wass.values() for w in v.values()]),
+        "sharpness_ratio": mean_or_none([v["ratio"] for v in sharp.values()]),
+    }
+    return result
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The realism result as a plain-text table (one row per class, sharpness below)."""
+    mods = result["modalities"]
+    head = ["class", "Frechet", "floor"] + [f"W1 {m}" for m in mods] + [f"W1 floor {m}" for m in mods]
+    rows = [head]
+    for name in result["classes"]:
+        fr = result["frechet"].get(name, {})
+        w = result["wasserstein"][name]
+        rows.append(
+            [name, _fmt(fr.get("distance")), _fmt(fr.get("floor"))]
+            + [_fmt(w[m]["distance"]) for m in mods]
+            + [_fmt(w[m]["floor"]) for m in mods]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(wd) for c, wd in zip(r, widths, strict=True)) for r in rows]
+    lines.append("boundary sharpness (mean |grad| per mm on the tumour border; ratio synthetic/real, floor real/real):")
+    for m in mods:
+        s = result["sharpness"][m]
+        lines.append(
+            f"  {m}: synthetic {_fmt(s['synthetic'])}, real {_fmt(s['real'])}, ratio {_fmt(s['ratio'])}, "
+            f"floor {_fmt(s['floor_ratio'])}"
+        )
+    lines.append(
+        f"({result['n_synthetic']} synthetic vs {result['n_real']} real cases; floors over {result['n_splits']} splits)"
+    )
+    return "\n".join(lines)
