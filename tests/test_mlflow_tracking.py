@@ -221,11 +221,13 @@ def test_dtss_mas_seg_to_server(server: MlflowServer, tmp_path: Path) -> None:
     assert [v for _, v in history(client, run, "lr_group_0")] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
     assert history(client, run, "phase") == [(1, 1.0), (2, 2.0)]
     assert [s for s, _ in history(client, run, "val_mean_dice")] == [1, 2]  # the validator's handler
-    # eta / theta of every epoch from the real cases' Dice, recorded beside the per-sample MAS log
+    # eta / theta after every epoch from the evaluation pass over the real cases (eval mode), recorded beside
+    # the per-sample MAS log (its `real_eval` rows)
     mas = tmp_path / "runs" / "mas"
     for epoch in (1, 2):
         rows = _csv(mas / f"epoch_{epoch:04d}.csv")
-        real = [float(r["dice"]) for r in rows if r["synthetic"] == "0" and r["dice"] != "nan"]
+        real = [float(r["dice"]) for r in rows if r["source"] == "real_eval" and r["dice"] != "nan"]
+        assert len(real) == 3  # every real training case, not the training crops
         (eta,) = [v for s, v in history(client, run, "mas_eta") if s == epoch]
         (theta,) = [v for s, v in history(client, run, "mas_theta") if s == epoch]
         assert eta == pytest.approx(np.mean(real), abs=1e-6)
