@@ -35,6 +35,8 @@ RETIRED = {
     "num_epochs": "max_epochs",
     "model_dir": "models_dir",
 }
+# configs that are overrides (only their differences) -> the configs they are loaded after
+OVERRIDES_OF = {"inference_pix2pix.yaml": ("inference.yaml",)}
 # run aliases a workflow may define, all written as "@run"
 ALIASES = ("training", "inference", "evaluating")
 # MONAI's own tracking keys (`--tracking mlflow` fills them); no bundle defines its own
@@ -99,7 +101,8 @@ def test_models_live_under_output_dir(bundle: str, tmp_path: Path) -> None:
     paths = {"model_path", "intensity_params", "generator_checkpoint", "pix2pix_models_dir"}
     for name in [n for n in _configs(bundle) if n not in ("common.yaml",) and not n.startswith("multi_gpu")]:
         parser = ConfigParser()
-        parser.read_config([str(REPO / "bundles" / bundle / "configs" / f) for f in ("common.yaml", name)])
+        files = ("common.yaml", *OVERRIDES_OF.get(name, ()), name)
+        parser.read_config([str(REPO / "bundles" / bundle / "configs" / f) for f in files])
         parser["bundle_root"] = str(tmp_path)
         out = Path(parser.get_parsed_content("output_dir"))
         models = Path(parser.get_parsed_content("models_dir"))

@@ -10,6 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
+from monai.bundle import ConfigParser
 
 from custom_components.data.datalist import read_datalist
 from custom_components.data.input_check import InputCheckError
@@ -23,7 +25,7 @@ BUNDLE = "tf_gan"
 TRAIN = ["common.yaml", "train.yaml"]
 INFER = ["common.yaml", "inference.yaml"]
 TRAIN_P2P = ["common.yaml", "train_pix2pix.yaml"]
-INFER_P2P = ["common.yaml", "inference_pix2pix.yaml"]
+INFER_P2P = ["inference.yaml", "inference_pix2pix.yaml"]
 SHAPE = (72, 68, 64)  # >= 64 per side: the six-level generator needs a 2-voxel bottleneck
 AFFINE = np.array([[-1.0, 0, 0, 40.0], [0, -1.0, 0, 30.0], [0, 0, 1.0, -20.0], [0, 0, 0, 1]])
 ENCODER_FILTERS = [8, 8, 16, 16, 16]
@@ -164,6 +166,28 @@ def test_bundle_files() -> None:
     for key in ("hinge_margin", "roi_margin", "lambda_schedule", "sw_overlap", "paste_outside_roi"):
         assert key in readme
     assert "encoder_checkpoint" in readme
+
+
+def test_pix2pix_inference_is_an_override_of_inference() -> None:
+    """inference_pix2pix.yaml keeps only its differences from inference.yaml (no key with inference.yaml's value),
+    its own values of common.yaml's keys are common.yaml's, and merged after inference.yaml it builds the Pix2Pix
+    generator from <pix2pix_models_dir>/model.pt and writes stage pix2pix into <output_dir>/pix2pix."""
+    configs = bundle_dir(BUNDLE) / "configs"
+    inference, override, common = (
+        yaml.safe_load((configs / f).read_text()) for f in ("inference.yaml", "inference_pix2pix.yaml", "common.yaml")
+    )
+    same = {k for k in set(inference) & set(override) if inference[k] == override[k]}
+    assert not same, f"inference_pix2pix.yaml repeats inference.yaml's {sorted(same)}"
+    for key in (set(override) & set(common)) - set(inference):
+        assert override[key] == common[key], f"inference_pix2pix.yaml: {key} differs from common.yaml"
+    parser = ConfigParser()
+    parser.read_config([str(configs / f) for f in INFER_P2P])
+    parser["bundle_root"] = "/b"
+    assert parser.get_parsed_content("generator_checkpoint") == "/b/runs/models/pix2pix/model.pt"
+    assert parser.get_parsed_content("network_def").in_channels == 0
+    assert parser["prepare_batch"]["stage"] == parser["writer"]["stage"] == "pix2pix"
+    assert parser.get_parsed_content("writer#output_dir") == "/b/runs/pix2pix"
+    assert parser.get_parsed_content("writer#datalist_path") == "/b/runs/pix2pix/datalist.json"
 
 
 @pytest.mark.parametrize(("configs", "kind"), [(TRAIN, "train"), (TRAIN_P2P, "train")])

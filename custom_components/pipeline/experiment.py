@@ -447,7 +447,7 @@ class Experiment:
         synth = self._bundle_stage(
             "pix2pix_synthesise",
             "tf_gan",
-            ["common.yaml", "inference_pix2pix.yaml"],
+            ["inference.yaml", "inference_pix2pix.yaml"],
             {
                 **self._gan_common(),
                 "output_dir": str(synth_dir),
