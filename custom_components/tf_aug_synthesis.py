@@ -1,4 +1,4 @@
-"""TF-Aug stage 1 of Tumor Fabrication: inputs, training pairs and the synthesis engine.
+"""TF-Aug stage 1 of Tumor Fabrication: inputs, training pairs, the case plan and the writer of the synthesis.
 
 * inputs are read with :func:`custom_components.data.load_datalist` (the project's one loader; the
   bundle configs call it for the healthy and the real datalist).
@@ -7,10 +7,11 @@
   (``pairing="round_robin"``, the default: every healthy scan is used equally often) or a healthy scan
   drawn from its own seed (``pairing="random"``), and the per-case seed :func:`case_seed` derived from
   the global seed and ``i`` only, so case ``i`` does not depend on how many cases are requested.
-* :class:`TFAugSynthesizer` is the bundle's inference "evaluator": a MONAI/Ignite engine whose iteration
-  makes one case (mask augmentation, ROI blur, learned class-wise intensity, clip), writes it atomically
-  with a provenance record, skips cases already complete with the same settings (resume), and writes
-  the coarse datalist when all cases are done.
+* synthesis is a MONAI ``SupervisedEvaluator`` (configs/inference.yaml): a DataLoader over the pending planned
+  cases whose transforms load the healthy scan and, seeded per case (``ApplySeededd``), draw m_s and blur the
+  ROI; the network is the learned class-wise intensity ``network(image, label)``. :class:`TFAugCaseWriter` is
+  its handler: it writes each case atomically with a provenance record, lists the cases complete from an
+  earlier run with the same settings (resume) and writes the coarse datalist.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import Evaluator
-from monai.inferers import Inferer, SimpleInferer
-from monai.transforms import Compose, Randomizable
+from monai.transforms import Compose
 
 from custom_components.data.atomic import atomic_write_text, save_nifti
 from custom_components.data.datalist import write_datalist
@@ -199,129 +198,92 @@ def _json_ready(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-class TFAugSynthesizer(Evaluator):
-    """Synthesis engine of TF-Aug: one coarse synthetic case per iteration, resumable, reproducible.
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
-    For each planned case (see :func:`plan_cases`): load the prepared healthy scan and its brain mask
-    (``preprocessing``), seed and run ``synthesis`` (``TumorMaskAugmentd`` + ``RoiGaussianBlurd``), apply the
-    learned class-wise intensities (``network`` via ``inferer``), clip, and write atomically into
-    ``<output_dir>/<case_id>/``: one image file per modality, the label (``export_labels`` convention), the
-    ROI (binary m_s), the brain mask, and last ``<case_id>_provenance.json``. A case whose provenance record
-    exists with identical settings (fingerprint) and whose files all exist is skipped, so an interrupted
-    run resumes; a record with different settings stops the run before anything is written unless
-    ``overwrite``. When all cases are done, ``<output_dir>/<datalist_name>`` is written (``training``
-    section, items in case order). The first ``qc_cases`` cases get a PNG montage in ``<output_dir>/qc``
-    (``<case_id>.png``: the synthetic image as it is and with label contours, the healthy input and their
-    absolute difference, ROI outlined).
+
+class TFAugCaseWriter:
+    """Ignite handler of the TF-Aug synthesis evaluator: writes each case, resumes, writes the datalist.
+
+    The bundle's synthesis is a MONAI ``SupervisedEvaluator``: its DataLoader yields the planned cases (see
+    :func:`plan_cases`) loaded and synthesised by the dataset transforms (``TumorMaskAugmentd``, optional
+    ``MassEffectd``, ``RoiGaussianBlurd``, seeded per case by ``ApplySeededd``), and its network is the learned
+    :class:`ClasswiseIntensity` called as ``network(image, label)``. This handler takes each decollated case at
+    ``ITERATION_COMPLETED``, clips the tumour voxels (outside the tumour the image is the prepared healthy scan,
+    copied bit for bit) and writes atomically into ``<output_dir>/<case_id>/``: one image file per modality, the
+    label (``export_labels`` convention), the ROI (binary m_s), the brain mask, and last
+    ``<case_id>_provenance.json``. The first ``qc_cases`` cases get a PNG montage in ``<output_dir>/qc``.
+
+    Resume: :meth:`pending` lists only the cases not complete from an earlier run with identical settings
+    (fingerprint) and intact files (recorded sizes), so the dataset skips the others; :meth:`check` refuses,
+    before anything is written, a case made with other settings (unless ``overwrite``) and a healthy scan off the
+    real masks' grid. :meth:`write_datalist` writes ``<output_dir>/<datalist_name>`` (``training`` section, every
+    planned case in case order) once the evaluator has run.
 
     Args:
-        device: device of the intensity module.
-        val_data_loader: the planned cases (a list, or a Dataset of them).
-        network: the learned :class:`ClasswiseIntensity`.
-        preprocessing: loads ``{"image": [files], "brain_mask": file}`` into channel-first tensors.
-        synthesis: random transforms adding ``label``/``roi``/``tf_aug_params`` and blurring ``image``.
+        cases: the planned cases (:func:`plan_cases`) this run is responsible for.
         output_dir: folder of the synthetic cases and the datalist.
+        network: the learned intensity module (its parameters are recorded and fingerprinted).
+        synthesis: the random synthesis transforms (their settings are recorded and fingerprinted).
         modalities: names of the image channels (file suffixes; datalist ``modalities``).
         export_labels: label convention of the written label files (and the datalist's ``labels``).
         output_ext: ``.nii`` (default: fastest, byte-reproducible) or ``.nii.gz`` (nibabel writes gzip
             without time stamp or file name, so it is reproducible too).
-        clip: ``(min, max)`` the tumour voxels are clipped to (outside the tumour the image is the prepared
-            healthy scan, already in [-1, 1], copied bit for bit); None does not clip.
+        clip: ``(min, max)`` the tumour voxels are clipped to; None does not clip.
         qc_cases: number of first cases with a QC PNG (0: none).
         overwrite: replace cases made with other settings instead of refusing.
-        inferer: runs ``network(image, label)`` (default ``SimpleInferer``).
-        val_handlers: MONAI / Ignite handlers to attach.
         datalist_name: file name of the datalist in ``output_dir``.
         description: datalist description.
-        image_key, label_key, roi_key, brain_mask_key, params_key: data keys used by the transforms.
-        amp: mixed precision (CUDA).
-        non_blocking, epoch_length, postprocessing, key_val_metric, additional_metrics, decollate:
-            as MONAI's ``Evaluator``.
+        pred_key: output key of the synthesised image.
+        image_key, label_key, brain_mask_key, params_key: batch keys of the (healthy) image, the synthetic
+            label m_s, the brain mask and the drawn augmentation parameters.
     """
 
     def __init__(
         self,
-        device: torch.device | str,
-        val_data_loader: Sequence[Mapping[str, Any]],
-        network: ClasswiseIntensity,
-        preprocessing: Callable,
-        synthesis: Randomizable,
+        cases: Sequence[Mapping[str, Any]],
         output_dir: str | os.PathLike,
+        network: ClasswiseIntensity,
+        synthesis: Any,
         modalities: Sequence[str] = ("t1n",),
         export_labels: str = "internal",
         output_ext: str = ".nii",
         clip: Sequence[float] | None = (-1.0, 1.0),
         qc_cases: int = 3,
         overwrite: bool = False,
-        inferer: Inferer | None = None,
-        val_handlers: Sequence | None = None,
         datalist_name: str = "datalist.json",
         description: str = "TF-Aug coarse synthetic tumour cases (Tumor Fabrication stage 1)",
+        pred_key: str = "pred",
         image_key: str = "image",
         label_key: str = "label",
-        roi_key: str = "roi",
         brain_mask_key: str = "brain_mask",
         params_key: str = "tf_aug_params",
-        amp: bool = False,
-        non_blocking: bool = False,
-        epoch_length: int | None = None,
-        postprocessing: Callable | None = None,
-        key_val_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        decollate: bool = False,
     ) -> None:
-        cases = (
-            list(val_data_loader)
-            if isinstance(val_data_loader, list)
-            else [
-                val_data_loader[i]
-                for i in range(len(val_data_loader))  # type: ignore[arg-type]
-            ]
-        )
-        super().__init__(
-            device=device,
-            val_data_loader=cases,
-            epoch_length=epoch_length if epoch_length is not None else len(cases),
-            non_blocking=non_blocking,
-            postprocessing=postprocessing,
-            key_val_metric=key_val_metric,
-            additional_metrics=additional_metrics,
-            val_handlers=None,  # attached below, after the datalist writer
-            amp=amp,
-            decollate=decollate,
-        )
         if output_ext not in (".nii", ".nii.gz"):
             raise ValueError(f"output_ext must be '.nii' or '.nii.gz', got {output_ext!r}")
         if network.num_channels != len(modalities):
             raise ValueError(
                 f"the intensity module has {network.num_channels} channels for modalities {list(modalities)}"
             )
-        self.cases = cases
-        self.network = network.to(self.state.device)
-        self.preprocessing = preprocessing
-        self.synthesis = synthesis
+        self.cases = [dict(c) for c in cases]
+        self.by_id = {str(c["case_id"]): c for c in self.cases}
         self.output_dir = Path(output_dir)
+        self.network = network
+        self.synthesis = synthesis
         self.modalities = tuple(modalities)
         self.export_labels = check_convention(export_labels)
         self.output_ext = output_ext
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.qc_cases = int(qc_cases)
         self.overwrite = bool(overwrite)
-        self.inferer = inferer if inferer is not None else SimpleInferer()
         self.datalist_name = datalist_name
         self.description = description
-        self.keys = {
-            "image": image_key,
-            "label": label_key,
-            "roi": roi_key,
-            "brain_mask": brain_mask_key,
-            "params": params_key,
-        }
-        self.items: dict[int, dict[str, Any]] = {}
-        self.add_event_handler(Events.STARTED, self._start)
-        self.add_event_handler(Events.COMPLETED, self._write_datalist)
-        if val_handlers is not None:
-            self._register_handlers(val_handlers)
+        self.pred_key = pred_key
+        self.keys = {"image": image_key, "label": label_key, "brain_mask": brain_mask_key, "params": params_key}
+        self.written: dict[str, dict[str, Any]] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
 
     # ----------------------------------------------------------------------------------------- paths
     @property
@@ -374,15 +336,17 @@ class TFAugSynthesizer(Evaluator):
             raise ValueError(f"{path}: not a TF-Aug provenance record; delete the case folder to redo it")
         return record
 
-    def _complete(self, case: Mapping[str, Any], record: Mapping[str, Any] | None) -> bool:
-        if record is None or record["fingerprint"] != self.fingerprint(case):
-            return False
+    def _complete_record(self, case: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The record of ``case`` when an earlier run finished it with these settings and intact files, else None."""
         paths = self.case_paths(case)
+        record = self._read_record(paths["record"])
+        if record is None or record["fingerprint"] != self.fingerprint(case):
+            return None
         sizes = record.get("files", {})
         for f in (Path(p) for p in [*paths["image"], paths["label"], paths["roi"], paths["brain_mask"]]):
             if not f.is_file() or sizes.get(f.name) != f.stat().st_size:
-                return False
-        return True
+                return None
+        return record
 
     # ------------------------------------------------------------------------------------ checking
     def check(self) -> None:
@@ -405,79 +369,57 @@ class TFAugSynthesizer(Evaluator):
                 continue
             record_path = self.case_paths(case)["record"]
             record = self._read_record(record_path)
-            if record is not None and record["fingerprint"] != self.fingerprint(case):
+            expected = self.fingerprint(case)
+            if record is not None and record["fingerprint"] != expected:
                 changed = sorted(
                     k
-                    for k in set(record["fingerprint"]) | set(self.fingerprint(case))
-                    if record["fingerprint"].get(k) != self.fingerprint(case).get(k)
+                    for k in set(record["fingerprint"]) | set(expected)
+                    if record["fingerprint"].get(k) != expected.get(k)
                 )
                 raise ValueError(
                     f"{record_path}: this case was made with other settings (differs in: {', '.join(changed)}); "
                     f"use another output folder or set overwrite: true to replace the cases in {self.output_dir}"
                 )
 
-    def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
-        """Check inputs and outputs, then make every planned case and write the datalist."""
-        self.check()
-        super().run(global_epoch)
+    def pending(self) -> list[dict[str, Any]]:
+        """The cases still to make (all of them with ``overwrite``): the evaluator's dataset."""
+        if self.overwrite:
+            return [dict(c) for c in self.cases]
+        return [dict(c) for c in self.cases if self._complete_record(c) is None]
 
-    # --------------------------------------------------------------------------------- iteration
-    def _start(self, engine: Engine) -> None:
-        self.items = {}
-        engine.state.metrics["cases_written"] = 0
-        engine.state.metrics["cases_skipped"] = 0
+    # ------------------------------------------------------------------------------------- writing
+    def write_case(
+        self,
+        case: Mapping[str, Any],
+        image: np.ndarray,
+        label: np.ndarray,
+        brain_mask: np.ndarray,
+        affine: np.ndarray,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write one synthesised case (atomically, provenance record last) and return its datalist item.
 
-    def synthesise(self, case: Mapping[str, Any]) -> dict[str, Any]:
-        """Make one case in memory: returns the data dict with the final ``image`` (C, *spatial) tensor."""
-        k = self.keys
-        data = self.preprocessing({k["image"]: list(case["image"]), k["brain_mask"]: case["brain_mask"]})
-        self.synthesis.set_random_state(seed=int(case["seed"]))
-        data = self.synthesis(data)
-        image, label = data[k["image"]], data[k["label"]]
-        x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image))
-        lab = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(np.asarray(label))
-        out = x.detach().to(torch.float32).clone()
-        inside = lab[0] > 0
-        if inside.any():
-            # only the tumour's bounding box changes: run I there (the rest stays the healthy scan, bit for bit)
-            idx = torch.nonzero(inside)
-            box = (
-                slice(None),
-                *(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0).values, idx.max(0).values, strict=True)),
-            )
-            device = self.state.device
-            with torch.no_grad():
-                self.network.eval()
-                xc = out[box][None].to(device)
-                lc = lab[box][None].to(device)
-                if self.amp and device.type == "cuda":
-                    with torch.autocast("cuda"):
-                        yc = self.inferer(xc, self.network, lc)
-                else:
-                    yc = self.inferer(xc, self.network, lc)
-                yc = yc[0].float()
-                if self.clip is not None:
-                    yc = torch.where(lc[0] > 0, yc.clamp(*self.clip), yc)
-            out[box] = yc.cpu()
-        data[k["image"]] = out
-        data["affine"] = np.asarray(image.affine if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
-        return data
-
-    def write_case(self, case: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
-        """Write one synthesised case (atomically, provenance record last); returns its provenance."""
-        k = self.keys
+        Args:
+            case: the planned case.
+            image: the intensity module's output ``(C, *spatial)``; tumour voxels are clipped to ``clip`` here.
+            label: the synthetic label m_s ``(*spatial)`` or ``(1, *spatial)``, internal convention.
+            brain_mask: the brain mask (after mass effect, when used).
+            affine: the grid's affine (that of the healthy scan).
+            params: the drawn augmentation parameters (recorded).
+        """
         paths = self.case_paths(case)
-        affine = data["affine"]
-        image = data[k["image"]].numpy()
-        label = np.asarray(torch.as_tensor(data[k["label"]]).cpu().numpy()[0], dtype=np.uint8)
-        brain = np.asarray(torch.as_tensor(data[k["brain_mask"]]).cpu().numpy()[0] > 0, dtype=np.uint8)
+        label = np.asarray(label).reshape(np.asarray(image).shape[1:]).astype(np.uint8)
+        brain = (np.asarray(brain_mask).reshape(label.shape) > 0).astype(np.uint8)
+        image = np.asarray(image, dtype=np.float32)
+        if self.clip is not None:
+            image = np.where(label[None] > 0, np.clip(image, *self.clip), image).astype(np.float32)
         for c, path in enumerate(paths["image"]):
             save_nifti(image[c], affine, path, dtype=np.float32)
         exported = label if self.export_labels == "internal" else from_internal(label, self.export_labels)
         save_nifti(exported, affine, paths["label"], dtype=np.uint8)
         save_nifti((label > 0).astype(np.uint8), affine, paths["roi"], dtype=np.uint8)
         save_nifti(brain, affine, paths["brain_mask"], dtype=np.uint8)
-        params = _json_ready(data.get(k["params"], {}))
+        params = _json_ready(dict(params or {}))
         provenance = {
             "stage": "tf_aug",
             "healthy": case["image"][0] if len(case["image"]) == 1 else list(case["image"]),
@@ -499,7 +441,10 @@ class TFAugSynthesizer(Evaluator):
             "provenance": provenance,
         }
         atomic_write_text(paths["record"], json.dumps(record, indent=2) + "\n")
-        return provenance
+        self._qc(case)
+        item = self._item(case, provenance)
+        self.written[str(case["case_id"])] = item
+        return item
 
     def _item(self, case: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
         paths = self.case_paths(case)
@@ -517,7 +462,7 @@ class TFAugSynthesizer(Evaluator):
         """One PNG: the synthetic image as it is and with label contours, the healthy input it was painted
         on, and their absolute difference, with the ROI m_s outlined (to judge blur and intensities)."""
         paths = self.case_paths(case)
-        if int(case["case_index"]) >= self.qc_cases or paths["qc"].is_file():
+        if int(case["case_index"]) >= self.qc_cases:
             return
         from custom_components.qc import save_montage
 
@@ -533,30 +478,43 @@ class TFAugSynthesizer(Evaluator):
             labels=self.export_labels,
         )
 
-    def _iteration(self, engine: Engine, batchdata: Mapping[str, Any]) -> list[dict[str, Any]]:
-        case = batchdata
-        paths = self.case_paths(case)
-        record = None if self.overwrite else self._read_record(paths["record"])
-        if self._complete(case, record):
-            provenance = record["provenance"]  # type: ignore[index]
-            skipped = True
-            engine.state.metrics["cases_skipped"] += 1
-        else:
-            data = self.synthesise(case)
-            provenance = self.write_case(case, data)
-            skipped = False
-            engine.state.metrics["cases_written"] += 1
-        self._qc(case)
-        self.items[int(case["case_index"])] = self._item(case, provenance)
-        logger.info(f"{case['case_id']}: {'complete, skipped' if skipped else 'written'} ({paths['label'].parent})")
-        engine.state.output = [
-            {"case_id": case["case_id"], "skipped": skipped, "voxels": int(sum(provenance["voxels"].values()))}
-        ]
-        return engine.state.output
+    # --------------------------------------------------------------------------------------- events
+    def iteration_completed(self, engine: Engine) -> None:
+        """Write the cases of the evaluator's (decollated) batch."""
+        batch, output = engine.state.batch, engine.state.output
+        if isinstance(batch, Mapping) or isinstance(output, Mapping):
+            raise TypeError("TFAugCaseWriter needs a decollating evaluator (decollate=True)")
+        k = self.keys
+        for b, o in zip(batch, output, strict=True):
+            case = self.by_id[str(b["case_id"])]
+            image = b[k["image"]]
+            affine = np.asarray(_numpy(image.affine) if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
+            self.write_case(
+                case,
+                _numpy(o[self.pred_key]),
+                _numpy(b[k["label"]]),
+                _numpy(b[k["brain_mask"]]),
+                affine,
+                b.get(k["params"]),
+            )
+            logger.info(f"{case['case_id']}: written ({self.output_dir / case['case_id']})")
 
-    def _write_datalist(self, engine: Engine) -> None:
-        items = [self.items[i] for i in sorted(self.items)]
-        write_datalist(
+    def write_datalist(self) -> Path:
+        """Write the datalist of every planned case (case order): those written now and those complete before.
+
+        Raises:
+            RuntimeError naming the case when a planned case was neither written nor complete before.
+        """
+        items, skipped = [], 0
+        for case in self.cases:
+            item = self.written.get(str(case["case_id"]))
+            if item is None:
+                record = self._complete_record(case)
+                if record is None:
+                    raise RuntimeError(f"{self.case_paths(case)['record']}: case {case['case_id']} was not made")
+                item, skipped = self._item(case, record["provenance"]), skipped + 1
+            items.append(item)
+        path = write_datalist(
             self.datalist_path,
             {
                 "description": self.description,
@@ -567,6 +525,6 @@ class TFAugSynthesizer(Evaluator):
             },
         )
         logger.info(
-            f"TF-Aug: {engine.state.metrics['cases_written']} case(s) written, {engine.state.metrics['cases_skipped']} "
-            f"already complete; datalist {self.datalist_path}"
+            f"TF-Aug: {len(items) - skipped} case(s) written, {skipped} complete from an earlier run; datalist {path}"
         )
+        return path

@@ -2,8 +2,8 @@
 
 :class:`ClasswiseIntensity` is the trainable ``nn.Module`` (one ``a`` and ``b`` per class NCR, ED, ET and per
 image channel; identity outside the tumour classes) that the tf_aug bundle trains through the frozen
-feature extractor F. :class:`~custom_components.transforms.ApplyClasswiseIntensity` /
-:class:`~custom_components.transforms.ApplyClasswiseIntensityd` apply learned parameters during synthesis.
+feature extractor F; the tf_aug synthesis (a MONAI ``SupervisedEvaluator``) runs the learned module as its network,
+``network(image, label)``.
 
 Parameters are saved as a ``state_dict`` (``.pt``) and as human-readable JSON::
 

@@ -3,7 +3,6 @@ label conventions and intensity handling."""
 
 from custom_components.transforms.brain_mask import BrainMask, BrainMaskd
 from custom_components.transforms.carvemix import CarveMix, CarveMixd, carve_region, signed_distance
-from custom_components.transforms.classwise_intensity import ApplyClasswiseIntensity, ApplyClasswiseIntensityd
 from custom_components.transforms.dtss import (
     DeformationTumorSynthesis,
     DeformationTumorSynthesisd,
@@ -22,10 +21,9 @@ from custom_components.transforms.mask_augment import MaskPool, SourceMask, Tumo
 from custom_components.transforms.mass_effect import MassEffect, MassEffectd, MassEffectField, mass_effect_field
 from custom_components.transforms.roi_blur import RoiGaussianBlur, RoiGaussianBlurd, gaussian_kernel
 from custom_components.transforms.roi_mask import RoiMask, RoiMaskd, roi_mask
+from custom_components.transforms.seeded import ApplySeeded, ApplySeededd
 
 __all__ = [
-    "ApplyClasswiseIntensity",
-    "ApplyClasswiseIntensityd",
     "BrainMask",
     "BrainMaskd",
     "CarveMix",
@@ -34,6 +32,8 @@ __all__ = [
     "ConvertToBratsRegionsd",
     "DeformationTumorSynthesis",
     "DeformationTumorSynthesisd",
+    "ApplySeeded",
+    "ApplySeededd",
     "MapBratsLabels",
     "MapBratsLabelsd",
     "MassEffect",

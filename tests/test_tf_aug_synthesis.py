@@ -1,0 +1,164 @@
+"""TF-Aug synthesis as MONAI inference: per-case seeding, the SupervisedEvaluator + TFAugCaseWriter, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.data import DataLoader, Dataset
+from monai.engines import PrepareBatchExtraInput, SupervisedEvaluator
+from monai.transforms import Compose, LoadImaged, SelectItemsd
+from scipy import ndimage
+
+from custom_components.data import read_datalist
+from custom_components.networks import ClasswiseIntensity
+from custom_components.tf_aug_synthesis import TFAugCaseWriter, case_seed, plan_cases
+from custom_components.transforms import ApplySeeded, ApplySeededd, MaskPool, RoiGaussianBlurd, TumorMaskAugmentd
+
+S = 24
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _tumour() -> np.ndarray:
+    """Oedema box with an ET box and an NCR box inside (internal labels)."""
+    lab = np.zeros((S, S, S), np.uint8)
+    lab[8:16, 9:15, 8:16] = 2
+    lab[10:14, 10:14, 10:14] = 3
+    lab[11:13, 11:13, 11:13] = 1
+    return lab
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict:
+    """Two 'healthy' scans in [-1, 1] with brain masks, and a real tumour mask for the pool."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, S)] * 3, indexing="ij"))
+    brain = ((grid**2).sum(0) < 0.85).astype(np.uint8)
+    healthy = []
+    for i in range(2):
+        x = np.where(brain > 0, rng.uniform(-0.6, 0.6, (S, S, S)), -1.0).astype(np.float32)
+        nib.save(nib.Nifti1Image(x, AFFINE), tmp_path / f"h{i}_t1n.nii")
+        nib.save(nib.Nifti1Image(brain, AFFINE), tmp_path / f"h{i}_brain.nii")
+        healthy.append(
+            {
+                "case_id": f"h{i}",
+                "image": [str(tmp_path / f"h{i}_t1n.nii")],
+                "brain_mask": str(tmp_path / f"h{i}_brain.nii"),
+            }
+        )
+    nib.save(nib.Nifti1Image(_tumour(), AFFINE), tmp_path / "real_seg.nii")
+    return {"healthy": healthy, "pool": MaskPool([str(tmp_path / "real_seg.nii")]), "root": tmp_path}
+
+
+def _synthesis(pool: MaskPool) -> Compose:
+    return Compose(
+        [
+            TumorMaskAugmentd("brain_mask", pool, num_masks=(1, 2), max_shift=3, min_voxels=10),
+            RoiGaussianBlurd("image", roi_key="roi", mask_key="brain_mask", sigma=1.0, truncated=2.0),
+        ]
+    )
+
+
+def _writer(inputs: dict, out: Path, num_cases: int = 3, network: ClasswiseIntensity | None = None) -> TFAugCaseWriter:
+    network = network or ClasswiseIntensity(1, a_init=[0.5, 1.5, 2.5], b_init=[-0.6, 0.2, 0.9])
+    cases = plan_cases(inputs["healthy"], num_cases, seed=7)
+    return TFAugCaseWriter(cases, out, network, _synthesis(inputs["pool"]), qc_cases=1)
+
+
+def _run(inputs: dict, out: Path, num_cases: int = 3, network: ClasswiseIntensity | None = None) -> TFAugCaseWriter:
+    """The bundle's inference: a SupervisedEvaluator over the pending cases with the writer as handler."""
+    writer = _writer(inputs, out, num_cases, network)
+    writer.check()
+    preprocessing = Compose(
+        [
+            LoadImaged(["image", "brain_mask"], image_only=True, ensure_channel_first=True),
+            ApplySeededd("seed", writer.synthesis),
+            SelectItemsd(["case_id", "image", "label", "brain_mask", "tf_aug_params"]),
+        ]
+    )
+    dataset = Dataset(writer.pending(), preprocessing)
+    if len(dataset) > 0:
+        evaluator = SupervisedEvaluator(
+            device="cpu",
+            val_data_loader=DataLoader(dataset, batch_size=1),
+            network=writer.network,
+            prepare_batch=PrepareBatchExtraInput("label"),
+            val_handlers=[writer],
+        )
+        evaluator.run()
+    writer.write_datalist()
+    return writer
+
+
+def _nii(path: str | Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def test_item_seeded_draw_depends_on_the_item_only():
+    pool_masks = MaskPool([_tumour()])
+    brain = np.ones((1, S, S, S), np.uint8)
+    augment = TumorMaskAugmentd("brain_mask", pool_masks, num_masks=(1, 2), max_shift=4, min_voxels=1)
+    seeded = ApplySeededd("seed", augment)
+    items = [{"seed": case_seed(0, i), "brain_mask": brain} for i in range(3)]
+    forward = [seeded(it)["label"] for it in items]
+    backward = [seeded(it)["label"] for it in reversed(items)][::-1]
+    assert all(np.array_equal(a, b) for a, b in zip(forward, backward, strict=True))
+    assert not np.array_equal(forward[0], forward[1])  # other seed, other draw
+    assert "label" not in items[0]  # the input item is not modified
+    with pytest.raises(KeyError, match="seed"):
+        seeded({"brain_mask": brain})
+    assert ApplySeededd("seed", augment, allow_missing_keys=True)({"brain_mask": brain}).keys() == {"brain_mask"}
+    # the array version: the seed is an argument
+    assert np.array_equal(ApplySeeded(augment)({"brain_mask": brain}, items[1]["seed"])["label"], forward[1])
+    with pytest.raises(TypeError, match="Randomizable"):
+        ApplySeeded(SelectItemsd("image"))
+    with pytest.raises(ValueError, match="exactly one seed key"):
+        ApplySeededd(["seed", "other"], augment)
+
+
+def test_evaluator_writes_cases_with_the_tf_aug_equation(inputs):
+    out = inputs["root"] / "coarse"
+    writer = _run(inputs, out)
+    data = read_datalist(out / "datalist.json")
+    assert [it["case_id"] for it in data["training"]] == ["tfaug-00000", "tfaug-00001", "tfaug-00002"]
+    a, b = writer.network.a.detach().numpy()[:, 0], writer.network.b.detach().numpy()[:, 0]
+    for i, item in enumerate(data["training"]):
+        healthy = inputs["healthy"][i % 2]  # round robin
+        x, brain = _nii(healthy["image"][0]), _nii(healthy["brain_mask"]) > 0
+        y, label = _nii(item["image"][0]), _nii(item["label"])
+        assert item["provenance"]["seed"] == case_seed(7, i) and label.any()
+        assert np.array_equal(_nii(item["roi"]), (label > 0).astype(np.uint8))
+        assert np.array_equal(y[label == 0], x[label == 0])  # outside m_s: the healthy scan bit for bit
+        # inside class c: clip(a_c * B(x) + b_c, -1, 1), B the brain-normalised Gaussian blur
+        w = brain.astype(np.float64)
+        num = ndimage.gaussian_filter(x * w, 1.0, truncate=2.0, mode="nearest")
+        den = ndimage.gaussian_filter(w, 1.0, truncate=2.0, mode="nearest")
+        for k, c in enumerate((1, 2, 3)):
+            sel = label == c
+            np.testing.assert_allclose(y[sel], np.clip(a[k] * num[sel] / den[sel] + b[k], -1, 1), atol=2e-5)
+        assert nib.load(item["image"][0]).affine.tolist() == AFFINE.tolist()
+    assert y.max() == 1.0  # ET at a = 2.5, b = 0.9 exceeds 1: the clip acted
+    assert sorted(p.name for p in (out / "qc").iterdir()) == ["tfaug-00000.png"]
+
+
+def test_resume_skips_complete_cases_and_refuses_other_settings(inputs):
+    out = inputs["root"] / "coarse"
+    first = _run(inputs, out)
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*.nii"))}
+    assert first.pending() == []  # a rerun with the same settings has nothing to make
+    roi = out / "tfaug-00001" / "tfaug-00001_roi.nii"
+    roi.write_bytes(roi.read_bytes()[:200])  # a truncated file: that case is made again, identically
+    assert [c["case_id"] for c in first.pending()] == ["tfaug-00001"]
+    _run(inputs, out)
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*.nii"))} == files
+    more = _run(inputs, out, num_cases=4)  # case i does not depend on how many cases there are
+    assert list(more.written) == ["tfaug-00003"] and {p: p.read_bytes() for p in files} == files
+    assert len(read_datalist(out / "datalist.json")["training"]) == 4
+    other = ClasswiseIntensity(1, a_init=[1.0, 1.0, 1.0], b_init=[0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"tfaug-00000_provenance.json: this case was made with other settings"):
+        _run(inputs, out, network=other)
+    (out / "tfaug-00003" / "tfaug-00003_provenance.json").unlink()
+    with pytest.raises(RuntimeError, match="tfaug-00003_provenance.json: case tfaug-00003 was not made"):
+        _writer(inputs, out, num_cases=4).write_datalist()  # the evaluator did not run
