@@ -21,7 +21,11 @@ from custom_components.networks import build_segmentation_network
 from tests.bundle_utils import REPO, bundle_dir, run_workflow
 
 if importlib.util.find_spec("monai.deploy") is None:
-    pytest.skip("monai-deploy-app-sdk is not installed (pip install -e '.[deploy]')", allow_module_level=True)
+    pytest.skip(
+        "monai-deploy-app-sdk is not installed in this environment; `make test` runs this file in .venv-deploy "
+        "(make deploy-setup)",
+        allow_module_level=True,
+    )
 
 APP = REPO / "deploy" / "brats_seg_app"
 sys.path.insert(0, str(APP))
