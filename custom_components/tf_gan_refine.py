@@ -38,18 +38,6 @@ STAGES: tuple[str, ...] = ("tf_gan", "pix2pix")
 
 
 # -- datalists ---------------------------------------------------------------------------------------
-def report_inputs(stage: str, **sections: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Log how many cases each input holds (resolving, hence validating, them) and return the counts.
-
-    Args:
-        stage: name for the log line.
-        sections: named item lists, e.g. ``coarse=@coarse_items``.
-    """
-    counts = {name: len(items) for name, items in sections.items()}
-    logger.info(f"{stage}: " + ", ".join(f"{n} {name} cases" for name, n in counts.items()))
-    return counts
-
-
 def dataset_items(items: Sequence[Mapping[str, Any]], keys: Sequence[str] = ITEM_KEYS) -> list[dict[str, Any]]:
     """The fields of ``items`` a MONAI dataset needs (drops ``provenance`` and other metadata that cannot be
     collated)."""

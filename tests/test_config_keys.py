@@ -145,3 +145,14 @@ def test_training_writers_run_on_rank0_only(bundle: str) -> None:
             assert c.get("_disabled_") == "@is_not_rank0", (
                 f"{bundle}/configs/{name}: {c['_target_']} writes on every rank"
             )
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_workflow_steps_are_named(bundle: str) -> None:
+    """`initialize` / `run` / `finalize` steps call named functions; no bare expression evaluated for its side
+    effect (such as ``$len(@items)`` to make the loader run)."""
+    for name in _configs(bundle):
+        config = _load(bundle, name)
+        for section in ("initialize", "run", "finalize"):
+            for step in config.get(section) or []:
+                assert not str(step).startswith("$len("), f"{bundle}/configs/{name}: {section} step {step!r}"

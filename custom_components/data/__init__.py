@@ -22,7 +22,13 @@ from custom_components.data.discovery import (
     make_brats_datalist,
     make_healthy_datalist,
 )
-from custom_components.data.input_check import InputCheckError, check_checkpoint, check_inputs, input_problems
+from custom_components.data.input_check import (
+    InputCheckError,
+    check_checkpoint,
+    check_inputs,
+    input_problems,
+    report_inputs,
+)
 from custom_components.data.labels import (
     CONVENTIONS,
     INTERNAL_CLASSES,
@@ -70,6 +76,7 @@ __all__ = [
     "default_cache",
     "from_internal",
     "input_problems",
+    "report_inputs",
     "infer_brain_mask",
     "is_brain_mask_name",
     "is_nifti",

@@ -37,7 +37,7 @@ import torch
 from custom_components.data.datalist import label_convention_of
 from custom_components.data.validation import validate_datalist
 
-__all__ = ["InputCheckError", "check_checkpoint", "check_inputs", "input_problems"]
+__all__ = ["InputCheckError", "check_checkpoint", "check_inputs", "input_problems", "report_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,3 +177,16 @@ def check_inputs(
         raise InputCheckError(problems, what)
     logger.info(f"{what}: inputs checked ({len(specs)} datalist section(s), every file sound)")
     return len(specs)
+
+
+def report_inputs(stage: str, **sections: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Log how many cases each input of a run holds and return the counts: the named `initialize` step that
+    resolves a bundle's item lists (loading, hence checking, them) before anything is written.
+
+    Args:
+        stage: name for the log line, e.g. ``"tf_gan training"``.
+        sections: named item lists, e.g. ``coarse=@coarse_items``.
+    """
+    counts = {name: len(items) for name, items in sections.items()}
+    logger.info(f"{stage}: " + ", ".join(f"{n} {name} cases" for name, n in counts.items()))
+    return counts
