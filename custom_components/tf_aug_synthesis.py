@@ -25,9 +25,9 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Compose
+from monai.utils import convert_to_numpy
 
 from custom_components.data.atomic import atomic_write_text, save_nifti
 from custom_components.data.datalist import write_datalist
@@ -196,10 +196,6 @@ def describe_synthesis(transform: Any) -> list[dict[str, Any]]:
 
 def _json_ready(value: Any) -> Any:
     return json.loads(json.dumps(value))
-
-
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 class TFAugCaseWriter:
@@ -488,12 +484,14 @@ class TFAugCaseWriter:
         for b, o in zip(batch, output, strict=True):
             case = self.by_id[str(b["case_id"])]
             image = b[k["image"]]
-            affine = np.asarray(_numpy(image.affine) if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
+            affine = np.asarray(
+                convert_to_numpy(image.affine) if hasattr(image, "affine") else np.eye(4), dtype=np.float64
+            )
             self.write_case(
                 case,
-                _numpy(o[self.pred_key]),
-                _numpy(b[k["label"]]),
-                _numpy(b[k["brain_mask"]]),
+                convert_to_numpy(o[self.pred_key]),
+                convert_to_numpy(b[k["label"]]),
+                convert_to_numpy(b[k["brain_mask"]]),
                 affine,
                 b.get(k["params"]),
             )

@@ -260,7 +260,7 @@ class MASHandler:
     epoch), ``mas_theta_degenerate`` (1 when fewer than two real cases had tumour: eq. 8 gives ``theta = c``),
     ``mas_eval_seconds`` (time of the evaluation pass), and over the epoch's synthetic samples their number,
     mean/min/max weight and the fractions weighted 0 (``mas_discarded_fraction``), 1 (``mas_full_fraction``) and
-    in between (``mas_partial_fraction``). With ``log_dir`` it also writes ``epoch_XXXX.csv`` per epoch and
+    in between (``mas_partial_fraction``). With ``log_dir`` it also writes ``epoch_<NNNN>.csv`` (four-digit epoch) per epoch and
     ``summary.json`` (one entry per computation of the statistics and per epoch, and ``degenerate``), which
     the pipeline's report reads.
 
