@@ -25,7 +25,7 @@ from custom_components.data import validation
 from custom_components.data.cache import DataCheckCache
 from custom_components.data.demo import make_demo_data
 from custom_components.data.input_check import InputCheckError, check_inputs, input_problems
-from custom_components.pipeline.runner import Stage, WorkdirLocked, run_stages, workdir_lock
+from custom_components.pipeline.runner import KILL_AFTER_S, Stage, WorkdirLocked, run_stages, workdir_lock
 from tests import hostile
 from tests.hostile import REPO, files_under, problem_block, run_bundle, tree_hash
 
@@ -299,6 +299,13 @@ def _alive(pid: int) -> bool:
     return not (stat.is_file() and stat.read_text().split()[2] == "Z")
 
 
+def _as_from_a_background_shell() -> None:  # runs in the child between fork and exec
+    """SIGINT and SIGQUIT ignored, as a non-interactive shell starts a background job (``nohup ... &``); ignored
+    signals stay ignored across exec, so the runner starts with them ignored whatever shell ran pytest."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+
 def _start_runner(tmp_path: Path, work: Path, fast: bool = False) -> subprocess.Popen:
     fake, runner = tmp_path / "fake_bundle.py", tmp_path / "runner.py"
     fake.write_text(FAKE_BUNDLE)
@@ -306,8 +313,14 @@ def _start_runner(tmp_path: Path, work: Path, fast: bool = False) -> subprocess.
     env = {**os.environ, "PYTHONPATH": str(REPO), "FAKE_FAST": "1" if fast else "0"}
     return subprocess.Popen(
         [sys.executable, str(runner), str(work), str(fake)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        text=True,
+        text=True, preexec_fn=_as_from_a_background_shell,
     )  # fmt: skip
+
+
+def _ignores(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` ignores ``sig`` (its SigIgn mask in /proc)."""
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("SigIgn:"))
+    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
 
 
 def _wait_for_pids(work: Path, proc: subprocess.Popen) -> list[int]:
@@ -324,9 +337,15 @@ def test_runner_forwards_signal_and_redoes_the_stage(tmp_path: Path, sig: signal
     work = tmp_path / "work"
     proc = _start_runner(tmp_path, work)
     pids = _wait_for_pids(work, proc)
+    # the runner started with SIGINT ignored (_start_runner); its stage must still stop at the forwarded signal,
+    # not by the SIGKILL fallback after KILL_AFTER_S
+    assert not any(_ignores(p, signal.SIGINT) for p in pids)  # the stage's processes: default handling
+    start = time.monotonic()
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=KILL_AFTER_S + 30)
+    stopped_in = time.monotonic() - start
     assert proc.returncode == 128 + sig, err
+    assert stopped_in < KILL_AFTER_S / 3, f"the stage stopped after {stopped_in:.1f} s: by the SIGKILL fallback"
     assert f"interrupted by {sig.name}" in err and "left unmarked" in err
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:

@@ -9,7 +9,8 @@ and so (through their inputs) does every stage that consumes its outputs.
 Interruptions:
 
 - a stage's command runs in its own process group (``start_new_session``; on Linux it also gets SIGTERM
-  when the runner dies, even by SIGKILL); SIGTERM / SIGINT sent to the runner are forwarded to that group,
+  when the runner dies, even by SIGKILL) with default SIGINT / SIGTERM handling, even when the runner was
+  started with them ignored (``nohup ... &``); SIGTERM / SIGINT sent to the runner are forwarded to that group,
   the runner waits for it (SIGKILL after ``KILL_AFTER_S``) and stops with :class:`StageInterrupted`, leaving
   the stage unmarked;
 - ``stage.json`` is the finished marker: a stage folder without it is an unfinished run, redone (its folder
@@ -314,13 +315,23 @@ def _run_command(workdir: Path, stage: Stage, env: Mapping[str, str] | None) -> 
         raise StageError(f"stage {stage.name} failed (exit {returncode}); log: {log_file}\n" + "\n".join(tail))
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the runner dies, even by SIGKILL (prctl PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _prepare_stage_process() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Default SIGINT / SIGTERM handling, and (Linux) SIGTERM when the runner dies, even by SIGKILL.
 
+    A runner started in the background (``nohup ... &``) inherits SIGINT ignored, and an ignored signal stays
+    ignored across exec (``restore_signals`` only restores SIGPIPE, SIGXFZ, SIGXFSZ): the stage would ignore a
+    forwarded SIGINT and end only by the SIGKILL after ``KILL_AFTER_S``. libc's ``signal`` rather than Python's,
+    which only works in the main thread.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+            libc.signal(int(signum), 0)  # 0 = SIG_DFL
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _run_in_own_group(command: Sequence[str], log: Any, env: Mapping[str, str]) -> tuple[int, int | None]:
@@ -337,7 +348,7 @@ def _run_in_own_group(command: Sequence[str], log: Any, env: Mapping[str, str]) 
         env=dict(env),
         cwd=REPO,
         start_new_session=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks
+        preexec_fn=_prepare_stage_process,  # noqa: PLW1509 - only signal and prctl, no locks
     )
 
     def forward(signum: int, frame: Any) -> None:
