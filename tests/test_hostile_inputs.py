@@ -2,8 +2,10 @@
 
 Every bundle refuses every bad input in ``initialize`` (exit 1, one line per problem naming the file, the
 datalist, the section and the case, printed last), writes nothing and modifies no input. A killed training
-run resumes without losing its best model; a SIGTERM to the pipeline runner leaves no bundle process behind
-and the stage is redone on the next run.
+run resumes without losing its best model; an evaluation or inference run into an earlier run's outputs is
+refused (naming a file, leaving them byte-identical) unless ``overwrite``; a SIGTERM / SIGINT to the pipeline
+runner (even one started with SIGINT ignored) leaves no bundle process behind and the stage is redone on the
+next run.
 """
 
 from __future__ import annotations
@@ -254,6 +256,105 @@ def test_nan_voxel_with_skipped_checks_stops_training_without_a_model(inputs: di
     assert last.startswith("training stopped: non-finite loss (nan) at epoch 1, iteration 1; batch cases: demo-tumour-")
     assert "Last good checkpoint: none" in last
     assert files_under(out) == []  # no NaN model, no checkpoint
+
+
+# ---- reruns of evaluation and inference into an earlier run's outputs ------------------------------------------
+# workflow -> configs (inference: its self-contained config alone, as the Model Zoo and the README run it), run id,
+# output sub-folder of output_dir, what the refusal calls its files
+SEG_RERUNS = {
+    "evaluate": (["common.yaml", "evaluate.yaml"], "evaluating", "eval", "evaluation metrics"),
+    "inference": (["inference.yaml"], "inference", "predictions", "label maps"),
+}
+
+
+def _tiny_seg_model(path: Path, in_channels: int = 4) -> Path:
+    """Weights of SEG_TINY's network (untrained: the tests are about files, not Dice)."""
+    from custom_components.networks import build_segmentation_network
+
+    torch.manual_seed(0)
+    net = build_segmentation_network("dynunet", in_channels, 4, SEG_TINY["filters"], patch_size=SEG_TINY["crop_size"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_output_check_names_the_first_file_and_offers_overwrite(tmp_path: Path) -> None:
+    from custom_components.handlers import check_output_dir
+
+    folder = tmp_path / "eval"
+    assert check_output_dir(folder, None, False, models=None, what="evaluation metrics") == folder  # no folder yet
+    (folder / "sub").mkdir(parents=True)  # sub-folders are not outputs of the run
+    assert check_output_dir(folder, None, False, models=None, what="evaluation metrics") == folder
+    for name in ("metrics_summary.csv", "metrics.json", "metrics_per_case.csv"):
+        (folder / name).write_text(name)
+    with pytest.raises(FileExistsError) as err:
+        check_output_dir(folder, None, False, models=None, what="evaluation metrics")
+    assert str(err.value) == (
+        f"{folder}: an earlier run's evaluation metrics are there ({folder / 'metrics.json'} and 2 more); "
+        "set overwrite=true to replace it, or choose another output folder"
+    )
+    assert check_output_dir(folder, None, True, models=None, what="evaluation metrics") == folder
+    # training keeps its advice to resume
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match=r"models are there \(.*model\.pt\); set resume_checkpoint"):
+        check_output_dir(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workflow", list(SEG_RERUNS))
+def test_seg_rerun_into_an_earlier_runs_outputs_is_refused_unless_overwrite(
+    inputs: dict[str, Any], tmp_path: Path, workflow: str
+) -> None:
+    configs, run_id, sub, what = SEG_RERUNS[workflow]
+    out = tmp_path / "run"
+    overrides = {
+        **SEG_TINY, "datalist": str(inputs["demo"]["tumour"]), "output_dir": str(out), "infer_section": "validation",
+        "model_path": str(_tiny_seg_model(tmp_path / "model.pt")),
+    }  # fmt: skip
+    first = run_bundle("dtss_mas_seg", configs, overrides, tmp_path / "w1", run_id)
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = out / sub
+    before = tree_hash(folder)
+    assert before and files_under(out) == sorted(before)  # the workflow writes its folder only
+    # the same run again: refused before anything is written, naming a file of the earlier run
+    again = run_bundle("dtss_mas_seg", configs, overrides, tmp_path / "w2", run_id)
+    assert again.returncode != 0
+    assert f"{folder}: an earlier run's {what} are there ({min(before)}" in again.stderr, again.stderr[-3000:]
+    assert "set overwrite=true to replace it" in again.stderr
+    assert tree_hash(folder) == before  # the earlier outputs byte-identical, nothing added
+    # overwrite: true replaces them
+    forced = run_bundle("dtss_mas_seg", configs, {**overrides, "overwrite": True}, tmp_path / "w3", run_id)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert sorted(tree_hash(folder)) == sorted(before)
+
+
+@pytest.mark.slow
+def test_forced_rerun_of_a_pipeline_evaluate_stage_replaces_its_metrics(inputs: dict[str, Any], tmp_path: Path) -> None:
+    """``--from evaluate_*``: the runner clears the stage folder (its eval_dir) first, so the bundle's refusal to
+    write over an earlier evaluation never stops a rerun of the pipeline."""
+    from custom_components.pipeline.config import load_config
+    from custom_components.pipeline.experiment import Experiment
+
+    config = {
+        "workdir": str(tmp_path / "work"), "real_datalist": str(inputs["demo"]["tumour"]), "healthy": "unused",
+        "seeds": [0], "arms": ["baseline"], "modalities": ["t1n"],
+        "seg": {"filters": SEG_TINY["filters"], "crop_size": SEG_TINY["crop_size"]},
+    }  # fmt: skip
+    (tmp_path / "pipeline.yaml").write_text(json.dumps(config))
+    exp = Experiment(load_config(tmp_path / "pipeline.yaml"))
+    [evaluate] = [s for s in exp.arm_stages("baseline", 0) if s.name.startswith("evaluate_")]
+    _tiny_seg_model(exp.arm_model("baseline", 0), in_channels=1)
+    metrics = exp.metrics("baseline", 0)
+    lines: list[str] = []
+    env = hostile.bundle_env()
+    assert run_stages([evaluate], exp.work, log=lines.append, env=env) == {evaluate.name: "ran"}
+    first = metrics.stat().st_mtime_ns
+    assert run_stages([evaluate], exp.work, log=lines.append, env=env) == {evaluate.name: "skipped"}
+    status = run_stages([evaluate], exp.work, from_stage=evaluate.name, log=lines.append, env=env)
+    assert status == {evaluate.name: "ran"}, "\n".join(lines)
+    assert metrics.stat().st_mtime_ns > first and json.loads(metrics.read_text())["n_cases"] >= 1
+    assert (exp.work / evaluate.name / "stage.json").is_file()
 
 
 # ---- the pipeline runner -------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Checkpoints that survive interruptions: one overwrite rule, the best model kept across resumes, no NaN model.
 
-- :func:`check_output_dir` is the overwrite rule of every training workflow: a run into a folder that already
-  holds an earlier run's models is refused unless it resumes (``resume_checkpoint``) or ``overwrite`` is set.
+- :func:`check_output_dir` is the overwrite rule of every training workflow and of dtss_mas_seg's evaluation and
+  inference: a run into a folder that already holds an earlier run's models (metrics, label maps) is refused
+  unless it resumes (``resume_checkpoint``, training) or ``overwrite`` is set.
 - :class:`BestModelSaver` (an evaluator handler) writes ``model.pt`` (a plain ``state_dict``) atomically when the
   key metric beats the best so far. The best metric and its epoch are part of the training checkpoint (it has
   ``state_dict``/``load_state_dict``), so a resumed run replaces ``model.pt`` only when it beats the best from
@@ -62,17 +63,25 @@ def check_output_dir(
     resume_checkpoint: str | None = None,
     overwrite: bool = False,
     models: str | os.PathLike | None = "models",
+    what: str = "models",
 ) -> Path:
-    """Refuse to train into a folder that already holds models, unless resuming or told to overwrite.
+    """Refuse to write into a folder that already holds an earlier run's files, unless resuming or told to overwrite.
+
+    The overwrite rule of every workflow that writes a folder of results: training (its models), dtss_mas_seg
+    evaluation (its metrics) and inference (its label maps). Call it in ``initialize``, before anything is written.
 
     Args:
         output_dir: the run's output folder.
         resume_checkpoint: checkpoint the run resumes from (then the folder may hold models).
-        overwrite: allow replacing the models of an earlier run.
-        models: the sub-folder holding the models (None: ``output_dir`` itself).
+        overwrite: allow replacing the files of an earlier run.
+        models: the sub-folder holding the files (None: ``output_dir`` itself).
+        what: what the files are, for the message (``"models"``: a training run, which can also resume).
 
     Returns:
         ``output_dir`` as a Path.
+
+    Raises:
+        FileExistsError: naming the folder and its first file.
     """
     out = Path(output_dir)
     folder = out / models if models else out
@@ -81,9 +90,12 @@ def check_output_dir(
             raise FileNotFoundError(f"{resume_checkpoint}: resume checkpoint not found")
         return out
     # files only: a sub-folder may hold another workflow's models (tf_gan's models/pix2pix)
-    if not overwrite and folder.is_dir() and any(p.is_file() for p in folder.iterdir()):
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    if not overwrite and files:
+        others = f" and {len(files) - 1} more" if len(files) > 1 else ""
+        resume = "set resume_checkpoint to continue it, " if what == "models" else "set "
         raise FileExistsError(
-            f"{folder}: an earlier run's models are there; set resume_checkpoint to continue it, "
+            f"{folder}: an earlier run's {what} are there ({files[0]}{others}); {resume}"
             "overwrite=true to replace it, or choose another output folder"
         )
     return out
