@@ -3,6 +3,8 @@
 * inputs are read with :func:`custom_components.data.load_datalist` (the project's one loader; the
   bundle configs call it for the healthy and the real datalist).
 * :func:`training_pairs` pairs healthy scans with real cases for the training of a, b.
+* :func:`initial_intensities` is where a, b start: the identity (or given values), or the closed-form match of
+  the class-wise intensity moments of the real cases to the blurred healthy tissue (``intensity_init: moments``).
 * :func:`plan_cases` lists the synthetic cases to make: case ``i`` uses healthy scan ``i mod n``
   (``pairing="round_robin"``, the default: every healthy scan is used equally often) or a healthy scan
   drawn from its own seed (``pairing="random"``), and the per-case seed :func:`case_seed` derived from
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -41,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 PAIRINGS: tuple[str, ...] = ("round_robin", "random")
 RECORD_VERSION = 1
+INTENSITY_INITS: tuple[str, ...] = ("moments", "identity")
 
 
 def training_pairs(
@@ -74,6 +78,150 @@ def training_pairs(
         }
         for k in range(n)
     ]
+
+
+def _class_moments(
+    image: Any, label: Any, classes: Sequence[int], sums: np.ndarray, squares: np.ndarray, counts: np.ndarray
+) -> None:
+    """Add the per-class, per-channel sums, sums of squares and voxel counts of ``image`` (C, *spatial) under
+    ``label`` (1, *spatial) to the (classes, channels) accumulators."""
+    img = convert_to_numpy(image, dtype=np.float64)
+    lab = convert_to_numpy(label).reshape(img.shape[1:])
+    for k, c in enumerate(classes):
+        values = img[:, lab == c]
+        sums[k] += values.sum(axis=1)
+        squares[k] += (values**2).sum(axis=1)
+        counts[k] += values.shape[1]
+
+
+def moment_intensities(
+    pairs: Sequence[Mapping[str, Any]],
+    transform: Any,
+    num_channels: int,
+    classes: Sequence[int] = (1, 2, 3),
+    draws: int = 1,
+    seed: int = 0,
+    min_std: float = 0.02,
+    a_range: Sequence[float] = (0.1, 5.0),
+) -> dict[str, Any]:
+    """Closed-form start of TF-Aug's class-wise intensity map ``I(x) = a_c x + b_c``: match the mean and spread of
+    each class's real intensities with those of the blurred healthy tissue under the synthetic masks.
+
+    Eq. 1 applies ``I`` after the ROI blur ``B``, so ``x`` is blurred healthy tissue. With ``m_b, s_b`` the mean and
+    standard deviation of ``x`` over the voxels of class c of the synthetic masks m_s, and ``m_r, s_r`` those of the
+    real cases' class-c voxels (brain-normalised, as every model input), ``a_c = s_r / s_b`` and
+    ``b_c = m_r - a_c m_b`` make the synthetic class have the real mean and spread. Guards: where ``s_b < min_std``
+    (blurred tissue nearly constant, the ratio meaningless) only the means are matched (``a_c = 1``); otherwise
+    ``a_c`` is clamped to ``a_range``, so one odd class cannot blow the contrast up or flatten it; a class absent on
+    either side keeps the identity. Each channel is matched on its own.
+
+    Args:
+        pairs: training items (:func:`training_pairs`), each holding a healthy scan and a real case.
+        transform: turns a pair into ``image`` (blurred healthy scan, ``(C, *spatial)``), ``label`` (the synthetic
+            mask m_s, internal), ``real_image`` (brain-normalised) and ``real_label`` (internal): the tf_aug
+            training's loading, label mapping, rescaling, mask augmentation and ROI blur, without its crops. It is
+            deep-copied and seeded with ``seed``, so the training's own random draws are left as they are.
+        num_channels: image channels.
+        classes: internal tumour labels (NCR, ED, ET).
+        draws: passes over ``pairs`` (each draws new synthetic masks); more draws, steadier blurred moments.
+        seed: seed of the copied transform.
+        min_std: blurred spread (image units, [-1, 1] range) below which only the means are matched.
+        a_range: ``(min, max)`` of ``a_c``.
+
+    Returns:
+        ``{"a": (classes, channels) list, "b": ..., "real_mean", "real_std", "blurred_mean", "blurred_std",
+        "voxels_real", "voxels_blurred", "matched": "spread" | "mean" | "none" per class and channel}``.
+    """
+    if not pairs:
+        raise ValueError("moment_intensities needs at least one (healthy, real) pair")
+    if int(draws) < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    lo, hi = float(a_range[0]), float(a_range[1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"a_range must be (min, max) with 0 < min <= max, got {a_range}")
+    local = copy.deepcopy(transform)
+    if hasattr(local, "set_random_state"):
+        local.set_random_state(seed=int(seed))
+    shape = (len(classes), int(num_channels))
+    acc = {side: (np.zeros(shape), np.zeros(shape), np.zeros(shape)) for side in ("blurred", "real")}
+    seen_real: set[str] = set()
+    for _ in range(int(draws)):
+        for pair in pairs:
+            out = local(dict(pair))
+            _class_moments(out["image"], out["label"], classes, *acc["blurred"])
+            real_id = str(pair.get("real_id", len(seen_real)))
+            if real_id not in seen_real:  # each real case counted once
+                seen_real.add(real_id)
+                _class_moments(out["real_image"], out["real_label"], classes, *acc["real"])
+    moments = {}
+    for side, (sums, squares, counts) in acc.items():
+        n = np.maximum(counts, 1)
+        mean = sums / n
+        moments[side] = (mean, np.sqrt(np.maximum(squares / n - mean**2, 0.0)), counts)
+    (m_b, s_b, n_b), (m_r, s_r, n_r) = moments["blurred"], moments["real"]
+    a, b = np.ones(shape), np.zeros(shape)
+    matched = np.full(shape, "none", dtype=object)
+    present = (n_b > 0) & (n_r > 0)
+    spread = present & (s_b >= min_std)
+    a[spread] = np.clip(s_r[spread] / s_b[spread], lo, hi)
+    b[present] = m_r[present] - a[present] * m_b[present]
+    matched[present] = "mean"
+    matched[spread] = "spread"
+    return {
+        "a": a.tolist(),
+        "b": b.tolist(),
+        "real_mean": m_r.tolist(),
+        "real_std": s_r.tolist(),
+        "blurred_mean": m_b.tolist(),
+        "blurred_std": s_b.tolist(),
+        "voxels_real": n_r.astype(int).tolist(),
+        "voxels_blurred": n_b.astype(int).tolist(),
+        "matched": matched.tolist(),
+    }
+
+
+def initial_intensities(
+    method: str,
+    pairs: Sequence[Mapping[str, Any]],
+    transform: Any,
+    num_channels: int,
+    a_init: Any = 1.0,
+    b_init: Any = 0.0,
+    classes: Sequence[int] = (1, 2, 3),
+    class_names: Sequence[str] = ("NCR", "ED", "ET"),
+    seed: int = 0,
+    **moment_kwargs: Any,
+) -> dict[str, Any]:
+    """Initial ``a``, ``b`` of the tf_aug training (``intensity_init`` in configs/train.yaml), logged.
+
+    Args:
+        method: ``"moments"`` (:func:`moment_intensities`) or ``"identity"`` (``a_init``, ``b_init`` as given:
+            1 and 0 by default, the paper's implicit start).
+        pairs, transform, num_channels, classes, seed, moment_kwargs: see :func:`moment_intensities`.
+        a_init, b_init: the start for ``"identity"`` (a number, one per class, or a table).
+        class_names: names for the log.
+
+    Returns:
+        ``{"method", "a", "b"}`` (plus the moments for ``"moments"``), ready for ``ClasswiseIntensity``'s
+        ``a_init`` / ``b_init`` / ``init_method``.
+    """
+    if method not in INTENSITY_INITS:
+        raise ValueError(f"intensity_init must be one of {INTENSITY_INITS}, got {method!r}")
+    if method == "identity":
+        return {"method": method, "a": a_init, "b": b_init}
+    result = {
+        "method": method,
+        **moment_intensities(pairs, transform, num_channels, classes, seed=seed, **moment_kwargs),
+    }
+    for k, name in enumerate(class_names):
+        logger.info(
+            f"TF-Aug intensity start (moments) {name}: a={np.round(result['a'][k], 4).tolist()} "
+            f"b={np.round(result['b'][k], 4).tolist()} (real mean {np.round(result['real_mean'][k], 3).tolist()} "
+            f"std {np.round(result['real_std'][k], 3).tolist()}; blurred healthy mean "
+            f"{np.round(result['blurred_mean'][k], 3).tolist()} std {np.round(result['blurred_std'][k], 3).tolist()}; "
+            f"matched {result['matched'][k]})"
+        )
+    return result
 
 
 def case_seed(seed: int, index: int) -> int:

@@ -29,6 +29,7 @@ from custom_components.data.atomic import atomic_path, save_nifti
 from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.datalist import write_datalist
 from custom_components.data.labels import check_convention, to_internal
+from custom_components.losses.hinge_l1 import DEFAULT_HINGE_MARGIN
 from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,51 @@ def check_outputs(
     return True
 
 
+def refinement_change(
+    refined: np.ndarray, coarse: np.ndarray, roi: np.ndarray, brain: np.ndarray, margin: float = DEFAULT_HINGE_MARGIN
+) -> dict[str, float | int]:
+    """What a refinement changed: ``|refined - coarse|`` on the brain outside ``m_roi`` (where eq. 2 asks for the
+    anatomy to stay) and inside it (where the tumour is refined).
+
+    Args:
+        refined: refined volume ``(C, *spatial)``.
+        coarse: its coarse input, same shape.
+        roi: ``m_roi`` (spatial, bool).
+        brain: brain mask (spatial, bool).
+        margin: the hinge margin (changes up to it cost nothing in eq. 2).
+
+    Returns:
+        ``outside_roi_mean_abs`` (mean over brain voxels outside m_roi and channels), ``outside_roi_beyond_margin``
+        (fraction of those voxel values that moved by more than ``margin``), ``roi_mean_abs`` (mean inside m_roi,
+        brain voxels), and the voxel counts ``outside_roi_voxels`` / ``roi_voxels``.
+    """
+    diff = np.abs(np.asarray(refined, dtype=np.float64) - np.asarray(coarse, dtype=np.float64))
+    outside = brain & ~roi
+    inside = brain & roi
+    out_diff, in_diff = diff[:, outside], diff[:, inside]
+    return {
+        "outside_roi_mean_abs": float(out_diff.mean()) if out_diff.size else 0.0,
+        "outside_roi_beyond_margin": float((out_diff > margin).mean()) if out_diff.size else 0.0,
+        "roi_mean_abs": float(in_diff.mean()) if in_diff.size else 0.0,
+        "outside_roi_voxels": int(outside.sum()),
+        "roi_voxels": int(inside.sum()),
+    }
+
+
+def summarise_change(items: Sequence[Mapping[str, Any]]) -> dict[str, float | int] | None:
+    """Medians over cases of :func:`refinement_change`'s figures, from the items' provenance ``change`` (None when
+    no item carries one, e.g. Pix2Pix or a datalist written before the figures existed).
+
+    Args:
+        items: refined datalist items.
+    """
+    changes = [it["provenance"]["change"] for it in items if "change" in it.get("provenance", {})]
+    if not changes:
+        return None
+    keys = ("outside_roi_mean_abs", "outside_roi_beyond_margin", "roi_mean_abs")
+    return {"cases": len(changes), **{k: float(np.median([c[k] for c in changes])) for k in keys}}
+
+
 def _numpy(x: Any) -> np.ndarray | None:
     if x is None:
         return None
@@ -202,6 +248,8 @@ class SyntheticDatalistWriter:
         description: datalist description.
         qc_cases: the first ``qc_cases`` cases (input order) get a QC montage ``<output_dir>/qc/<case_id>.png``:
             the output as it is and with label contours, the coarse input and their absolute difference.
+        margin: the hinge margin of TF-GAN's eq. 2; :func:`refinement_change` counts the voxels outside ``m_roi``
+            that moved by more than it (recorded per case as provenance ``change``; TF-GAN only).
     """
 
     def __init__(
@@ -224,6 +272,7 @@ class SyntheticDatalistWriter:
         labels: str = "internal",
         description: str | None = None,
         qc_cases: int = 0,
+        margin: float = DEFAULT_HINGE_MARGIN,
     ) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -246,6 +295,7 @@ class SyntheticDatalistWriter:
         self.labels = check_convention(labels)
         self.description = description or f"{stage} synthetic cases"
         self.qc_cases = int(qc_cases)
+        self.margin = float(margin)
         self.paths = output_paths(items, output_dir, self.modalities, self.copy_keys)
         self.written: dict[str, dict[str, Any]] = {}
 
@@ -276,25 +326,32 @@ class SyntheticDatalistWriter:
         if len(pred) != len(self.modalities):
             raise ValueError(f"generator produced {len(pred)} channels for modalities {self.modalities}")
         out = np.clip(pred.astype(np.float32), -1.0, 1.0)
-        need_brain = self.mask_background and brain is None and "brain_mask" not in item
-        coarse = None
-        if self.stage == "tf_gan" and (self.paste_outside_roi or need_brain):
-            coarse = np.stack([np.asarray(nib.load(f).dataobj, dtype=np.float32).reshape(shape) for f in item["image"]])
+        coarse = self._coarse(item, shape) if self.stage == "tf_gan" else None
         if self.paste_outside_roi:
             if roi is None:
                 raise ValueError(f"{item['case_id']}: paste_outside_roi needs the {self.roi_key!r} mask in the batch")
             out = np.where(roi.reshape((1, *shape)) > 0, out, coarse)
         if self.mask_background:
-            if brain is not None:
-                mask = brain.reshape(shape) > 0
-            elif "brain_mask" in item:
-                mask = np.asarray(nib.load(item["brain_mask"]).dataobj).reshape(shape) > 0
-            elif coarse is not None:
-                mask = infer_brain_mask(coarse[0], name=str(item["image"][0]))
-            else:
-                raise ValueError(f"{item['case_id']}: mask_background needs a brain mask")
-            out = np.where(mask[None], out, np.float32(self.background))
+            out = np.where(self._brain(item, shape, brain, coarse)[None], out, np.float32(self.background))
         return out.astype(np.float32)
+
+    @staticmethod
+    def _coarse(item: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+        """The coarse input volume ``(C, *spatial)`` as written by tf_aug."""
+        return np.stack([np.asarray(nib.load(f).dataobj, dtype=np.float32).reshape(shape) for f in item["image"]])
+
+    def _brain(
+        self, item: Mapping[str, Any], shape: tuple[int, ...], brain: np.ndarray | None, coarse: np.ndarray | None
+    ) -> np.ndarray:
+        """The case's brain: the batch's mask, else the item's ``brain_mask`` file, else inferred from the coarse
+        image."""
+        if brain is not None:
+            return brain.reshape(shape) > 0
+        if "brain_mask" in item:
+            return np.asarray(nib.load(item["brain_mask"]).dataobj).reshape(shape) > 0
+        if coarse is not None:
+            return infer_brain_mask(coarse[0], name=str(item["image"][0]))
+        raise ValueError(f"{item['case_id']}: no brain mask (the item has no brain_mask and no coarse image)")
 
     def write_case(
         self, case_id: str, pred: np.ndarray, roi: np.ndarray | None = None, brain: np.ndarray | None = None
@@ -333,6 +390,12 @@ class SyntheticDatalistWriter:
         }
         if self.stage == "tf_gan":
             provenance["coarse_image"] = list(item["image"])
+            if roi is not None:
+                shape = volume.shape[1:]
+                coarse = self._coarse(item, shape)
+                provenance["change"] = refinement_change(
+                    volume, coarse, roi.reshape(shape) > 0, self._brain(item, shape, brain, coarse), self.margin
+                )
         provenance["source_label"] = item.get("label")
         if "provenance" in item:
             provenance["parent"] = item["provenance"]
@@ -367,8 +430,25 @@ class SyntheticDatalistWriter:
             logger.info(f"{self.stage}: wrote {b['case_id']}")
 
     def completed(self, engine: Engine | None = None) -> Path:
-        """Write the datalist of every case written so far (input order)."""
+        """Write the datalist of every case written so far (input order); for TF-GAN, log what the refinement
+        changed (:func:`summarise_change`) and warn when it rewrote the anatomy outside the ROI."""
         items = [self.written[c] for c in self.order if c in self.written]
+        summary = summarise_change(items)
+        if summary is not None:
+            logger.info(
+                f"tf_gan: refinement changed brain voxels outside m_roi by a mean |refined - coarse| of "
+                f"{summary['outside_roi_mean_abs']:.4f} (median over {summary['cases']} cases), "
+                f"{100 * summary['outside_roi_beyond_margin']:.1f} % of them beyond the hinge margin {self.margin}; "
+                f"inside m_roi by {summary['roi_mean_abs']:.4f}"
+            )
+            rewritten = [it["case_id"] for it in items if it["provenance"]["change"]["outside_roi_beyond_margin"] > 0.5]
+            if rewritten:
+                logger.warning(
+                    f"tf_gan: the refinement moved more than half of the brain outside m_roi beyond the hinge margin "
+                    f"in {len(rewritten)} of {len(items)} cases ({', '.join(rewritten[:5])}"
+                    f"{', ...' if len(rewritten) > 5 else ''}): the generator rewrites the anatomy (train longer, "
+                    "or use residual: true)"
+                )
         data = {
             "description": self.description,
             "labels": "internal",

@@ -135,3 +135,47 @@ def test_write_report_with_realism_table(tmp_path):
     assert "| TF-Aug | 2.5 | 1 | 0.12 | - | 1.4 | 4 | 2 |" in md
     assert paths["realism_plot"].is_file() and "realism.png" in md
     assert "<td>TF-Aug</td><td>2.5</td>" in paths["html"].read_text()
+
+
+def test_refinement_change_figures_hand_computed_and_in_the_report(tmp_path):
+    from custom_components.tf_gan_refine import refinement_change, summarise_change
+
+    # 4x1x1 brain, voxel 3 outside the brain; voxel 0 in m_roi. Outside m_roi: |diffs| 0.01 and 0.2 -> mean 0.105,
+    # one of the two beyond the 0.05 margin; inside: |diff| 0.5
+    coarse = np.zeros((1, 4, 1, 1))
+    refined = np.array([0.5, 0.01, -0.2, 0.9]).reshape(1, 4, 1, 1)
+    roi = np.array([True, False, False, False]).reshape(4, 1, 1)
+    brain = np.array([True, True, True, False]).reshape(4, 1, 1)
+    change = refinement_change(refined, coarse, roi, brain, margin=0.05)
+    assert change == pytest.approx(
+        {
+            "outside_roi_mean_abs": 0.105,
+            "outside_roi_beyond_margin": 0.5,
+            "roi_mean_abs": 0.5,
+            "outside_roi_voxels": 2,
+            "roi_voxels": 1,
+        }
+    )
+    items = [{"provenance": {"change": {**change, "outside_roi_mean_abs": v}}} for v in (0.1, 0.3, 0.2)]
+    summary = summarise_change([*items, {"provenance": {}}])
+    assert summary["cases"] == 3 and summary["outside_roi_mean_abs"] == pytest.approx(0.2)
+    assert summarise_change([{"provenance": {}}]) is None
+    paths = write_report(_results(), tmp_path / "report", refinement=summary)
+    md = paths["markdown"].read_text()
+    assert "## Refinement: what TF-GAN changed" in md
+    assert "| 0.2 | 50.0 % | 0.5 | 3 |" in md
+    assert "50.0 %" in paths["html"].read_text()
+
+
+def test_report_provenance_names_the_commit_and_the_config_hash(tmp_path):
+    import hashlib
+
+    from custom_components.pipeline.summary import code_commit, provenance_note
+
+    config = tmp_path / "p.yaml"
+    config.write_text("seeds: [0]\n")
+    note = provenance_note({"source": str(config)})
+    assert hashlib.sha256(b"seeds: [0]\n").hexdigest()[:16] in note
+    commit = code_commit()
+    assert commit in note
+    assert commit.startswith("unknown") or len(commit.split()[0]) == 40

@@ -108,10 +108,15 @@ def test_check_properties(trained, configs, kind):
 def test_training_writes_learned_parameters(trained):
     models = Path(trained["overrides"]["output_dir"]) / "models"
     params = json.loads((models / "intensity.json").read_text())
-    assert set(params) == {"NCR", "ED", "ET"}
-    assert all(len(params[c]["a"]) == 1 and len(params[c]["b"]) == 1 for c in params)
-    # SGD moved the parameters away from the identity, and the state_dict agrees with the JSON
-    assert any(params[c]["a"][0] != 1.0 or params[c]["b"][0] != 0.0 for c in params)
+    classes = ("NCR", "ED", "ET")
+    assert set(params) == {*classes, "initial"}
+    assert all(len(params[c]["a"]) == 1 and len(params[c]["b"]) == 1 for c in classes)
+    # the default start is the moment match (away from the identity: the phantoms' classes are darker than the
+    # healthy tissue), and SGD moved the parameters from there; the state_dict agrees with the JSON
+    start = params["initial"]
+    assert start["method"] == "moments"
+    assert any(start[c]["a"][0] != 1.0 or start[c]["b"][0] != 0.0 for c in classes)
+    assert any(params[c]["a"][0] != start[c]["a"][0] or params[c]["b"][0] != start[c]["b"][0] for c in classes)
     state = torch.load(models / "intensity.pt", weights_only=True)
     assert state["b"][2, 0].item() == pytest.approx(params["ET"]["b"][0])
     assert (models / "checkpoint_final.pt").is_file()
@@ -152,7 +157,7 @@ def test_synthesised_cases(trained, synthesised):
         assert prov["seed"] == case_seed(0, i) and prov["case_index"] == i
         assert prov["healthy"] == healthy[i % len(healthy)]["image"][0]  # round robin
         assert prov["source_masks"] and all(s.endswith("_seg.nii.gz") for s in prov["source_masks"])
-        assert prov["intensity"] == params
+        assert prov["intensity"] == {c: params[c] for c in ("NCR", "ED", "ET")}
         assert {"scale", "rotate_deg", "flip", "shift"} <= set(prov["params"]["components"][0])
         src_img = nib.load(healthy[i % len(healthy)]["image"][0])
         x = np.asarray(src_img.dataobj)

@@ -162,3 +162,89 @@ def test_resume_skips_complete_cases_and_refuses_other_settings(inputs):
     (out / "tfaug-00003" / "tfaug-00003_provenance.json").unlink()
     with pytest.raises(RuntimeError, match="tfaug-00003_provenance.json: case tfaug-00003 was not made"):
         _writer(inputs, out, num_cases=4).write_datalist()  # the evaluator did not run
+
+
+# ---- intensity_init: moments ----------------------------------------------------------------------------------
+REAL_MEAN = {1: -0.7, 2: 0.3, 3: 0.6}  # NCR, ED, ET: known contrast of the phantom's real tumour
+REAL_STD = {1: 0.08, 2: 0.12, 3: 0.15}
+
+
+def _moment_pairs(inputs: dict) -> list[dict]:
+    """(healthy, real) pairs: the fixture's healthy scans, and a real phantom whose class c voxels are drawn from
+    N(REAL_MEAN[c], REAL_STD[c]) (already brain-normalised, as the bundle's transforms deliver them)."""
+    rng = np.random.default_rng(1)
+    label = _tumour()
+    real = rng.uniform(-0.5, 0.5, label.shape).astype(np.float32)
+    for c in (1, 2, 3):
+        real[label == c] = rng.normal(REAL_MEAN[c], REAL_STD[c], int((label == c).sum()))
+    return [
+        {**h, "real_image": real[None], "real_label": label[None], "real_id": "r0", "healthy_id": h["case_id"]}
+        for h in inputs["healthy"]
+    ]
+
+
+def _moment_transform(pool: MaskPool) -> Compose:
+    return Compose([LoadImaged(["image", "brain_mask"], image_only=True, ensure_channel_first=True), _synthesis(pool)])
+
+
+def test_moment_init_recovers_known_class_means(inputs):
+    from custom_components.tf_aug_synthesis import moment_intensities
+
+    pairs = _moment_pairs(inputs)
+    start = moment_intensities(pairs, _moment_transform(inputs["pool"]), num_channels=1, draws=4, seed=3)
+    assert np.array(start["real_mean"])[:, 0] == pytest.approx([REAL_MEAN[c] for c in (1, 2, 3)], abs=0.03)
+    assert start["matched"] == [["spread"]] * 3
+    # on fresh draws (another seed: other masks and places), I(B(x_h)) has the real class means within 0.05 and
+    # spreads near the real ones; the identity leaves the healthy tissue's mean (about 0 here)
+    network = ClasswiseIntensity(1, a_init=start["a"], b_init=start["b"])
+    fresh = _moment_transform(inputs["pool"])
+    fresh.set_random_state(seed=11)
+    values: dict[int, list[np.ndarray]] = {1: [], 2: [], 3: []}
+    for _ in range(3):
+        for pair in pairs:
+            out = fresh(dict(pair))
+            image, label = out["image"][None].float(), out["label"][None]
+            synthetic = network(image, label)[0, 0].detach().numpy()
+            for c in values:
+                values[c].append(synthetic[label[0, 0].numpy() == c])
+    for c in (1, 2, 3):
+        v = np.concatenate(values[c])
+        assert abs(v.mean() - REAL_MEAN[c]) < 0.05, (c, v.mean())
+        if c != 1:  # NCR has 8 voxels a mask here: its spread varies too much between draws to compare
+            assert v.std() == pytest.approx(REAL_STD[c], rel=0.3)
+
+
+def test_moment_init_guards_flat_tissue_and_leaves_the_transform_alone(inputs):
+    from custom_components.tf_aug_synthesis import initial_intensities, moment_intensities
+
+    pairs = _moment_pairs(inputs)
+    transform = _moment_transform(inputs["pool"])
+
+    def flat(d: dict) -> dict:  # blurred tissue of constant value 0.1: no spread to match
+        out = transform(d)
+        out["image"] = out["image"] * 0 + 0.1
+        return out
+
+    start = moment_intensities(pairs, flat, num_channels=1, min_std=0.02)
+    assert start["matched"] == [["mean"]] * 3
+    assert np.array(start["a"])[:, 0] == pytest.approx([1.0, 1.0, 1.0])
+    # b = real mean - a * blurred mean, exactly the moments it reports
+    expected_b = np.array(start["real_mean"])[:, 0] - 0.1
+    assert np.array(start["b"])[:, 0] == pytest.approx(expected_b, abs=1e-5)
+    # a is clamped to a_range
+    narrow = moment_intensities(pairs, transform, num_channels=1, a_range=(0.9, 1.1))
+    assert all(0.9 <= a[0] <= 1.1 for a in narrow["a"])
+    # the training's transform keeps its own random stream: the same draw as an untouched copy seeded alike
+    transform.set_random_state(seed=5)
+    twin = _moment_transform(inputs["pool"])
+    twin.set_random_state(seed=5)
+    moment_intensities(pairs, transform, num_channels=1)
+    assert np.array_equal(transform(dict(pairs[0]))["label"], twin(dict(pairs[0]))["label"])
+    # identity: the given start, unchanged
+    assert initial_intensities("identity", pairs, transform, 1, a_init=[1.0, 2.0, 3.0], b_init=0.5) == {
+        "method": "identity",
+        "a": [1.0, 2.0, 3.0],
+        "b": 0.5,
+    }
+    with pytest.raises(ValueError, match="intensity_init must be one of"):
+        initial_intensities("median", pairs, transform, 1)

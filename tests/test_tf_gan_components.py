@@ -12,11 +12,12 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.data import DataLoader
+from monai.handlers import CheckpointLoader
 from monai.networks.blocks import UpSample
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
-from custom_components.engines.gan_trainer import TFGANTrainer, latest_checkpoint, loss_terms
+from custom_components.engines.gan_trainer import TFGANTrainer, discriminator_accuracy, latest_checkpoint, loss_terms
 from custom_components.losses import HingeL1Loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, bce_with_logits, split_logits
 from custom_components.losses.classwise_perceptual import ClasswisePerceptualLoss
@@ -58,6 +59,57 @@ def test_generator_default_widths_and_input_checks() -> None:
     # Pix2Pix: label-only input (3 tumour classes + brain)
     p2p = TFGANGenerator(in_channels=0, out_channels=1, num_classes=4, channels=WIDTHS)
     assert p2p(torch.zeros(1, 4, 64, 64, 64)).shape == (1, 1, 64, 64, 64)
+
+
+def test_untrained_residual_generator_returns_its_input_and_the_hinge_is_zero() -> None:
+    torch.manual_seed(0)
+    g = TFGANGenerator(1, 1, 3, WIDTHS, residual=True)
+    coarse = torch.rand(2, 1, 64, 64, 64) * 2 - 1
+    label = torch.zeros(2, 1, 64, 64, 64)
+    label[:, :, 20:40, 20:40, 20:40] = 2
+    refined = g(torch.cat([coarse, condition_channels(label)], 1))
+    assert torch.equal(refined, coarse)  # bit for bit: the output layer starts at zero
+    assert HingeL1Loss(margin=0.0)(refined, coarse, label > 0).item() == 0.0
+    # the correction is added to the image and clamped to [-1, 1]
+    with torch.no_grad():
+        g.head.conv.conv.bias.fill_(0.5)
+    shifted = g(torch.cat([coarse, condition_channels(label)], 1))
+    assert torch.allclose(shifted, (coarse + 0.5).clamp(-1, 1))
+    # a direct-output generator predicts the image itself (tanh of a random head): far from its input
+    direct = TFGANGenerator(1, 1, 3, WIDTHS)
+    assert (direct(torch.cat([coarse, condition_channels(label)], 1)) - coarse).abs().mean() > 0.3
+    with pytest.raises(ValueError, match="in_channels .* must equal"):
+        TFGANGenerator(in_channels=0, out_channels=1, num_classes=4, channels=WIDTHS, residual=True)
+
+
+def test_generator_checkpoints_load_only_with_their_output_form(tmp_path: Path) -> None:
+    # a checkpoint written before the residual option: no residual_output entry, direct output
+    old = TFGANGenerator(1, 1, 3, WIDTHS)
+    old_state = {k: v for k, v in old.state_dict().items() if k != "residual_output"}
+    torch.save({"generator": old_state}, tmp_path / "old.pt")
+    loaded = TFGANGenerator(1, 1, 3, WIDTHS)
+    CheckpointLoader(str(tmp_path / "old.pt"), {"generator": loaded}).attach(engine := Engine(lambda e, b: None))
+    engine.run([0])
+    x = torch.rand(1, 4, 64, 64, 64)
+    assert torch.equal(loaded(x), old(x))
+    with pytest.raises(RuntimeError, match=r"residual=False \(a checkpoint from before the residual option\)"):
+        TFGANGenerator(1, 1, 3, WIDTHS, residual=True).load_state_dict(old_state)
+    # a residual checkpoint loads only into a residual generator, and the refusal leaves the flag as built
+    residual = TFGANGenerator(1, 1, 3, WIDTHS, residual=True)
+    direct = TFGANGenerator(1, 1, 3, WIDTHS)
+    with pytest.raises(RuntimeError, match=r"set `residual: true`"):
+        direct.load_state_dict(residual.state_dict())
+    assert direct.residual_output.item() is False
+    TFGANGenerator(1, 1, 3, WIDTHS, residual=True).load_state_dict(residual.state_dict())
+
+
+def test_discriminator_accuracy_counts_right_decisions_per_head() -> None:
+    # patch head: real logits 3 of 4 positive, fake 1 of 4 negative -> (0.75 + 0.25) / 2; global: all right -> 1
+    real = (torch.tensor([1.0, 2.0, -1.0, 3.0]).view(1, 1, 4, 1, 1), torch.tensor([[2.0]]))
+    fake = (torch.tensor([1.0, 2.0, -1.0, 3.0]).view(1, 1, 4, 1, 1), torch.tensor([[-2.0]]))
+    assert discriminator_accuracy(real, fake) == pytest.approx((0.5 + 1.0) / 2)
+    # a patch-only discriminator (a bare tensor): that head alone
+    assert discriminator_accuracy(real[0], fake[0]) == pytest.approx(0.5)
 
 
 def test_discriminator_heads() -> None:

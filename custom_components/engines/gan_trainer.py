@@ -21,7 +21,8 @@ One Pix2Pix iteration (``mode="pix2pix"``, paired real data): ``c = onehot(m_r) 
 
 ``engine.state.output`` holds every loss term as a float (``loss`` is the generator total, so MONAI's default
 ``--tracking mlflow`` settings log it) and the images of the iteration; :func:`loss_terms` is an
-``output_transform`` for ``StatsHandler`` / ``MLFlowHandler`` that returns all terms as a dict. At the end of
+``output_transform`` for ``StatsHandler`` / ``MLFlowHandler`` that returns all terms as a dict; ``d_acc`` is the
+discriminator's accuracy on the iteration's real and generated batches (:func:`discriminator_accuracy`). At the end of
 every epoch ``engine.state.metrics`` receives the epoch mean of every term (``epoch_<term>``, averaged over all
 ranks when training on several processes), the loss weight ``lambda_c`` of the last iteration and the learning
 rates ``lr_g`` / ``lr_d``, so the epoch-level log of ``--tracking mlflow`` records them.
@@ -47,7 +48,7 @@ from torch.utils.data import DataLoader
 
 from custom_components.distributed import all_reduce_sum
 from custom_components.handlers.checkpoints import guard_loss
-from custom_components.losses.adversarial import DualHeadAdversarialLoss
+from custom_components.losses.adversarial import DualHeadAdversarialLoss, split_logits
 from custom_components.losses.hinge_l1 import HingeL1Loss
 from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
 
@@ -63,6 +64,7 @@ LOSS_KEYS: tuple[str, ...] = (
     "d_loss",
     "d_patch",
     "d_global",
+    "d_acc",
 )
 
 
@@ -97,6 +99,20 @@ def latest_checkpoint(directory: str | os.PathLike, prefix: str = "checkpoint") 
         return ""
     found = [os.path.join(directory, f) for f in os.listdir(directory) if f.startswith(prefix) and f.endswith(".pt")]
     return max(found, key=lambda f: (os.path.getmtime(f), f)) if found else ""
+
+
+def discriminator_accuracy(real: Any, fake: Any) -> float:
+    """Fraction of the discriminator's decisions that are right (logit > 0 on real, < 0 on generated), averaged
+    over its heads (patch map, global) with each head's real and generated halves weighted equally. 0.5 is a
+    discriminator that cannot tell them apart, 1.0 one that always can.
+
+    Args:
+        real: the discriminator's output on real images (see :func:`split_logits`).
+        fake: its output on generated images.
+    """
+    heads = [(r, f) for r, f in zip(split_logits(real), split_logits(fake), strict=True) if r is not None]
+    scores = [0.5 * ((r.detach() > 0).float().mean() + (f.detach() < 0).float().mean()) for r, f in heads]
+    return float(torch.stack(scores).mean())
 
 
 @contextlib.contextmanager
@@ -315,10 +331,16 @@ class TFGANTrainer(Trainer):
     def _discriminator_step(self, real_in: torch.Tensor, fake_in: torch.Tensor) -> dict[str, float]:
         self.d_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         with self._autocast():
-            d_patch, d_global = self.adversarial_loss.discriminator(self.d_network(real_in), self.d_network(fake_in))
+            real_out, fake_out = self.d_network(real_in), self.d_network(fake_in)
+            d_patch, d_global = self.adversarial_loss.discriminator(real_out, fake_out)
             d_loss = self.lambda_patch * d_patch + self.lambda_global * d_global
         self._step(d_loss, self.d_optimizer, self.d_scaler)
-        return {"d_loss": d_loss.item(), "d_patch": d_patch.item(), "d_global": d_global.item()}
+        return {
+            "d_loss": d_loss.item(),
+            "d_patch": d_patch.item(),
+            "d_global": d_global.item(),
+            "d_acc": discriminator_accuracy(real_out, fake_out),
+        }
 
     # -- one iteration ---------------------------------------------------------------------------
     def _iteration(self, engine: Engine, batchdata: Mapping[str, Any]) -> dict[str, Any]:

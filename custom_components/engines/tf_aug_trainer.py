@@ -190,6 +190,10 @@ class TFAugTrainer(Trainer):
         return engine.state.output
 
 
+def _rounded(values: Sequence[float]) -> list[float]:
+    return [round(float(v), 4) for v in values]
+
+
 def _batch_cases(batchdata: dict[str, Any]) -> list[str] | None:
     """``healthy+real`` ids of the pairs of a batch (None when the batch does not carry them)."""
     healthy, real = batchdata.get("healthy_id"), batchdata.get("real_id")
@@ -225,9 +229,20 @@ class ClasswiseIntensitySaver:
     def attach(self, engine: Engine) -> None:
         if self.save_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self)
-        engine.add_event_handler(Events.COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def __call__(self, engine: Engine) -> None:
         pt, js = self.network.save(self.output_dir, self.stem)
         params = ", ".join(f"{k}={v:.4f}" for k, v in self.network.scalars().items())
         logger.info(f"epoch {engine.state.epoch}: saved class-wise intensities to {pt} and {js} ({params})")
+
+    def completed(self, engine: Engine) -> None:
+        """Save, and log where each class's a, b started and where training took them."""
+        self(engine)
+        start = self.network.initial
+        moves = "; ".join(
+            f"{name} a {_rounded(start[name]['a'])} -> {_rounded(final['a'])}, "
+            f"b {_rounded(start[name]['b'])} -> {_rounded(final['b'])}"
+            for name, final in self.network.to_dict().items()
+        )
+        logger.info(f"class-wise intensities, initial ({start['method']}) -> final: {moves}")

@@ -7,9 +7,11 @@ feature extractor F; the tf_aug synthesis (a MONAI ``SupervisedEvaluator``) runs
 
 Parameters are saved as a ``state_dict`` (``.pt``) and as human-readable JSON::
 
-    {"NCR": {"a": [1.02], "b": [-0.11]}, "ED": {"a": [...], "b": [...]}, "ET": {"a": [...], "b": [...]}}
+    {"NCR": {"a": [1.02], "b": [-0.11]}, "ED": {"a": [...], "b": [...]}, "ET": {"a": [...], "b": [...]},
+     "initial": {"method": "moments", "NCR": {"a": [...], "b": [...]}, ...}}
 
-with one entry per image channel in ``a`` and ``b``.
+with one entry per image channel in ``a`` and ``b``; ``initial`` records where the training started (read back
+by nothing: the learned values are the class entries).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class ClasswiseIntensity(nn.Module):
         a_init: initial scale: a number, one per class, or a (classes, channels) table.
         b_init: initial offset, same forms.
         channel_names: modality names for metric names (default ``ch0``, ``ch1``...).
+        init_method: how ``a_init`` / ``b_init`` were chosen (``"given"``, ``"identity"``, ``"moments"``), recorded
+            with the initial values in the JSON file.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class ClasswiseIntensity(nn.Module):
         a_init: float | Sequence[float] | Sequence[Sequence[float]] = 1.0,
         b_init: float | Sequence[float] | Sequence[Sequence[float]] = 0.0,
         channel_names: Sequence[str] | None = None,
+        init_method: str = "given",
     ) -> None:
         super().__init__()
         if num_channels < 1:
@@ -81,6 +86,7 @@ class ClasswiseIntensity(nn.Module):
         k = len(self.classes)
         self.a = nn.Parameter(_init_table(a_init, k, self.num_channels, "a_init"))
         self.b = nn.Parameter(_init_table(b_init, k, self.num_channels, "b_init"))
+        self.initial: dict[str, Any] = {"method": str(init_method), **self.to_dict()}
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -133,7 +139,7 @@ class ClasswiseIntensity(nn.Module):
         pt, js = directory / f"{stem}.pt", directory / f"{stem}.json"
         with atomic_path(pt) as tmp:
             torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
-        atomic_write_text(js, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(js, json.dumps({**self.to_dict(), "initial": self.initial}, indent=2) + "\n")
         return pt, js
 
     def load_dict(self, params: Mapping[str, Any], source: str = "parameters") -> ClasswiseIntensity:

@@ -77,7 +77,16 @@ class TFGANGenerator(nn.Module):
     of levels 2-6 with stride 2. Decoder: nearest-neighbour upsampling by 2 followed by a 3x3x3 convolution
     (MONAI ``UpSample(mode="nontrainable", interp_mode="nearest", post_conv=...)``, the paper's remedy for
     checkerboard artefacts), concatenation with the skip connection and a block of two convolutions.
-    The output is a 1x1x1 convolution followed by ``tanh``, so the image is in [-1, 1].
+    The output is a 1x1x1 convolution ``h``. With ``residual=False`` the image is ``tanh(h)`` (the network predicts
+    the image directly, in [-1, 1]); with ``residual=True`` it is ``clamp(x_img + h, -1, 1)``: the input image plus
+    a correction, with ``h``'s convolution initialised to zero so that an untrained generator returns its input
+    image exactly. The TF paper fixes the U-Net and the losses (eqs. 2-5), not this output parametrisation; the
+    residual form makes short trainings safe, because the hinge loss outside the ROI starts at 0 instead of at the
+    distance between noise and the anatomy.
+
+    Whether the output is residual is part of the weights (the buffer ``residual_output``): a checkpoint loads only
+    into a generator built the same way, and a checkpoint written before the option existed (no such entry) is a
+    direct-output one, loadable with ``residual=False``.
 
     The input tensor holds ``in_channels`` image channels followed by ``num_classes`` one-hot mask channels
     (see :func:`condition_channels`); ``in_channels`` may be 0 for a label-only generator (Pix2Pix).
@@ -90,6 +99,8 @@ class TFGANGenerator(nn.Module):
         norm_name: normalisation layer (MONAI name, e.g. ``"instance"``).
         act_name: activation layer (MONAI name and arguments).
         res_block: use residual blocks (``UnetResBlock``) instead of plain double convolutions.
+        residual: output ``clamp(input image + h, -1, 1)`` with a zero-initialised output layer (needs
+            ``in_channels == out_channels``) instead of ``tanh(h)``.
     """
 
     def __init__(
@@ -101,6 +112,7 @@ class TFGANGenerator(nn.Module):
         norm_name: str | tuple = "instance",
         act_name: str | tuple = ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
         res_block: bool = False,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -112,6 +124,12 @@ class TFGANGenerator(nn.Module):
             )
         if out_channels < 1:
             raise ValueError(f"out_channels must be positive, got {out_channels}")
+        if residual and in_channels != out_channels:
+            raise ValueError(
+                f"residual=True adds the output to the input image, so in_channels ({in_channels}) must equal "
+                f"out_channels ({out_channels}); a label-only generator (Pix2Pix) needs residual=False"
+            )
+        self.residual = bool(residual)
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.out_channels = int(out_channels)
@@ -148,6 +166,36 @@ class TFGANGenerator(nn.Module):
                 block(3, 2 * channels[i], channels[i], kernel_size=3, stride=1, norm_name=norm_name, act_name=act_name)
             )
         self.head = UnetOutBlock(3, channels[0], self.out_channels)
+        if self.residual:
+            nn.init.zeros_(self.head.conv.conv.weight)
+            nn.init.zeros_(self.head.conv.conv.bias)
+        self.register_buffer("residual_output", torch.tensor(self.residual))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        """Refuse weights trained with the other output form; read a checkpoint without ``residual_output`` (written
+        before the option existed) as a direct-output generator."""
+        key = prefix + "residual_output"
+        saved = bool(state_dict[key]) if key in state_dict else False
+        if saved != self.residual:
+            origin = "" if key in state_dict else " (a checkpoint from before the residual option)"
+            error_msgs.append(
+                f"the weights were trained with residual={saved}{origin}, the generator is built with "
+                f"residual={self.residual}: set `residual: {str(saved).lower()}` in the config"
+            )
+        state_dict.setdefault(key, torch.tensor(saved))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self.residual_output.fill_(self.residual)  # the flag describes this network, whatever was read
 
     @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
@@ -167,6 +215,7 @@ class TFGANGenerator(nn.Module):
         """Refine ``x`` ``(B, in_channels + num_classes, H, W, D)`` into an image ``(B, out_channels, H, W, D)``."""
         if not torch.jit.is_scripting():
             self.check_input(x)
+        image = x[:, : self.in_channels]
         skips = []
         for block in self.encoder:
             x = block(x)
@@ -174,6 +223,8 @@ class TFGANGenerator(nn.Module):
         x = skips.pop()
         for up, block in zip(self.upsamples, self.decoder, strict=True):
             x = block(torch.cat([up(x), skips.pop()], dim=1))
+        if self.residual:
+            return torch.clamp(image + self.head(x), -1.0, 1.0)
         return torch.tanh(self.head(x))
 
 

@@ -207,6 +207,46 @@ def plot_realism(realism: Mapping[str, Mapping], out_png: str | os.PathLike) -> 
     return Path(out_png)
 
 
+REFINEMENT_NOTE = (
+    "What TF-GAN's refinement changed, |refined - coarse| per case, median over the refined cases: on brain voxels "
+    "outside m_roi (the anatomy eq. 2 asks it to keep; changes up to the hinge margin cost nothing) and inside m_roi "
+    "(the tumour it refines). A refinement that rewrites the brain moves most voxels outside m_roi beyond the margin."
+)
+
+
+def refinement_rows(change: Mapping[str, float]) -> list[list[str]]:
+    """Rows of the refinement table (header first) from
+    :func:`custom_components.tf_gan_refine.summarise_change`."""
+    return [
+        [
+            "outside m_roi: mean abs change",
+            "outside m_roi: beyond the margin",
+            "inside m_roi: mean abs change",
+            "cases",
+        ],
+        [
+            _num(change["outside_roi_mean_abs"]),
+            f"{100 * change['outside_roi_beyond_margin']:.1f} %",
+            _num(change["roi_mean_abs"]),
+            str(int(change["cases"])),
+        ],
+    ]
+
+
+def _md_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(rows[0]) + " |",
+        "|" + "---|" * len(rows[0]),
+        *("| " + " | ".join(r) + " |" for r in rows[1:]),
+    ]
+
+
+def _html_table(rows: Sequence[Sequence[str]]) -> str:
+    head = "".join("<th>" + html.escape(c) + "</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def write_report(
     results: Sequence[ArmResult],
     out_dir: str | os.PathLike,
@@ -216,6 +256,7 @@ def write_report(
     baseline: str = "baseline",
     realism: Mapping[str, Mapping] | None = None,
     warnings: Sequence[str] = (),
+    refinement: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``dice.png`` into ``out_dir``; returns their paths.
 
@@ -229,6 +270,8 @@ def write_report(
         realism: realism results per synthetic method (:func:`custom_components.realism.realism_scores`);
             a table and ``realism.png`` next to the Dice table.
         warnings: caveats shown in a "Warnings" section above the table (e.g. MAS with one real case).
+        refinement: what TF-GAN's refinement changed (:func:`custom_components.tf_gan_refine.summarise_change`),
+            a table beside the realism table.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,8 +286,7 @@ def write_report(
     md = [f"# {title}", "", *(f"{n}\n" for n in notes)]
     if warnings:
         md += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
-    md += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    md += _md_table(rows)
     md += [
         "",
         f"Dice in % as mean ± std over seeds. Mean diff: mean Dice minus {baseline!r}'s, paired by seed "
@@ -260,16 +302,22 @@ def write_report(
         paths_extra["realism_plot"] = rplot
         rrows = realism_rows(realism)
         md += ["## Realism: which method's tumours look most like real ones", "", REALISM_NOTE, ""]
-        md += ["| " + " | ".join(rrows[0]) + " |", "|" + "---|" * len(rrows[0])]
-        md += ["| " + " | ".join(r) + " |" for r in rrows[1:]]
+        md += _md_table(rrows)
         md += ["", f"![Realism per method]({rel(rplot)})", ""]
+    if refinement:
+        md += [
+            "## Refinement: what TF-GAN changed",
+            "",
+            REFINEMENT_NOTE,
+            "",
+            *_md_table(refinement_rows(refinement)),
+            "",
+        ]
     for method, pngs in montages.items():
         md += [f"## QC: {method}", ""] + [f"![{method}]({rel(p)})" for p in pngs] + [""]
     md_path = out / "report.md"
     atomic_write_text(md_path, "\n".join(md))
 
-    cells = "".join("<th>" + html.escape(c) + "</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
@@ -281,19 +329,22 @@ def write_report(
             if warnings
             else []
         ),
-        f"<table><tr>{cells}</tr>{body}</table>",
+        _html_table(rows),
         f"<p>Dice in % as mean ± std over seeds; p-value: paired two-tailed t-test against {html.escape(baseline)}.</p>",
         f"<img src='{html.escape(rel(plot))}' alt='Dice per arm'>",
     ]
     if realism:
-        rrows = realism_rows(realism)
-        rcells = "".join("<th>" + html.escape(c) + "</th>" for c in rrows[0])
-        rbody = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rrows[1:])
         parts += [
             "<h2>Realism: which method's tumours look most like real ones</h2>",
             f"<p>{html.escape(REALISM_NOTE)}</p>",
-            f"<table><tr>{rcells}</tr>{rbody}</table>",
+            _html_table(realism_rows(realism)),
             f"<img src='{html.escape(rel(paths_extra['realism_plot']))}' alt='Realism per method'>",
+        ]
+    if refinement:
+        parts += [
+            "<h2>Refinement: what TF-GAN changed</h2>",
+            f"<p>{html.escape(REFINEMENT_NOTE)}</p>",
+            _html_table(refinement_rows(refinement)),
         ]
     for method, pngs in montages.items():
         parts.append(f"<h2>QC: {html.escape(method)}</h2>")

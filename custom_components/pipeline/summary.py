@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +18,7 @@ from custom_components.data.loader import load_datalist
 from custom_components.pipeline.config import ARMS
 from custom_components.pipeline.report import REGIONS, ArmResult, write_report
 from custom_components.qc import save_montage
+from custom_components.tf_gan_refine import summarise_change
 
 
 class Experiment(Protocol):
@@ -277,6 +280,32 @@ def _zooms(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(z) for z in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
 
 
+def code_commit() -> str:
+    """The git commit of the code that runs (``<sha>``, ``<sha> + uncommitted changes``, or ``unknown`` outside a git
+    checkout, e.g. an installed wheel)."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "custom_components", "bundles")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{sha} + uncommitted changes" if dirty else sha
+
+
+def provenance_note(cfg: dict[str, Any]) -> str:
+    """The report's first note: the commit it was made with and the SHA-256 of the pipeline config file
+    (``sha256sum FILE`` reproduces it), so a reader can tell a stale number from a current one."""
+    source = Path(cfg["source"])
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    return f"Made with commit {code_commit()} and pipeline config {source.name} (sha256 {digest}...)."
+
+
 def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     """Write the report of an experiment (and its MLflow runs when enabled)."""
     cfg = exp.cfg
@@ -318,6 +347,7 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
             f"{exp.arm_iterations('baseline')} iterations in all."
         )
     notes = [
+        provenance_note(cfg),
         f"Data: {data}; {exp.n_real()} real training cases; evaluation on section '{cfg['eval_section']}'.",
         f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, batch "
         f"{seg['batch_size']} real samples (+ their synthetic companions); {schedule}",
@@ -343,6 +373,7 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         montages=montages,
         realism=realism,
         warnings=warnings,
+        refinement=summarise_change(read_datalist(exp.refined_datalist)["training"]) if exp.needs("tf_gan") else None,
     )
     results_json = out / "results.json"
     atomic_write_text(
