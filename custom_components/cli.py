@@ -195,13 +195,14 @@ def realism(
     n_splits: int = 10,
     seed: int = 0,
     max_cases: int | None = None,
+    frd: bool = True,
 ) -> None:
     """How real do synthetic tumours look? Print a table of class-wise distances to real tumours (with the
     real-vs-real floor) and write them as JSON.
 
     Measures (custom_components.realism): Frechet distance of the frozen encoder's masked-GAP class features
     (TF's perceptual-loss features), 1-D Wasserstein distance of brain-normalised class intensities per
-    modality, boundary sharpness against real.
+    modality, boundary sharpness against real, Frechet Radiomics Distance (frd-score, whole tumour) per modality.
 
     Args:
         synthetic: datalist of synthetic cases.
@@ -216,6 +217,7 @@ def realism(
         n_splits: random real-vs-real splits for the floors.
         seed: seed of the splits.
         max_cases: use at most this many cases per datalist.
+        frd: compute the Frechet Radiomics Distance (``--nofrd`` skips it; about a second per case and modality).
     """
     import json
 
@@ -237,7 +239,7 @@ def realism(
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(e, file=sys.stderr)
         sys.exit(2)
-    result = realism_scores(syn_cases, real_cases, names, frozen, levels, n_splits=n_splits, seed=seed)
+    result = realism_scores(syn_cases, real_cases, names, frozen, levels, n_splits=n_splits, seed=seed, frd=frd)
     result["synthetic"] = str(Path(synthetic).resolve())
     result["real"] = str(Path(real).resolve())
     result["encoder"] = None if encoder is None else str(Path(encoder).resolve())

@@ -1,9 +1,11 @@
 """Realism scores: Frechet and Wasserstein distances against hand-computed values, identical sets at 0 with
-the real-vs-real floor, boundary sharpness ratios, the encoder features, and the `realism` CLI."""
+the real-vs-real floor, boundary sharpness ratios, the encoder features, the Frechet Radiomics Distance
+(frd-score) against frd-score's own statistics and on phantoms with noise tumours, and the `realism` CLI."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,9 @@ from custom_components.networks import build_segmentation_network
 from custom_components.realism import (
     RealismCase,
     boundary_sharpness,
+    format_table,
+    frd_case_features,
+    frd_from_features,
     frechet_distance,
     load_cases,
     realism_scores,
@@ -77,8 +82,8 @@ class Identity(nn.Module):
 def test_identical_sets_score_zero_and_floor_is_real_vs_real() -> None:
     real = [_case(f"r{i}", i) for i in range(4)]
     other = [_case(f"s{i}", 10 + i, scale=1.5) for i in range(3)]
-    same = realism_scores(real, real, ["a", "b"], Identity(), levels=1, n_splits=5)
-    diff = realism_scores(other, real, ["a", "b"], Identity(), levels=1, n_splits=5)
+    same = realism_scores(real, real, ["a", "b"], Identity(), levels=1, n_splits=5, frd=False)
+    diff = realism_scores(other, real, ["a", "b"], Identity(), levels=1, n_splits=5, frd=False)
     for name in ("NCR", "ED", "ET"):
         assert same["frechet"][name]["distance"] == pytest.approx(0.0, abs=1e-6)
         for m in ("a", "b"):
@@ -92,7 +97,7 @@ def test_identical_sets_score_zero_and_floor_is_real_vs_real() -> None:
     for m in ("a", "b"):
         assert same["sharpness"][m]["ratio"] == pytest.approx(1.0)
     scaled = [RealismCase(c.case_id, 1.5 * c.image, c.label, c.zooms) for c in real]
-    ratio = realism_scores(scaled, real, ["a", "b"], None, n_splits=2)
+    ratio = realism_scores(scaled, real, ["a", "b"], None, n_splits=2, frd=False)
     assert ratio["frechet"] == {}  # no encoder, no Frechet distance
     assert ratio["summary"]["sharpness_ratio"] == pytest.approx(1.5)  # gradients scale with intensity
     # the Frechet distance with the identity encoder is that of the per-case class means, by hand
@@ -100,7 +105,7 @@ def test_identical_sets_score_zero_and_floor_is_real_vs_real() -> None:
     means_r = np.stack([[c.image[ch][c.label == 3].mean() for ch in range(2)] for c in real])
     assert diff["frechet"]["ET"]["distance"] == pytest.approx(frechet_distance(means_s, means_r), rel=1e-5)
     # one real case: no floor
-    single = realism_scores(other, real[:1], ["a", "b"], Identity(), levels=1)
+    single = realism_scores(other, real[:1], ["a", "b"], Identity(), levels=1, frd=False)
     assert single["frechet"]["ET"]["floor"] is None and single["summary"]["wasserstein_floor"] is None
     assert np.isfinite(single["summary"]["frechet"])
 
@@ -121,6 +126,88 @@ def test_boundary_sharpness_hand_computed() -> None:
     # spacing 2 mm halves the gradient per mm
     case2 = RealismCase("c", image, label, (2.0, 2.0, 2.0))
     assert boundary_sharpness(case2)[0] == pytest.approx(expected / 2)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # frd-score's covariance before its column drop
+def test_frd_from_features_is_frd_scores_statistics_and_distance(monkeypatch: pytest.MonkeyPatch) -> None:
+    # frd-score's own v1 statistics (NaN cases dropped, z-score on D1, non-finite columns dropped) on the same
+    # feature vectors, its extraction replaced by the vectors, then its full-dimensional distance and log
+    from frd_score import frd as frd_lib
+
+    rng = np.random.default_rng(0)
+    d = 300
+    ref = rng.normal(size=(6, d)) * rng.uniform(0.5, 2.0, d)
+    other = 0.3 + rng.normal(size=(5, d)) * rng.uniform(0.5, 2.0, d)
+    ref[:, 7] = 1.0  # constant on the reference: infinite z-scores, the column is dropped
+    other[2, 11] = np.nan  # a case with a NaN feature is dropped
+    sets = {"ref": ref, "other": other}
+
+    def extracted(files: str, **kwargs: object) -> tuple:
+        return sets[files], [{f"f{i}": 0.0 for i in range(d)}], None
+
+    monkeypatch.setattr(frd_lib, "compute_features", extracted)
+    mu, sigma, _, _ = frd_lib.calculate_feature_statistics(
+        ["ref", "other"], "zscore", frd_lib.V1_DEFAULT_NORM_RANGE, None, norm_ref=frd_lib.NORM_REF_D1
+    )
+    expected = np.log(frd_lib.calculate_frechet_distance(mu[0], sigma[0], mu[1], sigma[1]))
+    got, reason = frd_from_features(list(ref), [*other, None])  # None: a case without features
+    assert reason is None and got == pytest.approx(expected, abs=1e-4)
+    assert np.exp(frd_from_features(list(ref), list(ref))[0]) == pytest.approx(0.0, abs=1e-6)  # identical: 0
+    # fewer than two cases with features on a side: no distance, and why
+    value, reason = frd_from_features(list(ref), [other[0], other[2]])
+    assert value is None and "at least 2 cases" in reason
+
+
+def _noise_tumour(case: RealismCase, rng: np.random.Generator) -> RealismCase:
+    """The case with its tumour voxels replaced by white noise of the same mean and standard deviation."""
+    image = case.image.copy()
+    tumour = case.label > 0
+    for ch in range(len(image)):
+        vals = image[ch][tumour]
+        image[ch][tumour] = rng.normal(vals.mean(), vals.std(), vals.size)
+    return RealismCase(case.case_id, image, case.label, case.zooms)
+
+
+def test_frd_zero_for_identical_sets_and_grows_with_noise_tumours() -> None:
+    def first_channel(case: RealismCase) -> RealismCase:
+        return RealismCase(case.case_id, case.image[:1], case.label, case.zooms)
+
+    real = [first_channel(_case(f"r{i}", i)) for i in range(6)]
+    clean = [first_channel(_case(f"s{i}", 10 + i)) for i in range(4)]
+    noisy = [_noise_tumour(c, np.random.default_rng(k)) for k, c in enumerate(clean)]
+    same = realism_scores(real, real, ["a"], n_splits=4)
+    near = realism_scores(clean, real, ["a"], n_splits=4)
+    far = realism_scores(noisy, real, ["a"], n_splits=4)
+    assert same["frd_package"] == "frd-score 1.0.1"
+    # a set against itself: Frechet distance 0 (FRD = ln 0); the floor depends on the real set only
+    assert np.exp(same["frd"]["a"]["distance"]) == pytest.approx(0.0, abs=1e-6)
+    assert same["frd"]["a"]["floor"] == pytest.approx(near["frd"]["a"]["floor"])
+    # other phantoms of the same kind sit below the real-vs-real floor (halves: 3-case references);
+    # the same phantoms with noise tumours (same mean and spread) are far from real
+    assert near["frd"]["a"]["distance"] < near["frd"]["a"]["floor"]
+    assert far["frd"]["a"]["distance"] > near["frd"]["a"]["distance"] + 1.0
+    assert far["summary"]["frd"] == far["frd"]["a"]["distance"] and far["frd"]["a"]["reason"] is None
+    assert far["summary"]["frd_floor"] == pytest.approx(near["summary"]["frd_floor"])
+    assert "FRD v1" in format_table(far)
+
+
+def test_frd_skips_a_tumour_too_small_to_measure(caplog: pytest.LogCaptureFixture) -> None:
+    case = _case("tiny", 0)
+    label = np.zeros_like(case.label)
+    label[8, 8, 8:11] = 2  # 3 voxels in a row: one voxel after PyRadiomics resamples to 2 mm
+    assert frd_case_features([RealismCase("tiny", case.image, label, case.zooms)]) == [[None, None]]
+    assert "no radiomic features for case tiny" in caplog.text
+
+
+def test_frd_disabled_or_missing_gives_none_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = [_case(f"r{i}", i) for i in range(2)]
+    off = realism_scores(real, real, ["a", "b"], n_splits=2, frd=False)
+    assert off["summary"]["frd"] is None and off["summary"]["frd_floor"] is None and off["frd_package"] is None
+    assert off["frd"]["b"] == {"distance": None, "floor": None, "reason": "disabled (frd=False)"}
+    monkeypatch.setitem(sys.modules, "frd_score", None)  # as if frd-score were not installed
+    missing = realism_scores(real, real, ["a", "b"], n_splits=2)
+    assert missing["summary"]["frd"] is None and "frd-score not importable" in missing["frd"]["a"]["reason"]
+    assert "frd-score not importable" in format_table(missing)
 
 
 def _write_datalist(root: Path, cases: list[RealismCase], name: str, labels: str = "internal") -> Path:
@@ -152,11 +239,13 @@ def test_cli_prints_finite_numbers_and_writes_json(tmp_path: Path, capsys: pytes
     out = tmp_path / "realism.json"
     realism(str(syn), str(real), encoder=str(ckpt), out=str(out), filters="4,8,16,32", n_splits=3)
     printed = capsys.readouterr().out
-    assert "Frechet" in printed and "sharpness" in printed
+    assert "Frechet" in printed and "sharpness" in printed and "FRD v1" in printed
     result = json.loads(out.read_text())
     assert result["n_synthetic"] == 2 and result["n_real"] == 3
-    for key in ("frechet", "frechet_floor", "wasserstein", "wasserstein_floor", "sharpness_ratio"):
+    for key in ("frechet", "frechet_floor", "wasserstein", "wasserstein_floor", "sharpness_ratio", "frd"):
         assert np.isfinite(result["summary"][key]), key
+    # 3 real cases: halves of 1 and 2, too few for FRD's floor
+    assert result["summary"]["frd_floor"] is None and "floor: FRD needs" in result["frd"]["a"]["reason"]
     assert [len(result["frechet"][c]["per_level"]) for c in ("NCR", "ED", "ET")] == [3, 3, 3]
     # labels were mapped from BraTS 2021 (4 -> ET) on load
     cases, mods = load_cases(real, ["b"])

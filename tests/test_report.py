@@ -127,12 +127,24 @@ def test_write_report_with_realism_table(tmp_path):
         "wasserstein": 0.12,
         "wasserstein_floor": None,
         "sharpness_ratio": 1.4,
+        "frd": 9.5,
+        "frd_floor": 8.25,
     }
-    realism = {"TF-Aug": {"summary": summary, "n_synthetic": 4, "n_real": 2}}
+    # a realism.json written before FRD existed has no frd keys: "-" in its row
+    old = {k: v for k, v in summary.items() if not k.startswith("frd")}
+    realism = {
+        "TF-Aug": {"summary": summary, "n_synthetic": 4, "n_real": 2},
+        "TF": {"summary": old, "n_synthetic": 3, "n_real": 2},
+    }
     paths = write_report(_results(), tmp_path / "report", realism=realism)
     md = paths["markdown"].read_text()
     assert "## Realism" in md
-    assert "| TF-Aug | 2.5 | 1 | 0.12 | - | 1.4 | 4 | 2 |" in md
+    assert (
+        "| Method | Frechet F-features | floor (real/real) | W1 intensity | floor (real/real) | FRD (radiomics) |" in md
+    )
+    assert "| TF-Aug | 2.5 | 1 | 0.12 | - | 9.5 | 8.25 | 1.4 | 4 | 2 |" in md
+    assert "| TF | 2.5 | 1 | 0.12 | - | - | - | 1.4 | 3 | 2 |" in md
+    assert "FRD: Frechet Radiomics Distance" in md and "frd-score 1.0.1" in md
     assert paths["realism_plot"].is_file() and "realism.png" in md
     assert "<td>TF-Aug</td><td>2.5</td>" in paths["html"].read_text()
 

@@ -146,6 +146,8 @@ def realism_rows(realism: Mapping[str, Mapping]) -> list[list[str]]:
             "floor (real/real)",
             "W1 intensity",
             "floor (real/real)",
+            "FRD (radiomics)",
+            "floor (real/real)",
             "sharpness ratio",
             "synthetic cases",
             "real cases",
@@ -160,6 +162,8 @@ def realism_rows(realism: Mapping[str, Mapping]) -> list[list[str]]:
                 _num(s["frechet_floor"]),
                 _num(s["wasserstein"]),
                 _num(s["wasserstein_floor"]),
+                _num(s.get("frd")),
+                _num(s.get("frd_floor")),
                 _num(s["sharpness_ratio"]),
                 str(res["n_synthetic"]),
                 str(res["n_real"]),
@@ -174,25 +178,28 @@ REALISM_NOTE = (
     "Frechet distance of the frozen encoder F's masked-GAP features (TF's perceptual-loss features), mean over "
     "NCR/ED/ET and the first levels; W1: 1-D Wasserstein distance of brain-normalised class intensities, mean "
     "over classes and modalities; sharpness ratio: mean gradient magnitude across the tumour border, synthetic / "
-    "real (1 = as sharp as real)."
+    "real (1 = as sharp as real). FRD: Frechet Radiomics Distance (FRD v1 of frd-score 1.0.1, the log of the "
+    "Frechet distance of radiomic features of the brain-normalised image inside the whole-tumour mask, z-scored "
+    "on the real cases), mean over modalities; it does not depend on this project's models."
 )
 
 
 def plot_realism(realism: Mapping[str, Mapping], out_png: str | os.PathLike) -> Path:
-    """Bars per method: Frechet distance and W1 distance (each with the real-vs-real floor as a dashed line),
-    and the sharpness ratio (1 = real)."""
+    """Bars per method: Frechet distance, W1 distance and FRD (each with the real-vs-real floor as a dashed
+    line), and the sharpness ratio (1 = real)."""
     methods = list(realism)
-    fig, axes = plt.subplots(1, 3, figsize=(max(9, 1.6 * len(methods) * 3 / 2), 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(max(12, 1.6 * len(methods) * 4 / 2), 3.6))
     panels = (
         ("frechet", "frechet_floor", "Frechet (F features)"),
         ("wasserstein", "wasserstein_floor", "W1 intensity"),
+        ("frd", "frd_floor", "FRD (radiomics)"),
         ("sharpness_ratio", None, "sharpness ratio"),
     )
     for ax, (key, floor_key, name) in zip(axes, panels, strict=True):
-        vals = [realism[m]["summary"][key] for m in methods]
-        ax.bar(range(len(methods)), [np.nan if v is None else v for v in vals], color="C0")
-        floors = [realism[m]["summary"][floor_key] for m in methods] if floor_key else []
-        floors = [f for f in floors if f is not None]
+        vals = [realism[m]["summary"].get(key) for m in methods]
+        ax.bar(range(len(methods)), [np.nan if v is None or not np.isfinite(v) else v for v in vals], color="C0")
+        floors = [realism[m]["summary"].get(floor_key) for m in methods] if floor_key else []
+        floors = [f for f in floors if f is not None and np.isfinite(f)]
         if floors:
             ax.axhline(float(np.mean(floors)), color="k", ls="--", lw=1, label="real vs real")
             ax.legend(fontsize=7)
