@@ -55,7 +55,7 @@ def _case(shape: tuple[int, int, int], seed: int) -> dict[str, torch.Tensor]:
 def bench_training(device: torch.device, patch: int, iterations: int) -> float:
     """Mean seconds per training iteration (after one warm-up iteration)."""
     torch.manual_seed(0)
-    g = TFGANGenerator(1, 1, 3).to(device)
+    g = TFGANGenerator(1, 1, 3, residual=True).to(device)
     d = DualHeadDiscriminator(4).to(device)
     encoder = FrozenEncoder(build_segmentation_network("dynunet", 1, 4), levels=3).to(device)
     shape = (patch, patch, patch)
@@ -97,7 +97,7 @@ def bench_training(device: torch.device, patch: int, iterations: int) -> float:
 def bench_refinement(device: torch.device, shape: tuple[int, int, int] = (240, 240, 155)) -> float:
     """Seconds to refine one volume of ``shape`` with the bundle's sliding-window settings."""
     torch.manual_seed(0)
-    g = TFGANGenerator(1, 1, 3).to(device).eval()
+    g = TFGANGenerator(1, 1, 3, residual=True).to(device).eval()
     case = _case(shape, 2)
     x = torch.cat([case["image"][None], condition_channels(case["label"][None])], 1).to(device)
     inferer = SlidingWindowInferer(

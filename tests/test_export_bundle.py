@@ -220,7 +220,7 @@ def test_export_tf_gan_runs_refinement(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data")
     torch.manual_seed(0)
     weights = tmp_path / "model.pt"
-    torch.save(TFGANGenerator(1, 1, 3, GAN_TINY["gen_channels"]).state_dict(), weights)
+    torch.save(TFGANGenerator(1, 1, 3, GAN_TINY["gen_channels"], residual=True).state_dict(), weights)
     folder = _export_and_copy("tf_gan", [weights], tmp_path)
     out = tmp_path / "out"
     stdout = _run_exported(

@@ -205,7 +205,7 @@ def test_tf_gan_sharded_refinement(gan_data: dict[str, Path], tmp_path: Path) ->
     merges; the result equals a single-process refinement byte for byte."""
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
-    torch.save(TFGANGenerator(1, 1, 3, [8] * 6).state_dict(), tmp_path / "models" / "model.pt")
+    torch.save(TFGANGenerator(1, 1, 3, [8] * 6, residual=True).state_dict(), tmp_path / "models" / "model.pt")
     configs = ["common.yaml", "inference.yaml", "multi_gpu_inference.yaml"]
     sharded = tmp_path / "sharded"
     for rank in (1, 0):
