@@ -81,7 +81,13 @@ def test_stage_datalists(finished):
 def test_report_table(finished):
     exp, _ = finished
     md = (exp.work / "report" / "report.md").read_text()
+    assert "Made with commit " in md.splitlines()[2] and "sha256 " in md.splitlines()[2]
     dice_md, realism_md = md.split("## Realism")
+    realism_md, refinement_md = realism_md.split("## Refinement: what TF-GAN changed")
+    # the refinement table: the residual generator, barely trained, keeps the anatomy outside m_roi
+    refinement = [line.split("|")[1:-1] for line in refinement_md.splitlines() if line.startswith("| ")]
+    n_refined = len(read_datalist(exp.refined_datalist)["training"])
+    assert len(refinement) == 2 and float(refinement[1][0]) < 0.05 and int(refinement[1][3]) == n_refined
     rows = {line.split("|")[1].strip(): line for line in dice_md.splitlines() if line.startswith("| ")}
     assert set(rows) == {"Arm", "baseline", "tf", "dtss_mas"}
     # a realism row per synthetic method, against the held-out (validation) real cases
