@@ -308,7 +308,12 @@ class SyntheticDatalistWriter:
         return item["image"][0] if self.stage == "tf_gan" else item["label"]
 
     def compose(
-        self, pred: np.ndarray, item: Mapping[str, Any], roi: np.ndarray | None = None, brain: np.ndarray | None = None
+        self,
+        pred: np.ndarray,
+        item: Mapping[str, Any],
+        roi: np.ndarray | None = None,
+        brain: np.ndarray | None = None,
+        coarse: np.ndarray | None = None,
     ) -> np.ndarray:
         """Final volume ``(C, *spatial)`` from the generator output: paste outside ``m_roi``, mask the background.
 
@@ -318,6 +323,7 @@ class SyntheticDatalistWriter:
             roi: ``m_roi`` (any shape with the spatial size), needed for ``paste_outside_roi``.
             brain: brain mask from the batch; default: the item's ``brain_mask`` file, else the coarse image's
                 voxels above its minimum.
+            coarse: the coarse input ``(C, *spatial)`` when the caller has read it already (TF-GAN; default: read).
         """
         ref = self._reference(item)
         shape = tuple(nib.load(ref).shape[:3])
@@ -326,7 +332,8 @@ class SyntheticDatalistWriter:
         if len(pred) != len(self.modalities):
             raise ValueError(f"generator produced {len(pred)} channels for modalities {self.modalities}")
         out = np.clip(pred.astype(np.float32), -1.0, 1.0)
-        coarse = self._coarse(item, shape) if self.stage == "tf_gan" else None
+        if coarse is None and self.stage == "tf_gan":
+            coarse = self._coarse(item, shape)
         if self.paste_outside_roi:
             if roi is None:
                 raise ValueError(f"{item['case_id']}: paste_outside_roi needs the {self.roi_key!r} mask in the batch")
@@ -360,8 +367,13 @@ class SyntheticDatalistWriter:
         if case_id not in self.items:
             raise KeyError(f"case {case_id!r} is not among the items given to the writer")
         item = self.items[case_id]
-        volume = self.compose(pred, item, roi, brain)
         ref = nib.load(self._reference(item))
+        coarse = brain_mask = None
+        if self.stage == "tf_gan":  # read the coarse input and the brain once, for compose and the change figures
+            coarse = self._coarse(item, tuple(ref.shape[:3]))
+            if self.mask_background or roi is not None:
+                brain_mask = self._brain(item, tuple(ref.shape[:3]), brain, coarse)
+        volume = self.compose(pred, item, roi, brain if brain_mask is None else brain_mask, coarse)
         paths = self.paths[case_id]
         images = []
         for channel, modality in zip(volume, self.modalities, strict=True):
@@ -391,10 +403,8 @@ class SyntheticDatalistWriter:
         if self.stage == "tf_gan":
             provenance["coarse_image"] = list(item["image"])
             if roi is not None:
-                shape = volume.shape[1:]
-                coarse = self._coarse(item, shape)
                 provenance["change"] = refinement_change(
-                    volume, coarse, roi.reshape(shape) > 0, self._brain(item, shape, brain, coarse), self.margin
+                    volume, coarse, roi.reshape(volume.shape[1:]) > 0, brain_mask, self.margin
                 )
         provenance["source_label"] = item.get("label")
         if "provenance" in item:
