@@ -27,7 +27,7 @@ from monai.transforms import Compose
 
 from custom_components.data.labels import to_internal
 from custom_components.networks.classwise_intensity import ClasswiseIntensity
-from custom_components.tf_aug_synthesis import TFAugCaseWriter, plan_cases
+from custom_components.synthesis.tf_aug import TFAugCaseWriter, plan_cases
 from custom_components.transforms.intensity import RescaleBrainIntensity
 from custom_components.transforms.mask_augment import MaskPool, TumorMaskAugmentd
 from custom_components.transforms.roi_blur import RoiGaussianBlurd

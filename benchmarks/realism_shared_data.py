@@ -27,8 +27,8 @@ import torch
 
 from custom_components.data.datalist import write_datalist
 from custom_components.data.discovery import make_brats_datalist
-from custom_components.data.healthy_prep import prepare_healthy
 from custom_components.networks import build_segmentation_network
+from custom_components.synthesis.healthy_prep import prepare_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

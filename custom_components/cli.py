@@ -111,7 +111,7 @@ def prepare_healthy(
             inferred).
         overwrite: replace an existing <out>/datalist.json.
     """
-    from custom_components.data.healthy_prep import prepare_healthy as _prepare
+    from custom_components.synthesis.healthy_prep import prepare_healthy as _prepare
 
     try:
         path = _prepare(
@@ -169,7 +169,7 @@ def qc(
         channel: channel shown from 4D images.
         labels: label convention of the label files (internal, brats2023, brats2021, brats2015).
     """
-    from custom_components.qc import save_montage
+    from custom_components.quality.qc import save_montage
 
     try:
         png = save_montage(
@@ -200,7 +200,7 @@ def realism(
     """How real do synthetic tumours look? Print a table of class-wise distances to real tumours (with the
     real-vs-real floor) and write them as JSON.
 
-    Measures (custom_components.realism): Frechet distance of the frozen encoder's masked-GAP class features
+    Measures (custom_components.quality.realism): Frechet distance of the frozen encoder's masked-GAP class features
     (TF's perceptual-loss features), 1-D Wasserstein distance of brain-normalised class intensities per
     modality, boundary sharpness against real, Frechet Radiomics Distance (frd-score, whole tumour) per modality.
 
@@ -223,7 +223,7 @@ def realism(
 
     from custom_components.data.atomic import atomic_write_text
     from custom_components.data.datalist import read_datalist
-    from custom_components.realism import format_table, load_cases, realism_scores
+    from custom_components.quality.realism import format_table, load_cases, realism_scores
 
     try:
         mods = modalities.split(",") if isinstance(modalities, str) else modalities
@@ -316,7 +316,7 @@ def export_bundle(
         zip: also write <out>/<name>.zip.
         overwrite: replace an existing export.
     """
-    from custom_components.export_bundle import export_bundle as _export
+    from custom_components.export.zoo_bundle import export_bundle as _export
 
     try:
         print(_export(name, out, weights=weights, zip=zip, overwrite=overwrite))

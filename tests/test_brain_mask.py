@@ -18,7 +18,7 @@ from custom_components.data import load_datalist
 from custom_components.data.atomic import save_nifti
 from custom_components.data.brain_mask import BrainMaskError, infer_brain_mask
 from custom_components.data.discovery import make_brats_datalist, make_healthy_datalist
-from custom_components.data.healthy_prep import dice
+from custom_components.synthesis.healthy_prep import dice
 from custom_components.transforms.intensity import RescaleBrainIntensity, RescaleBrainIntensityd
 
 REPO = Path(__file__).resolve().parents[1]

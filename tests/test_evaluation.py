@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from custom_components.evaluation import BRATS_HD95_EMPTY, hd95, region_metrics
+from custom_components.quality.evaluation import BRATS_HD95_EMPTY, hd95, region_metrics
 
 
 def _line(length: int, voxels: list[int]) -> np.ndarray:

@@ -23,7 +23,7 @@ from monai.data import load_net_with_metadata
 
 from custom_components.data.datalist import read_datalist
 from custom_components.data.demo import make_demo_data
-from custom_components.export_bundle import VENDOR_IMPORT, export_bundle, vendor_config_text
+from custom_components.export.zoo_bundle import VENDOR_IMPORT, export_bundle, vendor_config_text
 from custom_components.networks import build_segmentation_network
 from custom_components.networks.classwise_intensity import ClasswiseIntensity
 from custom_components.networks.tf_gan import TFGANGenerator

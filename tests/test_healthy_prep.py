@@ -14,7 +14,7 @@ from custom_components.data.atomic import save_nifti
 from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.datalist import read_datalist
 from custom_components.data.demo import make_demo_data, mni152_template_path
-from custom_components.data.healthy_prep import (
+from custom_components.synthesis.healthy_prep import (
     dice,
     from_sitk,
     prepare_healthy,

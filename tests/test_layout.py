@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from custom_components.export_bundle import _REFERENCE
+from custom_components.export.zoo_bundle import _REFERENCE
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "custom_components"
@@ -92,15 +92,15 @@ def test_export_copies_only_what_the_bundle_imports(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from custom_components.export_bundle import export_bundle
+    from custom_components.export.zoo_bundle import export_bundle
 
     folder = export_bundle("tf_gan", tmp_path, zip=False)
     vendored = folder / "scripts" / "custom_components"
     copied = {str(p.relative_to(vendored)) for p in vendored.rglob("*.py")}
-    assert {"tf_gan_refine.py", "networks/tf_gan.py", "data/loader.py", "transforms/roi_mask.py"} <= copied
+    assert {"synthesis/tf_gan.py", "networks/tf_gan.py", "data/loader.py", "transforms/roi_mask.py"} <= copied
     # not the pipeline, the CLI, demo data, healthy-scan preparation, export or another bundle's engine entry point
-    assert not {"cli.py", "__main__.py", "export_bundle.py", "data/demo.py", "data/healthy_prep.py"} & copied
-    assert not any(p.startswith("pipeline/") for p in copied) and "tf_aug_synthesis.py" not in copied
+    assert not {"cli.py", "__main__.py", "export/zoo_bundle.py", "data/demo.py", "synthesis/healthy_prep.py"} & copied
+    assert not any(p.startswith("pipeline/") for p in copied) and "synthesis/tf_aug.py" not in copied
     # the copy is complete: every module the configs name imports from it alone
     refs = sorted({r for f in (folder / "configs").glob("*.yaml") for r in _REFERENCE.findall(f.read_text())})
     code = (
@@ -118,3 +118,21 @@ def test_export_copies_only_what_the_bundle_imports(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_package_top_holds_only_the_entry_points() -> None:
+    """Every module sits in a subpackage named for its role; the top holds the package and its CLI."""
+    top = {p.name for p in PACKAGE.glob("*.py")}
+    assert top == {"__init__.py", "__main__.py", "cli.py"}, sorted(top)
+
+
+def test_data_is_the_bottom_layer() -> None:
+    """custom_components.data imports nothing of the package above it."""
+    upward = {
+        (module, dep)
+        for module, deps in GRAPH.items()
+        if module.startswith("custom_components.data")
+        for dep in deps
+        if not dep.startswith("custom_components.data")
+    }
+    assert not upward, sorted(upward)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from custom_components.data import case_id_of, load_datalist, make_healthy_datalist, nifti_stem, validate_items
-from custom_components.data.healthy_prep import _healthy_inputs
 from custom_components.engines import load_synthetic_items
+from custom_components.synthesis.healthy_prep import _healthy_inputs
 
 
 def _nii(path: Path, data: np.ndarray) -> str:

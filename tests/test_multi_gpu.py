@@ -22,10 +22,10 @@ import torch
 
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.demo import make_demo_data
-from custom_components.data.healthy_prep import prepare_healthy
 from custom_components.distributed import merge_shard_datalists, shard_items, shard_path
 from custom_components.handlers.mas import mas_weight
 from custom_components.networks.tf_gan import TFGANGenerator
+from custom_components.synthesis.healthy_prep import prepare_healthy
 from tests.bundle_utils import REPO, bundle_dir, run_workflow
 from tests.test_tf_gan_bundle import make_data, tiny, train_overrides
 

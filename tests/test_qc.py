@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from custom_components.data.atomic import save_nifti
-from custom_components.qc import (
+from custom_components.quality.qc import (
     DPI,
     HEADER_INCHES,
     LABEL_COLOURS,

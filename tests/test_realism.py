@@ -16,7 +16,7 @@ from torch import nn
 from custom_components.data.atomic import save_nifti
 from custom_components.data.datalist import write_datalist
 from custom_components.networks import build_segmentation_network
-from custom_components.realism import (
+from custom_components.quality.realism import (
     RealismCase,
     boundary_sharpness,
     format_table,

@@ -11,13 +11,13 @@ import pytest
 import SimpleITK as sitk
 
 from custom_components import cli
-from custom_components.data import healthy_prep
 from custom_components.data.atomic import save_nifti
 from custom_components.data.datalist import read_datalist
-from custom_components.data.healthy_prep import RegistrationQualityError, choose_reference, prepare_healthy
 from custom_components.pipeline.config import load_config
 from custom_components.pipeline.experiment import Experiment
 from custom_components.pipeline.runner import run_stages
+from custom_components.synthesis import healthy_prep
+from custom_components.synthesis.healthy_prep import RegistrationQualityError, choose_reference, prepare_healthy
 from tests.test_brain_mask import _brain_shape, _texture
 
 AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])  # 4 mm voxels: one registration level, fast

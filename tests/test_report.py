@@ -150,7 +150,7 @@ def test_write_report_with_realism_table(tmp_path):
 
 
 def test_refinement_change_figures_hand_computed_and_in_the_report(tmp_path):
-    from custom_components.tf_gan_refine import refinement_change, summarise_change
+    from custom_components.synthesis.tf_gan import refinement_change, summarise_change
 
     # 4x1x1 brain, voxel 3 outside the brain; voxel 0 in m_roi. Outside m_roi: |diffs| 0.01 and 0.2 -> mean 0.105,
     # one of the two beyond the 0.05 margin; inside: |diff| 0.5

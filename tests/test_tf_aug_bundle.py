@@ -15,9 +15,9 @@ from scipy import ndimage
 
 from custom_components.data.datalist import read_datalist
 from custom_components.data.demo import make_demo_data
-from custom_components.data.healthy_prep import prepare_healthy
 from custom_components.networks import build_segmentation_network
-from custom_components.tf_aug_synthesis import case_seed
+from custom_components.synthesis.healthy_prep import prepare_healthy
+from custom_components.synthesis.tf_aug import case_seed
 from tests.bundle_utils import run_workflow, validate_metadata, workflow
 
 BUNDLE = "tf_aug"

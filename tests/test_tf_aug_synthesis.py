@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from custom_components.data import read_datalist
 from custom_components.networks import ClasswiseIntensity
-from custom_components.tf_aug_synthesis import TFAugCaseWriter, case_seed, plan_cases
+from custom_components.synthesis.tf_aug import TFAugCaseWriter, case_seed, plan_cases
 from custom_components.transforms import ApplySeeded, ApplySeededd, MaskPool, RoiGaussianBlurd, TumorMaskAugmentd
 
 S = 24
@@ -188,7 +188,7 @@ def _moment_transform(pool: MaskPool) -> Compose:
 
 
 def test_moment_init_recovers_known_class_means(inputs):
-    from custom_components.tf_aug_synthesis import moment_intensities
+    from custom_components.synthesis.tf_aug import moment_intensities
 
     pairs = _moment_pairs(inputs)
     start = moment_intensities(pairs, _moment_transform(inputs["pool"]), num_channels=1, draws=4, seed=3)
@@ -215,7 +215,7 @@ def test_moment_init_recovers_known_class_means(inputs):
 
 
 def test_moment_init_guards_flat_tissue_and_leaves_the_transform_alone(inputs):
-    from custom_components.tf_aug_synthesis import initial_intensities, moment_intensities
+    from custom_components.synthesis.tf_aug import initial_intensities, moment_intensities
 
     pairs = _moment_pairs(inputs)
     transform = _moment_transform(inputs["pool"])

@@ -24,7 +24,7 @@ from custom_components.losses.classwise_perceptual import ClasswisePerceptualLos
 from custom_components.networks.frozen_encoder import FrozenEncoder
 from custom_components.networks.segmentation import build_segmentation_network
 from custom_components.networks.tf_gan import DualHeadDiscriminator, TFGANGenerator, condition_channels
-from custom_components.tf_gan_refine import GeneratorInputs, check_outputs
+from custom_components.synthesis.tf_gan import GeneratorInputs, check_outputs
 from custom_components.transforms import BrainMaskd, RoiMaskd, roi_mask
 
 REPO = Path(__file__).resolve().parents[1]

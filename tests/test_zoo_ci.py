@@ -23,7 +23,7 @@ import torch
 import yaml
 from monai.bundle import ConfigParser, verify_net_in_out
 
-from custom_components.export_bundle import VENDOR_IMPORT, export_bundle
+from custom_components.export.zoo_bundle import VENDOR_IMPORT, export_bundle
 from tests.bundle_utils import REPO, SCHEMA, bundle_dir
 from tests.test_export_bundle import PROJECT_ONLY
 from tests.test_multi_gpu import make_aug_inputs

@@ -1,5 +1,5 @@
 """Data: datalists (read, write, the one loader and case-id rule), validation, label conventions, atomic IO,
-BraTS / healthy datalist discovery, healthy-scan preparation and demo data."""
+BraTS / healthy datalist discovery and demo data."""
 
 from custom_components.data.atomic import atomic_path, atomic_write_text, save_nifti
 from custom_components.data.brain_mask import BrainMaskError, check_brain_mask, infer_brain_mask

@@ -98,7 +98,7 @@ class ClasswisePerceptualLoss(_Loss):
     def class_vectors(self, image: torch.Tensor, label: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per level, the masked-GAP class vectors ``(B, K, C_i)`` and presence flags ``(B, K)`` of images.
 
-        The same features the loss compares (used by :mod:`custom_components.realism` for Frechet distances).
+        The same features the loss compares (used by :mod:`custom_components.quality.realism` for Frechet distances).
 
         Args:
             image: ``(B, C, *spatial)``.

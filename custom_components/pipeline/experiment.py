@@ -216,7 +216,7 @@ class Experiment:
             )
 
         def prepare() -> None:
-            from custom_components.data.healthy_prep import prepare_healthy
+            from custom_components.synthesis.healthy_prep import prepare_healthy
 
             prepare_healthy(
                 self.raw_healthy,
@@ -240,7 +240,7 @@ class Experiment:
 
     def reference(self) -> Path:
         """The ``reference`` override, else the real datalist (prepare-healthy then chooses its first training
-        case's T1-weighted image and logs it; see :func:`~custom_components.data.healthy_prep.choose_reference`)."""
+        case's T1-weighted image and logs it; see :func:`~custom_components.synthesis.healthy_prep.choose_reference`)."""
         return Path(self.cfg["reference"]) if self.cfg["reference"] else self.real_datalist
 
     # ---- bundle stages ------------------------------------------------------------------------------

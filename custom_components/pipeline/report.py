@@ -138,7 +138,7 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 def realism_rows(realism: Mapping[str, Mapping]) -> list[list[str]]:
     """Rows of the realism table (header first): one per synthetic method, from
-    :func:`custom_components.realism.realism_scores` results (their ``summary``)."""
+    :func:`custom_components.quality.realism.realism_scores` results (their ``summary``)."""
     rows = [
         [
             "Method",
@@ -223,7 +223,7 @@ REFINEMENT_NOTE = (
 
 def refinement_rows(change: Mapping[str, float]) -> list[list[str]]:
     """Rows of the refinement table (header first) from
-    :func:`custom_components.tf_gan_refine.summarise_change`."""
+    :func:`custom_components.synthesis.tf_gan.summarise_change`."""
     return [
         [
             "outside m_roi: mean abs change",
@@ -274,10 +274,10 @@ def write_report(
         notes: paragraphs printed under the heading (data, sizes, caveats).
         montages: QC PNGs per synthesis method, shown under the table.
         baseline: reference arm for the differences and t-tests.
-        realism: realism results per synthetic method (:func:`custom_components.realism.realism_scores`);
+        realism: realism results per synthetic method (:func:`custom_components.quality.realism.realism_scores`);
             a table and ``realism.png`` next to the Dice table.
         warnings: caveats shown in a "Warnings" section above the table (e.g. MAS with one real case).
-        refinement: what TF-GAN's refinement changed (:func:`custom_components.tf_gan_refine.summarise_change`),
+        refinement: what TF-GAN's refinement changed (:func:`custom_components.synthesis.tf_gan.summarise_change`),
             a table beside the realism table.
     """
     out = Path(out_dir)

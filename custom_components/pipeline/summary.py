@@ -17,8 +17,8 @@ from custom_components.data.datalist import label_convention_of, read_datalist
 from custom_components.data.loader import load_datalist
 from custom_components.pipeline.config import ARMS
 from custom_components.pipeline.report import REGIONS, ArmResult, write_report
-from custom_components.qc import save_montage
-from custom_components.tf_gan_refine import summarise_change
+from custom_components.quality.qc import save_montage
+from custom_components.synthesis.tf_gan import summarise_change
 
 
 class Experiment(Protocol):
@@ -223,7 +223,7 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
     training cases, where the experiment has them. Empty when the evaluation section has no cases.
     """
     from custom_components.networks import FrozenEncoder
-    from custom_components.realism import RealismCase, load_cases, realism_scores
+    from custom_components.quality.realism import RealismCase, load_cases, realism_scores
 
     cfg, seg = exp.cfg, exp.cfg["seg"]
     mods = list(cfg["modalities"])

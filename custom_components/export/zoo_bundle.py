@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = PACKAGE_DIR.parent / "bundles"
 VENDOR_IMPORT = "$import scripts"
 # the config value that points at the weights in models/ (named in the exported README)

@@ -608,7 +608,7 @@ class TFAugCaseWriter:
         paths = self.case_paths(case)
         if int(case["case_index"]) >= self.qc_cases:
             return
-        from custom_components.qc import save_montage
+        from custom_components.quality.qc import save_montage
 
         save_montage(
             str(paths["image"][0]),

@@ -417,7 +417,7 @@ class SyntheticDatalistWriter:
         return out
 
     def _qc(self, case_id: str, out: Mapping[str, Any], item: Mapping[str, Any]) -> Path:
-        from custom_components.qc import save_montage
+        from custom_components.quality.qc import save_montage
 
         name = "refined" if self.stage == "tf_gan" else "pix2pix"
         return save_montage(

@@ -60,7 +60,7 @@ from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.datalist import case_id_of, is_nifti, nifti_stem, read_datalist, write_datalist
 from custom_components.data.discovery import BRAIN_MASK_SUFFIXES
 from custom_components.data.validation import check_brain_mask_grid
-from custom_components.qc import save_montage
+from custom_components.quality.qc import save_montage
 from custom_components.transforms.intensity import RescaleBrainIntensity
 
 logger = logging.getLogger(__name__)
