@@ -36,7 +36,7 @@ RETIRED = {
     "model_dir": "models_dir",
 }
 # configs that are overrides (only their differences) -> the configs they are loaded after
-OVERRIDES_OF = {"inference_pix2pix.yaml": ("inference.yaml",)}
+OVERRIDES_OF = {"inference_pix2pix.yaml": ("inference.yaml",), "train_pix2pix.yaml": ("train.yaml",)}
 # run aliases a workflow may define, all written as "@run"
 ALIASES = ("training", "inference", "evaluating")
 # MONAI's own tracking keys (`--tracking mlflow` fills them); no bundle defines its own
@@ -45,6 +45,14 @@ TRACKING = ("tracking", "tracking_uri", "experiment_name", "run_name", "save_exe
 
 def _load(bundle: str, name: str) -> dict:
     return yaml.safe_load((REPO / "bundles" / bundle / "configs" / name).read_text()) or {}
+
+
+def _merged(bundle: str, name: str) -> dict:
+    """A config with the configs it overrides loaded first (top-level keys, as MONAI merges files)."""
+    merged: dict = {}
+    for base in (*OVERRIDES_OF.get(name, ()), name):
+        merged.update(_load(bundle, base))
+    return merged
 
 
 def _configs(bundle: str) -> list[str]:
@@ -85,7 +93,7 @@ def test_no_retired_names_and_one_alias_form(bundle: str) -> None:
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_training_keys(bundle: str) -> None:
     for name in TRAIN_CONFIGS[bundle]:
-        config = _load(bundle, name)
+        config = _merged(bundle, name)
         assert isinstance(config.get("max_epochs"), int), f"{bundle}/configs/{name}: max_epochs"
         assert "resume_checkpoint" in config and config["resume_checkpoint"] is None, (
             f"{bundle}/configs/{name}: resume_checkpoint must default to null (a fresh run); resuming is explicit"
@@ -134,7 +142,7 @@ def test_training_writers_run_on_rank0_only(bundle: str) -> None:
     for name in TRAIN_CONFIGS[bundle]:
         writers = [
             c
-            for c in _components(_load(bundle, name))
+            for c in _components(_merged(bundle, name))
             if c["_target_"].rsplit(".", 1)[-1] in ("StatsHandler", "CheckpointSaver", "MetricsSaver")
             or c["_target_"].endswith(("Saver", "Writer"))
         ]

@@ -159,7 +159,7 @@ def test_pix2pix_to_server(server: MlflowServer, gan_data: dict[str, Path], tmp_
     overrides = train_overrides(gan_data, tmp_path, max_epochs=1)
     overrides.pop("output_dir")
     run_tracked(
-        "tf_gan", ["common.yaml", "train_pix2pix.yaml"], **overrides, bundle_root=str(tmp_path),
+        "tf_gan", ["common.yaml", "train.yaml", "train_pix2pix.yaml"], **overrides, bundle_root=str(tmp_path),
         tracking_uri=uri, experiment_name="pix2pix", run_name="tiny",
     )  # fmt: skip
     assert not (tmp_path / "runs" / "mlruns.db").exists()  # everything went to the server

@@ -24,7 +24,7 @@ from tests.bundle_utils import bundle_dir, run_workflow, validate_metadata, work
 BUNDLE = "tf_gan"
 TRAIN = ["common.yaml", "train.yaml"]
 INFER = ["common.yaml", "inference.yaml"]
-TRAIN_P2P = ["common.yaml", "train_pix2pix.yaml"]
+TRAIN_P2P = ["common.yaml", "train.yaml", "train_pix2pix.yaml"]
 INFER_P2P = ["inference.yaml", "inference_pix2pix.yaml"]
 SHAPE = (72, 68, 64)  # >= 64 per side: the six-level generator needs a 2-voxel bottleneck
 AFFINE = np.array([[-1.0, 0, 0, 40.0], [0, -1.0, 0, 30.0], [0, 0, 1.0, -20.0], [0, 0, 0, 1]])
@@ -188,6 +188,26 @@ def test_pix2pix_inference_is_an_override_of_inference() -> None:
     assert parser["prepare_batch"]["stage"] == parser["writer"]["stage"] == "pix2pix"
     assert parser.get_parsed_content("writer#output_dir") == "/b/runs/pix2pix"
     assert parser.get_parsed_content("writer#datalist_path") == "/b/runs/pix2pix/datalist.json"
+
+
+def test_pix2pix_training_is_an_override_of_training() -> None:
+    """train_pix2pix.yaml keeps only its differences from train.yaml, and merged after it trains the Pix2Pix
+    generator into <pix2pix_models_dir> with a PatchGAN, in pix2pix mode, without the lambda_c schedule."""
+    configs = bundle_dir(BUNDLE) / "configs"
+    train, override = (yaml.safe_load((configs / f).read_text()) for f in ("train.yaml", "train_pix2pix.yaml"))
+    same = {k for k in set(train) & set(override) if train[k] == override[k]}
+    assert not same, f"train_pix2pix.yaml repeats train.yaml's {sorted(same)}"
+    assert len((configs / "train_pix2pix.yaml").read_text().splitlines()) < 80
+    parser = ConfigParser()
+    parser.read_config([str(configs / f) for f in TRAIN_P2P])
+    parser["bundle_root"] = "/b"
+    assert parser.get_parsed_content("train_models_dir") == "/b/runs/models/pix2pix"
+    assert parser["train#trainer"]["mode"] == "pix2pix" and parser["train#trainer"]["real_data_loader"] is None
+    assert parser["train#trainer"]["checkpoint_dir"] == "@train_models_dir"
+    assert parser["discriminator"]["_target_"] == "PatchDiscriminator"
+    assert parser["trainer_handlers"][0]["_target_"] == "ParamSchedulerHandler"
+    assert parser["trainer_handlers"][0]["_disabled_"] is True
+    assert parser.get_parsed_content("lambda_global") == 0.0
 
 
 @pytest.mark.parametrize(("configs", "kind"), [(TRAIN, "train"), (TRAIN_P2P, "train")])

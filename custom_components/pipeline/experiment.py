@@ -432,7 +432,7 @@ class Experiment:
         train = self._bundle_stage(
             "pix2pix_train",
             "tf_gan",
-            ["common.yaml", "train_pix2pix.yaml"],
+            ["common.yaml", "train.yaml", "train_pix2pix.yaml"],
             {
                 **self._gan_common(),
                 "output_dir": str(train_dir),
