@@ -130,3 +130,27 @@ def test_data_is_the_bottom_layer() -> None:
         if not dep.startswith("custom_components.data")
     }
     assert not upward, sorted(upward)
+
+
+# the package's layers, bottom first (docs/architecture.md "Layers"); a module imports only its own layer and below
+LAYERS = (
+    ("data",),
+    ("transforms", "networks", "losses", "distributed"),
+    ("handlers", "engines"),
+    ("quality", "synthesis", "export"),
+    ("pipeline", "cli", "__main__"),
+)
+
+
+def test_imports_point_down_the_layers() -> None:
+    level = {sub: i for i, subs in enumerate(LAYERS) for sub in subs}
+    subpackages = {m.split(".")[1] for m in GRAPH if m.count(".") >= 1}
+    assert subpackages <= set(level), f"subpackages without a layer: {sorted(subpackages - set(level))}"
+    upward = sorted(
+        (module, dep)
+        for module, deps in GRAPH.items()
+        if module.count(".") >= 1
+        for dep in deps
+        if level[dep.split(".")[1]] > level[module.split(".")[1]]
+    )
+    assert not upward, upward
