@@ -205,7 +205,7 @@ def test_pix2pix_training_is_an_override_of_training() -> None:
     assert parser["train#trainer"]["mode"] == "pix2pix" and parser["train#trainer"]["real_data_loader"] is None
     assert parser["train#trainer"]["checkpoint_dir"] == "@train_models_dir"
     assert parser["discriminator"]["_target_"] == "PatchDiscriminator"
-    assert parser["trainer_handlers"][0]["_target_"] == "ParamSchedulerHandler"
+    assert parser["trainer_handlers"][0]["_target_"] == "custom_components.handlers.hinge_weight_schedule"
     assert parser["trainer_handlers"][0]["_disabled_"] is True
     assert parser.get_parsed_content("lambda_global") == 0.0
 

@@ -285,7 +285,7 @@ def test_adversarial_terms() -> None:
     assert adv.generator(out)[1].item() == 0.0
 
 
-# -- lambda_c schedule (MONAI's ParamSchedulerHandler, as the bundle configures it) --------------------
+# -- lambda_c schedule (hinge_weight_schedule: MONAI's ParamSchedulerHandler, as the bundle configures it) ----
 def _run_schedule(granularity: str, max_epochs: int = 3, epoch_length: int = 4) -> list[float]:
     from monai.bundle import ConfigParser
     from monai.handlers import ParamSchedulerHandler
@@ -413,3 +413,10 @@ def test_check_outputs_refuses_inputs_and_previous_runs(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="out.json"):
         check_outputs([item], tmp_path / "out", tmp_path / "out.json", ["t1n"], ckpt)
     assert check_outputs([item], tmp_path / "out", tmp_path / "out.json", ["t1n"], ckpt, overwrite=True)
+
+
+def test_lambda_schedule_refuses_an_unknown_step() -> None:
+    from custom_components.handlers import hinge_weight_schedule
+
+    with pytest.raises(ValueError, match="lambda_schedule must be one of"):
+        hinge_weight_schedule(Engine(lambda e, b: None), 10.0, 1.0, 2, None, [0, 1], per="batch")

@@ -1,6 +1,5 @@
-"""Ignite handlers: DSMA's MAS sample weights, the label writer, and the checkpoint savers and training guards.
-
-TF-GAN's lambda_c schedule is MONAI's ``ParamSchedulerHandler`` (linear), configured in tf_gan's train.yaml."""
+"""Ignite handlers: DSMA's MAS sample weights, the label writer, the checkpoint savers and training guards, and
+TF-GAN's lambda_c schedule (MONAI's linear ``ParamSchedulerHandler``, built by ``hinge_weight_schedule``)."""
 
 from custom_components.handlers.checkpoints import (
     BestModelSaver,
@@ -20,6 +19,7 @@ from custom_components.handlers.mas import (
     region_dice_per_sample,
 )
 from custom_components.handlers.save_labels import SegmentationWriter
+from custom_components.handlers.schedules import hinge_weight_schedule
 
 __all__ = [
     "BestModelSaver",
@@ -36,4 +36,5 @@ __all__ = [
     "mas_theta",
     "mas_weight",
     "region_dice_per_sample",
+    "hinge_weight_schedule",
 ]
