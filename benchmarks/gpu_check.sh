@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# First check on a CUDA machine, in under 5 minutes: the absolute throughput figures of dtss_mas_seg's phase 2
-# (benchmarks/bench_train_throughput.py on BraTS-size volumes, every arm) and one short training of each bundle
-# on the GPU (dtss_mas_seg two-phase DTSS + MAS, tf_aug, tf_gan; tf_aug's synthesis of two coarse cases is run
-# between the last two because tf_gan trains on them), on demo data made here.
+# First check on a CUDA machine, in under 5 minutes: one short training of each bundle on the GPU (dtss_mas_seg
+# two-phase DTSS + MAS, tf_aug, tf_gan; tf_aug's synthesis of two coarse cases runs between the last two because
+# tf_gan trains on them) on demo data made here, then the absolute throughput figures of dtss_mas_seg's phase 2
+# (benchmarks/bench_train_throughput.py on BraTS-size volumes, every arm) in what is left of the budget.
 #
 # Usage: bash benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--device cuda:0] [--budget SECONDS]
 #                                     [--num-workers "4"] [--iterations 6] [--python PYTHON]
@@ -41,7 +41,7 @@ while [[ $# -gt 0 ]]; do
     --iterations) ITERATIONS="$2"; shift 2 ;;
     --bench-args) BENCH_ARGS="$2"; shift 2 ;;
     --python) PYTHON="$2"; shift 2 ;;
-    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -53,6 +53,7 @@ SEG="$DEVICE"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 FAILED=0
+CHAIN_FAILED=0
 if [[ $DRY_RUN -eq 0 ]]; then mkdir -p "$OUT"; : > "$OUT/summary.txt"; fi
 
 # write a bundle overrides file (JSON); in a dry run print it instead
@@ -77,9 +78,9 @@ bundle_cmd() {  # bundle_cmd BUNDLE RUN_ID OVERRIDES_NAME CONFIG...
 }
 
 # run one step within what is left of the budget (and at most CAP seconds, "-": no cap of its own), logging to
-# logs/NAME.log and timing it
-step() {  # step NAME CAP CMD...
-  local name="$1" cap="$2"; shift 2
+# logs/NAME.log and timing it; a step of the bundle chain (CHAIN=1) is skipped once an earlier one failed
+step() {  # step NAME CAP CHAIN CMD...
+  local name="$1" cap="$2" chain="$3"; shift 3
   if [[ $DRY_RUN -eq 1 ]]; then
     printf '[%s] %s\n' "$name" "$(printf '%q ' "$@")"
     return 0
@@ -87,8 +88,8 @@ step() {  # step NAME CAP CMD...
   local now left t0 rc
   now=$(date +%s); left=$((BUDGET - (now - START)))
   if [[ "$cap" != "-" && $cap -lt $left ]]; then left=$cap; fi
-  if [[ $FAILED -ne 0 || $left -le 0 ]]; then
-    echo "$name: SKIPPED (an earlier step failed or the ${BUDGET} s budget is spent)" | tee -a "$OUT/summary.txt"
+  if [[ $left -le 0 || ($chain -eq 1 && $CHAIN_FAILED -ne 0) ]]; then
+    echo "$name: SKIPPED (the ${BUDGET} s budget is spent or an earlier step it needs failed)" | tee -a "$OUT/summary.txt"
     FAILED=1
     return 0
   fi
@@ -107,6 +108,7 @@ step() {  # step NAME CAP CMD...
     echo "$name: FAILED ($why) after ${took} s; log: $LOGS/$name.log" | tee -a "$OUT/summary.txt"
     tail -n 30 "$LOGS/$name.log" >&2 || true
     FAILED=1
+    [[ $chain -eq 0 ]] || CHAIN_FAILED=1
   fi
 }
 
@@ -119,46 +121,46 @@ if [[ $DRY_RUN -eq 0 && "$DEVICE" == cuda* ]]; then
 fi
 echo "gpu_check: device $DEVICE, budget ${BUDGET} s, output $OUT"
 
-# 1. throughput of phase 2 per arm on BraTS-size volumes (the real case when ../shared/data has it, else phantoms)
-# (at most 180 s, so that the bundle trainings keep their time; the JSON keeps the runs finished by then)
-# shellcheck disable=SC2086  # NUM_WORKERS and BENCH_ARGS are word lists
-step throughput 180 "$PYTHON" "$REPO/benchmarks/bench_train_throughput.py" --device "$DEVICE" \
-  --arms baseline dtss dtss_mas carvemix tf --num-workers $NUM_WORKERS --iterations "$ITERATIONS" \
-  --size 240 240 155 --crop 128 --cases 4 --synthesis-samples 2 --timeout 90 --workdir "$OUT/throughput" \
-  --json "$OUT/throughput.json" $BENCH_ARGS
-
-# 2. demo data (phantom tumours, MNI152 healthy scans, 2 mm grid) and healthy scans prepared into its space
+# 1. demo data (phantom tumours, MNI152 healthy scans, 2 mm grid) and healthy scans prepared into its space
 [[ $DRY_RUN -eq 1 ]] || rm -rf "$DEMO"  # demo-data refuses to overwrite an earlier run's data
-step demo_data - "$PYTHON" -m custom_components demo-data --out "$DEMO" --n_healthy 1 --n_tumour 3 --spacing 2.0 --seed 0
-step prepare_healthy - "$PYTHON" -m custom_components prepare-healthy --healthy "$DEMO/healthy/datalist.json" \
+step demo_data - 1 "$PYTHON" -m custom_components demo-data --out "$DEMO" --n_healthy 1 --n_tumour 3 --spacing 2.0 --seed 0
+step prepare_healthy - 1 "$PYTHON" -m custom_components prepare-healthy --healthy "$DEMO/healthy/datalist.json" \
   --reference "$DEMO/tumour/datalist.json" --out "$OUT/prepared" --qc False --overwrite True
 
-# 3. dtss_mas_seg: one phase-1 epoch, then one phase-2 epoch with DTSS + MAS (its model is TF's encoder F)
+# 2. dtss_mas_seg: one phase-1 epoch, then one phase-2 epoch with DTSS + MAS (its model is TF's encoder F)
 overrides seg "{\"datalist\": \"$DEMO/tumour/datalist.json\", \"output_dir\": \"$OUT/seg\", \"modalities\": [\"t1n\"],
   \"filters\": [8, 16, 32, 64], \"crop_size\": [64, 64, 64], \"batch_size\": 2, \"num_workers\": 2,
   \"device\": \"$SEG\", \"max_epochs\": 2, \"phase2_start_epoch\": 1, \"val_interval\": 2, \"overwrite\": true}"
 bundle_cmd dtss_mas_seg training seg common.yaml train.yaml
-step dtss_mas_seg_train - "${CMD[@]}"
+step dtss_mas_seg_train - 1 "${CMD[@]}"
 
-# 4. tf_aug: learn the class-wise intensities through F (2 epochs), then fabricate 2 coarse cases
+# 3. tf_aug: learn the class-wise intensities through F (2 epochs), then fabricate 2 coarse cases
 TF_AUG="\"healthy_datalist\": \"$OUT/prepared/datalist.json\", \"real_datalist\": \"$DEMO/tumour/datalist.json\",
   \"modalities\": [\"t1n\"], \"encoder_checkpoint\": \"$OUT/seg/models/model.pt\", \"encoder_filters\": [8, 16, 32, 64],
   \"output_dir\": \"$OUT/tf_aug\", \"device\": \"$SEG\", \"num_workers\": 2, \"crop_size\": [64, 64, 64]"
 overrides tf_aug_train "{$TF_AUG, \"max_epochs\": 2, \"pairs_per_epoch\": 2, \"overwrite\": true}"
 bundle_cmd tf_aug training tf_aug_train common.yaml train.yaml
-step tf_aug_train - "${CMD[@]}"
+step tf_aug_train - 1 "${CMD[@]}"
 overrides tf_aug_synthesise "{$TF_AUG, \"num_cases\": 2, \"qc_cases\": 1, \"overwrite\": true}"
 bundle_cmd tf_aug run tf_aug_synthesise common.yaml inference.yaml
-step tf_aug_synthesise - "${CMD[@]}"
+step tf_aug_synthesise - 1 "${CMD[@]}"
 
-# 5. tf_gan: 2 epochs of 2 iterations of adversarial refinement on the coarse cases (64^3 patches)
+# 4. tf_gan: 2 epochs of 2 iterations of adversarial refinement on the coarse cases (64^3 patches)
 overrides tf_gan_train "{\"coarse_datalist\": \"$OUT/tf_aug/coarse/datalist.json\",
   \"real_datalist\": \"$DEMO/tumour/datalist.json\", \"modalities\": [\"t1n\"], \"output_dir\": \"$OUT/tf_gan\",
   \"encoder_checkpoint\": \"$OUT/seg/models/model.pt\", \"encoder_filters\": [8, 16, 32, 64],
   \"patch_size\": [64, 64, 64], \"gen_channels\": [8, 8, 8, 8, 8, 8], \"disc_channels\": [8, 8, 8, 8, 8],
   \"max_epochs\": 2, \"epoch_length\": 2, \"device\": \"$SEG\", \"num_workers\": 2, \"overwrite\": true}"
 bundle_cmd tf_gan training tf_gan_train common.yaml train.yaml
-step tf_gan_train - "${CMD[@]}"
+step tf_gan_train - 1 "${CMD[@]}"
+
+# 5. throughput of phase 2 per arm on BraTS-size volumes (the real case when ../shared/data has it, else phantoms),
+# last, with what is left of the budget (the JSON keeps the runs finished by then)
+# shellcheck disable=SC2086  # NUM_WORKERS and BENCH_ARGS are word lists
+step throughput - 0 "$PYTHON" "$REPO/benchmarks/bench_train_throughput.py" --device "$DEVICE" \
+  --arms baseline dtss dtss_mas carvemix tf --num-workers $NUM_WORKERS --iterations "$ITERATIONS" \
+  --size 240 240 155 --crop 128 --cases 4 --synthesis-samples 2 --timeout 90 --workdir "$OUT/throughput" \
+  --json "$OUT/throughput.json" $BENCH_ARGS
 
 if [[ $DRY_RUN -eq 1 ]]; then
   exit 0

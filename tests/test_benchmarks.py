@@ -48,8 +48,8 @@ def test_gpu_check_dry_run_lists_every_step(tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     steps = {line.split("]")[0][1:]: line for line in lines if line.startswith("[")}
     assert list(steps) == [
-        "throughput", "demo_data", "prepare_healthy", "dtss_mas_seg_train", "tf_aug_train", "tf_aug_synthesise",
-        "tf_gan_train",
+        "demo_data", "prepare_healthy", "dtss_mas_seg_train", "tf_aug_train", "tf_aug_synthesise", "tf_gan_train",
+        "throughput",
     ]  # fmt: skip
     bench = steps["throughput"]
     assert "bench_train_throughput.py" in bench and "--device cuda:0" in bench
