@@ -13,7 +13,8 @@ workers, each (arm, num_workers) in its own process (so that its peak memory is 
   in the internal label convention, standing in for TF's refined datalist; one per real case and epoch).
 
 Every run starts phase 2 at once (``phase2_start_epoch: 0``, fresh initialisation), never validates
-(``val_interval`` beyond ``max_epochs``) and writes into its own folder. Data: BraTS-size volumes (default
+(``val_interval`` beyond ``max_epochs``), fills its caches with one thread (MONAI 1.6.1's image reader is not
+thread-safe: see ``arm_overrides``) and writes into its own folder. Data: BraTS-size volumes (default
 240 x 240 x 155). With ``--data auto`` the real case in ``../shared/data`` is used (``--cases`` items listing its
 files) when the size is BraTS's and the case is present, else full-size PHANTOMS are generated: a brain-shaped
 ellipsoid with smooth tissue texture and one glioma-like lesion (necrotic core, enhancing rim, oedema), four
@@ -257,6 +258,12 @@ def arm_overrides(arm: str, args: argparse.Namespace, data: dict[str, Any], out:
         "skip_checks": True,
         "val_interval": epochs + 1,
         "checkpoint_interval": epochs + 1,
+        # the caches are filled by one thread (setup only; the DataLoader workers are processes and read the cache):
+        # MONAI 1.6.1's NibabelReader keeps the file names of its last read() on the shared instance, so two
+        # threads loading at once can give a 4-file image only its first file (a 1-channel case, a failed run)
+        "train#real_dataset#num_workers": 0,
+        "train#synthetic_dataset#num_workers": 0,
+        "validate#dataset#num_workers": 0,
     }
 
 

@@ -125,6 +125,7 @@ def test_arm_overrides_switch_one_method_each(bench: ModuleType, tmp_path: Path)
         assert o["phase2_start_epoch"] == 0 and o["init_checkpoint"] is None and o["max_epochs"] == 2
         assert o["val_interval"] > o["max_epochs"]  # no validation inside the measurement
         assert o["crop_size"] == [64, 64, 64] and o["num_workers"] == 2 and o["amp"] is False
+        assert o["train#real_dataset#num_workers"] == 0  # caches filled by one thread (MONAI reader race)
     with pytest.raises(ValueError, match="unknown arm"):
         bench.arm_overrides("pix2pix", args, data, tmp_path)
 
