@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -119,11 +119,16 @@ class CaseCache:
         """Whether the cache stores anything (``max_cases > 0``)."""
         return self.max_cases > 0
 
-    def get(self, key: Hashable) -> Any | None:
-        """The entry stored under ``key`` (now the most recently used), or ``None``."""
+    def get(self, key: Hashable, check: Callable[[Any], bool] | None = None) -> Any | None:
+        """The entry stored under ``key`` (now the most recently used), or ``None``.
+
+        Args:
+            key: the case's key.
+            check: called with the entry; when it returns False the entry is treated as absent (a miss).
+        """
         with self._lock:
             value = self._entries.get(key)
-            if value is None:
+            if value is None or (check is not None and not check(value)):
                 self.misses += 1
                 return None
             self._entries.move_to_end(key)

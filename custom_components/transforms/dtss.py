@@ -416,8 +416,8 @@ class DeformationTumorSynthesis(RandomizableTransform):
         if self.cache.enabled:
             key = label_digest(label_sp[box], label_sp.shape, box)
             image_digest = array_digest(crop, channel_min, channel_max)
-            cached = self.cache.get(key)
-            if cached is not None and cached.image_digest == image_digest:
+            cached = self.cache.get(key, check=lambda entry: entry.image_digest == image_digest)
+            if cached is not None:
                 return box, cached, crop, les, channel_min, channel_max
         # eq. 1: where monomers are seeded
         area, _ = deformation_area(les, self.shell_fraction)
