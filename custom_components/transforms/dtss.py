@@ -171,6 +171,29 @@ def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     return tuple(box)
 
 
+def _groups(pieces: Sequence[tuple[slice, ...]], reach: int, shape: Sequence[int]) -> list[tuple[slice, ...]]:
+    """Boxes of groups of ``pieces``: pieces whose boxes grown by ``reach`` overlap share a group.
+
+    Returns each group's bounding box grown by ``reach`` and clipped to ``shape``; the boxes of two groups
+    are more than ``2 * reach`` voxels apart along some axis.
+    """
+    groups = [tuple((b.start, b.stop) for b in piece) for piece in pieces]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                a, b = groups[i], groups[j]
+                if all(x0 < y1 + 2 * reach and y0 < x1 + 2 * reach for (x0, x1), (y0, y1) in zip(a, b, strict=True)):
+                    groups[i] = tuple((min(x0, y0), max(x1, y1)) for (x0, x1), (y0, y1) in zip(a, b, strict=True))
+                    del groups[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [grow_box(tuple(slice(x0, x1) for x0, x1 in g), reach, shape) for g in groups]
+
+
 @dataclass
 class DTSSCaseInvariants:
     """What DTSS computes once per real case (on the lesion's box, see :class:`DeformationTumorSynthesis`).
@@ -510,7 +533,13 @@ class DeformationTumorSynthesis(RandomizableTransform):
 
         les_sub = les[sub]
         grown_sub = support & ~les_sub
-        deformation = self.intensity_scale * self._blur(proto.reshape(n_ch, *sub_shape), grown_sub, support & les_sub)
+        pieces = [
+            tuple(slice(int(c.min()) - s.start, int(c.max()) + 1 - s.start) for c, s in zip(coords, sub, strict=True))
+            for coords in monomers
+        ]
+        deformation = self.intensity_scale * self._blur(
+            proto.reshape(n_ch, *sub_shape), grown_sub, support & les_sub, pieces
+        )
         deformation = deformation.reshape(n_ch, -1)
 
         # l of eqs. 4-5: the fused lesion region, in the box's flat order
@@ -528,21 +557,27 @@ class DeformationTumorSynthesis(RandomizableTransform):
         noise = rng.standard_normal((n_ch, region.size)) * (self.noise_std * inv.lesion_std[:, None])
         fused = fuse_image(crop[:, region].astype(np.float64), np.ones((1, region.size)), g_t, noise)
         if self.clip:
-            fused = np.clip(fused, channel_min[:, None], channel_max[:, None])
+            np.clip(fused, channel_min[:, None], channel_max[:, None], out=fused)
         img_c = out_img[(slice(None), *box)]  # a view: fused voxels are written through it
         img_c[:, region_3d] = fused.astype(out_img.dtype)
-        # eq. 3: new voxels take the class of the nearest real-lesion voxel
-        grown_3d = support_box & ~les
-        lab_view = out_lab_sp[box]
-        lab_view[grown_3d] = inv.near_class[np.flatnonzero(grown_3d)].astype(out_lab_sp.dtype)
+        # eq. 3: new voxels take the class of the nearest real-lesion voxel (all of them lie in the sub-box)
+        lab_view = out_lab_sp[box][sub]
+        lab_view[grown_sub] = inv.near_class.reshape(shape)[sub][grown_sub].astype(out_lab_sp.dtype)
 
-    def _blur(self, proto: np.ndarray, grown: np.ndarray, collided: np.ndarray) -> np.ndarray:
+    def _blur(
+        self, proto: np.ndarray, grown: np.ndarray, collided: np.ndarray, pieces: Sequence[tuple[slice, ...]]
+    ) -> np.ndarray:
         """Eq. 2, ``T = t (x) g(sigma)``, on the monomers' box (``t`` is zero outside the monomers).
 
         The box must reach ``ceil(4 sigma) + 1`` voxels beyond the monomers (or the array's edge), so
         the truncated Gaussian sees every non-zero voxel. With ``masked_blur`` the convolution is
         normalised within the grown voxels and within the collision voxels separately,
         ``T = g * (t m) / g * m`` on each part ``m``.
+
+        The Gaussian is computed on the box of each group of monomers instead of the whole box: a
+        voxel's value only depends on the voxels within the kernel's reach, so monomers farther apart than
+        twice the reach (``pieces``, the monomers' bounding boxes, are grouped accordingly) do not see
+        each other, and the values are those of the whole box.
         """
         if self.sigma == 0 or not (grown | collided).any():
             return proto
@@ -550,24 +585,25 @@ class DeformationTumorSynthesis(RandomizableTransform):
         def smooth(x: np.ndarray) -> np.ndarray:
             return ndimage.gaussian_filter(x, self.sigma, mode="constant", cval=0.0, truncate=4.0)
 
-        out = np.zeros_like(proto)
-        if not self.masked_blur:
-            for c in range(proto.shape[0]):
-                out[c] = smooth(proto[c])
-            return out
         reach = int(math.ceil(4.0 * self.sigma)) + 1
-        for part in (grown, collided):
-            tight = tight_box(part)
-            if tight is None:
+        out = np.zeros_like(proto)
+        for group in _groups(pieces, reach, proto.shape[1:]):
+            if not self.masked_blur:
+                for c in range(proto.shape[0]):
+                    out[(c, *group)] = smooth(proto[(c, *group)])
                 continue
-            # each part on its own box: the Gaussian of a part's masked values is zero beyond its reach,
-            # so the values on the part are those of the whole box
-            pbox = grow_box(tight, reach, part.shape)
-            part = part[pbox]
-            weight = smooth(part.astype(proto.dtype))[part]
-            for c in range(proto.shape[0]):
-                view = out[(c, *pbox)]
-                view[part] = smooth(np.where(part, proto[(c, *pbox)], 0.0))[part] / weight
+            for part in (grown[group], collided[group]):
+                tight = tight_box(part)
+                if tight is None:
+                    continue
+                # each part on its own box: the Gaussian of a part's masked values is zero beyond its reach
+                pbox = grow_box(tight, reach, part.shape)
+                part = part[pbox]
+                box = tuple(slice(g.start + p.start, g.start + p.stop) for g, p in zip(group, pbox, strict=True))
+                weight = smooth(part.astype(proto.dtype))[part]
+                for c in range(proto.shape[0]):
+                    view = out[(c, *box)]
+                    view[part] = smooth(np.where(part, proto[(c, *box)], 0.0))[part] / weight
         return out
 
     @staticmethod
