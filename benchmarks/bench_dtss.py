@@ -15,8 +15,8 @@ Prints, in one process:
 2. **Settings**: median per draw, uncached and cached, for 1 and 4 channels, numpy and torch inputs, the
    default iteration range and the paper's maximum of 10 monomers.
 
-The machine may be shared: every figure is a median of several draws, and the cached and uncached draws
-alternate so that both see the same load.
+The machine may be shared: times are CPU seconds of this process (one thread), every figure is a median of
+several draws, and the cached and uncached draws alternate so that both see the same load.
 
 Usage: ``python benchmarks/bench_dtss.py [--rounds 5] [--later 6] [--runs 5] [--phantom]``
 """
@@ -94,9 +94,10 @@ def phantom_case(
 
 
 def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+    """CPU seconds of this process spent in ``fn`` (one thread: the work itself, whatever else the machine runs)."""
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def _median(values: list[float]) -> float:
@@ -174,6 +175,7 @@ def main() -> int:
     print(f"load / make + label map + rescale: {time.perf_counter() - start:.2f} s (not included below)")
     print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     print(f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())} (cores: {os.cpu_count()})")
+    print("times: CPU seconds of this process (time.process_time), so other processes' load does not count")
 
     print(f"\n1. cache, {image.shape[0]} channels, numpy, iterations 3-10:")
     cache_benchmark(image, label, args.rounds, args.later)
