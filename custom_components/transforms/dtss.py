@@ -583,14 +583,15 @@ class DeformationTumorSynthesis(RandomizableTransform):
             return proto
 
         def smooth(x: np.ndarray) -> np.ndarray:
-            return ndimage.gaussian_filter(x, self.sigma, mode="constant", cval=0.0, truncate=4.0)
+            # spatial axes only: a (C, ...) array is C independent 3D Gaussians in one call
+            sigmas = (0.0,) * (x.ndim - 3) + (self.sigma,) * 3
+            return ndimage.gaussian_filter(x, sigmas, mode="constant", cval=0.0, truncate=4.0)
 
         reach = int(math.ceil(4.0 * self.sigma)) + 1
         out = np.zeros_like(proto)
         for group in _groups(pieces, reach, proto.shape[1:]):
             if not self.masked_blur:
-                for c in range(proto.shape[0]):
-                    out[(c, *group)] = smooth(proto[(c, *group)])
+                out[(slice(None), *group)] = smooth(proto[(slice(None), *group)])
                 continue
             for part in (grown[group], collided[group]):
                 tight = tight_box(part)
@@ -601,9 +602,8 @@ class DeformationTumorSynthesis(RandomizableTransform):
                 part = part[pbox]
                 box = tuple(slice(g.start + p.start, g.start + p.stop) for g, p in zip(group, pbox, strict=True))
                 weight = smooth(part.astype(proto.dtype))[part]
-                for c in range(proto.shape[0]):
-                    view = out[(c, *box)]
-                    view[part] = smooth(np.where(part, proto[(c, *box)], 0.0))[part] / weight
+                view = out[(slice(None), *box)]
+                view[:, part] = smooth(np.where(part, proto[(slice(None), *box)], 0.0))[:, part] / weight
         return out
 
     @staticmethod
