@@ -162,15 +162,6 @@ def _displacement_field(control: np.ndarray, size: int) -> np.ndarray:
     return np.stack([ndimage.map_coordinates(control[a], coords, order=1) for a in range(3)]).astype(np.float32)
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels, clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
-    return tuple(box)
-
-
 def _groups(pieces: Sequence[tuple[slice, ...]], reach: int, shape: Sequence[int]) -> list[tuple[slice, ...]]:
     """Boxes of groups of ``pieces``: pieces whose boxes grown by ``reach`` overlap share a group.
 
