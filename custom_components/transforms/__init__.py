@@ -2,10 +2,20 @@
 label conventions and intensity handling."""
 
 from custom_components.transforms.brain_mask import BrainMask, BrainMaskd
-from custom_components.transforms.carvemix import CarveMix, CarveMixd, carve_region, signed_distance
+from custom_components.transforms.carvemix import (
+    CarveMix,
+    CarveMixCaseInvariants,
+    CarveMixd,
+    carve_lambda,
+    carve_region,
+    signed_distance,
+    signed_distance_box,
+)
+from custom_components.transforms.case_cache import CaseCache
 from custom_components.transforms.dtss import (
     DeformationTumorSynthesis,
     DeformationTumorSynthesisd,
+    DTSSCaseInvariants,
     deformation_area,
     fuse_image,
     monomer_mask,
@@ -27,11 +37,14 @@ __all__ = [
     "BrainMask",
     "BrainMaskd",
     "CarveMix",
+    "CarveMixCaseInvariants",
     "CarveMixd",
+    "CaseCache",
     "ConvertToBratsRegions",
     "ConvertToBratsRegionsd",
     "DeformationTumorSynthesis",
     "DeformationTumorSynthesisd",
+    "DTSSCaseInvariants",
     "ApplySeeded",
     "ApplySeededd",
     "MapBratsLabels",
@@ -49,6 +62,7 @@ __all__ = [
     "SourceMask",
     "TumorMaskAugment",
     "TumorMaskAugmentd",
+    "carve_lambda",
     "carve_region",
     "deformation_area",
     "fuse_image",
@@ -57,4 +71,5 @@ __all__ = [
     "monomer_mask",
     "roi_mask",
     "signed_distance",
+    "signed_distance_box",
 ]

@@ -58,13 +58,19 @@ DTSS derives a new tumour from a real one, online during training:
    outside ``l`` are never written: image and label are bit-identical there.
 
 All work is done on the lesion's bounding box plus the largest monomer's reach, so a
-240x240x155 four-channel case takes a fraction of a second on one core.
+240x240x155 four-channel case takes a fraction of a second on one core. What depends only on the case
+(the deformation area, the nearest-lesion classes of the distance transform, the class voxel pools,
+the brain, the healthy reference and the lesion's standard deviation) is computed once per case and
+kept in an LRU cache (``cache_size`` cases, keyed by a digest of the label, checked against a digest
+of the image's box and channel range; :mod:`custom_components.transforms.case_cache`); each draw then
+works on the monomers' box only. Outputs do not depend on the cache.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -75,6 +81,7 @@ from monai.utils import convert_data_type, convert_to_dst_type
 from scipy import ndimage
 
 from custom_components.data.labels import INTERNAL_LABELS, TUMOUR_CLASSES
+from custom_components.transforms.case_cache import CaseCache, array_digest, grow_box, label_digest, tight_box
 
 RETAIN, OVERLAP, REDUCE = 0, 1, 2
 
@@ -155,13 +162,50 @@ def _displacement_field(control: np.ndarray, size: int) -> np.ndarray:
     return np.stack([ndimage.map_coordinates(control[a], coords, order=1) for a in range(3)]).astype(np.float32)
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels, clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + margin + 1, mask.shape[axis])))
-    return tuple(box)
+def _groups(pieces: Sequence[tuple[slice, ...]], reach: int, shape: Sequence[int]) -> list[tuple[slice, ...]]:
+    """Boxes of groups of ``pieces``: pieces whose boxes grown by ``reach`` overlap share a group.
+
+    Returns each group's bounding box grown by ``reach`` and clipped to ``shape``; the boxes of two groups
+    are more than ``2 * reach`` voxels apart along some axis.
+    """
+    groups = [tuple((b.start, b.stop) for b in piece) for piece in pieces]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                a, b = groups[i], groups[j]
+                if all(x0 < y1 + 2 * reach and y0 < x1 + 2 * reach for (x0, x1), (y0, y1) in zip(a, b, strict=True)):
+                    groups[i] = tuple((min(x0, y0), max(x1, y1)) for (x0, x1), (y0, y1) in zip(a, b, strict=True))
+                    del groups[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [grow_box(tuple(slice(x0, x1) for x0, x1 in g), reach, shape) for g in groups]
+
+
+@dataclass
+class DTSSCaseInvariants:
+    """What DTSS computes once per real case (on the lesion's box, see :class:`DeformationTumorSynthesis`).
+
+    Attributes:
+        image_digest: SHA-256 of the image's box and channel range these values were computed from.
+        area_idx: flat box indices of the deformation area (eq. 1), int32.
+        near_class: per box voxel, the class of its nearest real-lesion voxel (the EDT's indices), uint8.
+        class_voxels: per tumour class, flat box indices of the real lesion's voxels of that class, int32.
+        brain: brain of the box (voxels above the channel minimum in some channel, or lesion).
+        healthy: per channel, the healthy-tissue reference ``h``.
+        lesion_std: per channel, the standard deviation of the real lesion's intensities.
+    """
+
+    image_digest: bytes
+    area_idx: np.ndarray
+    near_class: np.ndarray
+    class_voxels: dict[int, np.ndarray]
+    brain: np.ndarray
+    healthy: np.ndarray
+    lesion_std: np.ndarray
 
 
 class DeformationTumorSynthesis(RandomizableTransform):
@@ -190,6 +234,10 @@ class DeformationTumorSynthesis(RandomizableTransform):
         clip: clip fused voxels to each channel's input range.
         masked_blur: blur the prototype by normalised convolution within the grown voxels and
             within the collision voxels (default), instead of a plain convolution of ``t``.
+        cache_size: how many cases' invariants (:class:`DTSSCaseInvariants`: deformation area,
+            nearest-lesion classes, class voxel pools, brain, healthy reference, lesion standard
+            deviation) this transform keeps, least recently used evicted first; 0 recomputes them
+            on every call. Outputs are the same either way.
     """
 
     def __init__(
@@ -207,6 +255,7 @@ class DeformationTumorSynthesis(RandomizableTransform):
         intensity_scale: float = 1.0,
         clip: bool = True,
         masked_blur: bool = True,
+        cache_size: int = 16,
     ) -> None:
         RandomizableTransform.__init__(self, prob)
         r_min, r_max = (float(r) for r in radius_range)
@@ -243,6 +292,7 @@ class DeformationTumorSynthesis(RandomizableTransform):
         self.intensity_scale = float(intensity_scale)
         self.clip = bool(clip)
         self.masked_blur = bool(masked_blur)
+        self.cache = CaseCache(cache_size)
         # half-width of a monomer's patch: the farthest a deformed monomer voxel can be from its seed
         self.patch_half = int(math.ceil(r_max + self.elastic_magnitude))
         self._n_monomers = 0
@@ -294,7 +344,7 @@ class DeformationTumorSynthesis(RandomizableTransform):
         """
         image_np = convert_data_type(img, np.ndarray)[0]
         label_np = convert_data_type(label, np.ndarray)[0]
-        label_sp = self.check_inputs(image_np, label_np)
+        label_sp, lesion, tight = self._check(image_np, label_np)
         if randomize:
             self.randomize()
         if not self._do_transform:
@@ -302,16 +352,41 @@ class DeformationTumorSynthesis(RandomizableTransform):
         dtype = image_np.dtype if np.issubdtype(image_np.dtype, np.floating) else np.float32
         out_img = image_np.astype(dtype, copy=True)
         out_lab = label_np.copy()
-        self._synthesise(out_img, out_lab.reshape(label_sp.shape), label_sp)
+        self._synthesise(out_img, out_lab.reshape(label_sp.shape), label_sp, lesion, tight)
         out_img_t = convert_to_dst_type(out_img, img, dtype=out_img.dtype)[0]
         out_lab_t = convert_to_dst_type(out_lab, label, dtype=out_lab.dtype)[0]
         return out_img_t, out_lab_t
+
+    def warm(self, img: NdarrayOrTensor, label: NdarrayOrTensor) -> DTSSCaseInvariants:
+        """Compute (or fetch) the case's invariants and keep them in the cache, without drawing.
+
+        A process that forks DataLoader workers can warm the cache with the real cases first: every
+        worker then starts with the parent's entries (copy-on-write).
+
+        Args:
+            img: image (C, H, W, D) as given to ``__call__``.
+            label: label (1, H, W, D) or (H, W, D) as given to ``__call__``.
+        """
+        image_np = convert_data_type(img, np.ndarray)[0]
+        label_sp, lesion, tight = self._check(image_np, convert_data_type(label, np.ndarray)[0])
+        dtype = image_np.dtype if np.issubdtype(image_np.dtype, np.floating) else np.float32
+        image_np = image_np.astype(dtype, copy=False)
+        return self._case(image_np, label_sp, lesion, tight)[1]
 
     @staticmethod
     def check_inputs(image: NdarrayOrTensor, label: NdarrayOrTensor) -> np.ndarray:
         """Validate shapes and label values (ValueError); return the label as numpy without its channel axis."""
         image = convert_data_type(image, np.ndarray)[0]
         label = convert_data_type(label, np.ndarray)[0]
+        return DeformationTumorSynthesis._check(image, label)[0]
+
+    @staticmethod
+    def _check(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
+        """:meth:`check_inputs` on numpy arrays; also returns the lesion mask and its bounding box.
+
+        The label's values are checked on the bounding box of its non-zero voxels (everything outside
+        is 0), which gives the same verdict and the same [min, max] as a pass over the whole volume.
+        """
         if image.ndim != 4:
             raise ValueError(f"DTSS needs a channel-first 3D image (C, H, W, D), got shape {image.shape}")
         if label.shape == (1, *image.shape[1:]):
@@ -323,122 +398,203 @@ class DeformationTumorSynthesis(RandomizableTransform):
                 f"DTSS needs a label of shape (1, H, W, D) or (H, W, D) on the image's grid "
                 f"{tuple(image.shape[1:])}, got {label.shape}"
             )
-        lo, hi = float(label_sp.min()), float(label_sp.max())
-        fractional = np.issubdtype(label_sp.dtype, np.floating) and not np.array_equal(label_sp, np.round(label_sp))
+        nonzero = label_sp != 0
+        tight = tight_box(nonzero)
+        if tight is None:
+            raise ValueError("DTSS needs a tumour to deform: the label has no tumour voxels (all background)")
+        values = label_sp[tight]
+        lo, hi = float(values.min()), float(values.max())
+        if values.size < label_sp.size:  # zeros outside the box
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+        fractional = np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values))
         if lo < 0 or hi > max(INTERNAL_LABELS) or fractional:
             raise ValueError(
                 f"DTSS needs labels in the internal convention {INTERNAL_LABELS} (values in [{lo}, {hi}] found); "
                 "map BraTS labels first with MapBratsLabelsd"
             )
-        if hi == 0:
-            raise ValueError("DTSS needs a tumour to deform: the label has no tumour voxels (all background)")
-        return label_sp
+        return label_sp, nonzero, tight
 
-    def _synthesise(self, out_img: np.ndarray, out_lab_sp: np.ndarray, label_sp: np.ndarray) -> None:
-        """Write the derived case into ``out_img`` / ``out_lab_sp`` (copies of the inputs), in place."""
-        n_ch = out_img.shape[0]
-        lesion_full = label_sp > 0
-        channel_min = out_img.reshape(n_ch, -1).min(axis=1)
-        channel_max = out_img.reshape(n_ch, -1).max(axis=1)
-        box = _bounding_box(lesion_full, self.patch_half + 1)
-        img_c = out_img[(slice(None), *box)]  # a view: fused voxels are written through it
-        lab_c = label_sp[box].astype(np.int64)
+    def _case(
+        self, image: np.ndarray, label_sp: np.ndarray, lesion_full: np.ndarray, tight: tuple[slice, ...]
+    ) -> tuple[tuple[slice, ...], DTSSCaseInvariants, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The case's box, its invariants (from the cache when the label and image match), the box's
+        image values (C, N) in the image's dtype and the channel minimum and maximum."""
+        n_ch = image.shape[0]
+        flat = image.reshape(n_ch, -1)
+        channel_min, channel_max = flat.min(axis=1), flat.max(axis=1)
+        box = grow_box(tight, self.patch_half + 1, lesion_full.shape)
         les = lesion_full[box]
         shape = les.shape
-        brain = (img_c > channel_min[:, None, None, None]).any(axis=0) | les
-
+        crop = np.ascontiguousarray(image[(slice(None), *box)]).reshape(n_ch, -1)
+        key = image_digest = b""
+        if self.cache.enabled:
+            key = label_digest(label_sp[box], label_sp.shape, box)
+            image_digest = array_digest(crop, channel_min, channel_max)
+            cached = self.cache.get(key, check=lambda entry: entry.image_digest == image_digest)
+            if cached is not None:
+                return box, cached, crop, les, channel_min, channel_max
         # eq. 1: where monomers are seeded
         area, _ = deformation_area(les, self.shell_fraction)
-        area_idx = np.flatnonzero(area)
         # nearest real-lesion voxel of every voxel (class of new voxels) and distance to the lesion
         dist_out, nearest = ndimage.distance_transform_edt(~les, return_indices=True)
         nearest_flat = np.ravel_multi_index(tuple(nearest), shape).ravel()
-
-        img_flat = img_c.reshape(n_ch, -1).astype(np.float64)
-        lab_flat = lab_c.ravel()
+        lab_flat = label_sp[box].astype(np.int64).ravel()
         les_flat = les.ravel()
-        class_voxels = {c: np.flatnonzero(lab_flat == c) for c in TUMOUR_CLASSES}
-        healthy = self._healthy_reference(img_flat, les_flat, brain.ravel(), dist_out.ravel(), channel_min)
-        lesion_std = img_flat[:, les_flat].std(axis=1)
+        brain = (crop.reshape(n_ch, *shape) > channel_min[:, None, None, None]).any(axis=0) | les
+        img_flat = crop.astype(np.float64)
+        inv = DTSSCaseInvariants(
+            image_digest=image_digest,
+            area_idx=np.flatnonzero(area).astype(np.int32),
+            near_class=lab_flat[nearest_flat].astype(np.uint8),
+            class_voxels={c: np.flatnonzero(lab_flat == c).astype(np.int32) for c in TUMOUR_CLASSES},
+            brain=brain,
+            healthy=self._healthy_reference(img_flat, les_flat, brain.ravel(), dist_out.ravel(), channel_min),
+            lesion_std=img_flat[:, les_flat].std(axis=1),
+        )
+        self.cache.put(key, inv)
+        return box, inv, crop, les, channel_min, channel_max
 
-        rng = np.random.default_rng(self._texture_seed)
-        proto = np.zeros((n_ch, les.size))  # the tumour prototype t, flattened
-        support = np.zeros(les.size, dtype=bool)
+    def _synthesise(
+        self,
+        out_img: np.ndarray,
+        out_lab_sp: np.ndarray,
+        label_sp: np.ndarray,
+        lesion_full: np.ndarray,
+        tight: tuple[slice, ...],
+    ) -> None:
+        """Write the derived case into ``out_img`` / ``out_lab_sp`` (copies of the inputs), in place.
+
+        Works on the lesion's box; the per-case values come from :meth:`_case`, the draws are applied
+        on the monomers' box. The arithmetic is the same as on the whole box: only voxels that can
+        change are computed.
+        """
+        n_ch = out_img.shape[0]
+        box, inv, crop, les, channel_min, channel_max = self._case(out_img, label_sp, lesion_full, tight)
+        shape = les.shape
+        les_flat = les.ravel()
+
+        # the monomers' voxels (box coordinates), in drawing order; no random numbers are used here
         half, size = self.patch_half, 2 * self.patch_half + 1
+        monomers = []
         for k in range(self._n_monomers):
-            origin = np.unravel_index(area_idx[int(self._seed_positions[k] * area_idx.size)], shape)
+            origin = np.unravel_index(inv.area_idx[int(self._seed_positions[k] * inv.area_idx.size)], shape)
             mono = monomer_mask(self._radii[k], _displacement_field(self._controls[k], size))
             # the patch around the seed, clipped to the box
-            lo = [max(s - half, 0) for s in origin]
-            hi = [min(s + half + 1, n) for s, n in zip(origin, shape, strict=True)]
+            lo = [max(int(s) - half, 0) for s in origin]
+            hi = [min(int(s) + half + 1, n) for s, n in zip(origin, shape, strict=True)]
             patch = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
             local = tuple(slice(a - s + half, b - s + half) for a, b, s in zip(lo, hi, origin, strict=True))
-            mono = mono[local] & brain[patch]
-            centre = tuple(s - a for s, a in zip(origin, lo, strict=True))
+            mono = mono[local] & inv.brain[patch]
+            centre = tuple(int(s) - a for s, a in zip(origin, lo, strict=True))
             mono[centre] = True
             parts, _ = ndimage.label(mono)
             mono = parts == parts[centre]
-            coords = np.nonzero(mono)
-            idx = np.ravel_multi_index(tuple(c + a for c, a in zip(coords, lo, strict=True)), shape)
+            monomers.append(tuple(c + a for c, a in zip(np.nonzero(mono), lo, strict=True)))
+
+        # the prototype lives on the monomers' box grown by the blur's reach (zero elsewhere)
+        margin = int(math.ceil(4.0 * self.sigma)) + 1 if self.sigma > 0 else 0
+        sub = grow_box(
+            tuple(
+                slice(min(int(m[a].min()) for m in monomers), max(int(m[a].max()) for m in monomers) + 1)
+                for a in range(3)
+            ),
+            margin,
+            shape,
+        )
+        sub_shape = tuple(s.stop - s.start for s in sub)
+        rng = np.random.default_rng(self._texture_seed)
+        proto = np.zeros((n_ch, math.prod(sub_shape)))  # the tumour prototype t, flattened
+        support = np.zeros(sub_shape, dtype=bool)
+        for k, coords in enumerate(monomers):
+            idx = np.ravel_multi_index(coords, shape)
+            sidx = np.ravel_multi_index(tuple(c - s.start for c, s in zip(coords, sub, strict=True)), sub_shape)
             # texture: all channels of a random real-lesion voxel of the voxel's class
-            classes = lab_flat[nearest_flat[idx]]
+            classes = inv.near_class[idx]
             texture = np.empty((n_ch, idx.size))
             for c in np.unique(classes):
                 sel = classes == c
-                pool = class_voxels[int(c)]
-                texture[:, sel] = img_flat[:, pool[rng.integers(0, pool.size, size=int(sel.sum()))]]
+                pool = inv.class_voxels[int(c)]
+                texture[:, sel] = crop[:, pool[rng.integers(0, pool.size, size=int(sel.sum()))]]
             inside = les_flat[idx]
-            new = idx[~inside]
-            proto[:, new] = img_flat[:, new] - texture[:, ~inside]
+            proto[:, sidx[~inside]] = crop[:, idx[~inside]].astype(np.float64) - texture[:, ~inside]
             if self._actions[k] != RETAIN:
-                signal = self.collision_strength * (texture[:, inside] - healthy[:, None])
-                proto[:, idx[inside]] += -signal if self._actions[k] == OVERLAP else signal
-            support[idx] = True
+                signal = self.collision_strength * (texture[:, inside] - inv.healthy[:, None])
+                proto[:, sidx[inside]] += -signal if self._actions[k] == OVERLAP else signal
+            support[coords[0] - sub[0].start, coords[1] - sub[1].start, coords[2] - sub[2].start] = True
 
-        region = les_flat | support  # l of eqs. 4-5: the fused lesion region
-        grown = support & ~les_flat
+        les_sub = les[sub]
+        grown_sub = support & ~les_sub
+        pieces = [
+            tuple(slice(int(c.min()) - s.start, int(c.max()) + 1 - s.start) for c, s in zip(coords, sub, strict=True))
+            for coords in monomers
+        ]
         deformation = self.intensity_scale * self._blur(
-            proto.reshape(n_ch, *shape), grown.reshape(shape), (support & les_flat).reshape(shape)
+            proto.reshape(n_ch, *sub_shape), grown_sub, support & les_sub, pieces
         )
-        noise = np.zeros_like(proto)
-        noise[:, region] = rng.standard_normal((n_ch, int(region.sum()))) * (self.noise_std * lesion_std[:, None])
-        fused = fuse_image(img_flat, region[None].astype(np.float64), deformation.reshape(n_ch, -1), noise)
-        fused = fused[:, region]
+        deformation = deformation.reshape(n_ch, -1)
+
+        # l of eqs. 4-5: the fused lesion region, in the box's flat order
+        support_box = np.zeros(shape, dtype=bool)
+        support_box[sub] = support
+        region_3d = les | support_box
+        rc = np.nonzero(region_3d)
+        region = np.ravel_multi_index(rc, shape)
+        in_sub = np.ones(region.size, dtype=bool)
+        for a, s in enumerate(sub):
+            in_sub &= (rc[a] >= s.start) & (rc[a] < s.stop)
+        g_t = np.zeros((n_ch, region.size))
+        sub_idx = np.ravel_multi_index(tuple(c[in_sub] - s.start for c, s in zip(rc, sub, strict=True)), sub_shape)
+        g_t[:, in_sub] = deformation[:, sub_idx]
+        noise = rng.standard_normal((n_ch, region.size)) * (self.noise_std * inv.lesion_std[:, None])
+        fused = fuse_image(crop[:, region].astype(np.float64), np.ones((1, region.size)), g_t, noise)
         if self.clip:
-            fused = np.clip(fused, channel_min[:, None], channel_max[:, None])
-        region_3d = region.reshape(shape)
+            np.clip(fused, channel_min[:, None], channel_max[:, None], out=fused)
+        img_c = out_img[(slice(None), *box)]  # a view: fused voxels are written through it
         img_c[:, region_3d] = fused.astype(out_img.dtype)
-        # eq. 3: new voxels take the class of the nearest real-lesion voxel
-        lab_view = out_lab_sp[box]
-        lab_view[grown.reshape(shape)] = lab_flat[nearest_flat[grown]].astype(out_lab_sp.dtype)
+        # eq. 3: new voxels take the class of the nearest real-lesion voxel (all of them lie in the sub-box)
+        lab_view = out_lab_sp[box][sub]
+        lab_view[grown_sub] = inv.near_class.reshape(shape)[sub][grown_sub].astype(out_lab_sp.dtype)
 
-    def _blur(self, proto: np.ndarray, grown: np.ndarray, collided: np.ndarray) -> np.ndarray:
-        """Eq. 2, ``T = t (x) g(sigma)``, on the monomers' bounding box (``t`` is zero elsewhere).
+    def _blur(
+        self, proto: np.ndarray, grown: np.ndarray, collided: np.ndarray, pieces: Sequence[tuple[slice, ...]]
+    ) -> np.ndarray:
+        """Eq. 2, ``T = t (x) g(sigma)``, on the monomers' box (``t`` is zero outside the monomers).
 
-        With ``masked_blur`` the convolution is normalised within the grown voxels and within the
-        collision voxels separately, ``T = g * (t m) / g * m`` on each part ``m``.
+        The box must reach ``ceil(4 sigma) + 1`` voxels beyond the monomers (or the array's edge), so
+        the truncated Gaussian sees every non-zero voxel. With ``masked_blur`` the convolution is
+        normalised within the grown voxels and within the collision voxels separately,
+        ``T = g * (t m) / g * m`` on each part ``m``.
+
+        The Gaussian is computed on the box of each group of monomers instead of the whole box: a
+        voxel's value only depends on the voxels within the kernel's reach, so monomers farther apart than
+        twice the reach (``pieces``, the monomers' bounding boxes, are grouped accordingly) do not see
+        each other, and the values are those of the whole box.
         """
-        support = grown | collided
-        if self.sigma == 0 or not support.any():
+        if self.sigma == 0 or not (grown | collided).any():
             return proto
-        truncate = 4.0
-        sub = _bounding_box(support, int(math.ceil(truncate * self.sigma)) + 1)
 
         def smooth(x: np.ndarray) -> np.ndarray:
-            return ndimage.gaussian_filter(x, self.sigma, mode="constant", cval=0.0, truncate=truncate)
+            # spatial axes only: a (C, ...) array is C independent 3D Gaussians in one call
+            sigmas = (0.0,) * (x.ndim - 3) + (self.sigma,) * 3
+            return ndimage.gaussian_filter(x, sigmas, mode="constant", cval=0.0, truncate=4.0)
 
+        reach = int(math.ceil(4.0 * self.sigma)) + 1
         out = np.zeros_like(proto)
-        if not self.masked_blur:
-            for c in range(proto.shape[0]):
-                out[(c, *sub)] = smooth(proto[(c, *sub)])
-            return out
-        for part in (grown[sub], collided[sub]):
-            if not part.any():
+        for group in _groups(pieces, reach, proto.shape[1:]):
+            if not self.masked_blur:
+                out[(slice(None), *group)] = smooth(proto[(slice(None), *group)])
                 continue
-            weight = smooth(part.astype(proto.dtype))[part]
-            for c in range(proto.shape[0]):
-                view = out[(c, *sub)]
-                view[part] = smooth(np.where(part, proto[(c, *sub)], 0.0))[part] / weight
+            for part in (grown[group], collided[group]):
+                tight = tight_box(part)
+                if tight is None:
+                    continue
+                # each part on its own box: the Gaussian of a part's masked values is zero beyond its reach
+                pbox = grow_box(tight, reach, part.shape)
+                part = part[pbox]
+                box = tuple(slice(g.start + p.start, g.start + p.stop) for g, p in zip(group, pbox, strict=True))
+                weight = smooth(part.astype(proto.dtype))[part]
+                view = out[(slice(None), *box)]
+                view[:, part] = smooth(np.where(part, proto[(slice(None), *box)], 0.0))[:, part] / weight
         return out
 
     @staticmethod
@@ -469,8 +625,8 @@ class DeformationTumorSynthesisd(RandomizableTransform, MapTransform):
         label_key: key of the label (1, H, W, D) or (H, W, D), internal convention.
         prob: probability of synthesising a given sample.
         radius_range, iterations_range, sigma, noise_std, shell_fraction, elastic_magnitude,
-        elastic_grid, collision_probs, collision_strength, intensity_scale, clip, masked_blur: see
-            :class:`DeformationTumorSynthesis`.
+        elastic_grid, collision_probs, collision_strength, intensity_scale, clip, masked_blur,
+        cache_size: see :class:`DeformationTumorSynthesis`.
         flag_key: key set to True when the sample was synthesised (synthetic-sample flag).
         applied_key: key set to True / False: whether DTSS was applied to this sample.
         allow_missing_keys: return the sample unchanged (not applied) when a key is absent.
@@ -494,6 +650,7 @@ class DeformationTumorSynthesisd(RandomizableTransform, MapTransform):
         intensity_scale: float = 1.0,
         clip: bool = True,
         masked_blur: bool = True,
+        cache_size: int = 16,
         flag_key: str = "is_synthetic",
         applied_key: str = "dtss_applied",
         allow_missing_keys: bool = False,
@@ -519,7 +676,12 @@ class DeformationTumorSynthesisd(RandomizableTransform, MapTransform):
             intensity_scale=intensity_scale,
             clip=clip,
             masked_blur=masked_blur,
+            cache_size=cache_size,
         )
+
+    def warm(self, data: Mapping[Hashable, Any]) -> None:
+        """Fill the cache with the invariants of ``data``'s case (see :meth:`DeformationTumorSynthesis.warm`)."""
+        self.dtss.warm(data[self.image_key], data[self.label_key])
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
