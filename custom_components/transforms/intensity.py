@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.validation import check_brain_mask_grid
@@ -25,10 +25,6 @@ def _name_of(img: Any) -> str | None:
 def _affine_of(img: Any) -> np.ndarray | None:
     affine = getattr(img, "affine", None)
     return None if affine is None else np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine)
-
-
-def _numpy(img: Any) -> np.ndarray:
-    return img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
 
 
 class RescaleBrainIntensity(Transform):
@@ -77,11 +73,11 @@ class RescaleBrainIntensity(Transform):
         mask: optional brain mask ((1, *spatial) or (*spatial), non-zero = brain) on the image's grid; its shape
             (and, for MetaTensors, its affine) must match the image's.
         """
-        arr = _numpy(img)
+        arr = convert_to_numpy(img, wrap_sequence=True)
         if mask is None:
             brain = infer_brain_mask(arr[0].astype(np.float32), name=_name_of(img), check=self.check)
         else:
-            m = _numpy(mask)
+            m = convert_to_numpy(mask, wrap_sequence=True)
             m = m[0] if m.ndim == arr.ndim else m
             check_brain_mask_grid(
                 arr.shape[1:], _affine_of(img), m.shape, _affine_of(mask), _name_of(img), _name_of(mask)
