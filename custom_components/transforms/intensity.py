@@ -12,14 +12,8 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from custom_components.data.brain_mask import infer_brain_mask
+from custom_components.data.datalist import source_name
 from custom_components.data.validation import check_brain_mask_grid
-
-
-def _name_of(img: Any) -> str | None:
-    """The file a MetaTensor was loaded from, if known."""
-    meta = getattr(img, "meta", None)
-    name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
-    return str(name) if name else None
 
 
 def _affine_of(img: Any) -> np.ndarray | None:
@@ -75,12 +69,12 @@ class RescaleBrainIntensity(Transform):
         """
         arr = convert_to_numpy(img, wrap_sequence=True)
         if mask is None:
-            brain = infer_brain_mask(arr[0].astype(np.float32), name=_name_of(img), check=self.check)
+            brain = infer_brain_mask(arr[0].astype(np.float32), name=source_name(img), check=self.check)
         else:
             m = convert_to_numpy(mask, wrap_sequence=True)
             m = m[0] if m.ndim == arr.ndim else m
             check_brain_mask_grid(
-                arr.shape[1:], _affine_of(img), m.shape, _affine_of(mask), _name_of(img), _name_of(mask)
+                arr.shape[1:], _affine_of(img), m.shape, _affine_of(mask), source_name(img), source_name(mask)
             )
             brain = m > 0
         out = np.stack([self._channel(c.astype(np.float32), brain) for c in arr])

@@ -9,7 +9,6 @@ Bundles map labels to the internal convention when they load them
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,18 +17,10 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
+from custom_components.data.datalist import source_name
 from custom_components.data.labels import REGIONS, TUMOUR_CLASSES, check_convention, from_internal, to_internal
 
 REGION_NAMES: tuple[str, ...] = ("ET", "TC", "WT")
-
-
-def _source_name(img: Any) -> str | None:
-    """The file a MetaTensor was loaded from, if known (used to name the file in errors)."""
-    if isinstance(img, MetaTensor):
-        name = img.meta.get("filename_or_obj")
-        if isinstance(name, str | bytes) and name:
-            return str(name)
-    return None
 
 
 class MapBratsLabels(Transform):
@@ -63,7 +54,7 @@ class MapBratsLabels(Transform):
         try:
             out = from_internal(to_internal(arr, self.source), self.target)
         except ValueError as e:
-            name = _source_name(img)
+            name = source_name(img)
             raise ValueError(f"{name}: {e}" if name else str(e)) from e
         return convert_to_dst_type(out, img)[0]
 
@@ -127,7 +118,7 @@ class ConvertToBratsRegions(Transform):
             lab = img[0]
         elif img.ndim == 4:
             raise ValueError(
-                f"{_source_name(img) or 'label'}: expected a single-channel label, got shape {tuple(img.shape)}; "
+                f"{source_name(img) or 'label'}: expected a single-channel label, got shape {tuple(img.shape)}; "
                 "apply AsDiscrete(argmax=True) to multi-channel predictions first"
             )
         else:
@@ -150,7 +141,7 @@ class ConvertToBratsRegions(Transform):
                 int(v) if float(v).is_integer() else v for v in values.tolist() if v != 0 and v not in TUMOUR_CLASSES
             ]
             raise ValueError(
-                f"{_source_name(img) or 'label'}: values {bad} are not internal labels (0, 1, 2, 3); "
+                f"{source_name(img) or 'label'}: values {bad} are not internal labels (0, 1, 2, 3); "
                 "map the label with MapBratsLabels first"
             )
         return convert_to_dst_type(out, img, dtype=self.dtype)[0]

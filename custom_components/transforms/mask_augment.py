@@ -39,6 +39,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 
+from custom_components.data.datalist import source_name
 from custom_components.data.labels import TUMOUR_CLASSES, to_internal
 
 # nested BraTS regions used for resampling, outermost first: WT, TC, ET
@@ -434,7 +435,7 @@ class TumorMaskAugment(Randomizable, Transform):
             RuntimeError: when no acceptable mask was drawn in ``max_retries`` attempts.
         """
         if name is None and isinstance(brain_mask, MetaTensor):
-            name = str(brain_mask.meta.get("filename_or_obj", "") or "") or None
+            name = source_name(brain_mask)
         name = name or "brain mask"
         brain = None
         if brain_mask is not None:
@@ -549,9 +550,9 @@ class TumorMaskAugmentd(Randomizable, MapTransform):
         name = None
         image = d.get(self.image_key) if self.image_key else None
         if isinstance(image, MetaTensor):
-            name = str(image.meta.get("filename_or_obj", "") or "") or None
+            name = source_name(image)
         if name is None and isinstance(brain, MetaTensor):
-            name = str(brain.meta.get("filename_or_obj", "") or "") or None
+            name = source_name(brain)
         mask = self.augment(brain, randomize=True, name=name)
         d[self.label_key] = mask
         if self.roi_key is not None:
