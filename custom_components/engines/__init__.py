@@ -1,7 +1,7 @@
 """Ignite engines and their data where MONAI's do not fit: TF-GAN / Pix2Pix and TF-Aug training, DSMA's
 two-phase segmentation training."""
 
-from custom_components.engines.gan_trainer import TFGANTrainer, latest_checkpoint, loss_terms
+from custom_components.engines.gan_trainer import TFGANTrainer, loss_terms
 from custom_components.engines.seg_data import TwoPhaseDataset, load_synthetic_items
 from custom_components.engines.seg_trainer import (
     SegmentationTrainer,
@@ -20,7 +20,6 @@ __all__ = [
     "TwoPhaseLRLambda",
     "attach_handlers",
     "check_output_dir",
-    "latest_checkpoint",
     "load_synthetic_items",
     "loss_terms",
 ]

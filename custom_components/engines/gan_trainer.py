@@ -98,22 +98,6 @@ def _term(key: str) -> Callable[[Any], float]:
     return transform
 
 
-def latest_checkpoint(directory: str | os.PathLike, prefix: str = "checkpoint") -> str:
-    """The most recently written ``<prefix>*.pt`` file in ``directory`` (``""`` when there is none).
-
-    ``CheckpointSaver`` names interval checkpoints ``checkpoint_epoch=N.pt`` and the final (or on-error) one
-    ``checkpoint_final.pt``; the newest of them is where a rerun resumes.
-
-    Args:
-        directory: checkpoint folder (may not exist yet).
-        prefix: file name prefix of resumable checkpoints.
-    """
-    if not os.path.isdir(directory):
-        return ""
-    found = [os.path.join(directory, f) for f in os.listdir(directory) if f.startswith(prefix) and f.endswith(".pt")]
-    return max(found, key=lambda f: (os.path.getmtime(f), f)) if found else ""
-
-
 def discriminator_accuracy(real: Any, fake: Any) -> float:
     """Fraction of the discriminator's decisions that are right (logit > 0 on real, < 0 on generated), averaged
     over its heads (patch map, global) with each head's real and generated halves weighted equally. 0.5 is a

@@ -8,7 +8,7 @@ from custom_components.handlers.checkpoints import (
     TrainingGuardError,
     check_output_dir,
     guard_loss,
-    last_checkpoint,
+    latest_checkpoint,
     non_finite_tensors,
 )
 from custom_components.handlers.mas import (
@@ -27,7 +27,7 @@ __all__ = [
     "TrainingGuardError",
     "check_output_dir",
     "guard_loss",
-    "last_checkpoint",
+    "latest_checkpoint",
     "non_finite_tensors",
     "MASHandler",
     "SegmentationWriter",

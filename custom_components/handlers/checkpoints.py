@@ -37,7 +37,7 @@ __all__ = [
     "TrainingGuardError",
     "check_output_dir",
     "guard_loss",
-    "last_checkpoint",
+    "latest_checkpoint",
     "non_finite_tensors",
 ]
 
@@ -119,12 +119,20 @@ def non_finite_tensors(objects: Mapping[str, Any] | torch.nn.Module) -> list[str
     return bad
 
 
-def last_checkpoint(directory: str | os.PathLike | None, pattern: str = "checkpoint*.pt") -> str | None:
-    """The newest checkpoint file in ``directory`` (by modification time), or None."""
+def latest_checkpoint(directory: str | os.PathLike | None, pattern: str = "checkpoint*.pt") -> str:
+    """The most recently written checkpoint in ``directory`` (``""`` when there is none), where a rerun resumes.
+
+    ``CheckpointSaver`` names interval checkpoints ``checkpoint_epoch=N.pt`` and the final (or on-error) one
+    ``checkpoint_final.pt``.
+
+    Args:
+        directory: checkpoint folder (None or a missing folder: none).
+        pattern: glob of resumable checkpoints.
+    """
     if directory is None or not Path(directory).is_dir():
-        return None
+        return ""
     found = sorted(Path(directory).glob(pattern), key=lambda p: (p.stat().st_mtime_ns, p.name))
-    return str(found[-1]) if found else None
+    return str(found[-1]) if found else ""
 
 
 class BestModelSaver:
@@ -226,7 +234,7 @@ class SafeCheckpointSaver(CheckpointSaver):
         if reason:
             raise TrainingGuardError(
                 f"training stopped at epoch {engine.state.epoch}: {reason}; no checkpoint written. "
-                f"Last good checkpoint: {last_checkpoint(self.save_dir) or 'none'}"
+                f"Last good checkpoint: {latest_checkpoint(self.save_dir) or 'none'}"
             )
         super().interval_completed(engine)
         self.prune()
@@ -275,5 +283,5 @@ def guard_loss(loss: torch.Tensor, engine: Engine, cases: Sequence[str] | None, 
     raise TrainingGuardError(
         f"training stopped: non-finite loss ({float(loss.detach().float().mean())}) at epoch {engine.state.epoch}, "
         f"iteration {engine.state.iteration}; batch cases: {ids}. No weights were updated or written. "
-        f"Last good checkpoint: {last_checkpoint(checkpoint_dir) or 'none'}"
+        f"Last good checkpoint: {latest_checkpoint(checkpoint_dir) or 'none'}"
     )
