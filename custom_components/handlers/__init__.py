@@ -3,7 +3,6 @@
 TF-GAN's lambda_c schedule is MONAI's ``ParamSchedulerHandler`` (linear), configured in tf_gan's train.yaml."""
 
 from custom_components.handlers.checkpoints import (
-    BestModelSaver,
     SafeCheckpointSaver,
     TrainingGuardError,
     check_output_dir,
@@ -22,7 +21,6 @@ from custom_components.handlers.mas import (
 from custom_components.handlers.save_labels import SegmentationWriter
 
 __all__ = [
-    "BestModelSaver",
     "SafeCheckpointSaver",
     "TrainingGuardError",
     "check_output_dir",
