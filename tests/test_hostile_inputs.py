@@ -279,7 +279,7 @@ def _tiny_seg_model(path: Path, in_channels: int = 4) -> Path:
 
 
 def test_output_check_names_the_first_file_and_offers_overwrite(tmp_path: Path) -> None:
-    from custom_components.handlers import check_output_dir
+    from custom_components.handlers import OutputExistsError, check_output_dir
 
     folder = tmp_path / "eval"
     assert check_output_dir(folder, None, False, models=None, what="evaluation metrics") == folder  # no folder yet
@@ -287,8 +287,9 @@ def test_output_check_names_the_first_file_and_offers_overwrite(tmp_path: Path) 
     assert check_output_dir(folder, None, False, models=None, what="evaluation metrics") == folder
     for name in ("metrics_summary.csv", "metrics.json", "metrics_per_case.csv"):
         (folder / name).write_text(name)
-    with pytest.raises(FileExistsError) as err:
+    with pytest.raises(OutputExistsError) as err:  # a SystemExit: the process ends with the message, status 1
         check_output_dir(folder, None, False, models=None, what="evaluation metrics")
+    assert isinstance(err.value, SystemExit) and err.value.first == folder / "metrics.json"
     assert str(err.value) == (
         f"{folder}: an earlier run's evaluation metrics are there ({folder / 'metrics.json'} and 2 more); "
         "set overwrite=true to replace it, or choose another output folder"
@@ -297,7 +298,7 @@ def test_output_check_names_the_first_file_and_offers_overwrite(tmp_path: Path) 
     # training keeps its advice to resume
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "model.pt").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match=r"models are there \(.*model\.pt\); set resume_checkpoint"):
+    with pytest.raises(OutputExistsError, match=r"models are there \(.*model\.pt\); set resume_checkpoint"):
         check_output_dir(tmp_path)
 
 
@@ -319,9 +320,12 @@ def test_seg_rerun_into_an_earlier_runs_outputs_is_refused_unless_overwrite(
     assert before and files_under(out) == sorted(before)  # the workflow writes its folder only
     # the same run again: refused before anything is written, naming a file of the earlier run
     again = run_bundle("dtss_mas_seg", configs, overrides, tmp_path / "w2", run_id)
-    assert again.returncode != 0
-    assert f"{folder}: an earlier run's {what} are there ({min(before)}" in again.stderr, again.stderr[-3000:]
-    assert "set overwrite=true to replace it" in again.stderr
+    assert again.returncode == 1
+    # the refusal is the process's last line (no "Failed to evaluate" traceback after it)
+    last = again.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"{folder}: an earlier run's {what} are there ({min(before)}"), again.stderr[-3000:]
+    assert last.endswith("set overwrite=true to replace it, or choose another output folder")
+    assert "Traceback" not in again.stderr
     assert tree_hash(folder) == before  # the earlier outputs byte-identical, nothing added
     # overwrite: true replaces them
     forced = run_bundle("dtss_mas_seg", configs, {**overrides, "overwrite": True}, tmp_path / "w3", run_id)

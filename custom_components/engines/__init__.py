@@ -7,7 +7,6 @@ from custom_components.engines.seg_trainer import (
     SegmentationTrainer,
     TwoPhaseLRLambda,
     attach_handlers,
-    check_output_dir,
 )
 from custom_components.engines.tf_aug_trainer import ClasswiseIntensitySaver, TFAugTrainer
 
@@ -19,7 +18,6 @@ __all__ = [
     "TwoPhaseDataset",
     "TwoPhaseLRLambda",
     "attach_handlers",
-    "check_output_dir",
     "load_synthetic_items",
     "loss_terms",
 ]

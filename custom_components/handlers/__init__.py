@@ -3,6 +3,7 @@
 TF-GAN's lambda_c schedule is MONAI's ``ParamSchedulerHandler`` (linear), configured in tf_gan's train.yaml."""
 
 from custom_components.handlers.checkpoints import (
+    OutputExistsError,
     SafeCheckpointSaver,
     TrainingGuardError,
     check_output_dir,
@@ -21,6 +22,7 @@ from custom_components.handlers.mas import (
 from custom_components.handlers.save_labels import SegmentationWriter
 
 __all__ = [
+    "OutputExistsError",
     "SafeCheckpointSaver",
     "TrainingGuardError",
     "check_output_dir",

@@ -1,6 +1,6 @@
 """Checkpoints that survive interruptions: one overwrite rule, the best model kept across resumes, no NaN model.
 
-- :func:`check_output_dir` is the overwrite rule of every training workflow and of dtss_mas_seg's evaluation and
+- :func:`check_output_dir` is the one overwrite rule of every training workflow and of dtss_mas_seg's evaluation and
   inference: a run into a folder that already holds an earlier run's models (metrics, label maps) is refused
   unless it resumes (``resume_checkpoint``, training) or ``overwrite`` is set.
 - :class:`SafeCheckpointSaver` is MONAI's ``CheckpointSaver`` that writes atomically, keeps exactly the newest
@@ -30,6 +30,7 @@ from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
 __all__ = [
+    "OutputExistsError",
     "SafeCheckpointSaver",
     "TrainingGuardError",
     "check_output_dir",
@@ -55,6 +56,32 @@ class TrainingGuardError(SystemExit):
         super().__init__(message)
 
 
+class OutputExistsError(SystemExit):
+    """A run would write into a folder holding an earlier run's files; the message names the folder and its first file.
+
+    A ``SystemExit`` (status 1, message printed last to stderr), like ``InputCheckError``: MONAI wraps every
+    ``Exception`` of a config expression in a "Failed to evaluate" traceback, so ``python -m monai.bundle run``
+    would otherwise end with that instead of the refusal.
+
+    Args:
+        folder: the output folder.
+        first: its first file (sorted by name).
+        count: how many files it holds.
+        what: what the files are, for the message (``"models"``: a training run, which can also resume).
+    """
+
+    def __init__(self, folder: Path, first: Path, count: int, what: str = "models") -> None:
+        self.folder, self.first = folder, first
+        others = f" and {count - 1} more" if count > 1 else ""
+        resume = "set resume_checkpoint to continue it, " if what == "models" else "set "
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        super().__init__(
+            f"{folder}: an earlier run's {what} are there ({first}{others}); {resume}"
+            "overwrite=true to replace it, or choose another output folder"
+        )
+
+
 def check_output_dir(
     output_dir: str | os.PathLike,
     resume_checkpoint: str | None = None,
@@ -64,8 +91,9 @@ def check_output_dir(
 ) -> Path:
     """Refuse to write into a folder that already holds an earlier run's files, unless resuming or told to overwrite.
 
-    The overwrite rule of every workflow that writes a folder of results: training (its models), dtss_mas_seg
-    evaluation (its metrics) and inference (its label maps). Call it in ``initialize``, before anything is written.
+    The one overwrite rule of every bundle (``custom_components.handlers.check_output_dir`` in their configs):
+    training (its models), dtss_mas_seg evaluation (its metrics) and inference (its label maps). Call it in
+    ``initialize``, before anything is written.
 
     Args:
         output_dir: the run's output folder.
@@ -78,7 +106,7 @@ def check_output_dir(
         ``output_dir`` as a Path.
 
     Raises:
-        FileExistsError: naming the folder and its first file.
+        OutputExistsError: (a ``SystemExit``) naming the folder and its first file.
         FileNotFoundError: when ``resume_checkpoint`` is not a file.
     """
     out = Path(output_dir)
@@ -90,12 +118,7 @@ def check_output_dir(
     # files only: a sub-folder may hold another workflow's models (tf_gan's models/pix2pix)
     files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
     if not overwrite and files:
-        others = f" and {len(files) - 1} more" if len(files) > 1 else ""
-        resume = "set resume_checkpoint to continue it, " if what == "models" else "set "
-        raise FileExistsError(
-            f"{folder}: an earlier run's {what} are there ({files[0]}{others}); {resume}"
-            "overwrite=true to replace it, or choose another output folder"
-        )
+        raise OutputExistsError(folder, files[0], len(files), what)
     return out
 
 
