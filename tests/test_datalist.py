@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from custom_components.data import load_datalist
-from custom_components.data.datalist import read_datalist, write_datalist
+from custom_components.data.datalist import read_datalist, source_name, write_datalist
 
 
 def _datalist(tmp_path: Path) -> dict:
@@ -148,3 +148,21 @@ def test_label_convention_of() -> None:
         label_convention_of({"labels": "brats2021"}, "brats2023", source="d.json")
     with pytest.raises(ValueError, match="d.json: unknown label convention"):
         label_convention_of({"labels": "brats1999"}, source="d.json")
+
+
+def test_source_name_is_the_loaded_file() -> None:
+    import numpy as np
+    import torch
+    from monai.data import MetaTensor
+
+    assert source_name(MetaTensor(torch.zeros(1), meta={"filename_or_obj": "/d/t1.nii.gz"})) == "/d/t1.nii.gz"
+    # a collated batch records one name per item: the first is named
+    assert source_name(MetaTensor(torch.zeros(1), meta={"filename_or_obj": ["/d/a.nii", "/d/b.nii"]})) == "/d/a.nii"
+    for unknown in (
+        MetaTensor(torch.zeros(1)),
+        torch.zeros(1),
+        np.zeros(1),
+        None,
+        MetaTensor(torch.zeros(1), meta={"filename_or_obj": ""}),
+    ):
+        assert source_name(unknown) is None

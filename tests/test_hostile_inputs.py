@@ -215,8 +215,8 @@ def test_killed_training_resumes_and_keeps_the_best_model(inputs: dict[str, Any]
         except Exception:
             continue
     epoch = int(ckpt.stem.split("=")[1])
-    best = state["best_model"]
-    assert 1 <= best["best_epoch"] <= epoch and best["best_metric"] > 0
+    best = state["best_model"]  # the best-model saver's state: [(best validation Dice, file)]
+    assert len(best["_saved"]) == 1 and best["_saved"][0][0] > 0
     best_bytes = (models / "model.pt").read_bytes()
     # resume with the weights zeroed and the learning rate 0 after loading: every later validation is worse
     # (Dice 0) than the best before the kill; a resumed run that forgot the best would call it a new best
@@ -279,7 +279,7 @@ def _tiny_seg_model(path: Path, in_channels: int = 4) -> Path:
 
 
 def test_output_check_names_the_first_file_and_offers_overwrite(tmp_path: Path) -> None:
-    from custom_components.handlers import check_output_dir
+    from custom_components.handlers import OutputExistsError, check_output_dir
 
     folder = tmp_path / "eval"
     assert check_output_dir(folder, None, False, models=None, what="evaluation metrics") == folder  # no folder yet
@@ -287,8 +287,9 @@ def test_output_check_names_the_first_file_and_offers_overwrite(tmp_path: Path) 
     assert check_output_dir(folder, None, False, models=None, what="evaluation metrics") == folder
     for name in ("metrics_summary.csv", "metrics.json", "metrics_per_case.csv"):
         (folder / name).write_text(name)
-    with pytest.raises(FileExistsError) as err:
+    with pytest.raises(OutputExistsError) as err:  # a SystemExit: the process ends with the message, status 1
         check_output_dir(folder, None, False, models=None, what="evaluation metrics")
+    assert isinstance(err.value, SystemExit) and err.value.first == folder / "metrics.json"
     assert str(err.value) == (
         f"{folder}: an earlier run's evaluation metrics are there ({folder / 'metrics.json'} and 2 more); "
         "set overwrite=true to replace it, or choose another output folder"
@@ -297,7 +298,7 @@ def test_output_check_names_the_first_file_and_offers_overwrite(tmp_path: Path) 
     # training keeps its advice to resume
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "model.pt").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match=r"models are there \(.*model\.pt\); set resume_checkpoint"):
+    with pytest.raises(OutputExistsError, match=r"models are there \(.*model\.pt\); set resume_checkpoint"):
         check_output_dir(tmp_path)
 
 
@@ -319,9 +320,12 @@ def test_seg_rerun_into_an_earlier_runs_outputs_is_refused_unless_overwrite(
     assert before and files_under(out) == sorted(before)  # the workflow writes its folder only
     # the same run again: refused before anything is written, naming a file of the earlier run
     again = run_bundle("dtss_mas_seg", configs, overrides, tmp_path / "w2", run_id)
-    assert again.returncode != 0
-    assert f"{folder}: an earlier run's {what} are there ({min(before)}" in again.stderr, again.stderr[-3000:]
-    assert "set overwrite=true to replace it" in again.stderr
+    assert again.returncode == 1
+    # the refusal is the process's last line (no "Failed to evaluate" traceback after it)
+    last = again.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"{folder}: an earlier run's {what} are there ({min(before)}"), again.stderr[-3000:]
+    assert last.endswith("set overwrite=true to replace it, or choose another output folder")
+    assert "Traceback" not in again.stderr
     assert tree_hash(folder) == before  # the earlier outputs byte-identical, nothing added
     # overwrite: true replaces them
     forced = run_bundle("dtss_mas_seg", configs, {**overrides, "overwrite": True}, tmp_path / "w3", run_id)
@@ -536,29 +540,63 @@ def _engine(epoch: int, metric: float | None = None) -> Any:
     return engine
 
 
+def _best_saver(folder: Path, net: torch.nn.Module) -> Any:
+    from custom_components.handlers.checkpoints import SafeCheckpointSaver
+
+    return SafeCheckpointSaver(str(folder), {"model": net}, save_key_metric=True, key_metric_filename="model.pt")
+
+
 def test_best_model_saver_keeps_the_best_across_a_resume(tmp_path: Path) -> None:
-    from custom_components.handlers.checkpoints import BestModelSaver, TrainingGuardError
+    from custom_components.handlers.checkpoints import TrainingGuardError
 
     net = torch.nn.Linear(2, 1)
-    saver = BestModelSaver(tmp_path, net)
-    saver(_engine(1, 0.5))
+    saver = _best_saver(tmp_path, net)
+    saver.metrics_completed(_engine(1, 0.5))
     first = (tmp_path / "model.pt").read_bytes()
-    assert saver.state_dict() == {"best_metric": 0.5, "best_epoch": 1}
-    # a resumed run: a new saver restored from the checkpoint state
-    resumed = BestModelSaver(tmp_path, net)
-    resumed.load_state_dict(saver.state_dict())
+    assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == {"weight", "bias"}  # a plain state_dict
+    # a resumed run: a new saver restored from the checkpoint state (saved and loaded as the trainer does)
+    torch.save({"best_model": saver.state_dict()}, tmp_path.parent / "ckpt.pt")
+    resumed = _best_saver(tmp_path, net)
+    resumed.load_state_dict(torch.load(tmp_path.parent / "ckpt.pt", weights_only=True)["best_model"])
     with torch.no_grad():
         net.weight.add_(1.0)
-    resumed(_engine(2, 0.4))  # worse: model.pt untouched
+    resumed.metrics_completed(_engine(2, 0.4))  # worse: model.pt untouched
+    resumed.metrics_completed(_engine(3, float("nan")))  # not a metric: never a best
     assert (tmp_path / "model.pt").read_bytes() == first
-    resumed(_engine(3, 0.6))  # better: replaced, with these weights
+    resumed.metrics_completed(_engine(4, 0.6))  # better: replaced, with these weights
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], net.weight.detach())
-    assert resumed.state_dict() == {"best_metric": 0.6, "best_epoch": 3}
+    assert [score for score, _ in resumed.state_dict()["_saved"]] == [0.6]
     with torch.no_grad():
         net.weight.fill_(float("nan"))
-    with pytest.raises(TrainingGuardError, match="non-finite weights"):
-        resumed(_engine(4, 0.9))
-    assert resumed.best_epoch == 3 and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    with pytest.raises(TrainingGuardError, match="model.pt: not written, non-finite weights in model.weight"):
+        resumed.metrics_completed(_engine(5, 0.9))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    # a checkpoint of the former BestModelSaver resumes too
+    old = _best_saver(tmp_path, net)
+    old.load_state_dict({"best_metric": 0.7, "best_epoch": 6})
+    assert [score for score, _ in old.state_dict()["_saved"]] == [0.7]
+
+
+def test_best_model_is_replaced_without_a_gap_and_written_by_rank0_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ignite.distributed as idist
+
+    net = torch.nn.Linear(2, 1)
+    saver = _best_saver(tmp_path, net)
+    saver.metrics_completed(_engine(1, 0.5))
+    removed: list[str] = []
+    monkeypatch.setattr("os.remove", lambda path: removed.append(str(path)))
+    saver.metrics_completed(_engine(2, 0.6))  # replaced by the atomic rename, never deleted first
+    assert removed == [] and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    monkeypatch.undo()
+    # rank 1 of a multi-process run keeps the same best metric but writes nothing
+    monkeypatch.setattr(idist, "get_rank", lambda: 1)
+    other = tmp_path / "rank1"
+    saver1 = _best_saver(other, net)
+    saver1.metrics_completed(_engine(1, 0.5))
+    assert not other.exists() or not list(other.iterdir())
+    assert [score for score, _ in saver1.state_dict()["_saved"]] == [0.5]
 
 
 def test_safe_checkpoint_saver_prunes_old_epochs_and_refuses_nan(tmp_path: Path) -> None:

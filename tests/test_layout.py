@@ -154,3 +154,18 @@ def test_imports_point_down_the_layers() -> None:
         if level[dep.split(".")[1]] > level[module.split(".")[1]]
     )
     assert not upward, upward
+
+
+MAX_FUNCTION_LINES = 120
+
+
+def test_no_function_is_longer_than_120_lines() -> None:
+    """Every function and method of the package, from its ``def`` line to its last line, fits in 120 lines."""
+    long = [
+        f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, "split these functions:\n" + "\n".join(long)

@@ -13,7 +13,8 @@ from monai.data import list_data_collate
 from monai.losses import DiceLoss
 
 from custom_components.engines.seg_data import TwoPhaseDataset
-from custom_components.engines.seg_trainer import SegmentationTrainer, TwoPhaseLRLambda, check_output_dir
+from custom_components.engines.seg_trainer import SegmentationTrainer, TwoPhaseLRLambda
+from custom_components.handlers import OutputExistsError, check_output_dir
 from custom_components.handlers.mas import (
     MASHandler,
     hard_prediction,
@@ -495,7 +496,7 @@ def test_check_output_dir(tmp_path) -> None:
     assert check_output_dir(tmp_path / "new") == tmp_path / "new"
     (tmp_path / "run" / "models").mkdir(parents=True)
     (tmp_path / "run" / "models" / "model.pt").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match="models"):
+    with pytest.raises(OutputExistsError, match="models"):
         check_output_dir(tmp_path / "run")
     assert check_output_dir(tmp_path / "run", overwrite=True) == tmp_path / "run"
     with pytest.raises(FileNotFoundError, match="missing.pt"):

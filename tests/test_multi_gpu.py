@@ -88,6 +88,11 @@ def test_sharding_helpers(tmp_path: Path) -> None:
     assert shards == [["case0", "case3", "case6"], ["case1", "case4"], ["case2", "case5"]]
     with pytest.raises(ValueError, match="cannot be shared by 8 processes"):
         shard_items(items, 0, 8)
+    # MONAI's partition_dataset without padding: every item on exactly one rank, for any count of items and ranks
+    for n in range(1, 12):
+        for w in range(1, n + 1):
+            parts = [shard_items(list(range(n)), r, w) for r in range(w)]
+            assert sorted(i for part in parts for i in part) == list(range(n))
     assert shard_path(tmp_path / "datalist.json", 1, 3).name == "datalist.shard001-of-003.json"
     # merge: canonical order, every case once; a duplicate or a missing case is an error naming the shards
     for r, part in enumerate(shards):

@@ -155,7 +155,7 @@ def test_resume_continues_run(demo: Path, trained: Path, tmp_path: Path) -> None
     shutil.copytree(trained, out)
     # a fresh run into a folder with models is refused before anything is written
     fresh = workflow(BUNDLE, ["common.yaml", "train.yaml"], "train", **TINY, datalist=str(demo), output_dir=str(out))
-    assert "FileExistsError" in _error_chain(fresh.initialize)
+    assert "OutputExistsError" in _error_chain(fresh.initialize)
     wf = run_workflow(
         BUNDLE, ["common.yaml", "train.yaml"], "train", run_id="training", **TINY, datalist=str(demo),
         output_dir=str(out), max_epochs=3, phase2_start_epoch=1,

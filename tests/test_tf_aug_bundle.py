@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from custom_components.data.datalist import read_datalist
 from custom_components.data.demo import make_demo_data
+from custom_components.handlers import OutputExistsError
 from custom_components.networks import build_segmentation_network
 from custom_components.synthesis.healthy_prep import prepare_healthy
 from custom_components.synthesis.tf_aug import case_seed
@@ -128,7 +129,8 @@ def test_training_rerun_is_refused_unless_resumed(trained, tmp_path):
     shutil.copytree(trained["overrides"]["output_dir"], out)
     overrides = {**trained["overrides"], "output_dir": str(out)}
     before = _files(out / "models")
-    with pytest.raises(RuntimeError) as err:  # the same output folder: refused before anything is written
+    # the same output folder: refused before anything is written (a SystemExit, no config-expression traceback)
+    with pytest.raises(OutputExistsError) as err:
         run_workflow(BUNDLE, TRAIN, "train", run_id="training", **overrides)
     assert f"{out / 'models'}: an earlier run's models are there" in _chain(err.value)
     assert _files(out / "models") == before

@@ -17,6 +17,7 @@ from custom_components.data.datalist import read_datalist
 from custom_components.data.input_check import InputCheckError
 from custom_components.data.validation import check_datalist
 from custom_components.engines.gan_trainer import loss_terms
+from custom_components.handlers import OutputExistsError
 from custom_components.networks.segmentation import build_segmentation_network
 from custom_components.transforms import roi_mask
 from tests.bundle_utils import bundle_dir, run_workflow, validate_metadata, workflow
@@ -248,7 +249,7 @@ def test_tf_gan_train_resume_refine(data: dict[str, Path], tmp_path: Path) -> No
     assert full["g_optimizer"]["param_groups"][0]["lr"] == 0.0  # linear decay to 0 over max_epochs
 
     # a plain rerun into the same models_dir is refused; with resume_checkpoint it continues at iteration 4
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(OutputExistsError) as err:
         run_workflow(BUNDLE, TRAIN, "train", **train_overrides(data, tmp_path, max_epochs=3))
     assert "an earlier run's models are there" in _chain(err.value)
     resume = str(models / "checkpoint_final.pt")

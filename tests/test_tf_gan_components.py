@@ -17,7 +17,8 @@ from monai.networks.blocks import UpSample
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
-from custom_components.engines.gan_trainer import TFGANTrainer, discriminator_accuracy, latest_checkpoint, loss_terms
+from custom_components.engines.gan_trainer import TFGANTrainer, discriminator_accuracy, loss_terms
+from custom_components.handlers.checkpoints import latest_checkpoint
 from custom_components.losses import HingeL1Loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, bce_with_logits, split_logits
 from custom_components.losses.classwise_perceptual import ClasswisePerceptualLoss

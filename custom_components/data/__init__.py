@@ -13,6 +13,7 @@ from custom_components.data.datalist import (
     nifti_stem,
     read_datalist,
     select_modalities,
+    source_name,
     write_datalist,
 )
 from custom_components.data.discovery import (
@@ -88,6 +89,7 @@ __all__ = [
     "read_datalist",
     "save_nifti",
     "select_modalities",
+    "source_name",
     "to_internal",
     "validate_datalist",
     "validate_items",

@@ -36,6 +36,22 @@ def nifti_stem(name: str | os.PathLike) -> str:
     return name
 
 
+def source_name(img: Any) -> str | None:
+    """The file a MetaTensor (or anything with a ``meta`` dict) was loaded from, to name it in messages; None
+    when unknown. MONAI records the first file of a multi-file image; of a collated batch, the first item's.
+
+    Args:
+        img: the loaded image or label.
+    """
+    meta = getattr(img, "meta", None)
+    name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    if isinstance(name, list | tuple):
+        name = name[0] if name else None
+    if isinstance(name, bytes):
+        name = name.decode()
+    return str(name) if isinstance(name, str | os.PathLike) and str(name) else None
+
+
 def case_id_of(item: Mapping[str, Any]) -> str | None:
     """The project's one case-id rule: an item's ``case_id``, else the NIfTI stem of its first listed image.
 

@@ -402,6 +402,76 @@ def _check_existing(path: Path, generator: dict[str, Any], overwrite: bool) -> N
         )
 
 
+def _write_healthy(tpl: _Template, folder: Path, n_healthy: int, seed: int, generator: dict[str, Any]) -> Path:
+    """Write the demo healthy scans and their datalist; returns the datalist path."""
+    affine = tpl.grid_affine
+    healthy_items = []
+    for i in range(n_healthy):
+        case = f"demo-healthy-{i:03d}"
+        img, brain, params = _healthy_case(tpl, np.random.default_rng([seed, _KIND["healthy"], i]))
+        image = save_nifti(img, affine, folder / f"{case}_t1n.nii.gz")
+        mask = save_nifti(brain.astype(np.uint8), affine, folder / f"{case}_brainmask.nii.gz")
+        healthy_items.append(
+            {
+                "case_id": case,
+                "image": [str(image.resolve())],
+                "brain_mask": str(mask.resolve()),
+                "provenance": {"stage": "demo", "source": TEMPLATE_NAME, "seed": int(seed), "index": i, **params},
+            }
+        )
+    healthy_path = write_datalist(
+        folder / "datalist.json",
+        {
+            "description": "Demo healthy T1 scans: randomly deformed and intensity-altered copies of the MNI152 "
+            "2009a template shipped with nilearn; raw intensities, run prepare-healthy before use.",
+            "labels": "internal",
+            "modalities": ["t1n"],
+            "generator": generator,
+            "training": healthy_items,
+        },
+    )
+    return healthy_path
+
+
+def _write_tumours(
+    tpl: _Template, folder: Path, n_tumour: int, seed: int, generator: dict[str, Any]
+) -> tuple[Path, list[dict[str, Any]], int]:
+    """Write the demo PHANTOM tumour cases and their datalist; returns its path, the items and the validation count."""
+    affine = tpl.grid_affine
+    tumour_items = []
+    for i in range(n_tumour):
+        case = f"demo-tumour-{i:03d}"
+        images, label, brain, params = _tumour_case(tpl, np.random.default_rng([seed, _KIND["tumour"], i]))
+        files = [str(save_nifti(images[m], affine, folder / f"{case}_{m}.nii.gz").resolve()) for m in images]
+        seg = save_nifti(label, affine, folder / f"{case}_seg.nii.gz", dtype=np.uint8)
+        mask = save_nifti(brain.astype(np.uint8), affine, folder / f"{case}_brainmask.nii.gz")
+        tumour_items.append(
+            {
+                "case_id": case,
+                "image": files,
+                "label": str(seg.resolve()),
+                "brain_mask": str(mask.resolve()),
+                "phantom": True,
+                "provenance": {"stage": "demo", "source": TEMPLATE_NAME, "seed": int(seed), "index": i, **params},
+            }
+        )
+    n_val = max(1, n_tumour // 3)
+    tumour_path = write_datalist(
+        folder / "datalist.json",
+        {
+            "description": "Demo tumour cases. The tumours are PROCEDURAL PHANTOMS (noise-perturbed blobs with a "
+            "necrotic core, enhancing rim and oedema halo) in deformed copies of the MNI152 template, not real "
+            "pathology: for testing pipelines only, never for quoting accuracy.",
+            "labels": "internal",
+            "modalities": list(DEMO_MODALITIES),
+            "generator": generator,
+            "training": tumour_items[: n_tumour - n_val],
+            "validation": tumour_items[n_tumour - n_val :],
+        },
+    )
+    return tumour_path, tumour_items, n_val
+
+
 def make_demo_data(
     out: str | os.PathLike,
     n_healthy: int = 4,
@@ -455,65 +525,8 @@ def make_demo_data(
     _check_existing(healthy_dir / "datalist.json", generator, overwrite)
     _check_existing(tumour_dir / "datalist.json", generator, overwrite)
     tpl = _Template(float(spacing))
-    affine = tpl.grid_affine
-
-    healthy_items = []
-    for i in range(n_healthy):
-        case = f"demo-healthy-{i:03d}"
-        img, brain, params = _healthy_case(tpl, np.random.default_rng([seed, _KIND["healthy"], i]))
-        image = save_nifti(img, affine, healthy_dir / f"{case}_t1n.nii.gz")
-        mask = save_nifti(brain.astype(np.uint8), affine, healthy_dir / f"{case}_brainmask.nii.gz")
-        healthy_items.append(
-            {
-                "case_id": case,
-                "image": [str(image.resolve())],
-                "brain_mask": str(mask.resolve()),
-                "provenance": {"stage": "demo", "source": TEMPLATE_NAME, "seed": int(seed), "index": i, **params},
-            }
-        )
-    healthy_path = write_datalist(
-        healthy_dir / "datalist.json",
-        {
-            "description": "Demo healthy T1 scans: randomly deformed and intensity-altered copies of the MNI152 "
-            "2009a template shipped with nilearn; raw intensities, run prepare-healthy before use.",
-            "labels": "internal",
-            "modalities": ["t1n"],
-            "generator": generator,
-            "training": healthy_items,
-        },
-    )
-
-    tumour_items = []
-    for i in range(n_tumour):
-        case = f"demo-tumour-{i:03d}"
-        images, label, brain, params = _tumour_case(tpl, np.random.default_rng([seed, _KIND["tumour"], i]))
-        files = [str(save_nifti(images[m], affine, tumour_dir / f"{case}_{m}.nii.gz").resolve()) for m in images]
-        seg = save_nifti(label, affine, tumour_dir / f"{case}_seg.nii.gz", dtype=np.uint8)
-        mask = save_nifti(brain.astype(np.uint8), affine, tumour_dir / f"{case}_brainmask.nii.gz")
-        tumour_items.append(
-            {
-                "case_id": case,
-                "image": files,
-                "label": str(seg.resolve()),
-                "brain_mask": str(mask.resolve()),
-                "phantom": True,
-                "provenance": {"stage": "demo", "source": TEMPLATE_NAME, "seed": int(seed), "index": i, **params},
-            }
-        )
-    n_val = max(1, n_tumour // 3)
-    tumour_path = write_datalist(
-        tumour_dir / "datalist.json",
-        {
-            "description": "Demo tumour cases. The tumours are PROCEDURAL PHANTOMS (noise-perturbed blobs with a "
-            "necrotic core, enhancing rim and oedema halo) in deformed copies of the MNI152 template, not real "
-            "pathology: for testing pipelines only, never for quoting accuracy.",
-            "labels": "internal",
-            "modalities": list(DEMO_MODALITIES),
-            "generator": generator,
-            "training": tumour_items[: n_tumour - n_val],
-            "validation": tumour_items[n_tumour - n_val :],
-        },
-    )
+    healthy_path = _write_healthy(tpl, healthy_dir, n_healthy, seed, generator)
+    tumour_path, tumour_items, n_val = _write_tumours(tpl, tumour_dir, n_tumour, seed, generator)
     atomic_write_text(
         out / "README.txt",
         "Demo data made by custom_components.data.demo (python -m custom_components demo-data).\n"

@@ -1,18 +1,15 @@
-"""Running the bundles on several processes (``torchrun``): process group, rank-0 writing, gathered statistics,
-sharded synthesis (see :mod:`custom_components.distributed.torchrun`)."""
+"""Running the bundles on several processes (``torchrun``): what ``ignite.distributed`` and MONAI's
+``partition_dataset`` lack (see :mod:`custom_components.distributed.torchrun`)."""
 
 from custom_components.distributed.torchrun import (
     all_gather_objects,
     all_reduce_sum,
     barrier,
-    default_backend,
     destroy_distributed,
     finish_sharded_run,
     get_rank,
     get_world_size,
     init_distributed,
-    is_distributed,
-    local_rank,
     merge_case_values,
     merge_shard_datalists,
     process_device,
@@ -24,14 +21,11 @@ __all__ = [
     "all_gather_objects",
     "all_reduce_sum",
     "barrier",
-    "default_backend",
     "destroy_distributed",
     "finish_sharded_run",
     "get_rank",
     "get_world_size",
     "init_distributed",
-    "is_distributed",
-    "local_rank",
     "merge_case_values",
     "merge_shard_datalists",
     "process_device",

@@ -1,22 +1,22 @@
-"""Helpers for running the bundles on several processes (``torchrun``): one GPU per process, or CPU processes.
+"""What the bundles need on several processes (``torchrun``) beyond ``ignite.distributed`` and MONAI.
 
-The ``configs/multi_gpu_*.yaml`` files of the bundles call these functions:
+Rank, world size, barrier, all-gather and all-reduce are ``ignite.distributed`` (``idist``), which also works in
+one process (rank 0 of 1); sharding is MONAI's ``partition_dataset``. This module adds only:
 
-* process group: :func:`init_distributed` (``nccl`` when CUDA is available, ``gloo`` otherwise, chosen by
-  :func:`default_backend`), :func:`destroy_distributed`, :func:`barrier`, :func:`get_rank`,
-  :func:`get_world_size`, :func:`local_rank`, :func:`process_device` (``cuda:<LOCAL_RANK>`` or ``cpu``);
-* training: handlers that only write (statistics, checkpoints, MLflow) carry ``_disabled_: "@is_not_rank0"`` in
-  the configs (MONAI's convention), so they run on rank 0 only; :func:`all_gather_objects` /
-  :func:`all_reduce_sum` let every rank see the same statistics (the MAS
-  eta/theta of dtss_mas_seg, epoch means of the TF-GAN losses), :func:`merge_case_values` combines per-case
-  values gathered from all ranks;
-* sharded synthesis / refinement: :func:`shard_items` gives rank ``r`` of ``w`` the items ``i`` with
-  ``i % w == r`` (every item to exactly one rank), :func:`shard_path` names the rank's shard datalist and
-  :func:`finish_sharded_run` / :func:`merge_shard_datalists` merge the shards into one datalist (rank 0,
-  after a barrier), checking that every case appears exactly once.
+* :func:`init_distributed`: ``idist.initialize`` from torchrun's environment, refusing (or, with
+  ``required=False``, skipping) a process torchrun did not start, with ``nccl`` on CUDA and ``gloo`` otherwise;
+  :func:`destroy_distributed` / :func:`barrier` return True so they can sit in a bundle's expression lists;
+* :func:`process_device`: ``cuda:<LOCAL_RANK>`` or ``cpu``, known before the process group exists (``idist.device``
+  is ``cuda`` without a group);
+* :func:`merge_case_values` (per-case values gathered from the ranks) and thin names the engines use
+  (:func:`all_gather_objects`, :func:`all_reduce_sum`, :func:`get_rank`, :func:`get_world_size`);
+* sharded synthesis / refinement: :func:`shard_items` (``partition_dataset`` without padding or shuffling, so every
+  item goes to exactly one rank), :func:`shard_path` names the rank's shard datalist and
+  :func:`finish_sharded_run` / :func:`merge_shard_datalists` merge the shards into one datalist (rank 0, after a
+  barrier), checking that every case appears exactly once.
 
-Every function also works without an initialised process group (one process: rank 0 of 1), so the same code
-runs under ``python -m monai.bundle run`` and under ``torchrun``.
+Handlers that only write carry ``_disabled_: "@is_not_rank0"`` in the configs (MONAI's convention); Ignite's
+``DiskSaver`` (under MONAI's ``CheckpointSaver``) writes on rank 0 by itself.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-import torch.distributed as dist
+from monai.data import partition_dataset
 
 from custom_components.data.datalist import read_datalist, write_datalist
 
@@ -39,14 +39,11 @@ __all__ = [
     "all_gather_objects",
     "all_reduce_sum",
     "barrier",
-    "default_backend",
     "destroy_distributed",
     "finish_sharded_run",
     "get_rank",
     "get_world_size",
     "init_distributed",
-    "is_distributed",
-    "local_rank",
     "merge_case_values",
     "merge_shard_datalists",
     "process_device",
@@ -58,45 +55,25 @@ logger = logging.getLogger(__name__)
 
 TORCHRUN_ENV: tuple[str, ...] = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
-
-# -- process group -----------------------------------------------------------------------------------
-def is_distributed() -> bool:
-    """Whether a torch.distributed process group is initialised in this process."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    """Rank of this process (0 without a process group)."""
-    return dist.get_rank() if is_distributed() else 0
-
-
-def get_world_size() -> int:
-    """Number of processes (1 without a process group)."""
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def local_rank() -> int:
-    """Rank of this process on its machine (``LOCAL_RANK``, set by torchrun; 0 when unset)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def default_backend() -> str:
-    """``nccl`` when CUDA is available (one GPU per process), ``gloo`` otherwise (CPU processes)."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+get_rank = idist.get_rank
+get_world_size = idist.get_world_size
 
 
 def process_device() -> torch.device:
-    """The device of this process: ``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``."""
-    return torch.device(f"cuda:{local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+    """The device of this process: ``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu`` (before or
+    without a process group)."""
+    return (
+        torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
 
 
 def init_distributed(backend: str | None = None, timeout_s: float | None = None, required: bool = True) -> bool:
-    """Initialise the default process group from torchrun's environment (``env://``), once.
-
-    With CUDA the process's GPU (``LOCAL_RANK``) becomes the current device first (``nccl`` needs it).
+    """``idist.initialize`` from torchrun's environment (``env://``), once; the process's GPU becomes current.
 
     Args:
-        backend: ``nccl`` or ``gloo``; default :func:`default_backend`.
+        backend: ``nccl`` or ``gloo``; default ``nccl`` when CUDA is available, else ``gloo``.
         timeout_s: timeout of collective operations in seconds (default: PyTorch's).
         required: raise when the process was not started by torchrun; when False such a process runs alone
             (no process group; rank 0 of 1).
@@ -107,7 +84,7 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None,
     Raises:
         RuntimeError when ``required`` and torchrun's environment variables are missing.
     """
-    if is_distributed():
+    if idist.model_name() != "serial":
         return True
     missing = [k for k in TORCHRUN_ENV if k not in os.environ]
     if missing:
@@ -117,54 +94,34 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None,
             f"multi-process configs need torchrun's environment ({', '.join(missing)} not set); start with "
             "`torchrun --nproc_per_node=N -m monai.bundle run ...`"
         )
-    backend = backend or default_backend()
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank())
-    kwargs: dict[str, Any] = {}
-    if timeout_s is not None:
-        kwargs["timeout"] = datetime.timedelta(seconds=float(timeout_s))
-    dist.init_process_group(backend=backend, **kwargs)
-    # Ignite reads the process group lazily, with a collective, at its first idist call (e.g. in a CheckpointSaver
-    # that only rank 0 builds, as `_disabled_: "@is_not_rank0"` makes it): sync it here, on every rank at once
-    idist.sync()
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    kwargs: dict[str, Any] = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=float(timeout_s))}
+    idist.initialize(backend, **kwargs)
     logger.info(f"process group initialised: rank {get_rank()} of {get_world_size()}, backend {backend}")
     return True
 
 
 def destroy_distributed() -> bool:
-    """Destroy the default process group if there is one; returns True (for a bundle's ``finalize`` list)."""
-    if is_distributed():
-        dist.destroy_process_group()
+    """``idist.finalize`` (destroys the process group, if any); returns True (for a bundle's ``finalize`` list)."""
+    idist.finalize()
     return True
 
 
 def barrier() -> bool:
-    """Wait for every rank (no-op in one process); returns True (for bundle expression lists)."""
-    if is_distributed():
-        if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
+    """``idist.barrier`` (no-op in one process); returns True (for bundle expression lists)."""
+    idist.barrier()
     return True
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """``obj`` of every rank, in rank order (``[obj]`` in one process). Objects must be picklable."""
-    if not is_distributed():
-        return [obj]
-    out: list[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    # wrapped in a tuple so that idist gathers it as an object, also when it is a number or a string
+    return [part[0] for part in idist.all_gather((obj,))]
 
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:
     """Element-wise sum of ``values`` over all ranks (float64; ``values`` itself in one process)."""
-    if not is_distributed():
-        return [float(v) for v in values]
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.cpu().tolist()
+    return idist.all_reduce(torch.tensor([float(v) for v in values], dtype=torch.float64)).cpu().tolist()
 
 
 def merge_case_values(gathered: Iterable[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
@@ -190,7 +147,8 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 def shard_items(items: Sequence[Any], rank: int | None = None, world_size: int | None = None) -> list[Any]:
-    """The items of ``rank``: every ``i``-th item with ``i % world_size == rank`` (each item goes to one rank).
+    """The items of ``rank``: MONAI's ``partition_dataset`` without shuffling or padding, i.e. every item ``i`` with
+    ``i % world_size == rank`` (each item goes to exactly one rank).
 
     Args:
         items: all items, in their canonical order.
@@ -203,7 +161,7 @@ def shard_items(items: Sequence[Any], rank: int | None = None, world_size: int |
     rank, world_size = _rank_world(rank, world_size)
     if len(items) < world_size:
         raise ValueError(f"{len(items)} case(s) cannot be shared by {world_size} processes; start at most {len(items)}")
-    return [item for i, item in enumerate(items) if i % world_size == rank]
+    return list(partition_dataset(list(items), num_partitions=world_size, shuffle=False, even_divisible=False)[rank])
 
 
 def shard_path(path: str | os.PathLike, rank: int | None = None, world_size: int | None = None) -> Path:

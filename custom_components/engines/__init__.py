@@ -1,13 +1,12 @@
 """Ignite engines and their data where MONAI's do not fit: TF-GAN / Pix2Pix and TF-Aug training, DSMA's
 two-phase segmentation training."""
 
-from custom_components.engines.gan_trainer import TFGANTrainer, latest_checkpoint, loss_terms
+from custom_components.engines.gan_trainer import TFGANTrainer, loss_terms
 from custom_components.engines.seg_data import TwoPhaseDataset, load_synthetic_items
 from custom_components.engines.seg_trainer import (
     SegmentationTrainer,
     TwoPhaseLRLambda,
     attach_handlers,
-    check_output_dir,
 )
 from custom_components.engines.tf_aug_trainer import ClasswiseIntensitySaver, TFAugTrainer
 
@@ -19,8 +18,6 @@ __all__ = [
     "TwoPhaseDataset",
     "TwoPhaseLRLambda",
     "attach_handlers",
-    "check_output_dir",
-    "latest_checkpoint",
     "load_synthetic_items",
     "loss_terms",
 ]

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.metrics import Metric
+from ignite.metrics import Average, Metric
 from monai.engines.trainer import Trainer
 from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
@@ -46,7 +46,6 @@ from monai.utils import convert_to_tensor
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from custom_components.distributed import all_reduce_sum
 from custom_components.handlers.checkpoints import guard_loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, split_logits
 from custom_components.losses.hinge_l1 import HingeL1Loss
@@ -66,6 +65,11 @@ LOSS_KEYS: tuple[str, ...] = (
     "d_global",
     "d_acc",
 )
+# the terms each mode reports every iteration (their epoch means become ``epoch_<term>``)
+MODE_TERMS: dict[str, tuple[str, ...]] = {
+    "tf_gan": tuple(k for k in LOSS_KEYS if k != "g_l1"),
+    "pix2pix": tuple(k for k in LOSS_KEYS if k not in ("g_hinge", "g_perceptual", "lambda_c")),
+}
 
 
 def loss_terms(output: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> dict[str, float] | None:
@@ -85,20 +89,13 @@ def loss_terms(output: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -
     return {k: float(output[k]) for k in LOSS_KEYS if k in output}
 
 
-def latest_checkpoint(directory: str | os.PathLike, prefix: str = "checkpoint") -> str:
-    """The most recently written ``<prefix>*.pt`` file in ``directory`` (``""`` when there is none).
+def _term(key: str) -> Callable[[Any], float]:
+    """``output_transform`` of the epoch mean of one loss term (decollated or plain output)."""
 
-    ``CheckpointSaver`` names interval checkpoints ``checkpoint_epoch=N.pt`` and the final (or on-error) one
-    ``checkpoint_final.pt``; the newest of them is where a rerun resumes.
+    def transform(output: Any) -> float:
+        return loss_terms(output)[key]  # type: ignore[index]
 
-    Args:
-        directory: checkpoint folder (may not exist yet).
-        prefix: file name prefix of resumable checkpoints.
-    """
-    if not os.path.isdir(directory):
-        return ""
-    found = [os.path.join(directory, f) for f in os.listdir(directory) if f.startswith(prefix) and f.endswith(".pt")]
-    return max(found, key=lambda f: (os.path.getmtime(f), f)) if found else ""
+    return transform
 
 
 def discriminator_accuracy(real: Any, fake: Any) -> float:
@@ -251,9 +248,9 @@ class TFGANTrainer(Trainer):
         self.d_scaler: torch.amp.GradScaler | None = None
         self._real_iter: Iterator | None = None
         self._real_passes = 0
-        self._epoch_sums: dict[str, float] = {}
-        self._epoch_iterations = 0
-        self.add_event_handler(Events.EPOCH_STARTED, self._reset_epoch_statistics)
+        # epoch means of the loss terms: Ignite's Average (summed over all ranks under torchrun)
+        for key in sorted(MODE_TERMS[mode]):
+            Average(output_transform=_term(key)).attach(self, f"epoch_{key}")
         self.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_statistics)
         if train_handlers is not None:
             self._register_handlers(train_handlers)
@@ -300,17 +297,8 @@ class TFGANTrainer(Trainer):
         self._real_passes += 1
         return iter(self.real_data_loader)  # type: ignore[arg-type]
 
-    def _reset_epoch_statistics(self, engine: Engine) -> None:
-        self._epoch_sums = {}
-        self._epoch_iterations = 0
-
     def _epoch_statistics(self, engine: Engine) -> None:
-        """Epoch means of the loss terms (over all ranks), the last ``lambda_c`` and the learning rates."""
-        keys = sorted(self._epoch_sums)
-        totals = all_reduce_sum([self._epoch_sums[k] for k in keys] + [self._epoch_iterations])
-        if totals[-1] > 0:
-            for key, total in zip(keys, totals[:-1], strict=True):
-                engine.state.metrics[f"epoch_{key}"] = total / totals[-1]
+        """The last ``lambda_c`` and the learning rates (the epoch means of the loss terms are Averages)."""
         if hasattr(engine.state, "lambda_c"):
             engine.state.metrics["lambda_c"] = float(engine.state.lambda_c)
         engine.state.metrics["lr_g"] = float(self.g_optimizer.param_groups[0]["lr"])
@@ -352,10 +340,6 @@ class TFGANTrainer(Trainer):
         return self._pix2pix_iteration(batchdata)
 
     def _finish(self, output: dict[str, Any]) -> dict[str, Any]:
-        for key in LOSS_KEYS:
-            if key in output:
-                self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + float(output[key])
-        self._epoch_iterations += 1
         self.state.output = output
         self.fire_event(IterationEvents.MODEL_COMPLETED)
         return self.state.output

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.metrics import Average
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer, SimpleInferer
@@ -126,18 +127,13 @@ class TFAugTrainer(Trainer):
         self.keys = (image_key, label_key, real_image_key, real_label_key)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
-        self._loss_sum, self._loss_n = 0.0, 0
-        self.add_event_handler(Events.EPOCH_STARTED, self._reset_epoch)
+        # the epoch's mean loss: Ignite's Average (over all ranks under torchrun)
+        Average(output_transform=_iteration_loss).attach(self, "epoch_loss")
         self.add_event_handler(Events.EPOCH_COMPLETED, self._finish_epoch)
         if train_handlers is not None:
             self._register_handlers(train_handlers)
 
-    def _reset_epoch(self, engine: Engine) -> None:
-        self._loss_sum, self._loss_n = 0.0, 0
-
     def _finish_epoch(self, engine: Engine) -> None:
-        if self._loss_n:
-            engine.state.metrics["epoch_loss"] = self._loss_sum / self._loss_n
         engine.state.metrics.update(self.network.scalars())
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,14 +176,16 @@ class TFAugTrainer(Trainer):
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
-        value = float(loss.detach())
-        self._loss_sum += value
-        self._loss_n += 1
         params = engine.network.scalars()
         engine.state.metrics.update(params)
         engine.state.output = [{Keys.LOSS: loss.detach(), **params}]
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+def _iteration_loss(output: Sequence[dict[str, Any]]) -> float:
+    """``output_transform`` of the epoch mean: the iteration's loss from ``[{"loss": ..., ...}]``."""
+    return float(output[0][Keys.LOSS])
 
 
 def _rounded(values: Sequence[float]) -> list[float]:

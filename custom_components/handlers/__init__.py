@@ -2,12 +2,12 @@
 TF-GAN's lambda_c schedule (MONAI's linear ``ParamSchedulerHandler``, built by ``hinge_weight_schedule``)."""
 
 from custom_components.handlers.checkpoints import (
-    BestModelSaver,
+    OutputExistsError,
     SafeCheckpointSaver,
     TrainingGuardError,
     check_output_dir,
     guard_loss,
-    last_checkpoint,
+    latest_checkpoint,
     non_finite_tensors,
 )
 from custom_components.handlers.mas import (
@@ -22,12 +22,12 @@ from custom_components.handlers.save_labels import SegmentationWriter
 from custom_components.handlers.schedules import hinge_weight_schedule
 
 __all__ = [
-    "BestModelSaver",
+    "OutputExistsError",
     "SafeCheckpointSaver",
     "TrainingGuardError",
     "check_output_dir",
     "guard_loss",
-    "last_checkpoint",
+    "latest_checkpoint",
     "non_finite_tensors",
     "MASHandler",
     "SegmentationWriter",

@@ -1,15 +1,15 @@
 """Checkpoints that survive interruptions: one overwrite rule, the best model kept across resumes, no NaN model.
 
-- :func:`check_output_dir` is the overwrite rule of every training workflow and of dtss_mas_seg's evaluation and
+- :func:`check_output_dir` is the one overwrite rule of every training workflow and of dtss_mas_seg's evaluation and
   inference: a run into a folder that already holds an earlier run's models (metrics, label maps) is refused
   unless it resumes (``resume_checkpoint``, training) or ``overwrite`` is set.
-- :class:`BestModelSaver` (an evaluator handler) writes ``model.pt`` (a plain ``state_dict``) atomically when the
-  key metric beats the best so far. The best metric and its epoch are part of the training checkpoint (it has
-  ``state_dict``/``load_state_dict``), so a resumed run replaces ``model.pt`` only when it beats the best from
-  before the interruption. Non-finite weights are never written.
-- :class:`SafeCheckpointSaver` is MONAI's ``CheckpointSaver`` that keeps exactly the newest
+- :class:`SafeCheckpointSaver` is MONAI's ``CheckpointSaver`` that writes atomically, keeps exactly the newest
   ``checkpoint_epoch=*.pt`` (also those left by the run before a resume) and never writes non-finite weights
-  (neither at an interval nor as the final checkpoint MONAI writes when training stops on an error).
+  (neither at an interval, nor as the best model, nor as the final checkpoint MONAI writes when training stops on
+  an error). As the best-model saver (``save_key_metric=True, key_metric_filename="model.pt"``, an evaluator
+  handler) it writes ``model.pt`` (a plain ``state_dict``) when the key metric beats the best so far; its state
+  (Ignite's list of saved scores) goes into the training checkpoint, so a resumed run replaces ``model.pt`` only
+  when it beats the best from before the interruption. Ignite's ``DiskSaver`` under it writes on rank 0 only.
 - :class:`TrainingGuardError` (a ``SystemExit``) stops training with a message naming what went wrong and the
   last good checkpoint; MONAI's config parser does not wrap it in a traceback.
 """
@@ -26,18 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
-from custom_components.data.atomic import atomic_path
-
 __all__ = [
-    "BestModelSaver",
+    "OutputExistsError",
     "SafeCheckpointSaver",
     "TrainingGuardError",
     "check_output_dir",
     "guard_loss",
-    "last_checkpoint",
+    "latest_checkpoint",
     "non_finite_tensors",
 ]
 
@@ -58,6 +56,32 @@ class TrainingGuardError(SystemExit):
         super().__init__(message)
 
 
+class OutputExistsError(SystemExit):
+    """A run would write into a folder holding an earlier run's files; the message names the folder and its first file.
+
+    A ``SystemExit`` (status 1, message printed last to stderr), like ``InputCheckError``: MONAI wraps every
+    ``Exception`` of a config expression in a "Failed to evaluate" traceback, so ``python -m monai.bundle run``
+    would otherwise end with that instead of the refusal.
+
+    Args:
+        folder: the output folder.
+        first: its first file (sorted by name).
+        count: how many files it holds.
+        what: what the files are, for the message (``"models"``: a training run, which can also resume).
+    """
+
+    def __init__(self, folder: Path, first: Path, count: int, what: str = "models") -> None:
+        self.folder, self.first = folder, first
+        others = f" and {count - 1} more" if count > 1 else ""
+        resume = "set resume_checkpoint to continue it, " if what == "models" else "set "
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        super().__init__(
+            f"{folder}: an earlier run's {what} are there ({first}{others}); {resume}"
+            "overwrite=true to replace it, or choose another output folder"
+        )
+
+
 def check_output_dir(
     output_dir: str | os.PathLike,
     resume_checkpoint: str | None = None,
@@ -67,8 +91,9 @@ def check_output_dir(
 ) -> Path:
     """Refuse to write into a folder that already holds an earlier run's files, unless resuming or told to overwrite.
 
-    The overwrite rule of every workflow that writes a folder of results: training (its models), dtss_mas_seg
-    evaluation (its metrics) and inference (its label maps). Call it in ``initialize``, before anything is written.
+    The one overwrite rule of every bundle (``custom_components.handlers.check_output_dir`` in their configs):
+    training (its models), dtss_mas_seg evaluation (its metrics) and inference (its label maps). Call it in
+    ``initialize``, before anything is written.
 
     Args:
         output_dir: the run's output folder.
@@ -81,7 +106,8 @@ def check_output_dir(
         ``output_dir`` as a Path.
 
     Raises:
-        FileExistsError: naming the folder and its first file.
+        OutputExistsError: (a ``SystemExit``) naming the folder and its first file.
+        FileNotFoundError: when ``resume_checkpoint`` is not a file.
     """
     out = Path(output_dir)
     folder = out / models if models else out
@@ -92,12 +118,7 @@ def check_output_dir(
     # files only: a sub-folder may hold another workflow's models (tf_gan's models/pix2pix)
     files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
     if not overwrite and files:
-        others = f" and {len(files) - 1} more" if len(files) > 1 else ""
-        resume = "set resume_checkpoint to continue it, " if what == "models" else "set "
-        raise FileExistsError(
-            f"{folder}: an earlier run's {what} are there ({files[0]}{others}); {resume}"
-            "overwrite=true to replace it, or choose another output folder"
-        )
+        raise OutputExistsError(folder, files[0], len(files), what)
     return out
 
 
@@ -119,89 +140,32 @@ def non_finite_tensors(objects: Mapping[str, Any] | torch.nn.Module) -> list[str
     return bad
 
 
-def last_checkpoint(directory: str | os.PathLike | None, pattern: str = "checkpoint*.pt") -> str | None:
-    """The newest checkpoint file in ``directory`` (by modification time), or None."""
-    if directory is None or not Path(directory).is_dir():
-        return None
-    found = sorted(Path(directory).glob(pattern), key=lambda p: (p.stat().st_mtime_ns, p.name))
-    return str(found[-1]) if found else None
+def latest_checkpoint(directory: str | os.PathLike | None, pattern: str = "checkpoint*.pt") -> str:
+    """The most recently written checkpoint in ``directory`` (``""`` when there is none), where a rerun resumes.
 
-
-class BestModelSaver:
-    """Evaluator handler: write the network's weights to ``<save_dir>/<filename>`` when the key metric improves.
-
-    The file is a plain ``state_dict``, written atomically. The best value and its epoch are this handler's
-    state (``state_dict``/``load_state_dict``): put the handler in the training checkpoint's ``save_dict`` and a
-    resumed run compares with the best from before the interruption.
+    ``CheckpointSaver`` names interval checkpoints ``checkpoint_epoch=N.pt`` and the final (or on-error) one
+    ``checkpoint_final.pt``.
 
     Args:
-        save_dir: folder of the file.
-        network: the network (DDP/DataParallel wrappers are unwrapped).
-        filename: file name (``model.pt``).
-        metric_name: metric in ``engine.state.metrics`` (default: the evaluator's key metric).
-        mode: ``max`` (higher is better) or ``min``.
+        directory: checkpoint folder (None or a missing folder: none).
+        pattern: glob of resumable checkpoints.
     """
-
-    def __init__(
-        self,
-        save_dir: str | os.PathLike,
-        network: torch.nn.Module,
-        filename: str = "model.pt",
-        metric_name: str | None = None,
-        mode: str = "max",
-    ) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.path = Path(save_dir) / filename
-        self.network = network
-        self.metric_name = metric_name
-        self.mode = mode
-        self.best_metric = -math.inf if mode == "max" else math.inf
-        self.best_epoch = -1
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def state_dict(self) -> dict[str, float | int]:
-        return {"best_metric": float(self.best_metric), "best_epoch": int(self.best_epoch)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best_metric = float(state["best_metric"])
-        self.best_epoch = int(state["best_epoch"])
-
-    def better(self, value: float) -> bool:
-        return value > self.best_metric if self.mode == "max" else value < self.best_metric
-
-    def __call__(self, engine: Engine) -> None:
-        name = self.metric_name or getattr(engine.state, "key_metric_name", None)
-        value = engine.state.metrics.get(name) if name else None
-        if value is None:
-            return
-        value = float(value)
-        if not math.isfinite(value) or not self.better(value):
-            return
-        bad = non_finite_tensors(self.network)
-        if bad:
-            raise TrainingGuardError(
-                f"{self.path}: not written, the network has non-finite weights ({', '.join(bad[:3])}...) at epoch "
-                f"{engine.state.epoch}; the best model (epoch {self.best_epoch}) is kept"
-            )
-        with atomic_path(self.path) as tmp:
-            torch.save(_module(self.network).state_dict(), tmp)
-        previous = self.best_epoch
-        self.best_metric, self.best_epoch = value, int(engine.state.epoch)
-        engine.state.best_metric, engine.state.best_metric_epoch = value, self.best_epoch
-        logger.info(
-            f"epoch {self.best_epoch}: new best {name} {value:.4f} (previous best epoch {previous}): {self.path}"
-        )
+    if directory is None or not Path(directory).is_dir():
+        return ""
+    found = sorted(Path(directory).glob(pattern), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return str(found[-1]) if found else ""
 
 
 class SafeCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` that writes atomically, keeps only the newest interval checkpoint and never
-    writes NaN weights.
+    """MONAI's ``CheckpointSaver`` that writes atomically, keeps only the newest interval checkpoint, never
+    writes NaN weights and puts its best key metric in the training checkpoint.
+
+    It adds what MONAI's cannot: atomic files, pruning across resumes, the non-finite guard, a best model replaced
+    without a moment in which it is missing, and ``state_dict`` (MONAI's has only ``load_state_dict``).
 
     Every file is written to a temporary file and renamed (Ignite's ``DiskSaver(atomic=True)``, which also gives
     the file group/other read permission; MONAI turns atomic writes off), so a kill never leaves a partial file.
+    A fixed-name best model (``key_metric_filename``) is replaced by that rename, never deleted first.
 
     After each interval save, every other ``*_epoch=N.pt`` in ``save_dir`` is deleted (MONAI's ``n_saved`` only
     counts the files of the current process, so a resumed run would leave the old one). Before saving, the
@@ -216,25 +180,49 @@ class SafeCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None and hasattr(checkpoint.save_handler, "_atomic"):
                 checkpoint.save_handler._atomic = True
+        self._best_filename = kwargs.get("key_metric_filename")
+        if self._key_metric_checkpoint is not None and self._best_filename:
+            self._key_metric_checkpoint.save_handler.remove = _keep_file
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best key metric so far (Ignite's list of saved ``(score, file)``), for the training checkpoint."""
+        return dict(self._key_metric_checkpoint.state_dict()) if self._key_metric_checkpoint is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the best key metric (also from a checkpoint of the former ``BestModelSaver``: ``best_metric``)."""
+        if "best_metric" in state_dict:
+            state_dict = {"_saved": [(float(state_dict["best_metric"]), self._best_filename or "model.pt")]}
+        super().load_state_dict(state_dict)
+
+    def metrics_completed(self, engine: Engine) -> None:
+        """Save the best model when the key metric improves; a non-finite metric is never a best, and non-finite
+        weights stop training (the best model is kept)."""
+        if self._key_metric_checkpoint is None or not math.isfinite(self._key_metric_checkpoint.score_function(engine)):
+            return
+        best = Path(self.save_dir) / (self._best_filename or "best model")
+        self._stop_if_non_finite(f"{best}: not written, ", f" at epoch {engine.state.epoch}; the best model is kept")
+        super().metrics_completed(engine)
 
     def _finite_or_reason(self) -> str | None:
         bad = non_finite_tensors({k: v for k, v in self.save_dict.items() if isinstance(v, torch.nn.Module)})
         return f"non-finite weights in {', '.join(bad[:3])}" if bad else None
 
-    def interval_completed(self, engine: Engine) -> None:
+    def _stop_if_non_finite(self, before: str, after: str = "") -> None:
+        """Raise :class:`TrainingGuardError` (``before + reason + after``) when ``save_dict`` has non-finite weights."""
         reason = self._finite_or_reason()
         if reason:
-            raise TrainingGuardError(
-                f"training stopped at epoch {engine.state.epoch}: {reason}; no checkpoint written. "
-                f"Last good checkpoint: {last_checkpoint(self.save_dir) or 'none'}"
-            )
+            raise TrainingGuardError(f"{before}{reason}{after}")
+
+    def interval_completed(self, engine: Engine) -> None:
+        self._stop_if_non_finite(
+            f"training stopped at epoch {engine.state.epoch}: ",
+            f"; no checkpoint written. Last good checkpoint: {latest_checkpoint(self.save_dir) or 'none'}",
+        )
         super().interval_completed(engine)
         self.prune()
 
     def completed(self, engine: Engine) -> None:
-        reason = self._finite_or_reason()
-        if reason:
-            raise TrainingGuardError(f"final checkpoint not written: {reason}")
+        self._stop_if_non_finite("final checkpoint not written: ")
         super().completed(engine)
 
     def exception_raised(self, engine: Engine, e: BaseException) -> None:
@@ -260,6 +248,10 @@ class SafeCheckpointSaver(CheckpointSaver):
         return removed
 
 
+def _keep_file(filename: str) -> None:
+    """``remove`` of a fixed-name best model's saver: the atomic write of the new best replaces the file."""
+
+
 def guard_loss(loss: torch.Tensor, engine: Engine, cases: Sequence[str] | None, checkpoint_dir: str | None) -> None:
     """Stop training with :class:`TrainingGuardError` when ``loss`` is not finite (before any weight update).
 
@@ -275,5 +267,5 @@ def guard_loss(loss: torch.Tensor, engine: Engine, cases: Sequence[str] | None, 
     raise TrainingGuardError(
         f"training stopped: non-finite loss ({float(loss.detach().float().mean())}) at epoch {engine.state.epoch}, "
         f"iteration {engine.state.iteration}; batch cases: {ids}. No weights were updated or written. "
-        f"Last good checkpoint: {last_checkpoint(checkpoint_dir) or 'none'}"
+        f"Last good checkpoint: {latest_checkpoint(checkpoint_dir) or 'none'}"
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,17 +12,10 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
 from custom_components.data.atomic import save_nifti
-from custom_components.data.datalist import case_id_of
+from custom_components.data.datalist import case_id_of, source_name
 from custom_components.data.labels import check_convention, from_internal
 
 __all__ = ["SegmentationWriter"]
-
-
-def _filenames(value: Any) -> list[str]:
-    if isinstance(value, MetaTensor):
-        name = value.meta.get("filename_or_obj")
-        return [str(n) for n in (name if isinstance(name, list | tuple) else [name]) if n]
-    return []
 
 
 class SegmentationWriter:
@@ -78,7 +70,7 @@ class SegmentationWriter:
         for i, item in enumerate(output):
             src = batch[i] if isinstance(batch, list) else {}
             pred = item[self.pred_key]
-            inputs = _filenames(src.get(self.image_key)) + _filenames(src.get(self.label_key))
+            inputs = [n for n in (source_name(src.get(k)) for k in (self.image_key, self.label_key)) if n]
             case_id = src.get(self.case_key) or (case_id_of({"image": inputs[0]}) if inputs else None)
             if case_id is None:
                 raise ValueError("SegmentationWriter: no case id and no input file name to name the output after")

@@ -36,7 +36,7 @@ from monai.metrics import compute_hausdorff_distance
 from monai.metrics.utils import get_mask_edges, get_surface_distance
 
 from custom_components.data.atomic import atomic_write_text
-from custom_components.data.datalist import case_id_of
+from custom_components.data.datalist import case_id_of, source_name
 
 __all__ = [
     "BRATS_HD95_EMPTY",
@@ -172,7 +172,7 @@ def _case_ids(engine: Engine, n: int, key: str) -> list[str]:
         cid = item.get(key) if isinstance(item, dict) else None
         if cid is None and isinstance(item, dict):
             img = item.get("image")
-            name = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
+            name = source_name(img)
             # the items come from load_datalist and carry case_id; else the project's one id rule
             cid = case_id_of({"image": str(name)}) if name else None
         ids.append(str(cid) if cid is not None else f"case{engine.state.iteration:04d}_{i}")

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from monai.utils import convert_to_numpy  # noqa: E402
 
 from custom_components.data.atomic import atomic_path  # noqa: E402
 from custom_components.data.brain_mask import infer_brain_mask  # noqa: E402
@@ -43,16 +44,6 @@ PANELS_PER_VIEW = 2  # the slice as it is, and the same slice with label contour
 WINDOW_PERCENTILES: tuple[float, float] = (0.5, 99.5)  # of brain voxels, per image (modality) and row
 
 ArrayLike = Any  # numpy array, torch tensor / MetaTensor, or a NIfTI path
-
-
-def _as_numpy(x: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Array and affine (when the object carries one, e.g. a MetaTensor)."""
-    affine = getattr(x, "affine", None)
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    if affine is not None and hasattr(affine, "detach"):
-        affine = affine.detach().cpu().numpy()
-    return np.asarray(x), None if affine is None else np.asarray(affine, dtype=np.float64)
 
 
 def load_volume(
@@ -82,7 +73,8 @@ def load_volume(
         if data.ndim != 3:
             raise ValueError(f"{path}: expected a 3D or 4D image, got shape {data.shape}")
         return data, tuple(float(z) for z in img.header.get_zooms()[:3])
-    data, own_affine = _as_numpy(volume)
+    data, own_affine = convert_to_numpy(volume, wrap_sequence=True), getattr(volume, "affine", None)
+    own_affine = None if own_affine is None else convert_to_numpy(own_affine, dtype=np.float64)
     if data.ndim == 4:
         if not 0 <= channel < data.shape[0]:
             raise ValueError(f"channel {channel} out of range for an array of shape {data.shape}")

@@ -430,6 +430,179 @@ def _stage_file(staging: Path, out: Path, name: str) -> tuple[Path, Path]:
     return staging / name, out / name
 
 
+def _check_settings(settings: RegistrationSettings, min_brain_dice: float) -> None:
+    """Refuse registration settings and a Dice gate that cannot work."""
+    if len(settings.resolutions_mm) != len(settings.smoothing_sigmas):
+        raise ValueError("settings.resolutions_mm and settings.smoothing_sigmas need one value per level")
+    if settings.seed < 0:
+        raise ValueError(f"settings.seed must be >= 0, got {settings.seed}")
+    if not 0 < settings.sampling_fraction <= 1:
+        raise ValueError(f"settings.sampling_fraction must be in (0, 1], got {settings.sampling_fraction}")
+    if not 0 <= min_brain_dice <= 1:
+        raise ValueError(f"min_brain_dice must be in [0, 1], got {min_brain_dice}")
+
+
+def _resolve_reference(
+    reference: Path, reference_mask: str | os.PathLike | None, verbose: bool
+) -> tuple[Path, str | os.PathLike | None]:
+    """The reference image (a real datalist's choice, see :func:`choose_reference`) and its mask; logs the choice."""
+    if reference.suffix == ".json":
+        chosen = choose_reference(reference)
+        what = f"{chosen['modality'] or 'first image'} of case {chosen['case_id']} in {reference}"
+        reference = chosen["image"]
+        if reference_mask is None:
+            reference_mask = chosen["brain_mask"]
+    else:
+        what = "given"
+    message = f"prepare-healthy: reference image {reference} ({what})"
+    logger.info(message)
+    if verbose:
+        print(message)
+    return reference, reference_mask
+
+
+def _plan(
+    healthy: Path, reference: Path, reference_mask: str | os.PathLike | None, out: Path
+) -> tuple[_Volume, list[dict[str, Any]], list[_Volume]]:
+    """Load and validate the reference, every healthy scan and the output names, before anything is written.
+
+    Returns:
+        The reference volume, the healthy items and their loaded scans.
+    """
+    ref = _load_volume(reference, "reference image", None if reference_mask is None else Path(reference_mask))
+    items = _healthy_inputs(healthy)
+    ids = [it["case_id"] for it in items]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{healthy}: duplicate case ids {duplicates}")
+    inputs = {reference.resolve()}
+    scans = []
+    for it in items:
+        scans.append(_load_volume(it["image"], "healthy scan", it["brain_mask"]))
+        inputs.add(it["image"].resolve())
+        if it["brain_mask"] is not None:
+            inputs.add(it["brain_mask"].resolve())
+    for case in ids:
+        for name in (f"{case}_t1n.nii.gz", f"{case}_brainmask.nii.gz"):
+            if (out / name).resolve() in inputs:
+                raise ValueError(f"{out / name}: output would overwrite an input; choose another out folder")
+    return ref, items, scans
+
+
+class _Gate:
+    """Registers one healthy scan to the reference, checks its brain Dice (the gate) and stages its files.
+
+    Args:
+        ref: the reference volume.
+        reference: its file.
+        out: the output folder (QC PNGs are written there at once; a failed case always gets its PNG).
+        settings, min_brain_dice, lower, upper, qc, verbose: as for :func:`prepare_healthy`.
+    """
+
+    def __init__(
+        self,
+        ref: _Volume,
+        reference: Path,
+        out: Path,
+        settings: RegistrationSettings,
+        min_brain_dice: float,
+        lower: float,
+        upper: float,
+        qc: bool,
+        verbose: bool,
+    ) -> None:
+        self.ref, self.reference, self.out, self.settings = ref, reference, out, settings
+        self.min_brain_dice, self.lower, self.upper, self.qc, self.verbose = min_brain_dice, lower, upper, qc, verbose
+        self.fixed = to_sitk(ref.data, ref.affine)
+        self.fixed_crop, self.fixed_crop_mask = _cropped_sitk(ref)
+        self.rescale = RescaleBrainIntensity(lower, upper)
+
+    def prepare(self, case: str, scan: _Volume, staging: Path) -> tuple[dict[str, Any] | None, str | None]:
+        """Register ``scan``; returns its datalist entry (files staged in ``staging``) or the reason it failed."""
+        start = time.perf_counter()
+        settings, ref, reference, min_brain_dice = self.settings, self.ref, self.reference, self.min_brain_dice
+        moving = to_sitk(scan.data, scan.affine)
+        moving_mask = to_sitk(scan.brain.astype(np.uint8), scan.affine)
+        moving_crop, moving_crop_mask = _cropped_sitk(scan)
+        transform, info = register(self.fixed_crop, moving_crop, self.fixed_crop_mask, moving_crop_mask, settings)
+        warped = from_sitk(_resample(moving, self.fixed, transform, False, settings.threads))
+        brain = from_sitk(_resample(moving_mask, self.fixed, transform, True, settings.threads)) > 0
+        overlap = dice(brain, ref.brain)
+        passed = overlap >= min_brain_dice
+        png = self.out / f"{case}_qc.png"
+        if brain.sum() < 1000:
+            return None, (
+                f"{scan.path}: registration to {reference} moved the brain out of the reference grid "
+                f"(brain Dice {overlap:.3f})"
+            )
+        prepared = self.rescale(warped[None].astype(np.float32), brain[None])[0]
+        lo, hi = np.percentile(warped[brain], [self.lower, self.upper])
+        if self.qc or not passed:
+            save_montage(
+                prepared,
+                None,
+                png,
+                title=f"{case} registered to {reference.name}: brain Dice {overlap:.3f}"
+                + ("" if passed else f" < {min_brain_dice:.2f} FAILED"),
+                extra_images=[ref.data],
+                row_titles=["prepared", "reference"],
+                outline=ref.brain,
+                affine=ref.affine,
+                outline_name="reference brain",
+            )
+        seconds = time.perf_counter() - start
+        if self.verbose:
+            print(
+                f"{case}: registered to {reference.name} in {seconds:.1f} s, "
+                f"Mattes MI {info['final_metric']:.4f}, brain Dice vs reference {overlap:.3f}"
+                + ("" if passed else f" < min_brain_dice {min_brain_dice:.2f}: FAILED")
+            )
+        if not passed:
+            return None, (
+                f"{scan.path}: registration to the reference {reference} failed the quality gate: brain Dice "
+                f"{overlap:.3f} < min_brain_dice {min_brain_dice:.2f}; look at {png}. Check the scan's brain "
+                "mask (pass 'brain_mask' when the inferred one is wrong), its orientation and field of view, "
+                "or lower min_brain_dice if the brains really differ this much"
+            )
+        image_tmp, image_path = _stage_file(staging, self.out, f"{case}_t1n.nii.gz")
+        mask_tmp, mask_path = _stage_file(staging, self.out, f"{case}_brainmask.nii.gz")
+        save_nifti(prepared, ref.affine, image_tmp, dtype=np.float32)
+        save_nifti(brain.astype(np.uint8), ref.affine, mask_tmp)
+        with atomic_path(staging / f"{case}_affine.tfm", suffix=".tfm") as tmp:
+            sitk.WriteTransform(transform, str(tmp))
+        entry: dict[str, Any] = {
+            "case_id": case,
+            "image": [str(image_path.resolve())],
+            "brain_mask": str(mask_path.resolve()),
+            "provenance": {
+                "stage": "prepare-healthy",
+                "source": str(scan.path.resolve()),
+                "source_brain_mask": None if scan.mask_path is None else str(scan.mask_path.resolve()),
+                "reference": str(reference.resolve()),
+                "reference_brain_mask": None if ref.mask_path is None else str(ref.mask_path.resolve()),
+                "registration": {**settings.as_dict(), **info},
+                "transform_file": f"{case}_affine.tfm",
+                "dice_brain_vs_reference": round(overlap, 4),
+                "min_brain_dice": float(min_brain_dice),
+                "intensity": {
+                    "lower_percentile": self.lower,
+                    "upper_percentile": self.upper,
+                    "lo": float(lo),
+                    "hi": float(hi),
+                },
+            },
+        }
+        if self.qc:
+            entry["provenance"]["qc"] = png.name
+        return entry, None
+
+
+def _commit(staging: Path, out: Path) -> None:
+    """Move every staged file into ``out`` (after every scan passed the gate)."""
+    for staged in sorted(staging.iterdir()):
+        os.replace(staged, out / staged.name)
+
+
 def prepare_healthy(
     healthy: str | os.PathLike,
     reference: str | os.PathLike,
@@ -479,143 +652,30 @@ def prepare_healthy(
         :class:`RegistrationQualityError` when a registration fails the Dice gate.
     """
     settings = settings or RegistrationSettings()
-    if len(settings.resolutions_mm) != len(settings.smoothing_sigmas):
-        raise ValueError("settings.resolutions_mm and settings.smoothing_sigmas need one value per level")
-    if settings.seed < 0:
-        raise ValueError(f"settings.seed must be >= 0, got {settings.seed}")
-    if not 0 < settings.sampling_fraction <= 1:
-        raise ValueError(f"settings.sampling_fraction must be in (0, 1], got {settings.sampling_fraction}")
-    if not 0 <= min_brain_dice <= 1:
-        raise ValueError(f"min_brain_dice must be in [0, 1], got {min_brain_dice}")
-    healthy, reference, out = Path(healthy), Path(reference), Path(out)
-    if reference.suffix == ".json":
-        chosen = choose_reference(reference)
-        what = f"{chosen['modality'] or 'first image'} of case {chosen['case_id']} in {reference}"
-        reference = chosen["image"]
-        if reference_mask is None:
-            reference_mask = chosen["brain_mask"]
-    else:
-        what = "given"
-    message = f"prepare-healthy: reference image {reference} ({what})"
-    logger.info(message)
-    if verbose:
-        print(message)
+    _check_settings(settings, min_brain_dice)
+    healthy, out = Path(healthy), Path(out)
+    reference, reference_mask = _resolve_reference(Path(reference), reference_mask, verbose)
     datalist_path = out / "datalist.json"
     if datalist_path.exists() and not overwrite:
         raise FileExistsError(f"{datalist_path}: prepared healthy data already there; choose another out or overwrite")
-
-    # --- validate everything before writing anything
-    ref = _load_volume(reference, "reference image", None if reference_mask is None else Path(reference_mask))
-    items = _healthy_inputs(healthy)
-    ids = [it["case_id"] for it in items]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"{healthy}: duplicate case ids {duplicates}")
-    inputs = {reference.resolve()}
-    scans = []
-    for it in items:
-        scans.append(_load_volume(it["image"], "healthy scan", it["brain_mask"]))
-        inputs.add(it["image"].resolve())
-        if it["brain_mask"] is not None:
-            inputs.add(it["brain_mask"].resolve())
-    for case in ids:
-        for name in (f"{case}_t1n.nii.gz", f"{case}_brainmask.nii.gz"):
-            if (out / name).resolve() in inputs:
-                raise ValueError(f"{out / name}: output would overwrite an input; choose another out folder")
-
-    fixed = to_sitk(ref.data, ref.affine)
-    fixed_crop, fixed_crop_mask = _cropped_sitk(ref)
-    rescale = RescaleBrainIntensity(lower, upper)
+    ref, items, scans = _plan(healthy, reference, reference_mask, out)  # every input validated, nothing written
+    gate = _Gate(ref, reference, out, settings, min_brain_dice, lower, upper, qc, verbose)
     entries, failures = [], []
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".prepare-healthy-", dir=out))
     try:
         for it, scan in zip(items, scans, strict=True):
-            start = time.perf_counter()
-            case = it["case_id"]
-            moving = to_sitk(scan.data, scan.affine)
-            moving_mask = to_sitk(scan.brain.astype(np.uint8), scan.affine)
-            moving_crop, moving_crop_mask = _cropped_sitk(scan)
-            transform, info = register(fixed_crop, moving_crop, fixed_crop_mask, moving_crop_mask, settings)
-            warped = from_sitk(_resample(moving, fixed, transform, False, settings.threads))
-            brain = from_sitk(_resample(moving_mask, fixed, transform, True, settings.threads)) > 0
-            overlap = dice(brain, ref.brain)
-            passed = overlap >= min_brain_dice
-            png = out / f"{case}_qc.png"
-            if brain.sum() < 1000:
-                failures.append(
-                    f"{scan.path}: registration to {reference} moved the brain out of the reference grid "
-                    f"(brain Dice {overlap:.3f})"
-                )
-                continue
-            prepared = rescale(warped[None].astype(np.float32), brain[None])[0]
-            lo, hi = np.percentile(warped[brain], [lower, upper])
-            if qc or not passed:
-                save_montage(
-                    prepared,
-                    None,
-                    png,
-                    title=f"{case} registered to {reference.name}: brain Dice {overlap:.3f}"
-                    + ("" if passed else f" < {min_brain_dice:.2f} FAILED"),
-                    extra_images=[ref.data],
-                    row_titles=["prepared", "reference"],
-                    outline=ref.brain,
-                    affine=ref.affine,
-                    outline_name="reference brain",
-                )
-            seconds = time.perf_counter() - start
-            if verbose:
-                print(
-                    f"{case}: registered to {reference.name} in {seconds:.1f} s, "
-                    f"Mattes MI {info['final_metric']:.4f}, brain Dice vs reference {overlap:.3f}"
-                    + ("" if passed else f" < min_brain_dice {min_brain_dice:.2f}: FAILED")
-                )
-            if not passed:
-                failures.append(
-                    f"{scan.path}: registration to the reference {reference} failed the quality gate: brain Dice "
-                    f"{overlap:.3f} < min_brain_dice {min_brain_dice:.2f}; look at {png}. Check the scan's brain "
-                    "mask (pass 'brain_mask' when the inferred one is wrong), its orientation and field of view, "
-                    "or lower min_brain_dice if the brains really differ this much"
-                )
-                continue
-            image_tmp, image_path = _stage_file(staging, out, f"{case}_t1n.nii.gz")
-            mask_tmp, mask_path = _stage_file(staging, out, f"{case}_brainmask.nii.gz")
-            save_nifti(prepared, ref.affine, image_tmp, dtype=np.float32)
-            save_nifti(brain.astype(np.uint8), ref.affine, mask_tmp)
-            with atomic_path(staging / f"{case}_affine.tfm", suffix=".tfm") as tmp:
-                sitk.WriteTransform(transform, str(tmp))
-            entry: dict[str, Any] = {
-                "case_id": case,
-                "image": [str(image_path.resolve())],
-                "brain_mask": str(mask_path.resolve()),
-                "provenance": {
-                    "stage": "prepare-healthy",
-                    "source": str(scan.path.resolve()),
-                    "source_brain_mask": None if scan.mask_path is None else str(scan.mask_path.resolve()),
-                    "reference": str(reference.resolve()),
-                    "reference_brain_mask": None if ref.mask_path is None else str(ref.mask_path.resolve()),
-                    "registration": {**settings.as_dict(), **info},
-                    "transform_file": f"{case}_affine.tfm",
-                    "dice_brain_vs_reference": round(overlap, 4),
-                    "min_brain_dice": float(min_brain_dice),
-                    "intensity": {
-                        "lower_percentile": lower,
-                        "upper_percentile": upper,
-                        "lo": float(lo),
-                        "hi": float(hi),
-                    },
-                },
-            }
-            if qc:
-                entry["provenance"]["qc"] = png.name
-            entries.append(entry)
+            entry, failure = gate.prepare(it["case_id"], scan, staging)
+            if failure is not None:
+                failures.append(failure)
+            else:
+                entries.append(entry)
         if failures:
             raise RegistrationQualityError(
                 f"prepare-healthy: {len(failures)} of {len(items)} healthy scan(s) failed; no prepared case was "
                 "written:\n" + "\n".join(failures)
             )
-        for staged in sorted(staging.iterdir()):
-            os.replace(staged, out / staged.name)
+        _commit(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_datalist(

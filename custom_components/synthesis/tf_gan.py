@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_numpy, convert_to_tensor
 
 from custom_components.data.atomic import atomic_path, save_nifti
 from custom_components.data.brain_mask import infer_brain_mask
@@ -203,12 +203,6 @@ def summarise_change(items: Sequence[Mapping[str, Any]]) -> dict[str, float | in
         return None
     keys = ("outside_roi_mean_abs", "outside_roi_beyond_margin", "roi_mean_abs")
     return {"cases": len(changes), **{k: float(np.median([c[k] for c in changes])) for k in keys}}
-
-
-def _numpy(x: Any) -> np.ndarray | None:
-    if x is None:
-        return None
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def _copy(src: str | os.PathLike, dst: Path) -> Path:
@@ -435,7 +429,10 @@ class SyntheticDatalistWriter:
         if isinstance(batch, Mapping) or isinstance(output, Mapping):
             raise TypeError("SyntheticDatalistWriter needs a decollating evaluator (decollate=True)")
         for b, o in zip(batch, output, strict=True):
-            pred, roi, brain = _numpy(o[self.pred_key]), _numpy(b.get(self.roi_key)), _numpy(b.get(self.brain_key))
+            pred, roi, brain = (
+                convert_to_numpy(x, wrap_sequence=True)
+                for x in (o[self.pred_key], b.get(self.roi_key), b.get(self.brain_key))
+            )
             self.write_case(str(b["case_id"]), pred, roi, brain)
             logger.info(f"{self.stage}: wrote {b['case_id']}")
 

@@ -12,6 +12,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
 
 from custom_components.data.brain_mask import infer_brain_mask
+from custom_components.data.datalist import source_name
 
 __all__ = ["BrainMask", "BrainMaskd"]
 
@@ -24,8 +25,7 @@ class BrainMask(Transform):
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Args: img: ``(C, *spatial)`` image. Returns: the mask, of the input's type (metadata kept)."""
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-        name = img.meta.get("filename_or_obj") if hasattr(img, "meta") else None
-        mask = infer_brain_mask(arr[0], name=str(name) if name else None)[None].astype(np.float32)
+        mask = infer_brain_mask(arr[0], name=source_name(img))[None].astype(np.float32)
         return convert_to_dst_type(mask, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
 
 

@@ -9,26 +9,16 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from custom_components.data.brain_mask import infer_brain_mask
+from custom_components.data.datalist import source_name
 from custom_components.data.validation import check_brain_mask_grid
-
-
-def _name_of(img: Any) -> str | None:
-    """The file a MetaTensor was loaded from, if known."""
-    meta = getattr(img, "meta", None)
-    name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
-    return str(name) if name else None
 
 
 def _affine_of(img: Any) -> np.ndarray | None:
     affine = getattr(img, "affine", None)
     return None if affine is None else np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine)
-
-
-def _numpy(img: Any) -> np.ndarray:
-    return img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
 
 
 class RescaleBrainIntensity(Transform):
@@ -77,14 +67,14 @@ class RescaleBrainIntensity(Transform):
         mask: optional brain mask ((1, *spatial) or (*spatial), non-zero = brain) on the image's grid; its shape
             (and, for MetaTensors, its affine) must match the image's.
         """
-        arr = _numpy(img)
+        arr = convert_to_numpy(img, wrap_sequence=True)
         if mask is None:
-            brain = infer_brain_mask(arr[0].astype(np.float32), name=_name_of(img), check=self.check)
+            brain = infer_brain_mask(arr[0].astype(np.float32), name=source_name(img), check=self.check)
         else:
-            m = _numpy(mask)
+            m = convert_to_numpy(mask, wrap_sequence=True)
             m = m[0] if m.ndim == arr.ndim else m
             check_brain_mask_grid(
-                arr.shape[1:], _affine_of(img), m.shape, _affine_of(mask), _name_of(img), _name_of(mask)
+                arr.shape[1:], _affine_of(img), m.shape, _affine_of(mask), source_name(img), source_name(mask)
             )
             brain = m > 0
         out = np.stack([self._channel(c.astype(np.float32), brain) for c in arr])

@@ -9,27 +9,18 @@ Bundles map labels to the internal convention when they load them
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import Any
 
 import numpy as np
 import torch
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
+from custom_components.data.datalist import source_name
 from custom_components.data.labels import REGIONS, TUMOUR_CLASSES, check_convention, from_internal, to_internal
 
 REGION_NAMES: tuple[str, ...] = ("ET", "TC", "WT")
-
-
-def _source_name(img: Any) -> str | None:
-    """The file a MetaTensor was loaded from, if known (used to name the file in errors)."""
-    if isinstance(img, MetaTensor):
-        name = img.meta.get("filename_or_obj")
-        if isinstance(name, str | bytes) and name:
-            return str(name)
-    return None
 
 
 class MapBratsLabels(Transform):
@@ -63,7 +54,7 @@ class MapBratsLabels(Transform):
         try:
             out = from_internal(to_internal(arr, self.source), self.target)
         except ValueError as e:
-            name = _source_name(img)
+            name = source_name(img)
             raise ValueError(f"{name}: {e}" if name else str(e)) from e
         return convert_to_dst_type(out, img)[0]
 
@@ -100,8 +91,11 @@ class MapBratsLabelsd(MapTransform):
 class ConvertToBratsRegions(Transform):
     """Internal labels to three binary channels in the order ET, TC, WT (the BraTS metric regions).
 
-    ET = {3}, TC = {1, 3}, WT = {1, 2, 3}. Use it after ``AsDiscrete(argmax=True)`` on predictions
-    and on internal ground-truth labels before ``DiceMetric`` / ``HausdorffDistanceMetric``.
+    The regions are MONAI's ``ConvertToMultiChannelBasedOnBratsClasses(et_label=3)`` (ET = {3}, TC = {1, 3},
+    WT = {1, 2, 3}); this class adds what MONAI's cannot do: it refuses values outside the internal convention
+    (MONAI's silently drops an unmapped BraTS 2021 label 4 from every region), orders the channels ET, TC, WT
+    as the project's metrics read them, and converts to ``dtype``. Use it after ``AsDiscrete(argmax=True)`` on
+    predictions and on internal ground-truth labels before ``DiceMetric`` / ``HausdorffDistanceMetric``.
     Tensors stay on their device.
 
     Args:
@@ -117,9 +111,12 @@ class ConvertToBratsRegions(Transform):
     """
 
     backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+    # MONAI's channels are TC, WT, ET
+    _ORDER: tuple[int, ...] = (2, 0, 1)
 
     def __init__(self, dtype: DtypeLike | torch.dtype = np.float32) -> None:
         self.dtype = dtype
+        self.regions = ConvertToMultiChannelBasedOnBratsClasses(et_label=REGIONS["ET"][0])
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Args: img: internal label volume, ``(1, *spatial)`` or ``(*spatial)``."""
@@ -127,30 +124,21 @@ class ConvertToBratsRegions(Transform):
             lab = img[0]
         elif img.ndim == 4:
             raise ValueError(
-                f"{_source_name(img) or 'label'}: expected a single-channel label, got shape {tuple(img.shape)}; "
+                f"{source_name(img) or 'label'}: expected a single-channel label, got shape {tuple(img.shape)}; "
                 "apply AsDiscrete(argmax=True) to multi-channel predictions first"
             )
         else:
             lab = img
-        if isinstance(lab, torch.Tensor):
-            lab = lab.as_tensor() if isinstance(lab, MetaTensor) else lab
-            channels = [
-                torch.isin(lab, torch.tensor(REGIONS[r], device=lab.device, dtype=lab.dtype)) for r in REGION_NAMES
-            ]
-            invalid = bool(((lab != 0) & ~channels[2]).any())
-            out: NdarrayOrTensor = torch.stack(channels)
-        else:
-            lab = np.asarray(lab)
-            channels = [np.isin(lab, REGIONS[r]) for r in REGION_NAMES]
-            invalid = bool(((lab != 0) & ~channels[2]).any())
-            out = np.stack(channels)
-        if invalid:
-            values = np.unique(lab.cpu().numpy() if isinstance(lab, torch.Tensor) else lab)
+        lab = lab.as_tensor() if isinstance(lab, MetaTensor) else lab
+        tc_wt_et = self.regions(lab)
+        out = tc_wt_et[list(self._ORDER)]
+        if bool(((lab != 0) & ~out[2]).any()):
+            values = np.unique(lab.cpu().numpy() if isinstance(lab, torch.Tensor) else np.asarray(lab))
             bad = [
                 int(v) if float(v).is_integer() else v for v in values.tolist() if v != 0 and v not in TUMOUR_CLASSES
             ]
             raise ValueError(
-                f"{_source_name(img) or 'label'}: values {bad} are not internal labels (0, 1, 2, 3); "
+                f"{source_name(img) or 'label'}: values {bad} are not internal labels (0, 1, 2, 3); "
                 "map the label with MapBratsLabels first"
             )
         return convert_to_dst_type(out, img, dtype=self.dtype)[0]

@@ -36,23 +36,16 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 
+from custom_components.data.datalist import source_name
 from custom_components.data.labels import TUMOUR_CLASSES, to_internal
 
 # nested BraTS regions used for resampling, outermost first: WT, TC, ET
 _REGIONS: tuple[tuple[int, ...], ...] = ((1, 2, 3), (1, 3), (3,))
 # the label a voxel gets when it is inside region k (and not inside region k + 1)
 _REGION_LABEL: tuple[int, ...] = (2, 1, 3)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, MetaTensor):
-        x = x.as_tensor()
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _spatial(x: np.ndarray, what: str) -> np.ndarray:
@@ -152,7 +145,7 @@ class MaskPool:
                 affine = np.asarray(img.affine, dtype=np.float64)
             else:
                 name = str(names[i]) if names is not None else f"mask[{i}]"
-                data, affine = _to_numpy(m), _affine_of(m)
+                data, affine = convert_to_numpy(m, wrap_sequence=True), _affine_of(m)
             data = _spatial(data, name)
             if np.issubdtype(data.dtype, np.floating) and (
                 not np.all(np.isfinite(data)) or np.any(data != np.round(data))
@@ -442,11 +435,11 @@ class TumorMaskAugment(Randomizable, Transform):
             RuntimeError: when no acceptable mask was drawn in ``max_retries`` attempts.
         """
         if name is None and isinstance(brain_mask, MetaTensor):
-            name = str(brain_mask.meta.get("filename_or_obj", "") or "") or None
+            name = source_name(brain_mask)
         name = name or "brain mask"
         brain = None
         if brain_mask is not None:
-            brain = _spatial(_to_numpy(brain_mask), name) > 0
+            brain = _spatial(convert_to_numpy(brain_mask, wrap_sequence=True), name) > 0
             self.pool.check_grid(brain.shape, _affine_of(brain_mask), name)
             if not brain.any():
                 raise ValueError(f"{name}: the brain mask is empty")
@@ -557,9 +550,9 @@ class TumorMaskAugmentd(Randomizable, MapTransform):
         name = None
         image = d.get(self.image_key) if self.image_key else None
         if isinstance(image, MetaTensor):
-            name = str(image.meta.get("filename_or_obj", "") or "") or None
+            name = source_name(image)
         if name is None and isinstance(brain, MetaTensor):
-            name = str(brain.meta.get("filename_or_obj", "") or "") or None
+            name = source_name(brain)
         mask = self.augment(brain, randomize=True, name=name)
         d[self.label_key] = mask
         if self.roi_key is not None:

@@ -57,6 +57,7 @@ from monai.utils import convert_to_dst_type, ensure_tuple_rep
 from scipy import ndimage, signal
 
 from custom_components.data.brain_mask import infer_brain_mask
+from custom_components.data.datalist import source_name
 
 MODES: tuple[str, ...] = ("bilinear", "nearest")
 NEGLIGIBLE_VOXELS = 1e-3  # coarse-grid displacements below this are set to exactly 0
@@ -346,7 +347,7 @@ class MassEffect(RandomizableTransform):
         shape = tuple(arr.shape[1:])
         tum = _as_3d(tumour, "tumour label") > 0
         if brain_mask is None:
-            brain = infer_brain_mask(arr[0].astype(np.float32), name=getattr(img, "meta", {}).get("filename_or_obj"))
+            brain = infer_brain_mask(arr[0].astype(np.float32), name=source_name(img))
         else:
             brain = _as_3d(brain_mask, "brain mask") > 0
         for name, m in (("tumour label", tum), ("brain mask", brain)):

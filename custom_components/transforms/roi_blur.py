@@ -20,23 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.data import MetaTensor
 from monai.networks.layers import separable_filtering
 from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform, Transform
-from monai.utils import convert_to_dst_type
-
-
-def _to_tensor(x: Any) -> torch.Tensor:
-    if isinstance(x, MetaTensor):
-        return x.as_tensor()
-    if isinstance(x, torch.Tensor):
-        return x
-    return torch.as_tensor(np.asarray(x))
+from monai.utils import convert_to_dst_type, convert_to_tensor
 
 
 def _spatial_bool(x: Any, what: str, shape: Sequence[int]) -> torch.Tensor:
-    t = _to_tensor(x)
+    t = convert_to_tensor(x, track_meta=False, wrap_sequence=True)
     if t.ndim == len(shape) + 1 and t.shape[0] == 1:
         t = t[0]
     if tuple(t.shape) != tuple(shape):
@@ -79,7 +70,7 @@ class RoiGaussianBlur(Transform):
         Returns:
             float32 image of the input's type (MetaTensor metadata kept); outside the ROI equal to the input.
         """
-        x = _to_tensor(img)
+        x = convert_to_tensor(img, track_meta=False, wrap_sequence=True)
         if x.ndim < 2:
             raise ValueError(f"image must be channel-first (C, *spatial), got shape {tuple(x.shape)}")
         spatial = tuple(x.shape[1:])
