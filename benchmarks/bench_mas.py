@@ -7,7 +7,8 @@ in every batch, DynUNet, weighted Dice loss) in two settings:
 * ``mas``: ``SegmentationTrainer`` with a ``MASHandler`` (per-sample Dice of the detached prediction,
   MAS weights, per-epoch statistics, per-epoch CSV log).
 
-It also times MAS's evaluation of the real training cases (``MASHandler.evaluate``, eval mode, no gradients;
+It also times MAS's evaluation of the real training cases (``MASHandler.evaluate``: the
+:func:`~custom_components.handlers.real_case_evaluator`, a MONAI ``SupervisedEvaluator``, eval mode, no gradients;
 the bundle's default source of eta/theta, run at the start of phase 2 and after every phase-2 epoch) on
 ``--cases`` volumes of ``--volume`` voxels, as whole volumes (``SlidingWindowInferer``, the bundle's
 settings: roi = crop, overlap 0.5, Gaussian blending) and as tumour-centred crops (one forward pass per
@@ -44,7 +45,7 @@ from monai.inferers import SlidingWindowInferer
 
 from custom_components.engines import seg_trainer
 from custom_components.engines.seg_trainer import SegmentationTrainer
-from custom_components.handlers.mas import MASHandler, hard_prediction, region_dice_per_sample
+from custom_components.handlers.mas import MASHandler, hard_prediction, real_case_evaluator, region_dice_per_sample
 from custom_components.losses.weighted_dice import SampleWeightedDiceLoss
 from custom_components.networks import build_segmentation_network
 
@@ -146,7 +147,7 @@ def mas_op_time(batches: list[dict], filters: list[int], channels: int, repeats:
     net = build_segmentation_network("dynunet", channels, 4, filters)
     loss = SampleWeightedDiceLoss()
     mas = MASHandler()
-    mas.eta, mas.theta = 0.6, 0.2
+    mas.load_state_dict({"eta": 0.6, "theta": 0.2})
     batch = batches[0]
     step, ops = [], []
     for _ in range(repeats):
@@ -176,16 +177,11 @@ def eval_time(
         label[(0, 0, *(slice(c - crop // 6, c + crop // 6) for c in centre))] = 2
         loader.append({"image": torch.randn(1, channels, *shape), "label": label, "case_id": [f"case{i}"]})
     inferer = SlidingWindowInferer(roi_size=[crop] * 3, sw_batch_size=2, overlap=0.5, mode="gaussian")
-    mas = MASHandler(real_loader=loader, real_inferer=inferer)
-
-    class _Engine:
-        network = net
-        state = type("S", (), {"device": torch.device("cpu")})()
-
+    mas = MASHandler(evaluator=real_case_evaluator(net, loader, inferer=inferer))
     times = []
     for _ in range(repeats):
         start = time.process_time()  # CPU time of this single-threaded process: robust to a shared machine
-        mas.evaluate(_Engine())  # type: ignore[arg-type]
+        mas.evaluate()
         times.append(time.process_time() - start)
     return statistics.median(times)
 

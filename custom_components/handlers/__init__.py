@@ -1,4 +1,4 @@
-"""Ignite handlers: DSMA's MAS sample weights, the label writer, and the checkpoint savers and training guards.
+"""Ignite handlers: DSMA's MAS sample weights (statistics, real-case evaluator, handler), the label writer, and the checkpoint savers and training guards.
 
 TF-GAN's lambda_c schedule is MONAI's ``ParamSchedulerHandler`` (linear), configured in tf_gan's train.yaml."""
 
@@ -13,10 +13,13 @@ from custom_components.handlers.checkpoints import (
 )
 from custom_components.handlers.mas import (
     MASHandler,
+    MASStatistics,
+    PerCaseRegionDice,
     hard_prediction,
     mas_eta,
     mas_theta,
     mas_weight,
+    real_case_evaluator,
     region_dice_per_sample,
 )
 from custom_components.handlers.save_labels import SegmentationWriter
@@ -30,10 +33,13 @@ __all__ = [
     "last_checkpoint",
     "non_finite_tensors",
     "MASHandler",
+    "MASStatistics",
+    "PerCaseRegionDice",
     "SegmentationWriter",
     "hard_prediction",
     "mas_eta",
     "mas_theta",
     "mas_weight",
+    "real_case_evaluator",
     "region_dice_per_sample",
 ]
