@@ -657,3 +657,39 @@ def test_synthesis_keys_are_defined_once() -> None:
         "sample_dice",
         "sample_weight",
     }
+
+
+def test_mas_eval_interval_reuses_the_last_statistics(tmp_path) -> None:
+    """eval_interval 2 from start_epoch 0: the evaluator runs at the start (no statistics), after epochs 2 and 4;
+    epochs 1-2 apply the start's statistics, epochs 3-4 those after epoch 2."""
+    net = torch.nn.Conv3d(1, 4, 1)
+    calls: list[int] = []
+
+    def growing_oedema(x: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+        # evaluation e (two cases each) predicts oedema on the first p = 1, 3, 4 of the 4 slices
+        p = [1, 3, 4][len(calls) // 2]
+        calls.append(p)
+        logits = torch.zeros(x.shape[0], 4, *x.shape[2:])
+        logits[:, 0] = 1.0
+        logits[..., :p] = torch.tensor([0.0, 0.0, 2.0, 0.0]).view(1, 4, 1, 1, 1)
+        return logits
+
+    # case a: oedema on 2 slices, b: on 1; WT Dice 2 min(p, g) / (p + g)
+    loader = [_real_case("a", 2), _real_case("b", 1)]
+    handler = MASHandler(evaluator=real_case_evaluator(net, loader, inferer=growing_oedema), eval_interval=2)
+    engine = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
+    handler.attach(engine)
+    applied = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: applied.append(e.state.metrics["mas_eta_applied"]))
+    engine.run([0], max_epochs=4)
+    assert calls == [1, 1, 3, 3, 4, 4]  # three evaluations of the two cases
+    assert [h["after_epoch"] for h in handler.history if "after_epoch" in h] == [0, 2, 4]
+    eta0 = (2 / 3 + 1.0) / 2  # p = 1: a 2/3, b 1
+    eta2 = (0.8 + 0.5) / 2  # p = 3: a 4/5, b 2/4
+    eta4 = (2 / 3 + 0.4) / 2  # p = 4: a 4/6, b 2/5
+    np.testing.assert_allclose(applied, [eta0, eta0, eta2, eta2])
+    assert handler.eta == pytest.approx(eta4) and handler.theta == pytest.approx((2 / 3 - 0.4) / 2 + 2e-5)
+    # reuse epochs have no new statistics and no evaluation time
+    assert [handler.evaluates_after(k) for k in range(1, 5)] == [False, True, False, True]
+    with pytest.raises(ValueError, match="eval_interval"):
+        MASHandler(eval_interval=0)

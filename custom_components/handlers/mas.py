@@ -425,7 +425,8 @@ class MASHandler:
     tumour-centred crops):
 
     * at the end of every epoch ``k >= start_epoch`` (the statistics used by epoch ``k + 1``, the first phase-2
-      epoch included when phase 1 and phase 2 run in one job);
+      epoch included when phase 1 and phase 2 run in one job), or of every ``eval_interval``-th one, the last
+      statistics being reused in between;
     * at the start of an epoch ``k > start_epoch`` when no statistics exist yet: a run that starts in phase 2
       (``init_checkpoint`` with ``phase2_start_epoch 0``) or resumes from a checkpoint without MAS state. The
       statistics saved in a checkpoint are those of the model it holds, so a resumed run continues with them.
@@ -455,6 +456,9 @@ class MASHandler:
             the training forward passes.
         start_epoch: number of epochs before MAS weights are needed (the bundle's ``phase2_start_epoch``); the
             evaluation pass runs from the end of this epoch on (never during phase 1).
+        eval_interval: the evaluator runs after epochs ``start_epoch``, ``start_epoch + eval_interval``, ...
+            only, and the last statistics are reused in between (1: after every epoch, the paper's definition;
+            ``N`` divides the cost of the statistics by ``N``). A missing-statistics start evaluation still runs.
         log_dir: optional folder for one CSV per epoch (``epoch_0001.csv``: case id, source (``train`` for the
             training samples, ``real_eval`` for the evaluation pass), synthetic flag, MAS flag, accuracy,
             weight) and ``summary.json``, written atomically.
@@ -468,11 +472,15 @@ class MASHandler:
         enabled: bool = True,
         evaluator: SupervisedEvaluator | None = None,
         start_epoch: int = 0,
+        eval_interval: int = 1,
         log_dir: str | os.PathLike | None = None,
         metric_prefix: str = "mas_",
     ) -> None:
         if start_epoch < 0:
             raise ValueError(f"MAS start_epoch must be >= 0, got {start_epoch}")
+        if eval_interval < 1:
+            raise ValueError(f"MAS eval_interval must be >= 1, got {eval_interval}")
+        self.eval_interval = int(eval_interval)
         self.stats = MASStatistics(beta, c)
         self.enabled = bool(enabled)
         self.evaluator = evaluator
@@ -589,11 +597,19 @@ class MASHandler:
             return self._set_statistics(per_case, epoch, "end") if per_case else {}
         metrics: dict[str, float] = {}
         seconds = 0.0
-        if epoch >= self.start_epoch:
+        if self.evaluates_after(epoch):
             self._eval, seconds = self.evaluate(epoch)
             metrics.update(self._set_statistics(self._eval, epoch, "end"))
         metrics[f"{self.prefix}eval_seconds"] = self._eval_seconds + seconds
         return metrics
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether the evaluator runs at the end of ``epoch`` (every ``eval_interval``-th epoch from ``start_epoch``).
+
+        Args:
+            epoch: the trainer's epoch (1-based).
+        """
+        return epoch >= self.start_epoch and (epoch - self.start_epoch) % self.eval_interval == 0
 
     def _synthetic_metrics(self) -> dict[str, float]:
         """Number, weights and accuracy of the epoch's synthetic samples (metrics entries; ``{}`` without any)."""
