@@ -12,15 +12,19 @@ from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 from monai.losses import DiceLoss
 
+from custom_components.data.keys import SynthesisKeys
 from custom_components.engines.seg_data import TwoPhaseDataset
 from custom_components.engines.seg_trainer import SegmentationTrainer, TwoPhaseLRLambda
 from custom_components.handlers import OutputExistsError, check_output_dir
 from custom_components.handlers.mas import (
+    REAL_DICE_METRIC,
     MASHandler,
+    MASStatistics,
     hard_prediction,
     mas_eta,
     mas_theta,
     mas_weight,
+    real_case_evaluator,
     region_dice_per_sample,
 )
 from custom_components.losses.weighted_dice import SampleWeightedDiceLoss
@@ -239,10 +243,10 @@ def test_mas_handler_real_eval_before_first_epoch_and_after_each(tmp_path) -> No
     seen: list[bool] = []
     # half the volume oedema, predicted everywhere: WT Dice = 2*32/(64+32) = 2/3; a quarter: 2*16/(64+16) = 0.4
     loader = [_real_case("a", 2), _real_case("b", 1)]
-    handler = MASHandler(real_loader=loader, real_inferer=_oedema_everywhere(seen), log_dir=tmp_path)
+    evaluator = real_case_evaluator(net, loader, inferer=_oedema_everywhere(seen))
+    handler = MASHandler(evaluator=evaluator, log_dir=tmp_path)
     ready_at_first_iteration = []
     engine = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
-    engine.network = net
     engine.add_event_handler(Events.ITERATION_STARTED, lambda e: ready_at_first_iteration.append(handler.ready))
     handler.attach(engine)
     net.train()
@@ -273,20 +277,17 @@ def test_mas_handler_real_eval_before_first_epoch_and_after_each(tmp_path) -> No
 def test_mas_handler_evaluates_only_from_phase2(tmp_path) -> None:
     net = torch.nn.Conv3d(1, 4, 1)
     seen: list[bool] = []
-    handler = MASHandler(
-        real_loader=[_real_case("a", 2), _real_case("b", 1)], real_inferer=_oedema_everywhere(seen), start_epoch=2
-    )
+    loader = [_real_case("a", 2), _real_case("b", 1)]
+    handler = MASHandler(evaluator=real_case_evaluator(net, loader, inferer=_oedema_everywhere(seen)), start_epoch=2)
     engine = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
-    engine.network = net
     handler.attach(engine)
     engine.run([0], max_epochs=3)
     # phase 1 = epochs 1-2: the first evaluation (two cases) is after epoch 2 (for epoch 3), then after epoch 3
     assert len(seen) == 4
     # resuming with the saved statistics (the model's after its last epoch) does not evaluate again at the start
-    resumed = MASHandler(real_loader=handler.real_loader, real_inferer=_oedema_everywhere(seen), start_epoch=2)
+    resumed = MASHandler(evaluator=real_case_evaluator(net, loader, inferer=_oedema_everywhere(seen)), start_epoch=2)
     resumed.load_state_dict(handler.state_dict())
     engine2 = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
-    engine2.network = net
     resumed.attach(engine2)
     engine2.state.epoch = 3
     resumed.epoch_started(engine2)
@@ -295,9 +296,9 @@ def test_mas_handler_evaluates_only_from_phase2(tmp_path) -> None:
 
 def test_mas_with_one_real_case_warns(tmp_path, caplog) -> None:
     net = torch.nn.Conv3d(1, 4, 1)
-    handler = MASHandler(real_loader=[_real_case("a", 2)], real_inferer=_oedema_everywhere([]), log_dir=tmp_path)
+    evaluator = real_case_evaluator(net, [_real_case("a", 2)], inferer=_oedema_everywhere([]))
+    handler = MASHandler(evaluator=evaluator, log_dir=tmp_path)
     engine = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
-    engine.network = net
     handler.attach(engine)
     with caplog.at_level("WARNING", logger="custom_components.handlers.mas"):
         engine.run([0], max_epochs=1)
@@ -330,7 +331,7 @@ def test_mas_weights_first_iteration_from_phase1_checkpoint(tmp_path) -> None:
     ds = TwoPhaseDataset(real, augment=lambda d: d, synthetic=synthetic, phase2_start_epoch=0, synthetic_weight=0.37)
     loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=list_data_collate)
     real_loader = torch.utils.data.DataLoader(real, batch_size=1)
-    mas = MASHandler(beta=0.5, real_loader=real_loader)
+    mas = MASHandler(beta=0.5, evaluator=real_case_evaluator(net, real_loader))
     trainer = SegmentationTrainer(
         device="cpu", max_epochs=1, train_data_loader=loader, network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.0), loss_function=SampleWeightedDiceLoss(), mas=mas,
@@ -501,3 +502,195 @@ def test_check_output_dir(tmp_path) -> None:
     assert check_output_dir(tmp_path / "run", overwrite=True) == tmp_path / "run"
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         check_output_dir(tmp_path / "run", resume_checkpoint=str(tmp_path / "missing.pt"))
+
+
+# ------------------------------------------------------------------ the parts of MAS, one by one
+class _FixedLogits(torch.nn.Module):
+    """A 'network' that returns given logits (a parameter, so the step has something to differentiate)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits * 1.0
+
+
+def test_iteration_weighted_loss_by_hand() -> None:
+    """Two real + two synthetic samples, oedema only (16 voxels each, 4 of them oedema in the label); the prediction
+    (one-hot logits of height 30) overlaps it in I of P voxels, so the sample accuracy is WT's Dice 2I / (P + 4) and
+    the Dice loss (eq. 14, classes NCR, ED, ET; NCR and ET absent in both: loss 0) is (1 - (2I + s) / (P + 4 + s)) / 3
+    with MONAI's smoothing s = 1e-5. MAS with eta 0.5, theta 0.125, beta 0.25 (plateau [0.375, 0.625], a = -8)."""
+    overlaps = [(4, 4), (4, 2), (4, 1), (2, 2)]  # (P, I): r0, r1 real; s0, s1 synthetic
+    label = torch.zeros(4, 1, 2, 2, 4)
+    label.view(4, -1)[:, :4] = 2  # voxels 0-3 are oedema
+    logits = torch.zeros(4, 4, 2, 2, 4)
+    for b, (p, i) in enumerate(overlaps):
+        pred = torch.zeros(16, dtype=torch.long)
+        pred[4 - i : 4 - i + p] = 2  # i of the p predicted voxels lie in 0-3
+        logits[b].view(4, -1)[:, :] = 30.0 * torch.nn.functional.one_hot(pred, 4).T.float()
+    batch = {
+        "image": torch.zeros(4, 1, 2, 2, 4),
+        "label": label,
+        SynthesisKeys.SYNTHETIC: torch.tensor([False, False, True, True]),
+        SynthesisKeys.MAS: torch.tensor([False, False, True, True]),
+        SynthesisKeys.WEIGHT: torch.tensor([1.0, 1.0, 0.3, 0.3]),
+        SynthesisKeys.CASE_ID: ["r0", "r1", "r0#online0", "r1#online0"],
+    }
+    net = _FixedLogits(logits)
+    mas = MASHandler(beta=0.25)
+    mas.load_state_dict({"eta": 0.5, "theta": 0.125})
+    trainer = SegmentationTrainer(
+        device="cpu", max_epochs=1, train_data_loader=[batch], network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.0), loss_function=SampleWeightedDiceLoss(), mas=mas,
+        decollate=False,
+    )  # fmt: skip
+    trainer.run()
+    out = trainer.state.output
+    # accuracies 2I / (P + 4): 1, 0.5, 0.25, 2/3
+    torch.testing.assert_close(out[SynthesisKeys.SAMPLE_DICE], torch.tensor([1.0, 0.5, 0.25, 2 / 3]))
+    # real: weight 1; synthetic (eq. 6): -8 (0.25 - 0.125)(0.25 - 0.875) = 0.625 and
+    # -8 (2/3 - 1/8)(2/3 - 7/8) = 8 * 13/24 * 5/24 = 65/72
+    torch.testing.assert_close(out[SynthesisKeys.SAMPLE_WEIGHT], torch.tensor([1.0, 1.0, 0.625, 65 / 72]))
+    s = 1e-5
+    losses = [(1 - (2 * i + s) / (p + 4 + s)) / 3 for p, i in overlaps]
+    weights = [1.0, 1.0, 0.625, 65 / 72]
+    expected = sum(w * v for w, v in zip(weights, losses, strict=True)) / 4  # eq. 15: mean over the batch
+    assert out["loss"].item() == pytest.approx(expected, abs=1e-6)
+    assert out[SynthesisKeys.SYNTHETIC].tolist() == [False, False, True, True]
+    assert out[SynthesisKeys.CASE_ID] == ["r0", "r1", "r0#online0", "r1#online0"]
+    # MAS disabled: the batch's fixed weights
+    mas.enabled = False
+    trainer.run()  # a second run of one epoch (the state is reset)
+    torch.testing.assert_close(trainer.state.output[SynthesisKeys.SAMPLE_WEIGHT], torch.tensor([1.0, 1.0, 0.3, 0.3]))
+    expected_fixed = sum(w * v for w, v in zip([1.0, 1.0, 0.3, 0.3], losses, strict=True)) / 4
+    assert trainer.state.output["loss"].item() == pytest.approx(expected_fixed, abs=1e-6)
+
+
+def test_mas_statistics_by_hand() -> None:
+    stats = MASStatistics(beta=0.25, c=2e-5)
+    assert not stats.ready and stats.update({}) == {} and not stats.ready
+    base, apply = torch.tensor([1.0, 0.5, 0.5]), torch.tensor([False, True, True])
+    # without statistics: the fixed weights
+    assert torch.equal(stats.weights(torch.tensor([0.5, 0.25, 0.9]), base, apply), base)
+    # eq. 7: (0.75 + 0.5 + 0.25) / 3 = 0.5; eq. 8: (0.75 - 0.25) / 2 + 2e-5 = 0.25002
+    out = stats.update({"a": 0.75, "b": 0.5, "c": 0.25})
+    assert out == {
+        "eta": pytest.approx(0.5),
+        "theta": pytest.approx(0.25002),
+        "real_cases": 3.0,
+        "theta_degenerate": 0.0,
+    }
+    assert stats.ready and stats.eta == pytest.approx(0.5)
+    # plateau [0.24998, 0.75002]; a = -1 / (0.25 (0.50004 + 0.25)): 0.9 on the upper flank, NaN keeps its base weight
+    dice = torch.tensor([0.5, 0.9, float("nan")])
+    a = -1 / (0.25 * (2 * 0.25002 + 0.25))
+    flank = a * (0.9 - (0.5 - 0.25002 - 0.25)) * (0.9 - (0.5 + 0.25002 + 0.25))
+    torch.testing.assert_close(stats.weights(dice, base, apply), torch.tensor([1.0, flank, 0.5]))
+    # one case: eq. 8 gives theta = c and the statistics say so
+    single = MASStatistics().update({"a": 0.4})
+    assert single["theta"] == pytest.approx(2e-5) and single["theta_degenerate"] == 1.0
+    other = MASStatistics()
+    other.load_state_dict(stats.state_dict())
+    assert (other.eta, other.theta) == (stats.eta, stats.theta)
+
+
+def test_real_case_evaluator_per_case_dice_equals_direct_computation() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(2, 4, 3, padding=1)
+    g = torch.Generator().manual_seed(3)
+    cases = []
+    for k in range(3):
+        label = torch.zeros(1, 6, 6, 6)
+        if k < 2:  # the third case has no tumour: no accuracy
+            label[:, 1:5, 1:5, 1:4] = 2
+            label[:, 2:4, 2:4, 2 : 3 + k] = 3
+        cases.append({"image": torch.randn(2, 6, 6, 6, generator=g), "label": label, "case_id": f"c{k}"})
+    loader = torch.utils.data.DataLoader(cases, batch_size=2)
+    evaluator = real_case_evaluator(net, loader)
+    net.train()
+    state = torch.get_rng_state()
+    evaluator.run()
+    after_evaluator = torch.get_rng_state()
+    # the same random draws as iterating the loader once (the bundle's numbers do not change)
+    torch.set_rng_state(state)
+    for _ in loader:
+        pass
+    assert torch.equal(torch.get_rng_state(), after_evaluator)
+    assert net.training  # back in training mode
+    with torch.no_grad():
+        net.eval()
+        direct = {
+            c["case_id"]: float(region_dice_per_sample(hard_prediction(net(c["image"][None])), c["label"])[0])
+            for c in cases[:2]
+        }
+    details = evaluator.state.metric_details[REAL_DICE_METRIC]
+    assert details.keys() == {"c0", "c1"}
+    for cid, d in direct.items():
+        assert details[cid] == pytest.approx(d, abs=1e-7)
+    assert evaluator.state.metrics[REAL_DICE_METRIC] == pytest.approx(np.mean(list(direct.values())))
+
+
+def test_synthesis_keys_are_defined_once() -> None:
+    """The per-sample key strings are written out only in custom_components/data/keys.py: the MAS data flow's modules
+    use SynthesisKeys (DTSS's and CarveMix's default ``flag_key`` are the known exceptions, owned elsewhere)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "custom_components"
+    flow = {"engines/seg_trainer.py", "engines/seg_data.py", "handlers/mas.py", "losses/weighted_dice.py"}
+    specific = {"is_synthetic", "sample_dice", "sample_weight"}  # generic ones ("case_id", "weight") only in the flow
+    exceptions = {"transforms/dtss.py", "transforms/carvemix.py"}
+    found: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package).as_posix()
+        strings = {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)}
+        keys = {k.value for k in SynthesisKeys} if rel in flow else specific
+        hits = strings & keys
+        if hits and rel != "data/keys.py" and rel not in exceptions:
+            found[rel] = hits
+    assert found == {}
+    assert {k.value for k in SynthesisKeys} == {
+        "case_id",
+        "is_synthetic",
+        "mas",
+        "weight",
+        "sample_dice",
+        "sample_weight",
+    }
+
+
+def test_mas_eval_interval_reuses_the_last_statistics(tmp_path) -> None:
+    """eval_interval 2 from start_epoch 0: the evaluator runs at the start (no statistics), after epochs 2 and 4;
+    epochs 1-2 apply the start's statistics, epochs 3-4 those after epoch 2."""
+    net = torch.nn.Conv3d(1, 4, 1)
+    calls: list[int] = []
+
+    def growing_oedema(x: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+        # evaluation e (two cases each) predicts oedema on the first p = 1, 3, 4 of the 4 slices
+        p = [1, 3, 4][len(calls) // 2]
+        calls.append(p)
+        logits = torch.zeros(x.shape[0], 4, *x.shape[2:])
+        logits[:, 0] = 1.0
+        logits[..., :p] = torch.tensor([0.0, 0.0, 2.0, 0.0]).view(1, 4, 1, 1, 1)
+        return logits
+
+    # case a: oedema on 2 slices, b: on 1; WT Dice 2 min(p, g) / (p + g)
+    loader = [_real_case("a", 2), _real_case("b", 1)]
+    handler = MASHandler(evaluator=real_case_evaluator(net, loader, inferer=growing_oedema), eval_interval=2)
+    engine = _FakeEngine([{"sample_dice": torch.tensor([0.1]), "case_id": ["a"]}])
+    handler.attach(engine)
+    applied = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: applied.append(e.state.metrics["mas_eta_applied"]))
+    engine.run([0], max_epochs=4)
+    assert calls == [1, 1, 3, 3, 4, 4]  # three evaluations of the two cases
+    assert [h["after_epoch"] for h in handler.history if "after_epoch" in h] == [0, 2, 4]
+    eta0 = (2 / 3 + 1.0) / 2  # p = 1: a 2/3, b 1
+    eta2 = (0.8 + 0.5) / 2  # p = 3: a 4/5, b 2/4
+    eta4 = (2 / 3 + 0.4) / 2  # p = 4: a 4/6, b 2/5
+    np.testing.assert_allclose(applied, [eta0, eta0, eta2, eta2])
+    assert handler.eta == pytest.approx(eta4) and handler.theta == pytest.approx((2 / 3 - 0.4) / 2 + 2e-5)
+    # reuse epochs have no new statistics and no evaluation time
+    assert [handler.evaluates_after(k) for k in range(1, 5)] == [False, True, False, True]
+    with pytest.raises(ValueError, match="eval_interval"):
+        MASHandler(eval_interval=0)

@@ -30,6 +30,7 @@ from custom_components.data.input_check import (
     input_problems,
     report_inputs,
 )
+from custom_components.data.keys import SynthesisKeys
 from custom_components.data.labels import (
     CONVENTIONS,
     INTERNAL_CLASSES,
@@ -62,6 +63,7 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "PATH_KEYS",
     "REGIONS",
+    "SynthesisKeys",
     "TUMOUR_CLASSES",
     "allowed_values",
     "atomic_path",

@@ -22,6 +22,7 @@ from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
 from custom_components.data.datalist import label_convention_of
+from custom_components.data.keys import SynthesisKeys
 from custom_components.data.labels import check_convention
 from custom_components.data.loader import load_datalist
 
@@ -60,9 +61,10 @@ def load_synthetic_items(
         for item in load_datalist(
             path, section, modalities, require=["label"], keys=["label", "brain_mask"], check="exists"
         ):
-            if item["case_id"] in seen:
-                item["case_id"] = f"{n}:{item['case_id']}"
-            seen.add(item["case_id"])
+            cid = SynthesisKeys.CASE_ID
+            if item[cid] in seen:
+                item[cid] = f"{n}:{item[cid]}"
+            seen.add(item[cid])
             items.append(item)
     return items
 
@@ -87,11 +89,11 @@ class TwoPhaseDataset(Dataset):
       ``floor(n r)`` synthetic items for ``n`` real cases (0.5: every other index; the TF paper's Syn50 with
       100 real cases = 50 synthetic samples per 100 real ones).
 
-    Every sample carries ``image``, ``label`` (plain tensors), ``case_id``, ``synthetic_key`` (bool),
-    ``mas_key`` (bool: MAS weights this sample) and ``weight_key`` (its fixed loss weight: 1 for real samples,
-    ``synthetic_weight`` for synthetic ones). An online transform that flags its output with ``synthetic_key``
-    (as ``DeformationTumorSynthesisd`` and ``CarveMixd`` do) is trusted: an output it left unflagged (e.g.
-    ``prob < 1``) counts as a real sample of the same case.
+    Every sample carries ``image``, ``label`` (plain tensors) and the :class:`~custom_components.data.SynthesisKeys`
+    entries ``CASE_ID``, ``SYNTHETIC`` (bool), ``MAS`` (bool: MAS weights this sample) and ``WEIGHT`` (its fixed
+    loss weight: 1 for real samples, ``synthetic_weight`` for synthetic ones). An online transform that flags its
+    output with ``SynthesisKeys.SYNTHETIC`` (as ``DeformationTumorSynthesisd`` and ``CarveMixd`` do) is trusted: an
+    output it left unflagged (e.g. ``prob < 1``) counts as a real sample of the same case.
 
     The phase follows :meth:`set_epoch`, which :class:`~custom_components.engines.seg_trainer.SegmentationTrainer`
     calls at the start of every epoch, before the epoch's data iterator (and its worker processes) is created.
@@ -109,7 +111,6 @@ class TwoPhaseDataset(Dataset):
         online_mas: MAS weights the online-synthesised samples.
         synthetic_mas: MAS weights the synthetic-dataset samples.
         keys: keys kept from every sample besides the flags (image and label).
-        synthetic_key, mas_key, weight_key, case_key: keys of the per-sample flags.
     """
 
     def __init__(
@@ -124,10 +125,6 @@ class TwoPhaseDataset(Dataset):
         online_mas: bool = True,
         synthetic_mas: bool = True,
         keys: Sequence[str] = ("image", "label"),
-        synthetic_key: str = "is_synthetic",
-        mas_key: str = "mas",
-        weight_key: str = "weight",
-        case_key: str = "case_id",
     ) -> None:
         if len(real) == 0:
             raise ValueError("TwoPhaseDataset needs at least one real case")
@@ -147,7 +144,6 @@ class TwoPhaseDataset(Dataset):
         self.online_mas = bool(online_mas)
         self.synthetic_mas = bool(synthetic_mas)
         self.keys = tuple(keys)
-        self.synthetic_key, self.mas_key, self.weight_key, self.case_key = synthetic_key, mas_key, weight_key, case_key
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -181,18 +177,18 @@ class TwoPhaseDataset(Dataset):
     def _finish(self, data: dict | list[dict], case_id: str, synthetic: bool, mas: bool) -> list[dict]:
         out = []
         for d in data if isinstance(data, list) else [data]:
-            is_syn = bool(d.get(self.synthetic_key, synthetic)) if synthetic else False
+            is_syn = bool(d.get(SynthesisKeys.SYNTHETIC, synthetic)) if synthetic else False
             sample = {k: _plain(d[k]) for k in self.keys}
-            sample[self.case_key] = case_id if is_syn or not synthetic else case_id.rsplit("#", 1)[0]
-            sample[self.synthetic_key] = is_syn
-            sample[self.mas_key] = is_syn and mas
-            sample[self.weight_key] = self.synthetic_weight if is_syn else 1.0
+            sample[SynthesisKeys.CASE_ID] = case_id if is_syn or not synthetic else case_id.rsplit("#", 1)[0]
+            sample[SynthesisKeys.SYNTHETIC] = is_syn
+            sample[SynthesisKeys.MAS] = is_syn and mas
+            sample[SynthesisKeys.WEIGHT] = self.synthetic_weight if is_syn else 1.0
             out.append(sample)
         return out
 
     def __getitem__(self, index: int) -> list[dict]:
         base = self.real[index]
-        case_id = str(base.get(self.case_key, f"case{index}"))
+        case_id = str(base.get(SynthesisKeys.CASE_ID, f"case{index}"))
         samples = self._finish(self.augment(copy.deepcopy(base)), case_id, synthetic=False, mas=False)
         if self.phase == 1:
             return samples
@@ -205,6 +201,6 @@ class TwoPhaseDataset(Dataset):
             for k in range(count):
                 j = ((self.epoch - 1) * total + first + k) % m
                 item = self.synthetic[j]
-                sid = str(item.get(self.case_key, f"synthetic{j}"))
+                sid = str(item.get(SynthesisKeys.CASE_ID, f"synthetic{j}"))
                 samples += self._finish(self.augment(item), sid, synthetic=True, mas=self.synthetic_mas)
         return samples

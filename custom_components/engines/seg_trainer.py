@@ -1,30 +1,34 @@
 """The dtss_mas_seg trainer: MONAI's SupervisedTrainer with per-sample loss weights and MAS.
 
-Every iteration, after the forward pass, the trainer computes the hard Dice of every sample of the batch
-on the BraTS regions (detached, from the same forward pass: no extra network evaluation), asks the
-:class:`~custom_components.handlers.mas.MASHandler` for the weights of the synthetic samples (eq. 6, with
-eta/theta of the model after the previous epoch, or, in the first epoch of a run that starts in phase 2, of
-the model it starts from: the handler evaluates the real cases at the start of that epoch, before the first
-iteration) and passes the per-sample weights to the loss (eq. 15).
-Per-sample accuracies, weights and flags are returned in ``engine.state.output`` for the MAS handler and
-any logger. At the start of every epoch it tells the dataset the epoch (two-phase training) and records
-the phase in ``engine.state.metrics["phase"]``.
+:meth:`SegmentationTrainer._iteration` is MONAI's training step (prepare the batch, forward pass, loss, backward
+pass, optimizer step, with MONAI's iteration events) with the loss of the DSMA paper written out: after the forward
+pass it computes the hard Dice of every sample of the batch on the BraTS regions (detached, from the same forward
+pass: no extra network evaluation), asks the :class:`~custom_components.handlers.mas.MASHandler` for the weights
+of the synthetic samples (eq. 6, with eta/theta of the model after the previous evaluation of the real cases) and
+passes the per-sample weights to the loss (eq. 15). The per-sample entries of the batch and the trainer's
+per-sample results are named by :class:`~custom_components.data.SynthesisKeys`; they are returned in
+``engine.state.output`` for the MAS handler and any logger. At the start of every epoch the trainer tells the
+dataset the epoch (two-phase training) and records the phase in ``engine.state.metrics["phase"]``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys
 
-from custom_components.handlers.checkpoints import check_output_dir, guard_loss
+from custom_components.data.keys import SynthesisKeys
+from custom_components.handlers.checkpoints import guard_loss
 from custom_components.handlers.mas import MASHandler, hard_prediction, region_dice_per_sample
 
-__all__ = ["SegmentationTrainer", "TwoPhaseLRLambda", "attach_handlers", "check_output_dir"]
+__all__ = ["SegmentationTrainer", "TwoPhaseLRLambda", "attach_handlers"]
 
 
 class TwoPhaseLRLambda:
@@ -64,7 +68,8 @@ def attach_handlers(engine: Engine, handlers: Sequence[Any]) -> Engine:
 
 
 def _batch_values(batch: Any, key: str, n: int, default: float, device: torch.device) -> torch.Tensor:
-    value = batch.get(key) if isinstance(batch, dict) else None
+    """``(n,)`` float values of ``batch[key]`` on ``device``, ``default`` everywhere when the batch lacks the key."""
+    value = batch.get(key) if isinstance(batch, Mapping) else None
     if value is None:
         return torch.full((n,), float(default), device=device)
     t = torch.as_tensor(value, dtype=torch.float32).reshape(-1).to(device)
@@ -73,12 +78,31 @@ def _batch_values(batch: Any, key: str, n: int, default: float, device: torch.de
     return t
 
 
+def sample_flags(batch: Any, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample flags of a batch of ``n`` samples: synthetic (bool), weighted by MAS (bool), fixed weight (float).
+
+    Missing entries default to a real sample of weight 1; a batch without ``SynthesisKeys.MAS`` lets MAS weight its
+    synthetic samples.
+
+    Args:
+        batch: the collated batch (a dict with the :class:`~custom_components.data.SynthesisKeys` entries, or not).
+        n: number of samples of the batch.
+        device: device of the returned tensors.
+    """
+    synthetic = _batch_values(batch, SynthesisKeys.SYNTHETIC, n, 0.0, device) > 0.5
+    has_mas = isinstance(batch, Mapping) and SynthesisKeys.MAS in batch
+    apply = _batch_values(batch, SynthesisKeys.MAS, n, 0.0, device) > 0.5 if has_mas else synthetic
+    return synthetic, apply, _batch_values(batch, SynthesisKeys.WEIGHT, n, 1.0, device)
+
+
 class SegmentationTrainer(SupervisedTrainer):
     """SupervisedTrainer whose loss is weighted per sample (fixed weights from the batch, MAS for synthetic samples).
 
-    The batch (a dict) may carry, per sample, ``synthetic_key`` (bool), ``mas_key`` (bool: MAS weights the
-    sample; default: the synthetic flag), ``weight_key`` (fixed weight; default 1) and ``case_key``. Without them
-    every sample weighs 1 and this is the plain SupervisedTrainer.
+    The batch (a dict) may carry, per sample, the :class:`~custom_components.data.SynthesisKeys` entries
+    ``SYNTHETIC`` (bool), ``MAS`` (bool: MAS weights the sample; default: the synthetic flag), ``WEIGHT`` (fixed
+    weight; default 1) and ``CASE_ID``. Without them every sample weighs 1 and this is the plain SupervisedTrainer.
+    Besides MONAI's ``image``, ``label``, ``pred`` and ``loss``, ``engine.state.output`` holds per sample
+    ``SAMPLE_DICE`` (accuracy), ``SAMPLE_WEIGHT`` (loss weight), ``SYNTHETIC``, ``MAS`` and ``CASE_ID``.
 
     Args:
         device, max_epochs, train_data_loader, network, optimizer: as for ``SupervisedTrainer``.
@@ -87,10 +111,10 @@ class SegmentationTrainer(SupervisedTrainer):
         mas: the MAS handler (attached by the trainer before ``train_handlers`` so its epoch metrics exist
             when ``StatsHandler``/``MLFlowHandler`` log); ``None``: fixed weights only.
         train_handlers: handlers attached after the MAS handler.
-        synthetic_key, mas_key, weight_key, case_key: per-sample keys of the batch.
         checkpoint_dir: folder of the run's checkpoints; a non-finite loss stops training (before the weights are
             updated) with a message naming the iteration, the batch's cases and the newest checkpoint there.
-        kwargs: further ``SupervisedTrainer`` arguments (inferer, amp, epoch_length, ...).
+        kwargs: further ``SupervisedTrainer`` arguments (inferer, amp, epoch_length, accumulation_steps, ...;
+            not ``compile``).
     """
 
     def __init__(
@@ -103,27 +127,23 @@ class SegmentationTrainer(SupervisedTrainer):
         loss_function: Callable[..., torch.Tensor],
         mas: MASHandler | None = None,
         train_handlers: Sequence | None = None,
-        synthetic_key: str = "is_synthetic",
-        mas_key: str = "mas",
-        weight_key: str = "weight",
-        case_key: str = "case_id",
         checkpoint_dir: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("compile"):
+            raise ValueError("SegmentationTrainer does not support compile=True")
         super().__init__(
             device=device,
             max_epochs=max_epochs,
             train_data_loader=train_data_loader,
             network=network,
             optimizer=optimizer,
-            loss_function=self._weighted_loss,
+            loss_function=loss_function,
             train_handlers=None,
             **kwargs,
         )
-        self.criterion = loss_function
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.mas = mas
-        self.synthetic_key, self.mas_key, self.weight_key, self.case_key = synthetic_key, mas_key, weight_key, case_key
         self.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         if mas is not None:
             mas.attach(self)
@@ -137,25 +157,71 @@ class SegmentationTrainer(SupervisedTrainer):
         if hasattr(dataset, "phase"):
             engine.state.metrics["phase"] = float(dataset.phase)
 
-    def _weighted_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample accuracies and weights for the batch being processed, then the weighted loss."""
-        batch = self.state.batch
-        n, device = pred.shape[0], pred.device
-        target_idx = target[:, 0] if target.ndim == pred.ndim else target
-        with torch.no_grad():
-            dice = region_dice_per_sample(hard_prediction(pred.detach()), target_idx)
-        synthetic = _batch_values(batch, self.synthetic_key, n, 0.0, device) > 0.5
-        has_mas = isinstance(batch, dict) and self.mas_key in batch
-        apply = _batch_values(batch, self.mas_key, n, 0.0, device) > 0.5 if has_mas else synthetic
-        weight = _batch_values(batch, self.weight_key, n, 1.0, device)
-        if self.mas is not None:
-            weight = self.mas.weights(dice, weight, apply)
-        out = self.state.output
-        out["sample_dice"], out["sample_weight"] = dice, weight
-        out[self.synthetic_key], out[self.mas_key] = synthetic, apply
-        cases = batch.get(self.case_key) if isinstance(batch, dict) else None
-        if cases is not None and len(cases) == n:
-            out[self.case_key] = list(cases)
-        loss = self.criterion(pred, target, weight=weight)
-        guard_loss(loss, self, list(cases) if cases is not None else None, self.checkpoint_dir)
-        return loss
+    def _accumulation(self, engine: SegmentationTrainer) -> tuple[bool, bool]:
+        """(zero the gradients before this iteration, step the optimizer after it), as MONAI's trainer decides."""
+        acc = engine.accumulation_steps
+        if acc <= 1:
+            return True, True
+        length = engine.state.epoch_length
+        local = (engine.state.iteration - 1) % length if length is not None else engine.state.iteration - 1
+        step = (local + 1) % acc == 0 or (length is not None and local + 1 == length)
+        return local % acc == 0, step
+
+    def _iteration(self, engine: SegmentationTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
+        """One training step with the per-sample weighted loss (eqs. 6 and 15); returns ``engine.state.output``.
+
+        Args:
+            engine: this trainer.
+            batchdata: the collated batch (MONAI's ``prepare_batch`` takes image and label from it; the
+                :class:`~custom_components.data.SynthesisKeys` entries are read from it directly).
+        """
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        out: dict[str, Any] = {CommonKeys.IMAGE: inputs, CommonKeys.LABEL: targets}
+        engine.state.output = out
+        zero_grad, step = self._accumulation(engine)
+        acc = engine.accumulation_steps
+        use_scaler = engine.amp and engine.scaler is not None
+        engine.network.train()
+        if zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with torch.autocast("cuda", **engine.amp_kwargs) if use_scaler else nullcontext():
+            pred = engine.inferer(inputs, engine.network, *args, **kwargs)
+            out[CommonKeys.PRED] = pred
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            # the sample accuracies L (hard region Dice of the detached prediction), the batch's flags, the weights
+            # (eq. 6 for the samples MAS weights, once it has statistics; the fixed weights elsewhere)
+            n, device = pred.shape[0], pred.device
+            with torch.no_grad():
+                target_idx = targets[:, 0] if targets.ndim == pred.ndim else targets
+                dice = region_dice_per_sample(hard_prediction(pred.detach()), target_idx)
+            synthetic, apply, weight = sample_flags(batchdata, n, device)
+            if self.mas is not None:
+                weight = self.mas.weights(dice, weight, apply)
+            out[SynthesisKeys.SAMPLE_DICE], out[SynthesisKeys.SAMPLE_WEIGHT] = dice, weight
+            out[SynthesisKeys.SYNTHETIC], out[SynthesisKeys.MAS] = synthetic, apply
+            cases = batchdata.get(SynthesisKeys.CASE_ID) if isinstance(batchdata, Mapping) else None
+            if cases is not None and len(cases) == n:
+                out[SynthesisKeys.CASE_ID] = list(cases)
+            # eq. 15: the weighted mean of the per-sample losses
+            loss = engine.loss_function(pred, targets, weight=weight)
+            guard_loss(loss, engine, list(cases) if cases is not None else None, self.checkpoint_dir)
+            out[CommonKeys.LOSS] = loss
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if use_scaler:
+            engine.scaler.scale(loss / acc if acc > 1 else loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if step:
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
+        else:
+            (loss / acc if acc > 1 else loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if step:
+                engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        # MONAI's handler of MODEL_COMPLETED may have replaced the output by its decollated form
+        return engine.state.output

@@ -1,5 +1,6 @@
-"""Ignite handlers: DSMA's MAS sample weights, the label writer, the checkpoint savers and training guards, and
-TF-GAN's lambda_c schedule (MONAI's linear ``ParamSchedulerHandler``, built by ``hinge_weight_schedule``)."""
+"""Ignite handlers: DSMA's MAS sample weights (statistics, real-case evaluator, handler), the label writer, the
+checkpoint savers and training guards, and TF-GAN's lambda_c schedule (MONAI's linear ``ParamSchedulerHandler``,
+built by ``hinge_weight_schedule``)."""
 
 from custom_components.handlers.checkpoints import (
     OutputExistsError,
@@ -12,10 +13,13 @@ from custom_components.handlers.checkpoints import (
 )
 from custom_components.handlers.mas import (
     MASHandler,
+    MASStatistics,
+    PerCaseRegionDice,
     hard_prediction,
     mas_eta,
     mas_theta,
     mas_weight,
+    real_case_evaluator,
     region_dice_per_sample,
 )
 from custom_components.handlers.save_labels import SegmentationWriter
@@ -30,11 +34,14 @@ __all__ = [
     "latest_checkpoint",
     "non_finite_tensors",
     "MASHandler",
+    "MASStatistics",
+    "PerCaseRegionDice",
     "SegmentationWriter",
     "hard_prediction",
     "mas_eta",
     "mas_theta",
     "mas_weight",
+    "real_case_evaluator",
     "region_dice_per_sample",
     "hinge_weight_schedule",
 ]
