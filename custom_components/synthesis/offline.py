@@ -190,7 +190,7 @@ class TrainingTransforms:
         """A fresh synthesis transform (``train#dtss_online``, or ``train#carvemix`` carving from ``source``)."""
         if self.method == "dtss":
             return self.parser.get_parsed_content("train#dtss_online", lazy=False)
-        from monai.utils import locate
+        from pydoc import locate
 
         if source is None:
             raise ValueError("CarveMix needs a source case")
