@@ -292,3 +292,38 @@ def test_tf_end_to_end_tiny(demo, tmp_path) -> None:
     assert sum("up to date, skipped" in line for line in lines) == 6
     shutil.rmtree(out / "work" / "tf_gan_refine")  # the cases in <out> are links or copies: still whole
     assert validate_datalist(out / "datalist.json") == []
+
+
+def test_brats_folder_as_real_data(demo, tmp_path) -> None:
+    """A BraTS folder is read with make_brats_datalist; its datalist is kept in <out>/work."""
+    root = tmp_path / "BraTS"
+    for item in read_datalist(demo["tumour"])["training"][:2]:
+        case = root / item["case_id"]
+        case.mkdir(parents=True)
+        for modality, image in zip(("t1n", "t1c", "t2w", "t2f"), item["image"], strict=True):
+            shutil.copy(image, case / f"{item['case_id']}-{modality}.nii.gz")
+        shutil.copy(item["label"], case / f"{item['case_id']}-seg.nii.gz")  # internal values = BraTS 2023's
+        shutil.copy(item["brain_mask"], case / f"{item['case_id']}-brainmask.nii.gz")
+    out = tmp_path / "out"
+    _run("carvemix", 2, root, out)
+    manifest = json.loads((out / "fabricate.json").read_text())
+    assert manifest["real"]["kind"] == "brats_folder" and manifest["real"]["path"] == str(root.resolve())
+    kept = read_datalist(out / "work" / "real_datalist.json")
+    assert [i["case_id"] for i in kept["training"]] == sorted(p.name for p in root.iterdir())
+    assert validate_datalist(out / "datalist.json") == []
+    assert "skipped" in json.loads((out / "realism.json").read_text())  # no held-out section
+    with pytest.raises(fab.FabricateError, match="at most 2"):
+        _run("carvemix", 3, root, tmp_path / "other")
+
+
+def test_cli_refusal(demo, tmp_path, capsys) -> None:
+    from custom_components.cli import fabricate as cli_fabricate
+
+    with pytest.raises(SystemExit) as stop:
+        cli_fabricate("carvemix", 13, str(demo["tumour"]), str(tmp_path / "out"), frd=False)
+    assert stop.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("at most 12 (4 real training cases give 4 x 3 ordered (target, source) pairs)")
+    with pytest.raises(SystemExit):
+        cli_fabricate("gan", 1, str(demo["tumour"]), str(tmp_path / "out"))
+    assert "--method must be one of tf, tf_aug, dtss, carvemix" in capsys.readouterr().err
