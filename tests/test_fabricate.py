@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -229,6 +230,32 @@ def test_progress_lines_and_bar() -> None:
         p.step("a")
         p.step("b")
     assert not lines and "2/2" in term.getvalue()
+
+
+def test_epoch_watcher_reports_training_stages(tmp_path) -> None:
+    work = tmp_path / "work"
+    (work / "logs").mkdir(parents=True)
+    (work / "overrides").mkdir()
+    (work / "overrides" / "train.json").write_text(json.dumps({"max_epochs": 4}))
+    (work / "overrides" / "refine.json").write_text(json.dumps({"num_cases": 2}))  # not a training stage
+    old = work / "logs" / "old.log"  # a log of an earlier run is not reported
+    (work / "overrides" / "old.json").write_text(json.dumps({"max_epochs": 9}))
+    old.write_text("Epoch[3] Complete. Time taken: 00:00:01\n")
+    os.utime(old, (1, 1))
+    lines: list[str] = []
+    watcher = fab.EpochWatcher(work, lines.append, io.StringIO(), every_s=0.0)
+    log = work / "logs" / "train.log"
+    log.write_text("x - INFO - Epoch[1] Complete. Time taken: 00:00:01.5\n")
+    (work / "logs" / "refine.log").write_text("Epoch[1] Complete.\n")
+    watcher.poll()
+    watcher.poll()  # nothing new: no line
+    with open(log, "a") as fh:
+        fh.write("Epoch[2] Metrics -- loss: 1\nx - INFO - Epoch[4] Complete. Time taken: 00:00:01.5\n")
+    watcher.poll()
+    assert [line.split(" ...")[0] for line in lines] == ["train: epoch 1/4", "train: epoch 4/4"]
+    assert lines[-1].endswith("ETA 0 s")
+    with watcher:  # the thread starts and stops cleanly
+        pass
 
 
 def test_nnunet_format(demo, tmp_path) -> None:

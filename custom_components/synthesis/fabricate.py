@@ -135,6 +135,100 @@ class Progress:
         self.close()
 
 
+_EPOCH_DONE = re.compile(r"Epoch\[(\d+)\] Complete")
+
+
+class EpochWatcher:
+    """Progress of the training stages the pipeline runs in subprocesses, read from their logs.
+
+    While active, a thread polls ``<work>/logs/<stage>.log`` of every stage with ``max_epochs`` in
+    ``<work>/overrides/<stage>.json`` (logs written after the watcher started) for Ignite's ``Epoch[k] Complete``
+    lines, and reports ``<stage>: epoch k/max ... ETA``: a tqdm bar per stage on a terminal, else a line at most
+    every ``every_s`` seconds (and at the last epoch).
+
+    Args:
+        work: the pipeline's work folder.
+        log: where the plain lines go.
+        stream: the stream whose terminal decides (default ``sys.stderr``).
+        interval: seconds between polls.
+        every_s: least seconds between two plain lines of one stage.
+    """
+
+    def __init__(
+        self,
+        work: Path,
+        log: Callable[[str], None] = print,
+        stream: TextIO | None = None,
+        interval: float = 2.0,
+        every_s: float = 30.0,
+    ) -> None:
+        import threading
+
+        self.work, self.log, self.interval, self.every_s = Path(work), log, float(interval), float(every_s)
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.time()
+        self.state: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fabricate-epochs", daemon=True)
+
+    def _epochs(self, stage: str) -> tuple[int, int] | None:
+        """(epochs done, max_epochs) of a stage whose log was written since the start, else None."""
+        log_file = self.work / "logs" / f"{stage}.log"
+        overrides = self.work / "overrides" / f"{stage}.json"
+        if not log_file.is_file() or log_file.stat().st_mtime < self.started:
+            return None
+        try:
+            total = int(json.loads(overrides.read_text()).get("max_epochs", 0))
+            with open(log_file, "rb") as fh:
+                fh.seek(max(0, log_file.stat().st_size - 65536))
+                tail = fh.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return None
+        done = [int(k) for k in _EPOCH_DONE.findall(tail)]
+        return (max(done) if done else 0, total) if total > 0 else None
+
+    def poll(self) -> None:
+        """Report the epochs of every training stage that progressed since the last poll."""
+        for overrides in sorted((self.work / "overrides").glob("*.json")):
+            stage = overrides.stem
+            found = self._epochs(stage)
+            if found is None:
+                continue
+            done, total = found
+            st = self.state.setdefault(stage, {"done": 0, "t0": time.perf_counter(), "printed": 0.0, "bar": None})
+            if done <= st["done"]:
+                continue
+            now = time.perf_counter()
+            eta = (now - st["t0"]) / done * (total - done)
+            if self.tty:
+                if st["bar"] is None:
+                    from tqdm import tqdm
+
+                    st["bar"] = tqdm(total=total, desc=stage, unit="epoch", file=self.stream, dynamic_ncols=True)
+                st["bar"].update(done - st["done"])
+            elif now - st["printed"] >= self.every_s or done == total:
+                self.log(f"{stage}: epoch {done}/{total} ... {now - st['t0']:.0f} s elapsed, ETA {_eta(eta)}")
+                st["printed"] = now
+            st["done"] = done
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(Exception):  # progress must never stop the run
+                self.poll()
+
+    def __enter__(self) -> EpochWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        for st in self.state.values():
+            if st["bar"] is not None:
+                st["bar"].close()
+
+
 # ---- inputs ------------------------------------------------------------------------------------------------
 def _sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -367,6 +461,7 @@ def _tf_cases(
     cfg: dict[str, Any],
     out: Path,
     log: Callable[[str], None],
+    stream: TextIO | None = None,
 ) -> list[dict[str, Any]]:
     from custom_components.pipeline.experiment import Experiment
     from custom_components.pipeline.runner import run_stages
@@ -379,7 +474,8 @@ def _tf_cases(
     if method == "tf":
         stages += exp.tf_gan_stages()
     log(f"{method}: {len(stages)} pipeline stages in {exp.work} (finished ones are skipped)")
-    run_stages(stages, exp.work, log=log)
+    with EpochWatcher(exp.work, log, stream):
+        run_stages(stages, exp.work, log=log)
     produced = exp.refined_datalist if method == "tf" else exp.coarse_datalist
     items = read_datalist(produced)["training"][:n]
     if len(items) != n:
@@ -392,7 +488,7 @@ def _tf_cases(
         **({"tf_gan": cfg["tf_gan"]} if method == "tf" else {}),
     }
     result = []
-    with Progress(len(items), "case", log) as progress:
+    with Progress(len(items), "case", log, stream) as progress:
         for item in items:
             cid = item["case_id"]
             folder = out / cid
@@ -591,6 +687,7 @@ def fabricate(
             )
         if tf:
             cfg = _tf_config(method, n, real_path, Path(healthy), out, seed, config, len(real_items))
+            cfg["modalities"] = mods  # --modalities, else the config's
             settings: dict[str, Any] = {
                 "healthy": healthy_identity,
                 "config": {"path": str(cfg_source.resolve()), "sha256": _sha256_file(cfg_source)},
@@ -613,7 +710,7 @@ def fabricate(
                 cfg["real_datalist"] = str(kept.resolve())
         if tf:
             _write_manifest(out / WORK / MANIFEST, identity, n, fmt)
-            items = _tf_cases(method, n, cfg, out, log)
+            items = _tf_cases(method, n, cfg, out, log, stream)
             _write_manifest(out / MANIFEST, identity, n, fmt)
             datalist = _write_dataset_datalist(out, items, method, mods, real_identity)
         else:
@@ -634,4 +731,4 @@ def fabricate(
     return datalist
 
 
-__all__ = ["FORMATS", "METHODS", "FabricateError", "Progress", "check_output", "fabricate"]
+__all__ = ["FORMATS", "METHODS", "EpochWatcher", "FabricateError", "Progress", "check_output", "fabricate"]
