@@ -325,6 +325,76 @@ def export_bundle(
         sys.exit(2)
 
 
+def fabricate(
+    method: str,
+    n: int,
+    real: str,
+    out: str,
+    healthy: str | None = None,
+    format: str = "monai",  # noqa: A002 - the option is --format
+    seed: int = 0,
+    overwrite: bool = False,
+    config: str | None = None,
+    modalities: str | tuple[str, ...] | None = None,
+    frd: bool = True,
+) -> None:
+    """Fabricate a synthetic dataset of N cases: <out>/datalist.json, <out>/<case>/, the QC gallery
+    <out>/gallery/index.html, the realism scores <out>/realism.json and the manifest <out>/fabricate.json.
+
+    dtss and carvemix draw offline from the real training cases with dtss_mas_seg's own training transforms;
+    case i is seeded by (seed, i), so a rerun with a larger --n adds only the missing cases and an interrupted
+    run finishes on rerun. tf_aug and tf train their stages first in <out>/work (the pipeline's resumable
+    stages; budgets from --config, default the demo pipeline's) and link their cases into <out>.
+    Exits 1 naming the file on bad input or an output folder holding another dataset (--overwrite replaces it),
+    130 when interrupted (rerun the same command to finish).
+
+    Args:
+        method: tf, tf_aug, dtss or carvemix.
+        n: number of synthetic cases (at most: carvemix n_real (n_real - 1); dtss 50 per real training case;
+            tf / tf_aug 50 per healthy scan).
+        real: real datalist (training cases with tumours; its validation section is held out for the realism
+            scores) or a BraTS folder.
+        out: output folder.
+        healthy: healthy scans for tf / tf_aug (folder or datalist; registered by prepare_healthy).
+        format: monai (the datalist) or nnunet (also an nnU-Net raw dataset in <out>/nnunet).
+        seed: global seed.
+        overwrite: replace another dataset in <out> (only this command's outputs are removed).
+        config: pipeline YAML with the budgets of tf / tf_aug (default: custom_components/pipeline/demo.yaml).
+        modalities: comma-separated image channels (default: the real datalist's; tf / tf_aug: the config's).
+        frd: compute the Frechet Radiomics Distance in the realism scores (--nofrd skips it).
+    """
+    from custom_components.pipeline.runner import StageError, StageInterrupted, WorkdirLocked
+    from custom_components.synthesis.fabricate import fabricate as _fabricate
+
+    mods = modalities.split(",") if isinstance(modalities, str) else modalities
+    try:
+        _fabricate(
+            method,
+            n,
+            real,
+            out,
+            healthy=healthy,
+            fmt=format,
+            seed=seed,
+            overwrite=overwrite,
+            config=config,
+            modalities=mods,
+            frd=frd,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted; the complete cases are kept in {out}: rerun the same command to finish", file=sys.stderr)
+        sys.exit(130)
+    except StageInterrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except WorkdirLocked as e:
+        print(e, file=sys.stderr)
+        sys.exit(75)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, StageError) as e:
+        print(str(e).strip("'\""), file=sys.stderr)
+        sys.exit(1)
+
+
 COMMANDS = {
     "validate-datalist": validate_datalist,
     "make-datalist": make_datalist,
@@ -335,6 +405,7 @@ COMMANDS = {
     "pipeline": pipeline,
     "demo": demo,
     "export-bundle": export_bundle,
+    "fabricate": fabricate,
 }
 
 

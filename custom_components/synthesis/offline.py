@@ -1,0 +1,374 @@
+"""Offline DTSS and CarveMix: synthetic cases drawn from real training cases once, written to disk.
+
+Training applies DTSS and CarveMix online (dtss_mas_seg ``configs/train.yaml``: ``train#dtss_online`` and
+``train#carvemix`` on the cases loaded by ``load_transforms``). :func:`training_transforms` builds exactly those
+transforms from the bundle's own configs, so an offline case is one draw of what phase 2 would have trained on:
+the real case loaded (``LoadImaged``, channel first, RAS), its label mapped to the internal convention, its
+intensities rescaled in the brain to [-1, 1], then the synthesis transform seeded for the case.
+
+The case plan (:func:`plan_offline`) makes every case independent of the others and of the number requested:
+
+* case ``i`` has the seed ``case_seed(seed, i)`` (:func:`custom_components.synthesis.tf_aug.case_seed`);
+* ``dtss``: case ``i`` deforms real training case ``i mod n`` (round robin, each case used equally often);
+  at most :data:`MAX_PER_SOURCE` cases per real case (:func:`max_cases`);
+* ``carvemix``: case ``i`` carves the lesion of one real case into another by the ``i``-th ordered
+  (target, source) pair of a permutation of all ``n (n - 1)`` pairs of distinct real training cases, drawn from
+  the global seed alone; so no two cases share a pair and at most ``n (n - 1)`` cases exist.
+
+:class:`OfflineCaseWriter` writes a case atomically (image channels one NIfTI per modality, the label in the
+internal convention, the brain mask, the QC montage, and last the provenance record that marks the case complete,
+as :class:`~custom_components.synthesis.tf_aug.TFAugCaseWriter` does), and knows which cases an earlier run
+completed with the same settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.transforms import Compose
+from monai.utils import convert_to_numpy
+
+from custom_components.data.atomic import atomic_write_text, save_nifti
+from custom_components.synthesis.tf_aug import case_seed
+
+METHODS: tuple[str, ...] = ("dtss", "carvemix")
+# the most derived cases per source scan (a real case for DTSS, a healthy scan for TF / TF-Aug): every derived
+# case of one source shares its anatomy, and beyond this many draws a dataset mostly repeats its sources
+MAX_PER_SOURCE = 50
+RECORD_VERSION = 1
+# dtss_mas_seg's configs: the loading and the online synthesis of its training
+TRAIN_CONFIGS: tuple[str, ...] = ("common.yaml", "train.yaml")
+# the config id of each method's transform in train.yaml, and keys set by training code rather than settings
+CONFIG_IDS: dict[str, str] = {"dtss": "train#dtss", "carvemix": "train#carvemix"}
+_NOT_SETTINGS = {"source", "loader"}
+# the stream of the global seed that orders CarveMix's pairs (case seeds use (seed, i))
+_PAIR_STREAM = 7919
+
+
+def _json_ready(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def max_cases(method: str, n_real: int, n_healthy: int = 0) -> int:
+    """The most cases ``method`` can make from ``n_real`` real training cases (and ``n_healthy`` healthy scans).
+
+    * ``carvemix``: ``n_real (n_real - 1)``, the ordered (target, source) pairs of distinct real cases;
+    * ``dtss``: ``MAX_PER_SOURCE`` per real case;
+    * ``tf`` / ``tf_aug``: ``MAX_PER_SOURCE`` per healthy scan (TF-Aug's case plan pairs case ``i`` with healthy
+      scan ``i mod n_healthy``) and at most 99999 (its five-digit case ids).
+
+    Args:
+        method: ``dtss``, ``carvemix``, ``tf`` or ``tf_aug``.
+        n_real: real training cases.
+        n_healthy: healthy scans (TF methods).
+    """
+    if method == "carvemix":
+        return n_real * (n_real - 1)
+    if method == "dtss":
+        return MAX_PER_SOURCE * n_real
+    if method in ("tf", "tf_aug"):
+        return min(MAX_PER_SOURCE * n_healthy, 99999)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def limit_reason(method: str, n_real: int, n_healthy: int = 0) -> str:
+    """Why :func:`max_cases` is what it is, in words (for the error message)."""
+    if method == "carvemix":
+        return f"{n_real} real training cases give {n_real} x {n_real - 1} ordered (target, source) pairs"
+    if method == "dtss":
+        return f"at most {MAX_PER_SOURCE} DTSS cases per real training case, {n_real} cases"
+    return f"at most {MAX_PER_SOURCE} cases per healthy scan (TF-Aug pairs case i with scan i mod n), {n_healthy} scans"
+
+
+def plan_offline(method: str, real: Sequence[Mapping[str, Any]], num_cases: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The offline cases to make: id, index, seed and source case(s) of each (see the module docstring).
+
+    Args:
+        method: ``dtss`` or ``carvemix``.
+        real: real training items (``case_id``, ``image``, ``label``), in datalist order.
+        num_cases: number of cases (1 .. :func:`max_cases`).
+        seed: global seed.
+
+    Returns:
+        cases ``{"case_id": "<method>-<i:05d>", "case_index", "seed", "global_seed", "target", "source"}`` where
+        ``target`` is the real item the case starts from and ``source`` the item carved from (CarveMix) or None.
+    """
+    if method not in METHODS:
+        raise ValueError(f"offline method must be one of {METHODS}, got {method!r}")
+    n = len(real)
+    limit = max_cases(method, n)
+    if not 1 <= int(num_cases) <= limit:
+        raise ValueError(f"{method}: {num_cases} cases requested; 1 .. {limit} possible ({limit_reason(method, n)})")
+    pairs: list[tuple[int, int]] = []
+    if method == "carvemix":
+        ordered = [(t, s) for t in range(n) for s in range(n) if s != t]
+        order = np.random.default_rng(np.random.SeedSequence([int(seed), _PAIR_STREAM])).permutation(len(ordered))
+        pairs = [ordered[k] for k in order]
+    cases = []
+    for i in range(int(num_cases)):
+        target, source = (i % n, None) if method == "dtss" else pairs[i]
+        cases.append(
+            {
+                "case_id": f"{method}-{i:05d}",
+                "case_index": i,
+                "seed": case_seed(seed, i),
+                "global_seed": int(seed),
+                "target": dict(real[target]),
+                "source": None if source is None else dict(real[source]),
+            }
+        )
+    return cases
+
+
+class TrainingTransforms:
+    """The loading and the synthesis transform of dtss_mas_seg's training, built from its own configs.
+
+    Args:
+        method: ``dtss`` or ``carvemix``.
+        datalist: the real datalist (its ``labels`` picks the label mapping, as in training).
+        modalities: image channels by name.
+        bundle_root: the dtss_mas_seg bundle folder (default: the repository's).
+    """
+
+    def __init__(
+        self,
+        method: str,
+        datalist: str | os.PathLike,
+        modalities: Sequence[str],
+        bundle_root: str | os.PathLike | None = None,
+    ) -> None:
+        from monai.bundle import ConfigParser
+
+        from custom_components.pipeline.runner import BUNDLES
+
+        if method not in METHODS:
+            raise ValueError(f"offline method must be one of {METHODS}, got {method!r}")
+        root = Path(bundle_root) if bundle_root is not None else BUNDLES / "dtss_mas_seg"
+        self.method = method
+        self.configs = [root / "configs" / name for name in TRAIN_CONFIGS]
+        parser = ConfigParser()
+        parser.read_config([str(c) for c in self.configs])
+        parser.update({"datalist": str(datalist), "modalities": list(modalities), "bundle_root": str(root)})
+        self.parser = parser
+        self.load = Compose(parser.get_parsed_content("load_transforms"))
+        self.load_names = [type(t).__name__ for t in self.load.transforms]
+        config_id = CONFIG_IDS[method]
+        raw = parser.get(config_id)
+        self.target = raw["_target_"]
+        self.kwargs = {
+            k: parser.get_parsed_content(f"{config_id}#{k}")
+            for k in raw
+            if not k.startswith("_") and k not in _NOT_SETTINGS
+        }
+        self.mass_effect = method == "dtss" and bool(parser.get_parsed_content("dtss_mass_effect"))
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-ready settings of the loading and the synthesis (recorded, compared on a rerun)."""
+        out = {
+            "bundle": "dtss_mas_seg",
+            "configs": [c.name for c in self.configs],
+            "load": self.load_names,
+            "transform": self.target.rsplit(".", 1)[-1],
+            "parameters": _json_ready(self.kwargs),
+        }
+        if self.method == "dtss":
+            out["mass_effect"] = self.mass_effect
+            if self.mass_effect:
+                raw = self.parser.get("train#mass_effect")
+                out["mass_effect_parameters"] = _json_ready(
+                    {k: self.parser.get_parsed_content(f"train#mass_effect#{k}") for k in raw if not k.startswith("_")}
+                )
+        return out
+
+    def synthesis(self, source: Mapping[str, Any] | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """A fresh synthesis transform (``train#dtss_online``, or ``train#carvemix`` carving from ``source``)."""
+        if self.method == "dtss":
+            return self.parser.get_parsed_content("train#dtss_online", lazy=False)
+        from pydoc import locate
+
+        if source is None:
+            raise ValueError("CarveMix needs a source case")
+        cls = locate(self.target)
+        return cls(source=[dict(source)], loader=self.load, **copy.deepcopy(self.kwargs))
+
+    def load_case(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """A real item loaded as training loads it (keys ``image``, ``label``, MetaTensors with the RAS affine)."""
+        keys = ("image", "label", "brain_mask")
+        return self.load({k: (list(v) if isinstance(v, list) else v) for k, v in item.items() if k in keys})
+
+
+def _voxels(label: np.ndarray) -> dict[str, int]:
+    return {name: int((label == v).sum()) for v, name in ((1, "NCR"), (2, "ED"), (3, "ET"))}
+
+
+class OfflineCaseWriter:
+    """Files, completion and provenance of offline cases in ``<output_dir>/<case_id>/``.
+
+    A case is ``<case_id>_<modality>.nii.gz`` per channel, ``<case_id>_label.nii.gz`` (internal convention),
+    ``<case_id>_brainmask.nii.gz`` (the brain: above -1 in some channel, or labelled), the montage
+    ``<gallery_dir>/<case_id>.png`` and, written last, ``<case_id>_provenance.json`` holding the case's
+    fingerprint (everything that determines its files), the files' sizes and the provenance. A case is complete
+    when its record's fingerprint matches and every file has its recorded size.
+
+    Args:
+        output_dir: folder of the cases.
+        method: ``dtss`` or ``carvemix``.
+        transforms: the training transforms (:class:`TrainingTransforms`).
+        modalities: the image channels' names.
+        gallery_dir: folder of the montages (default ``<output_dir>/gallery``).
+        output_ext: ``.nii.gz`` (default) or ``.nii``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        method: str,
+        transforms: TrainingTransforms,
+        modalities: Sequence[str],
+        gallery_dir: str | os.PathLike | None = None,
+        output_ext: str = ".nii.gz",
+    ) -> None:
+        if output_ext not in (".nii", ".nii.gz"):
+            raise ValueError(f"output_ext must be '.nii' or '.nii.gz', got {output_ext!r}")
+        self.output_dir = Path(output_dir)
+        self.method = method
+        self.transforms = transforms
+        self.modalities = tuple(modalities)
+        self.gallery_dir = Path(gallery_dir) if gallery_dir is not None else self.output_dir / "gallery"
+        self.output_ext = output_ext
+        self.settings = transforms.settings()
+
+    def case_paths(self, case: Mapping[str, Any]) -> dict[str, Any]:
+        """Files of one case: ``image`` (one per modality), ``label``, ``brain_mask``, ``montage``, ``record``."""
+        cid, ext = case["case_id"], self.output_ext
+        d = self.output_dir / cid
+        return {
+            "image": [d / f"{cid}_{m}{ext}" for m in self.modalities],
+            "label": d / f"{cid}_label{ext}",
+            "brain_mask": d / f"{cid}_brainmask{ext}",
+            "montage": self.gallery_dir / f"{cid}.png",
+            "record": d / f"{cid}_provenance.json",
+        }
+
+    def _files(self, case: Mapping[str, Any]) -> list[Path]:
+        p = self.case_paths(case)
+        return [*p["image"], p["label"], p["brain_mask"], p["montage"]]
+
+    def fingerprint(self, case: Mapping[str, Any]) -> dict[str, Any]:
+        """Everything that determines a case's files."""
+        return _json_ready(
+            {
+                "version": RECORD_VERSION,
+                "method": self.method,
+                "case_id": case["case_id"],
+                "case_index": int(case["case_index"]),
+                "seed": int(case["seed"]),
+                "global_seed": int(case["global_seed"]),
+                "target": [str(f) for f in case["target"]["image"]] + [str(case["target"]["label"])],
+                "source": None
+                if case["source"] is None
+                else [str(f) for f in case["source"]["image"]] + [str(case["source"]["label"])],
+                "settings": self.settings,
+                "modalities": list(self.modalities),
+                "output_ext": self.output_ext,
+            }
+        )
+
+    def complete_record(self, case: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The record of ``case`` when an earlier run finished it with these settings and intact files, else None."""
+        path = self.case_paths(case)["record"]
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not isinstance(record, dict) or record.get("fingerprint") != self.fingerprint(case):
+            return None
+        sizes = record.get("files", {})
+        for f in self._files(case):
+            if not f.is_file() or sizes.get(f.name) != f.stat().st_size:
+                return None
+        return record
+
+    def item(self, case: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
+        """The datalist item of a written case (absolute paths; ``write_datalist`` makes them relative)."""
+        p = self.case_paths(case)
+        return {
+            "case_id": case["case_id"],
+            "image": [str(f) for f in p["image"]],
+            "label": str(p["label"]),
+            "brain_mask": str(p["brain_mask"]),
+            "synthetic": True,
+            "provenance": dict(provenance),
+        }
+
+    def make(self, case: Mapping[str, Any]) -> dict[str, Any]:
+        """Synthesise one case with the training transforms, write it (atomically, record last), return its item."""
+        from custom_components.quality.qc import save_montage
+        from custom_components.transforms.seeded import ApplySeeded
+
+        target = self.transforms.load_case(case["target"])
+        synthesis = self.transforms.synthesis(case["source"])
+        out = ApplySeeded(synthesis)(copy.deepcopy(target), int(case["seed"]))
+        if not out.get("is_synthetic", False):
+            raise RuntimeError(
+                f"{self.transforms.configs[-1]}: {self.transforms.target} left case {case['case_id']} unchanged "
+                f"(its prob is below 1?); offline synthesis needs prob 1"
+            )
+        image = convert_to_numpy(out["image"]).astype(np.float32)
+        label = convert_to_numpy(out["label"]).reshape(image.shape[1:]).astype(np.uint8)
+        if not (label > 0).any():
+            raise RuntimeError(f"case {case['case_id']}: the synthesised label has no tumour voxels")
+        affine = np.asarray(convert_to_numpy(out["image"].affine), dtype=np.float64)
+        brain = ((image > -1.0).any(axis=0) | (label > 0)).astype(np.uint8)
+        paths = self.case_paths(case)
+        for c, path in enumerate(paths["image"]):
+            save_nifti(image[c], affine, path, dtype=np.float32)
+        save_nifti(label, affine, paths["label"], dtype=np.uint8)
+        save_nifti(brain, affine, paths["brain_mask"], dtype=np.uint8)
+        src_image = convert_to_numpy(target["image"]).astype(np.float32)
+        src_label = convert_to_numpy(target["label"]).reshape(image.shape[1:]).astype(np.uint8)
+        tgt_id = case["target"]["case_id"]
+        what = (
+            f"DTSS of {tgt_id}"
+            if case["source"] is None
+            else f"CarveMix: lesion of {case['source']['case_id']} carved into {tgt_id}"
+        )
+        save_montage(
+            image,
+            label,
+            paths["montage"],
+            title=f"{case['case_id']}: {what} (seed {case['seed']})",
+            source=src_image,
+            source_label=src_label,
+            affine=affine,
+            row_titles=[f"synthetic ({self.modalities[0]})", f"source {tgt_id}", "|synthetic - source|"],
+        )
+        sources = [case["target"]] + ([case["source"]] if case["source"] is not None else [])
+        provenance = {
+            "stage": "fabricate",
+            "method": self.method,
+            "source_cases": [s["case_id"] for s in sources],
+            "source_images": [list(s["image"]) for s in sources],
+            "source_labels": [s["label"] for s in sources],
+            "seed": int(case["seed"]),
+            "global_seed": int(case["global_seed"]),
+            "case_index": int(case["case_index"]),
+            "parameters": self.settings,
+            "voxels": _voxels(label),
+            "source_voxels": _voxels(src_label),
+        }
+        record = {
+            "fingerprint": self.fingerprint(case),
+            "files": {f.name: f.stat().st_size for f in self._files(case)},
+            "provenance": provenance,
+        }
+        atomic_write_text(paths["record"], json.dumps(record, indent=2) + "\n")
+        return self.item(case, provenance)
