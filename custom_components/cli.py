@@ -363,8 +363,8 @@ def fabricate(
         modalities: comma-separated image channels (default: the real datalist's; tf / tf_aug: the config's).
         frd: compute the Frechet Radiomics Distance in the realism scores (--nofrd skips it).
     """
+    from custom_components.pipeline.fabricate import fabricate as _fabricate
     from custom_components.pipeline.runner import StageError, StageInterrupted, WorkdirLocked
-    from custom_components.synthesis.fabricate import fabricate as _fabricate
 
     mods = modalities.split(",") if isinstance(modalities, str) else modalities
     try:

@@ -17,7 +17,7 @@ import yaml
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.demo import make_demo_data
 from custom_components.data.validation import validate_datalist
-from custom_components.synthesis import fabricate as fab
+from custom_components.pipeline import fabricate as fab
 from custom_components.synthesis.offline import MAX_PER_SOURCE, OfflineCaseWriter, max_cases, plan_offline
 from custom_components.synthesis.tf_aug import case_seed
 

@@ -633,21 +633,20 @@ def test_real_case_evaluator_per_case_dice_equals_direct_computation() -> None:
 
 def test_synthesis_keys_are_defined_once() -> None:
     """The per-sample key strings are written out only in custom_components/data/keys.py: the MAS data flow's modules
-    use SynthesisKeys (DTSS's and CarveMix's default ``flag_key`` are the known exceptions, owned elsewhere)."""
+    and the online synthesis transforms use SynthesisKeys."""
     import ast
     from pathlib import Path
 
     package = Path(__file__).resolve().parents[1] / "custom_components"
     flow = {"engines/seg_trainer.py", "engines/seg_data.py", "handlers/mas.py", "losses/weighted_dice.py"}
     specific = {"is_synthetic", "sample_dice", "sample_weight"}  # generic ones ("case_id", "weight") only in the flow
-    exceptions = {"transforms/dtss.py", "transforms/carvemix.py"}
     found: dict[str, set[str]] = {}
     for path in package.rglob("*.py"):
         rel = path.relative_to(package).as_posix()
         strings = {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)}
         keys = {k.value for k in SynthesisKeys} if rel in flow else specific
         hits = strings & keys
-        if hits and rel != "data/keys.py" and rel not in exceptions:
+        if hits and rel != "data/keys.py":
             found[rel] = hits
     assert found == {}
     assert {k.value for k in SynthesisKeys} == {

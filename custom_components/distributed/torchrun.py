@@ -8,8 +8,6 @@ one process (rank 0 of 1); sharding is MONAI's ``partition_dataset``. This modul
   :func:`destroy_distributed` / :func:`barrier` return True so they can sit in a bundle's expression lists;
 * :func:`process_device`: ``cuda:<LOCAL_RANK>`` or ``cpu``, known before the process group exists (``idist.device``
   is ``cuda`` without a group);
-* :func:`merge_case_values` (per-case values gathered from the ranks) and thin names the engines use
-  (:func:`all_gather_objects`, :func:`all_reduce_sum`, :func:`get_rank`, :func:`get_world_size`);
 * sharded synthesis / refinement: :func:`shard_items` (``partition_dataset`` without padding or shuffling, so every
   item goes to exactly one rank), :func:`shard_path` names the rank's shard datalist and
   :func:`finish_sharded_run` / :func:`merge_shard_datalists` merge the shards into one datalist (rank 0, after a
@@ -24,8 +22,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +33,10 @@ from monai.data import partition_dataset
 from custom_components.data.datalist import read_datalist, write_datalist
 
 __all__ = [
-    "all_gather_objects",
-    "all_reduce_sum",
     "barrier",
     "destroy_distributed",
     "finish_sharded_run",
-    "get_rank",
-    "get_world_size",
     "init_distributed",
-    "merge_case_values",
     "merge_shard_datalists",
     "process_device",
     "shard_items",
@@ -54,9 +46,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TORCHRUN_ENV: tuple[str, ...] = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-get_rank = idist.get_rank
-get_world_size = idist.get_world_size
 
 
 def process_device() -> torch.device:
@@ -97,7 +86,7 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None,
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     kwargs: dict[str, Any] = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=float(timeout_s))}
     idist.initialize(backend, **kwargs)
-    logger.info(f"process group initialised: rank {get_rank()} of {get_world_size()}, backend {backend}")
+    logger.info(f"process group initialised: rank {idist.get_rank()} of {idist.get_world_size()}, backend {backend}")
     return True
 
 
@@ -113,34 +102,10 @@ def barrier() -> bool:
     return True
 
 
-def all_gather_objects(obj: Any) -> list[Any]:
-    """``obj`` of every rank, in rank order (``[obj]`` in one process). Objects must be picklable."""
-    # wrapped in a tuple so that idist gathers it as an object, also when it is a number or a string
-    return [part[0] for part in idist.all_gather((obj,))]
-
-
-def all_reduce_sum(values: Sequence[float]) -> list[float]:
-    """Element-wise sum of ``values`` over all ranks (float64; ``values`` itself in one process)."""
-    return idist.all_reduce(torch.tensor([float(v) for v in values], dtype=torch.float64)).cpu().tolist()
-
-
-def merge_case_values(gathered: Iterable[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
-    """Combine per-case value lists gathered from the ranks: the lists of a case id are concatenated (in rank order).
-
-    Args:
-        gathered: one ``{case_id: [values]}`` mapping per rank.
-    """
-    out: dict[str, list[float]] = defaultdict(list)
-    for per_rank in gathered:
-        for case, values in per_rank.items():
-            out[str(case)].extend(float(v) for v in values)
-    return dict(out)
-
-
 # -- sharding ------------------------------------------------------------------------------------------
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    rank = get_rank() if rank is None else int(rank)
-    world_size = get_world_size() if world_size is None else int(world_size)
+    rank = idist.get_rank() if rank is None else int(rank)
+    world_size = idist.get_world_size() if world_size is None else int(world_size)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     return rank, world_size
@@ -200,7 +165,7 @@ def merge_shard_datalists(
         FileNotFoundError naming a missing shard; ValueError naming the shards of a case that appears twice,
         the missing / unexpected cases, or a shard whose metadata differs.
     """
-    world_size = get_world_size() if world_size is None else int(world_size)
+    world_size = idist.get_world_size() if world_size is None else int(world_size)
     shards = [shard_path(datalist_path, r, world_size) for r in range(world_size)]
     meta: dict[str, Any] | None = None
     items: dict[str, dict[str, Any]] = {}

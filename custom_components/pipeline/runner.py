@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from custom_components.data.atomic import atomic_write_text
+from custom_components.export.zoo_bundle import BUNDLES_DIR
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLES = REPO / "bundles"
+REPO = BUNDLES_DIR.parent
 LOCK_FILE = ".pipeline.lock"
 # after forwarding SIGTERM/SIGINT, wait this long for the stage's processes before SIGKILL
 KILL_AFTER_S = 60.0
@@ -88,7 +88,7 @@ def bundle_command(
     The overrides are written to ``overrides_file`` (kept as provenance) and merged after the
     bundle's own configs; keys may be nested ids such as ``train#trainer#max_epochs``.
     """
-    root = BUNDLES / bundle
+    root = BUNDLES_DIR / bundle
     files = [str(root / "configs" / c) for c in configs] + [str(overrides_file)]
     overrides_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(overrides_file, json.dumps(dict(overrides), indent=2, sort_keys=True) + "\n")

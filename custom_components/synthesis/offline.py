@@ -35,6 +35,7 @@ from monai.transforms import Compose
 from monai.utils import convert_to_numpy
 
 from custom_components.data.atomic import atomic_write_text, save_nifti
+from custom_components.data.keys import SynthesisKeys
 from custom_components.synthesis.tf_aug import case_seed
 
 METHODS: tuple[str, ...] = ("dtss", "carvemix")
@@ -145,11 +146,11 @@ class TrainingTransforms:
     ) -> None:
         from monai.bundle import ConfigParser
 
-        from custom_components.pipeline.runner import BUNDLES
+        from custom_components.export.zoo_bundle import BUNDLES_DIR
 
         if method not in METHODS:
             raise ValueError(f"offline method must be one of {METHODS}, got {method!r}")
-        root = Path(bundle_root) if bundle_root is not None else BUNDLES / "dtss_mas_seg"
+        root = Path(bundle_root) if bundle_root is not None else BUNDLES_DIR / "dtss_mas_seg"
         self.method = method
         self.configs = [root / "configs" / name for name in TRAIN_CONFIGS]
         parser = ConfigParser()
@@ -317,7 +318,7 @@ class OfflineCaseWriter:
         target = self.transforms.load_case(case["target"])
         synthesis = self.transforms.synthesis(case["source"])
         out = ApplySeeded(synthesis)(copy.deepcopy(target), int(case["seed"]))
-        if not out.get("is_synthetic", False):
+        if not out.get(SynthesisKeys.SYNTHETIC, False):
             raise RuntimeError(
                 f"{self.transforms.configs[-1]}: {self.transforms.target} left case {case['case_id']} unchanged "
                 f"(its prob is below 1?); offline synthesis needs prob 1"

@@ -28,6 +28,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
+from custom_components.data.keys import SynthesisKeys
 from custom_components.transforms.case_cache import CaseCache, grow_box, label_digest, tight_box
 
 
@@ -230,7 +231,7 @@ class CarveMixd(MapTransform, Randomizable):
         prob: float = 1.0,
         alpha: float = 1.0,
         spacing: Sequence[float] | None = None,
-        flag_key: str = "is_synthetic",
+        flag_key: str = SynthesisKeys.SYNTHETIC,
         cache_size: int = 16,
     ) -> None:
         MapTransform.__init__(self, keys)

@@ -80,6 +80,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_data_type, convert_to_dst_type
 from scipy import ndimage
 
+from custom_components.data.keys import SynthesisKeys
 from custom_components.data.labels import INTERNAL_LABELS, TUMOUR_CLASSES
 from custom_components.transforms.case_cache import CaseCache, array_digest, grow_box, label_digest, tight_box
 
@@ -651,7 +652,7 @@ class DeformationTumorSynthesisd(RandomizableTransform, MapTransform):
         clip: bool = True,
         masked_blur: bool = True,
         cache_size: int = 16,
-        flag_key: str = "is_synthetic",
+        flag_key: str = SynthesisKeys.SYNTHETIC,
         applied_key: str = "dtss_applied",
         allow_missing_keys: bool = False,
     ) -> None:
