@@ -165,3 +165,14 @@ def test_workflow_steps_are_named(bundle: str) -> None:
         for section in ("initialize", "run", "finalize"):
             for step in config.get(section) or []:
                 assert not str(step).startswith("$len("), f"{bundle}/configs/{name}: {section} step {step!r}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_multi_gpu_configs_extend_the_steps(bundle: str) -> None:
+    """A multi-process config adds its steps to the single-process ones (MONAI's "+" merge) instead of restating
+    them, so a fix to a step lands in both."""
+    for name in [n for n in _configs(bundle) if n.startswith("multi_gpu")]:
+        config = _load(bundle, name)
+        restated = {"initialize", "run", "finalize"} & set(config)
+        assert not restated, f"{bundle}/configs/{name} restates {sorted(restated)}; extend them with '+<key>'"
+        assert {"+initialize", "+finalize"} <= set(config), f"{bundle}/configs/{name}"

@@ -249,3 +249,33 @@ def test_carvemixd_cache_keyed_by_lesion():
         out_c, out_p = cached(target), plain(target)
         assert out_c["is_synthetic"] and np.array_equal(out_c["image"], out_p["image"])
         assert np.array_equal(out_c["label"], out_p["label"]) and len(cached.mixer.cache) == 1
+
+
+def test_two_phase_dataset_warms_the_caches_when_phase_2_starts():
+    """Entering phase 2, TwoPhaseDataset fills every online transform's cache with every real case (also inside a
+    Compose), without drawing: the samples are those of an uncached dataset with the same seeds."""
+    from monai.transforms import Compose
+
+    from custom_components.engines import TwoPhaseDataset
+
+    real = []
+    for seed in (1, 2, 3):
+        image, label = _case(seed)
+        real.append({"image": torch.as_tensor(image), "label": torch.as_tensor(label), "case_id": f"c{seed}"})
+
+    def make(cache_size: int) -> tuple[TwoPhaseDataset, DeformationTumorSynthesisd]:
+        dtss = DeformationTumorSynthesisd(keys=("image", "label"), cache_size=cache_size)
+        online = Compose([dtss]).set_random_state(7)  # seeds its transforms (after Compose's own seeding)
+        return TwoPhaseDataset(real, augment=lambda d: d, online=[online], phase2_start_epoch=1), dtss
+
+    warmed, dtss = make(cache_size=8)
+    plain, _ = make(cache_size=0)
+    warmed.set_epoch(1)
+    assert len(dtss.dtss.cache) == 0  # phase 1: nothing to warm
+    for ds in (warmed, plain):
+        ds.set_epoch(2)
+    assert len(dtss.dtss.cache) == len(real)
+    for index in range(len(real)):
+        for a, b in zip(warmed[index], plain[index], strict=True):
+            assert torch.equal(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
+            assert torch.equal(torch.as_tensor(a["label"]), torch.as_tensor(b["label"]))

@@ -97,7 +97,8 @@ class TwoPhaseDataset(Dataset):
 
     The phase follows :meth:`set_epoch`, which :class:`~custom_components.engines.seg_trainer.SegmentationTrainer`
     calls at the start of every epoch, before the epoch's data iterator (and its worker processes) is created.
-    Do not use ``persistent_workers``: workers would keep the phase of the epoch they were created in.
+    Do not use ``persistent_workers``: workers would keep the phase of the epoch they were created in (and the
+    synthesis caches warmed when phase 2 starts reach every epoch's fresh workers by the fork).
 
     Args:
         real: dataset of preprocessed (loaded, oriented, label-mapped, rescaled) real cases, e.g. a ``CacheDataset``.
@@ -145,10 +146,31 @@ class TwoPhaseDataset(Dataset):
         self.synthetic_mas = bool(synthetic_mas)
         self.keys = tuple(keys)
         self.epoch = 1
+        self._warmed = False
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the (1-based) training epoch; decides the phase and the synthetic items used."""
+        """Set the (1-based) training epoch; decides the phase and the synthetic items used. Entering phase 2, the
+        online transforms' per-case caches are filled (:meth:`warm_synthesis_caches`)."""
         self.epoch = int(epoch)
+        if self.phase == 2 and not self._warmed:
+            self.warm_synthesis_caches()
+
+    def warm_synthesis_caches(self) -> int:
+        """Fill the per-case caches of the online synthesis transforms (those with a ``warm`` method: DTSS,
+        CarveMix) with every real case, in this process and without drawing. The DataLoader forks its workers
+        after :meth:`set_epoch` every epoch, so each worker starts with these entries and draws only what is
+        random; outputs are the same as without the caches.
+
+        Returns:
+            The number of (transform, case) entries filled.
+        """
+        warmers = [t for t in _flatten_transforms(self.online) if callable(getattr(t, "warm", None))]
+        self._warmed = True
+        for index in range(len(self.real) if warmers else 0):
+            case = self.real[index]
+            for transform in warmers:
+                transform.warm(case)
+        return len(warmers) * len(self.real)
 
     @property
     def phase(self) -> int:
@@ -204,3 +226,16 @@ class TwoPhaseDataset(Dataset):
                 sid = str(item.get(SynthesisKeys.CASE_ID, f"synthetic{j}"))
                 samples += self._finish(self.augment(item), sid, synthetic=True, mas=self.synthetic_mas)
         return samples
+
+
+def _flatten_transforms(transforms: Sequence[Any]) -> list[Any]:
+    """The transforms of a list, with every ``Compose`` replaced by its own transforms (recursively)."""
+    flat: list[Any] = []
+    for transform in transforms:
+        inner = getattr(transform, "transforms", None)
+        flat += (
+            _flatten_transforms(list(inner))
+            if isinstance(inner, Sequence) and not isinstance(inner, str)
+            else [transform]
+        )
+    return flat

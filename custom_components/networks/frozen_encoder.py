@@ -12,12 +12,21 @@ from torch import nn
 from custom_components.networks.segmentation import build_segmentation_network
 
 
-def load_network_weights(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
+def load_network_weights(network: nn.Module, checkpoint: str | os.PathLike | None) -> nn.Module:
     """Load weights saved by dtss_mas_seg into ``network``.
 
     Accepts a plain ``state_dict`` (``models/model.pt``) or a checkpoint dictionary with a ``model``
     or ``network`` entry (``CheckpointSaver`` output).
+
+    Args:
+        network: the network to load into (returned).
+        checkpoint: the weight file; None leaves ``network`` as it is (a training without ``init_checkpoint``).
+
+    Raises:
+        FileNotFoundError naming a missing checkpoint; ValueError naming it when the weights do not fit.
     """
+    if checkpoint is None:
+        return network
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{checkpoint}: segmentation checkpoint not found")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)

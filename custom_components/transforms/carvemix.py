@@ -257,6 +257,11 @@ class CarveMixd(MapTransform, Randomizable):
         self._index = int(self.R.randint(len(self.source)))
         self.mixer.randomize()
 
+    def warm(self, data: Mapping[Hashable, Any]) -> None:
+        """Fill the cache with the invariants of ``data``'s lesion as a source (the bundle's sources are its real
+        cases), without drawing (see :meth:`CarveMix.source_invariants`)."""
+        self.mixer.source_invariants(data[self.keys[1]])
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         self.randomize()
