@@ -10,7 +10,7 @@ DEPLOY_VENV ?= .venv-deploy
 DEPLOY_PY := $(DEPLOY_VENV)/bin/python
 DEMO_DIR ?= demo_output
 
-.PHONY: setup deploy-setup test unit lint demo clean
+.PHONY: setup deploy-setup browser test unit lint demo clean
 
 setup: $(VENV)/.installed
 
@@ -28,12 +28,20 @@ $(DEPLOY_VENV)/.installed: pyproject.toml
 	$(DEPLOY_PY) -m pip install -q -e ".[dev,deploy]"
 	touch $@
 
+# Debian's Chromium for the gallery's headless-browser test (tests/test_gallery.py skips, saying so, without it);
+# installed when apt-get can (root, or sudo without a password), left out otherwise
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+		( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ) \
+		|| echo "chromium not installed: the gallery's browser test will skip"; }
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 # every test in .venv, then the MONAI Deploy app's test (skipped in .venv) in .venv-deploy
-test: lint deploy-setup
+test: lint deploy-setup browser
 	$(PY) -m pytest -q
 	$(DEPLOY_PY) -m pytest -q tests/test_deploy_app.py
 

@@ -26,21 +26,13 @@ import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
 
 import numpy as np
 import torch
-from bench_dtss import CASE, load_case, phantom_case
+from bench_dtss import CASE, cpu_seconds, load_case, phantom_case, print_conditions
 
 from custom_components.transforms.carvemix import CarveMix, signed_distance, signed_distance_box
 from custom_components.transforms.case_cache import label_digest, tight_box
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    """CPU seconds of this process spent in ``fn`` (one thread: the work itself, whatever else the machine runs)."""
-    start = time.process_time()
-    fn()
-    return time.process_time() - start
 
 
 def main() -> int:
@@ -62,10 +54,7 @@ def main() -> int:
         tgt_img, tgt_lab = np.ascontiguousarray(src_img[:, ::-1]), np.ascontiguousarray(src_lab[:, ::-1])
         name = f"{CASE.name} into its left-right mirror"
     print(f"cases {name}: image {src_img.shape} {src_img.dtype}, source whole tumour {(src_lab > 0).sum()} voxels")
-    print(f"load / make: {time.perf_counter() - start:.2f} s (not included below)")
-    print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    print(f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())} (cores: {os.cpu_count()})")
-    print("times: CPU seconds of this process (time.process_time), so other processes' load does not count")
+    print_conditions(start, "load / make")
     args_mix = (tgt_img, tgt_lab, src_img, src_lab)
 
     first, hits, uncached, identical = [], [], [], True
@@ -76,8 +65,8 @@ def main() -> int:
         for k in range(1 + args.later):
             out_c: list = []
             out_p: list = []
-            t_c = _seconds(lambda: out_c.extend(cached(*args_mix)))  # noqa: B023
-            t_p = _seconds(lambda: out_p.extend(plain(*args_mix)))  # noqa: B023
+            t_c = cpu_seconds(lambda: out_c.extend(cached(*args_mix)))  # noqa: B023
+            t_p = cpu_seconds(lambda: out_p.extend(plain(*args_mix)))  # noqa: B023
             (first if k == 0 else hits).append(t_c)
             uncached.append(t_p)
             identical &= all(np.array_equal(a, b) for a, b in zip(out_c[:2], out_p[:2], strict=True))
@@ -106,17 +95,17 @@ def main() -> int:
     scan, distance, paste = [], [], []
     region = inv.distance < inv.depth / 4
     for _ in range(reps):
-        scan.append(_seconds(lambda: label_digest(mask[tight_box(mask)], mask.shape, tight_box(mask))))
-        distance.append(_seconds(lambda: signed_distance_box(mask)))
+        scan.append(cpu_seconds(lambda: label_digest(mask[tight_box(mask)], mask.shape, tight_box(mask))))
+        distance.append(cpu_seconds(lambda: signed_distance_box(mask)))
         paste.append(
-            _seconds(
+            cpu_seconds(
                 lambda: (
                     CarveMix._paste(tgt_img, src_img, inv.box, region),
                     CarveMix._paste(tgt_lab, src_lab, inv.box, region),
                 )
             )
         )
-    whole = [_seconds(lambda: signed_distance(mask)) for _ in range(2)]
+    whole = [cpu_seconds(lambda: signed_distance(mask)) for _ in range(2)]
     print("parts of a draw (medians):")
     print(f"  source lesion scan, box and digest (every draw):       {statistics.median(scan):.3f} s")
     print(f"  signed distance on the box (first draw only):          {statistics.median(distance):.3f} s")

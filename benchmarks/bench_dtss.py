@@ -93,11 +93,19 @@ def phantom_case(
     return image, label[None]
 
 
-def _seconds(fn: Callable[[], object]) -> float:
+def cpu_seconds(fn: Callable[[], object]) -> float:
     """CPU seconds of this process spent in ``fn`` (one thread: the work itself, whatever else the machine runs)."""
     start = time.process_time()
     fn()
     return time.process_time() - start
+
+
+def print_conditions(start: float, made: str) -> None:
+    """What the figures below depend on: set-up time, threads, the machine's load, the clock used."""
+    print(f"{made}: {time.perf_counter() - start:.2f} s (not included below)")
+    print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print(f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())} (cores: {os.cpu_count()})")
+    print("times: CPU seconds of this process (time.process_time), so other processes' load does not count")
 
 
 def _median(values: list[float]) -> float:
@@ -116,8 +124,8 @@ def cache_benchmark(
         for k in range(1 + later):
             out_c: list = []
             out_p: list = []
-            t_c = _seconds(lambda: out_c.extend(cached(image, label)))  # noqa: B023
-            t_p = _seconds(lambda: out_p.extend(plain(image, label)))  # noqa: B023
+            t_c = cpu_seconds(lambda: out_c.extend(cached(image, label)))  # noqa: B023
+            t_p = cpu_seconds(lambda: out_p.extend(plain(image, label)))  # noqa: B023
             (first if k == 0 else hits).append(t_c)
             uncached.append(t_p)
             identical &= all(np.array_equal(a, b) for a, b in zip(out_c, out_p, strict=True))
@@ -140,11 +148,11 @@ def cache_benchmark(
     reps = max(3, later)
     parts: dict[str, list[float]] = {k: [] for k in ("check", "lookup", "miss", "copy")}
     for _ in range(reps):
-        parts["check"].append(_seconds(lambda: DeformationTumorSynthesis._check(image, label)))
-        parts["lookup"].append(_seconds(lambda: probe.warm(image, label)))
+        parts["check"].append(cpu_seconds(lambda: DeformationTumorSynthesis._check(image, label)))
+        parts["lookup"].append(cpu_seconds(lambda: probe.warm(image, label)))
         empty = DeformationTumorSynthesis(iterations_range=iterations, cache_size=4)
-        parts["miss"].append(_seconds(lambda: empty.warm(image, label)))  # noqa: B023
-        parts["copy"].append(_seconds(lambda: (image.astype(image.dtype, copy=True), label.copy())))
+        parts["miss"].append(cpu_seconds(lambda: empty.warm(image, label)))  # noqa: B023
+        parts["copy"].append(cpu_seconds(lambda: (image.astype(image.dtype, copy=True), label.copy())))
     check, lookup, miss, copy = (_median(parts[k]) for k in ("check", "lookup", "miss", "copy"))
     print("  parts of a draw (medians):")
     print(f"    label scan, checks and box (every draw):                 {check:.3f} s")
@@ -172,10 +180,7 @@ def main() -> int:
         image, label = load_case()
         name = CASE.name
     print(f"case {name}: image {image.shape} {image.dtype}, whole tumour {(label > 0).sum()} voxels")
-    print(f"load / make + label map + rescale: {time.perf_counter() - start:.2f} s (not included below)")
-    print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    print(f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())} (cores: {os.cpu_count()})")
-    print("times: CPU seconds of this process (time.process_time), so other processes' load does not count")
+    print_conditions(start, "load / make + label map + rescale")
 
     print(f"\n1. cache, {image.shape[0]} channels, numpy, iterations 3-10:")
     cache_benchmark(image, label, args.rounds, args.later)
@@ -197,8 +202,8 @@ def main() -> int:
         t_c, t_p, grown = [], [], []
         for _ in range(args.runs):
             out: list = []
-            t_c.append(_seconds(lambda: out.extend(cached(img, lab))))  # noqa: B023
-            t_p.append(_seconds(lambda: plain(img, lab)))  # noqa: B023
+            t_c.append(cpu_seconds(lambda: out.extend(cached(img, lab))))  # noqa: B023
+            t_p.append(cpu_seconds(lambda: plain(img, lab)))  # noqa: B023
             grown.append(int((np.asarray(out[1]) > 0).sum() - (np.asarray(lab) > 0).sum()))
         print(f"{setting:<44} {_median(t_p):>9.3f} {_median(t_c):>7.3f} {statistics.median(grown):>20.0f}")
     return 0

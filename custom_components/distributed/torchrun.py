@@ -32,17 +32,6 @@ from monai.data import partition_dataset
 
 from custom_components.data.datalist import read_datalist, write_datalist
 
-__all__ = [
-    "barrier",
-    "destroy_distributed",
-    "finish_sharded_run",
-    "init_distributed",
-    "merge_shard_datalists",
-    "process_device",
-    "shard_items",
-    "shard_path",
-]
-
 logger = logging.getLogger(__name__)
 
 TORCHRUN_ENV: tuple[str, ...] = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

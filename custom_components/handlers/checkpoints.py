@@ -29,16 +29,6 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
-__all__ = [
-    "OutputExistsError",
-    "SafeCheckpointSaver",
-    "TrainingGuardError",
-    "check_output_dir",
-    "guard_loss",
-    "latest_checkpoint",
-    "non_finite_tensors",
-]
-
 logger = logging.getLogger(__name__)
 
 _EPOCH_FILE = re.compile(r"^(?P<prefix>.*)_epoch=(?P<epoch>\d+)\.pt$")

@@ -66,21 +66,6 @@ from custom_components.data.atomic import atomic_write_text
 from custom_components.data.keys import SynthesisKeys
 from custom_components.data.labels import REGIONS
 
-__all__ = [
-    "DEFAULT_BETA",
-    "DEFAULT_C",
-    "MASHandler",
-    "MASStatistics",
-    "PerCaseRegionDice",
-    "REAL_DICE_METRIC",
-    "hard_prediction",
-    "mas_eta",
-    "mas_theta",
-    "mas_weight",
-    "real_case_evaluator",
-    "region_dice_per_sample",
-]
-
 DEFAULT_BETA = 0.1
 DEFAULT_C = 2e-5
 # name of the per-case accuracy metric of the real-case evaluator (engine.state.metrics / metric_details)

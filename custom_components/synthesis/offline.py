@@ -36,7 +36,7 @@ from monai.utils import convert_to_numpy
 
 from custom_components.data.atomic import atomic_write_text, save_nifti
 from custom_components.data.keys import SynthesisKeys
-from custom_components.synthesis.tf_aug import case_seed
+from custom_components.synthesis.tf_aug import case_seed, synthetic_item
 
 METHODS: tuple[str, ...] = ("dtss", "carvemix")
 # the most derived cases per source scan (a real case for DTSS, a healthy scan for TF / TF-Aug): every derived
@@ -300,15 +300,7 @@ class OfflineCaseWriter:
 
     def item(self, case: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
         """The datalist item of a written case (absolute paths; ``write_datalist`` makes them relative)."""
-        p = self.case_paths(case)
-        return {
-            "case_id": case["case_id"],
-            "image": [str(f) for f in p["image"]],
-            "label": str(p["label"]),
-            "brain_mask": str(p["brain_mask"]),
-            "synthetic": True,
-            "provenance": dict(provenance),
-        }
+        return synthetic_item(case["case_id"], self.case_paths(case), provenance, ("label", "brain_mask"))
 
     def make(self, case: Mapping[str, Any]) -> dict[str, Any]:
         """Synthesise one case with the training transforms, write it (atomically, record last), return its item."""

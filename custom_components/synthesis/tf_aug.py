@@ -224,6 +224,22 @@ def initial_intensities(
     return result
 
 
+def synthetic_item(
+    case_id: str, paths: Mapping[str, Any], provenance: Mapping[str, Any], keys: Sequence[str]
+) -> dict[str, Any]:
+    """The datalist item of a written synthetic case (absolute paths; ``write_datalist`` makes them relative).
+
+    Args:
+        case_id: the case's id.
+        paths: the case's files: ``image`` (one file per modality) and one file per name in ``keys``.
+        provenance: how the case was made (stage, sources, seed, parameters).
+        keys: the single-file entries of the item, in order (e.g. label, roi, brain_mask).
+    """
+    item: dict[str, Any] = {"case_id": case_id, "image": [str(f) for f in paths["image"]]}
+    item.update((key, str(paths[key])) for key in keys)
+    return {**item, "synthetic": True, "provenance": dict(provenance)}
+
+
 def case_seed(seed: int, index: int) -> int:
     """Seed of synthetic case ``index`` (uint32), derived from the global seed and the index only."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
@@ -591,16 +607,7 @@ class TFAugCaseWriter:
         return item
 
     def _item(self, case: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
-        paths = self.case_paths(case)
-        return {
-            "case_id": case["case_id"],
-            "image": [str(p) for p in paths["image"]],
-            "label": str(paths["label"]),
-            "roi": str(paths["roi"]),
-            "brain_mask": str(paths["brain_mask"]),
-            "synthetic": True,
-            "provenance": dict(provenance),
-        }
+        return synthetic_item(case["case_id"], self.case_paths(case), provenance, ("label", "roi", "brain_mask"))
 
     def _qc(self, case: Mapping[str, Any]) -> None:
         """One PNG: the synthetic image as it is and with label contours, the healthy input it was painted
