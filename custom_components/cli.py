@@ -325,6 +325,44 @@ def export_bundle(
         sys.exit(2)
 
 
+def export_nnunet(
+    out: str,
+    real: str | None = None,
+    synthetic: str | tuple[str, ...] | None = None,
+    dataset_id: int = 500,
+    name: str = "TumourSynthesis",
+    section: str = "training",
+    overwrite: bool = False,
+) -> None:
+    """Write real and synthetic datalists as an nnU-Net v2 raw dataset <out>/Dataset{ID}_{NAME}.
+
+    imagesTr/<case>_0000.nii.gz (one file per modality), labelsTr/<case>.nii.gz (nnU-Net's BraTS regions:
+    1 oedema, 2 necrosis, 3 enhancing), dataset.json, and splits_final.json whose validation folds hold real cases
+    only (synthetic cases, named syn_<case_id>, are in every training fold).
+
+    Args:
+        out: nnU-Net raw folder (nnUNet_raw) to write the dataset into.
+        real: datalist of real cases.
+        synthetic: datalist(s) of synthetic cases (several: --synthetic "['a.json','b.json']").
+        dataset_id: nnU-Net dataset id (1-999).
+        name: dataset name.
+        section: datalist section to export.
+        overwrite: replace an existing dataset folder.
+    """
+    from custom_components.export.nnunet import export_nnunet as _export
+
+    syn = [synthetic] if isinstance(synthetic, str) else list(synthetic or [])
+    try:
+        print(
+            _export(
+                real, out, synthetic=syn, dataset_id=dataset_id, name=str(name), section=section, overwrite=overwrite
+            )
+        )
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        print(e.args[0] if isinstance(e, KeyError) and e.args else e, file=sys.stderr)
+        sys.exit(2)
+
+
 COMMANDS = {
     "validate-datalist": validate_datalist,
     "make-datalist": make_datalist,
@@ -335,6 +373,7 @@ COMMANDS = {
     "pipeline": pipeline,
     "demo": demo,
     "export-bundle": export_bundle,
+    "export-nnunet": export_nnunet,
 }
 
 
