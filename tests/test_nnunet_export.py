@@ -18,6 +18,7 @@ import pytest
 from custom_components.data.datalist import write_datalist
 from custom_components.export.nnunet import (
     NNUNET_LABELS,
+    evaluate_label_files,
     export_nnunet,
     internal_to_nnunet,
     make_splits,
@@ -267,6 +268,35 @@ def test_cli_export_nnunet(data: dict[str, Path]) -> None:
     assert cli(*args, "--dataset_id", "42", "--name", "Cli", "--overwrite").returncode == 0
     missing = cli("--real", str(data["real"].parent / "nope.json"), "--out", str(data["out"]))
     assert missing.returncode == 2 and "nope.json" in missing.stderr
+
+
+def test_evaluate_label_files_scores_nnunet_predictions(data: dict[str, Path], tmp_path: Path) -> None:
+    ds = export_nnunet(data["real"], data["out"])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    # case_a: the export's own label (a perfect nnU-Net prediction); case_b: the ET block predicted as oedema
+    (pred / "case_a.nii.gz").write_bytes((ds / "labelsTr" / "case_a.nii.gz").read_bytes())
+    img = nib.load(str(ds / "labelsTr" / "case_b.nii.gz"))
+    wrong = np.asanyarray(img.dataobj).copy()
+    wrong[wrong == 3] = 1
+    nib.save(nib.Nifti1Image(wrong, img.affine, img.header), str(pred / "case_b.nii.gz"))
+    out = tmp_path / "metrics.json"
+    result = evaluate_label_files(pred, data["real"], section="training", out=out)
+    assert json.loads(out.read_text()) == result
+    a, b = result["cases"]["case_a"], result["cases"]["case_b"]
+    assert (a["dice_ET"], a["dice_TC"], a["dice_WT"], a["hd95_ET"], a["hd95_WT"]) == (1.0, 1.0, 1.0, 0.0, 0.0)
+    assert b["dice_ET"] == 0.0 and b["hd95_ET"] == 373.13  # ET missed: the BraTS empty-region values
+    assert b["dice_WT"] == 1.0
+    assert b["dice_TC"] == pytest.approx(2 * 8 / 17)  # TC: the 8 NCR voxels of 8 NCR + 1 ET
+    assert result["mean"]["dice_ET"] == 0.5 and result["pred_labels"] == "nnunet"
+    # a prediction missing, or off the label's grid: named, nothing written
+    (pred / "case_b.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"case_b\.nii\.gz: no prediction for case case_b"):
+        evaluate_label_files(pred, data["real"], section="training", out=tmp_path / "m2.json")
+    nib.save(nib.Nifti1Image(wrong[:15], img.affine), str(pred / "case_b.nii.gz"))
+    with pytest.raises(ValueError, match=r"case_b\.nii\.gz: prediction grid \(15, 16, 16\) differs"):
+        evaluate_label_files(pred, data["real"], section="training", out=tmp_path / "m2.json")
+    assert not (tmp_path / "m2.json").exists()
 
 
 NNUNET = importlib.util.find_spec("nnunetv2") is not None

@@ -19,7 +19,8 @@ Synthetic cases are named ``syn_<case_id>`` (:data:`SYNTHETIC_PREFIX`), real one
 datalist is read and checked (files exist, 3D, one grid per case, label values of the declared convention) before
 anything is written, and the dataset is built in a temporary folder beside the target and renamed into place.
 Predictions that nnU-Net writes for this dataset carry the same region-derived values; map them back with
-:func:`nnunet_to_internal`.
+:func:`nnunet_to_internal`, or score a folder of them against a datalist's labels with :func:`evaluate_label_files`
+(BraTS ET / TC / WT Dice and HD95 of :func:`custom_components.quality.evaluation.region_metrics`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import label_convention_of, read_datalist
-from custom_components.data.labels import INTERNAL_CLASSES, to_internal
+from custom_components.data.labels import INTERNAL_CLASSES, REGIONS, check_convention, to_internal
 from custom_components.data.loader import load_datalist
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "REGIONS_CLASS_ORDER",
     "SYNTHETIC_PREFIX",
     "dataset_folder_name",
+    "evaluate_label_files",
     "export_nnunet",
     "internal_to_nnunet",
     "make_splits",
@@ -241,6 +244,8 @@ def export_nnunet(
     name: str = "TumourSynthesis",
     section: str = "training",
     overwrite: bool = False,
+    *,
+    modalities: Sequence[str] | None = None,
 ) -> Path:
     """Write real and synthetic datalists as one nnU-Net v2 raw dataset (see the module docstring for the layout).
 
@@ -252,6 +257,8 @@ def export_nnunet(
         name: dataset name.
         section: datalist section to export from every datalist.
         overwrite: replace an existing dataset folder of this id and name.
+        modalities: channels to export, chosen by name from every datalist's top-level ``modalities`` (e.g.
+            ``["t1n"]`` when the synthetic cases have T1 only); None: all of the first datalist's modalities.
 
     Returns:
         the dataset folder ``<out>/Dataset{dataset_id:03d}_{name}``.
@@ -281,13 +288,15 @@ def export_nnunet(
 
     # read and check everything before writing
     sources: list[tuple[str, str, list[dict[str, Any]], str]] = []  # (datalist, role, items, convention)
-    channels: list[str] = []
-    named = False  # whether the channels are modality names (selected by name in later datalists)
+    channels: list[str] = [str(m) for m in modalities] if modalities is not None else []
+    if modalities is not None and (not channels or len(set(channels)) != len(channels)):
+        raise ValueError(f"modalities must be distinct names, got {list(modalities)}")
+    named = bool(channels)  # whether the channels are modality names (selected by name in every datalist)
     first = ""
     for datalist, role in [*([(real, "real")] if real is not None else []), *((s, "synthetic") for s in synthetic)]:
         items, names, convention, has_names = _read(datalist, section, channels if named else None, role)
         if not first:
-            channels, first, named = names, str(datalist), has_names
+            channels, first, named = names, str(datalist), named or has_names
         elif len(items[0]["image"]) != len(channels):
             raise ValueError(
                 f"{datalist}: {len(items[0]['image'])} image file(s) per case but {first} has {len(channels)} "
@@ -378,3 +387,89 @@ def export_nnunet(
         else:
             os.replace(build, dest)
     return dest
+
+
+def _regions(label: np.ndarray) -> np.ndarray:
+    """Internal label volume -> binary region channels ET, TC, WT."""
+    return np.stack([np.isin(label, REGIONS[r]) for r in ("ET", "TC", "WT")]).astype(np.uint8)
+
+
+def evaluate_label_files(
+    pred: str | os.PathLike,
+    datalist: str | os.PathLike,
+    section: str = "validation",
+    out: str | os.PathLike | None = None,
+    pred_labels: str = "nnunet",
+    hd95_mode: str = "brats",
+) -> dict[str, Any]:
+    """BraTS region metrics (Dice, HD95 of ET, TC, WT) of label files in a folder against a datalist's labels.
+
+    Every case of ``section`` needs ``<pred>/<case_id>.nii.gz`` (or ``.nii``) on its label's grid; all are checked
+    before anything is computed or written.
+
+    Args:
+        pred: folder of predicted label files named by case id (e.g. ``nnUNetv2_predict``'s output).
+        datalist: datalist whose ``label`` files are the reference (read with its declared convention).
+        section: datalist section to score.
+        out: JSON file to write atomically (None: write nothing).
+        pred_labels: convention of the predictions: ``nnunet`` (this export's values: 1 ED, 2 NCR, 3 ET) or a
+            project convention (``internal``, ``brats2023``, ``brats2021``, ``brats2015``).
+        hd95_mode: ``brats`` or ``monai`` (see :func:`custom_components.quality.evaluation.hd95`).
+
+    Returns:
+        ``{"cases": {case_id: {"dice_ET", "hd95_ET", ...}}, "mean": {...}, "datalist", "section", "pred",
+        "pred_labels"}``.
+
+    Raises:
+        FileNotFoundError / ValueError naming the datalist or the offending prediction file.
+    """
+    from custom_components.quality.evaluation import region_metrics
+
+    if pred_labels != "nnunet":
+        check_convention(pred_labels)
+    pred = Path(pred)
+    if not pred.is_dir():
+        raise FileNotFoundError(f"{pred}: prediction folder not found")
+    convention = label_convention_of(read_datalist(datalist), None, str(datalist))
+    items = load_datalist(datalist, section=section, require=("label",), check="none")
+    files: dict[str, Path] = {}
+    for it in items:
+        found = [
+            pred / f"{it['case_id']}{ext}" for ext in (".nii.gz", ".nii") if (pred / f"{it['case_id']}{ext}").is_file()
+        ]
+        if not found:
+            raise FileNotFoundError(f"{pred / (it['case_id'] + FILE_ENDING)}: no prediction for case {it['case_id']}")
+        files[it["case_id"]] = found[0]
+    cases: dict[str, dict[str, float]] = {}
+    for it in items:
+        cid, f = it["case_id"], files[it["case_id"]]
+        ref_img, pred_img = nib.load(it["label"]), nib.load(str(f))
+        ref, prd = np.asanyarray(ref_img.dataobj), np.asanyarray(pred_img.dataobj)
+        ref, prd = (ref[..., 0] if ref.ndim == 4 else ref), (prd[..., 0] if prd.ndim == 4 else prd)
+        if prd.shape != ref.shape or not np.allclose(pred_img.affine, ref_img.affine, atol=1e-3):
+            raise ValueError(
+                f"{f}: prediction grid {prd.shape} differs from label {it['label']} {ref.shape} (shape or affine)"
+            )
+        try:
+            prd = nnunet_to_internal(prd) if pred_labels == "nnunet" else to_internal(prd, pred_labels)
+        except ValueError as e:
+            raise ValueError(f"{f}: {e}") from e
+        try:
+            ref = to_internal(ref, convention)
+        except ValueError as e:
+            raise ValueError(f"{it['label']}: {e}") from e
+        spacing = [float(z) for z in ref_img.header.get_zooms()[:3]]
+        cases[cid] = region_metrics(_regions(prd), _regions(ref), spacing=spacing, hd95_mode=hd95_mode)
+    keys = list(next(iter(cases.values())))
+    result: dict[str, Any] = {
+        "datalist": str(Path(datalist).resolve()),
+        "section": section,
+        "pred": str(pred.resolve()),
+        "pred_labels": pred_labels,
+        "hd95_mode": hd95_mode,
+        "mean": {k: float(np.mean([c[k] for c in cases.values()])) for k in keys},
+        "cases": cases,
+    }
+    if out is not None:
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    return result
