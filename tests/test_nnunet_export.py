@@ -250,9 +250,9 @@ def test_nii_and_single_volume_4d_channels_become_3d_gz(tmp_path: Path) -> None:
     assert how == {"copied": 0, "gzipped": 2, "rewritten": 2}
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, command: str = "export-nnunet") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "custom_components", "export-nnunet", *args]
+    cmd = [sys.executable, "-m", "custom_components", command, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -268,6 +268,15 @@ def test_cli_export_nnunet(data: dict[str, Path]) -> None:
     assert cli(*args, "--dataset_id", "42", "--name", "Cli", "--overwrite").returncode == 0
     missing = cli("--real", str(data["real"].parent / "nope.json"), "--out", str(data["out"]))
     assert missing.returncode == 2 and "nope.json" in missing.stderr
+    # the export's own labels scored as nnU-Net predictions: perfect
+    metrics = data["out"] / "metrics.json"
+    args = ["--pred", str(ds / "labelsTr"), "--datalist", str(data["real"]), "--section", "training"]
+    done = cli(*args, "--out", str(metrics), command="evaluate-labels")
+    assert done.returncode == 0, done.stderr
+    assert "ET: Dice 1.000  HD95 0.00 mm" in done.stdout
+    assert json.loads(metrics.read_text())["mean"]["dice_WT"] == 1.0
+    wrong = cli(*args, "--pred_labels", "brats2021", command="evaluate-labels")  # 3 is not a BraTS 2021 value
+    assert wrong.returncode == 2 and "case_a.nii.gz: label values [3]" in wrong.stderr
 
 
 def test_evaluate_label_files_scores_nnunet_predictions(data: dict[str, Path], tmp_path: Path) -> None:
