@@ -42,6 +42,7 @@ from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import label_convention_of, read_datalist
 from custom_components.data.labels import INTERNAL_CLASSES, REGIONS, check_convention, to_internal
 from custom_components.data.loader import load_datalist
+from custom_components.data.validation import check_items
 
 __all__ = [
     "FILE_ENDING",
@@ -166,7 +167,8 @@ def make_splits(real: Sequence[str], synthetic: Sequence[str] = (), seed: int = 
 def _read(
     datalist: str | os.PathLike, section: str, modalities: Sequence[str] | None, role: str
 ) -> tuple[list[dict[str, Any]], list[str], str, bool]:
-    """Items (checked), channel names, label convention of one datalist and whether the names are its modalities."""
+    """Items (files not yet checked), channel names, label convention of one datalist and whether the names are its
+    modalities; the cheap checks of ids and markers are done here, the files' by :func:`export_nnunet` after them."""
     data = read_datalist(datalist)
     available = data.get("modalities")
     convention = label_convention_of(data, None, str(datalist))
@@ -175,8 +177,7 @@ def _read(
         section=section,
         modalities=modalities,
         require=("image", "label"),
-        check="full",
-        require_tumour=False,
+        check="none",
     )
     n = len(items[0]["image"])
     if any(len(it["image"]) != n for it in items):
@@ -325,6 +326,16 @@ def export_nnunet(
                     "label": it["label"],
                 }
             )
+    # then every file: 3D, one grid per case, label values of the declared convention (healthy cases allowed)
+    for datalist, _, items, convention in sources:
+        check_items(
+            items,
+            labels=convention,
+            require_tumour=False,
+            source=datalist,
+            section=section,
+            modalities=channels if named else None,
+        )
     real_ids = [c["identifier"] for c in cases if c["role"] == "real"]
     syn_ids = [c["identifier"] for c in cases if c["role"] == "synthetic"]
     splits = make_splits(real_ids, syn_ids)
