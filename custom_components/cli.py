@@ -395,6 +395,82 @@ def fabricate(
         sys.exit(1)
 
 
+def export_nnunet(
+    out: str,
+    real: str | None = None,
+    synthetic: str | tuple[str, ...] | None = None,
+    dataset_id: int = 500,
+    name: str = "TumourSynthesis",
+    section: str = "training",
+    overwrite: bool = False,
+    modalities: str | tuple[str, ...] | None = None,
+) -> None:
+    """Write real and synthetic datalists as an nnU-Net v2 raw dataset <out>/Dataset{ID}_{NAME}.
+
+    imagesTr/<case>_0000.nii.gz (one file per modality), labelsTr/<case>.nii.gz (nnU-Net's BraTS regions:
+    1 oedema, 2 necrosis, 3 enhancing), dataset.json, and splits_final.json whose validation folds hold real cases
+    only (synthetic cases, named syn_<case_id>, are in every training fold).
+
+    Args:
+        out: nnU-Net raw folder (nnUNet_raw) to write the dataset into.
+        real: datalist of real cases.
+        synthetic: datalist(s) of synthetic cases (several: --synthetic "['a.json','b.json']").
+        dataset_id: nnU-Net dataset id (1-999).
+        name: dataset name.
+        section: datalist section to export.
+        overwrite: replace an existing dataset folder.
+        modalities: comma-separated channels to export, chosen by name in every datalist (e.g. t1n when the synthetic
+            cases have T1 only; default: all of the first datalist's modalities).
+    """
+    from custom_components.export.nnunet import export_nnunet as _export
+
+    syn = [synthetic] if isinstance(synthetic, str) else list(synthetic or [])
+    mods = modalities.split(",") if isinstance(modalities, str) else modalities
+    try:
+        folder = _export(
+            real, out, syn, dataset_id, str(name), section, overwrite, modalities=None if mods is None else list(mods)
+        )
+        print(folder)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        print(e.args[0] if isinstance(e, KeyError) and e.args else e, file=sys.stderr)
+        sys.exit(2)
+
+
+def evaluate_labels(
+    pred: str,
+    datalist: str,
+    section: str = "validation",
+    out: str | None = None,
+    pred_labels: str = "nnunet",
+    hd95_mode: str = "brats",
+) -> None:
+    """BraTS Dice / HD95 (ET, TC, WT) of a folder of predicted label files (e.g. nnUNetv2_predict's output, one
+    <case_id>.nii.gz per case) against a datalist section's labels; prints the means, writes per-case JSON.
+
+    Args:
+        pred: folder of predicted label files named by case id.
+        datalist: datalist with the reference labels.
+        section: datalist section to score.
+        out: JSON file to write (atomic).
+        pred_labels: convention of the predictions: nnunet (export-nnunet's values, the default), internal,
+            brats2023, brats2021 or brats2015.
+        hd95_mode: brats (pooled surface distances) or monai.
+    """
+    from custom_components.export.nnunet import evaluate_label_files
+
+    try:
+        result = evaluate_label_files(pred, datalist, section, out, pred_labels=pred_labels, hd95_mode=hd95_mode)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(e.args[0] if isinstance(e, KeyError) and e.args else e, file=sys.stderr)
+        sys.exit(2)
+    mean = result["mean"]
+    print(f"{len(result['cases'])} case(s) of {datalist} [{section}]")
+    for region in ("ET", "TC", "WT"):
+        print(f"{region}: Dice {mean['dice_' + region]:.3f}  HD95 {mean['hd95_' + region]:.2f} mm")
+    if out:
+        print(out)
+
+
 COMMANDS = {
     "validate-datalist": validate_datalist,
     "make-datalist": make_datalist,
@@ -406,6 +482,8 @@ COMMANDS = {
     "demo": demo,
     "export-bundle": export_bundle,
     "fabricate": fabricate,
+    "export-nnunet": export_nnunet,
+    "evaluate-labels": evaluate_labels,
 }
 
 
