@@ -237,6 +237,69 @@ def _write_label(src: str, reference: str, convention: str, dst: Path) -> None:
     nib.save(out, str(dst))
 
 
+def _dataset_json(
+    real: str | os.PathLike | None,
+    synthetic: Sequence[str | os.PathLike],
+    sources: Sequence[tuple[str, str, list[dict[str, Any]], str]],
+    channels: Sequence[str],
+    name: str,
+    section: str,
+    real_ids: Sequence[str],
+    syn_ids: Sequence[str],
+    splits: Sequence[Any],
+    how: dict[str, int],
+) -> dict[str, Any]:
+    """nnU-Net's dataset.json of an export, with the description and provenance of its sources."""
+    conventions = {d: conv for d, _, _, conv in sources}
+    description = (
+        f"nnU-Net v2 raw dataset written by custom_components.export.nnunet: {len(real_ids)} real case(s)"
+        + (f" from {sources[0][0]}" if real is not None else "")
+        + f", {len(syn_ids)} synthetic case(s) (named '{SYNTHETIC_PREFIX}<case_id>')"
+        + (f" from {', '.join(str(s) for s in synthetic)}" if synthetic else "")
+        + f" (section {section!r}). Labels: 1 oedema, 2 necrosis / non-enhancing core, 3 enhancing tumour "
+        "(nnU-Net's BraTS regions); splits_final.json validates on real cases only."
+    )
+    return {
+        "channel_names": {str(i): m for i, m in enumerate(channels)},
+        "labels": NNUNET_LABELS,
+        "regions_class_order": REGIONS_CLASS_ORDER,
+        "numTraining": len(real_ids) + len(syn_ids),
+        "file_ending": FILE_ENDING,
+        "name": name,
+        "description": description,
+        "licence": "that of the source data (see provenance)",
+        "converted_by": "custom_components.export.nnunet.export_nnunet",
+        "provenance": {
+            "real": None if real is None else str(Path(real).resolve()),
+            "synthetic": [str(Path(s).resolve()) for s in synthetic],
+            "section": section,
+            "label_conventions": {str(Path(d).resolve()): conv for d, conv in conventions.items()},
+            "label_mapping": {INTERNAL_CLASSES[k]: v for k, v in INTERNAL_TO_NNUNET.items()},
+            "synthetic_prefix": SYNTHETIC_PREFIX,
+            "num_real": len(real_ids),
+            "num_synthetic": len(syn_ids),
+            "num_folds": len(splits),
+            "images": how,
+        },
+    }
+
+
+def _check_destination(out: Path, folder: str, dataset_id: int, overwrite: bool) -> Path:
+    """``<out>/<folder>``, refused when it exists without ``overwrite`` or ``out`` holds another dataset of the id."""
+    dest = out / folder
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"{dest}: exists; remove it or pass overwrite")
+    if out.is_dir():
+        prefix = f"Dataset{int(dataset_id):03d}_"
+        clash = sorted(p.name for p in out.iterdir() if p.name.startswith(prefix) and p.name != folder)
+        if clash:
+            raise FileExistsError(
+                f"{out}: already holds {', '.join(clash)} with dataset id {int(dataset_id)}; nnU-Net needs ids to be "
+                "unique, choose another dataset_id"
+            )
+    return dest
+
+
 def export_nnunet(
     real: str | os.PathLike | None,
     out: str | os.PathLike,
@@ -272,17 +335,7 @@ def export_nnunet(
     """
     folder = dataset_folder_name(dataset_id, name)
     out = Path(out)
-    dest = out / folder
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"{dest}: exists; remove it or pass overwrite")
-    if out.is_dir():
-        prefix = f"Dataset{int(dataset_id):03d}_"
-        clash = sorted(p.name for p in out.iterdir() if p.name.startswith(prefix) and p.name != folder)
-        if clash:
-            raise FileExistsError(
-                f"{out}: already holds {', '.join(clash)} with dataset id {int(dataset_id)}; nnU-Net needs ids to be "
-                "unique, choose another dataset_id"
-            )
+    dest = _check_destination(out, folder, dataset_id, overwrite)
     synthetic = [synthetic] if isinstance(synthetic, str | os.PathLike) else list(synthetic)
     if real is None and not synthetic:
         raise ValueError("nothing to export: give a real datalist, synthetic datalists, or both")
@@ -352,38 +405,7 @@ def export_nnunet(
             _write_label(
                 case["label"], case["image"][0], case["convention"], build / "labelsTr" / f"{case['identifier']}.nii.gz"
             )
-        conventions = {d: conv for d, _, _, conv in sources}
-        description = (
-            f"nnU-Net v2 raw dataset written by custom_components.export.nnunet: {len(real_ids)} real case(s)"
-            + (f" from {sources[0][0]}" if real is not None else "")
-            + f", {len(syn_ids)} synthetic case(s) (named '{SYNTHETIC_PREFIX}<case_id>')"
-            + (f" from {', '.join(str(s) for s in synthetic)}" if synthetic else "")
-            + f" (section {section!r}). Labels: 1 oedema, 2 necrosis / non-enhancing core, 3 enhancing tumour "
-            "(nnU-Net's BraTS regions); splits_final.json validates on real cases only."
-        )
-        dataset_json = {
-            "channel_names": {str(i): m for i, m in enumerate(channels)},
-            "labels": NNUNET_LABELS,
-            "regions_class_order": REGIONS_CLASS_ORDER,
-            "numTraining": len(cases),
-            "file_ending": FILE_ENDING,
-            "name": name,
-            "description": description,
-            "licence": "that of the source data (see provenance)",
-            "converted_by": "custom_components.export.nnunet.export_nnunet",
-            "provenance": {
-                "real": None if real is None else str(Path(real).resolve()),
-                "synthetic": [str(Path(s).resolve()) for s in synthetic],
-                "section": section,
-                "label_conventions": {str(Path(d).resolve()): conv for d, conv in conventions.items()},
-                "label_mapping": {INTERNAL_CLASSES[k]: v for k, v in INTERNAL_TO_NNUNET.items()},
-                "synthetic_prefix": SYNTHETIC_PREFIX,
-                "num_real": len(real_ids),
-                "num_synthetic": len(syn_ids),
-                "num_folds": len(splits),
-                "images": how,
-            },
-        }
+        dataset_json = _dataset_json(real, synthetic, sources, channels, name, section, real_ids, syn_ids, splits, how)
         (build / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
         if splits:
             (build / "splits_final.json").write_text(json.dumps(splits, indent=2) + "\n")
