@@ -45,7 +45,7 @@ test: lint deploy-setup browser
 	$(PY) -m pytest -q
 	$(DEPLOY_PY) -m pytest -q tests/test_deploy_app.py
 
-# unit tests only: every test not marked slow (bundle / pipeline end-to-end runs); under 2 minutes
+# unit tests only: every test not marked slow (end-to-end runs, subprocess commands on full-size data); under 2 minutes
 unit: setup
 	$(PY) -m pytest -q -m "not slow"
 

@@ -64,6 +64,7 @@ def test_gpu_check_dry_run_lists_every_step(tmp_path: Path) -> None:
     assert not out.exists()  # a dry run writes nothing
 
 
+@pytest.mark.slow
 def test_gpu_check_refuses_without_cuda(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here: the refusal is for machines without it")

@@ -10,8 +10,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from tests.conftest import REPO
+
+# each test runs the CLI in subprocesses over the full-size real case (about 16 s each)
+pytestmark = pytest.mark.slow
 
 NAMES_2021 = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": "seg"}
 

@@ -116,6 +116,7 @@ def test_dtss_rerun_with_larger_n_adds_only_the_missing_cases(demo, tmp_path) ->
     assert realism["n_synthetic"] == 5 and realism["n_real"] == 2 and realism["encoder"] is None
 
 
+@pytest.mark.slow
 def test_interrupted_run_finishes_with_identical_results(demo, tmp_path, monkeypatch) -> None:
     whole = tmp_path / "whole"
     _run("dtss", 4, demo["tumour"], whole)

@@ -106,6 +106,7 @@ def test_realism_table() -> None:
     assert "not computed: x" in realism_html({"skipped": "x"})
 
 
+@pytest.mark.slow
 def test_gallery_images_load_in_a_headless_browser(gallery: Path, tmp_path: Path) -> None:
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium): the page is not rendered")

@@ -117,6 +117,7 @@ def test_recovers_known_rigid_transform(template_2mm: dict[str, object], tmp_pat
     assert np.corrcoef(prepared[both], template_2mm["data"][both])[0, 1] > 0.93  # 0.947 measured
 
 
+@pytest.mark.slow
 def test_real_healthy_to_tumour_case(real_case: dict[str, object], healthy_scans: list[Path], tmp_path: Path) -> None:
     reference = Path(real_case["image"][0])
     mni = next(p for p in healthy_scans if p.name.startswith("mni152"))

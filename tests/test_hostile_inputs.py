@@ -437,6 +437,7 @@ def _wait_for_pids(work: Path, proc: subprocess.Popen) -> list[int]:
     return [int(p) for p in pids_file.read_text().split()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_runner_forwards_signal_and_redoes_the_stage(tmp_path: Path, sig: signal.Signals) -> None:
     work = tmp_path / "work"
@@ -464,6 +465,7 @@ def test_runner_forwards_signal_and_redoes_the_stage(tmp_path: Path, sig: signal
     assert (work / "bundle" / "result.txt").read_text() == "done" and (work / "bundle" / "stage.json").is_file()
 
 
+@pytest.mark.slow
 def test_runner_killed_takes_its_stage_with_it(tmp_path: Path) -> None:
     work = tmp_path / "work"
     proc = _start_runner(tmp_path, work)
@@ -476,6 +478,7 @@ def test_runner_killed_takes_its_stage_with_it(tmp_path: Path) -> None:
     assert not _alive(child)
 
 
+@pytest.mark.slow
 def test_two_runners_cannot_share_a_workdir(tmp_path: Path) -> None:
     work = tmp_path / "work"
     with workdir_lock(work):

@@ -82,6 +82,7 @@ def test_installed_code_does_not_read_the_repository_layout() -> None:
     assert (REPO / "pipelines" / "real_experiment.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_export_copies_only_what_the_bundle_imports(tmp_path: Path) -> None:
     import subprocess
     import sys

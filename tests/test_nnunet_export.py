@@ -256,6 +256,7 @@ def cli(*args: str, command: str = "export-nnunet") -> subprocess.CompletedProce
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_export_nnunet(data: dict[str, Path]) -> None:
     args = ["--real", str(data["real"]), "--synthetic", str(data["syn"]), "--out", str(data["out"])]
     done = cli(*args, "--dataset_id", "42", "--name", "Cli")

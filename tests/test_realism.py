@@ -168,6 +168,7 @@ def _noise_tumour(case: RealismCase, rng: np.random.Generator) -> RealismCase:
     return RealismCase(case.case_id, image, case.label, case.zooms)
 
 
+@pytest.mark.slow
 def test_frd_zero_for_identical_sets_and_grows_with_noise_tumours() -> None:
     def first_channel(case: RealismCase) -> RealismCase:
         return RealismCase(case.case_id, case.image[:1], case.label, case.zooms)

@@ -77,6 +77,7 @@ def test_report_shows_mas_warnings(tmp_path):
     assert "eq. 8 degenerated" in paths["html"].read_text()
 
 
+@pytest.mark.slow
 def test_mlflow_experiment_has_a_run_per_arm_and_seed(tmp_path):
     import json
 
