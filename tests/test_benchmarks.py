@@ -222,3 +222,34 @@ def test_bench_tiny_measurement(tmp_path: Path) -> None:
     table = proc.stdout.splitlines()
     assert any(line.startswith("baseline   0 ") for line in table)
     assert any(line.startswith("dtss_mas   0 ") for line in table)
+
+
+# ---- bench_loader_stall.py end to end -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_loader_stall_of_tf_gan_training_writes_only_into_its_temporary_folder(tmp_path: Path) -> None:
+    from tests.test_tf_gan_bundle import make_data, train_overrides
+
+    data = make_data(tmp_path / "data")
+    earlier = tmp_path / "earlier_run"  # a stage's overrides name an earlier run's folders: left alone
+    overrides = train_overrides(data, earlier)
+    overrides_file = tmp_path / "overrides.json"
+    overrides_file.write_text(json.dumps(overrides))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = tmp_path / "stall.json"
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "bench_loader_stall.py"), "--bundle", "tf_gan",
+        "--overrides", str(overrides_file), "--num-workers", "0", "1", "--epochs", "2", "--json", str(out),
+    ]  # fmt: skip
+    proc = _run(cmd, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["num_workers"] for r in rows] == [0, 1]
+    for r in rows:
+        # 2 coarse cases, batch 1: 2 iterations per epoch, of which the second of each epoch is steady-state
+        assert r["iterations"] == 4 and r["steady_iterations"] == 2 and r["samples_per_iteration"] == 1
+        assert r["step_s"] > 0 and r["loader_wait_s"] >= 0 and 0.0 <= r["stall_fraction"] <= 1.0
+        assert r["iteration_s"] == pytest.approx(r["step_s"] + r["loader_wait_s"])
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [*before, Path("stall.json")]
+    assert any(line.startswith(" 0     2 ") for line in proc.stdout.splitlines())

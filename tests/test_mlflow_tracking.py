@@ -185,7 +185,7 @@ def test_tf_aug_to_server(server: MlflowServer, tmp_path: Path) -> None:
         "tf_aug", ["common.yaml", "train.yaml"],
         healthy_datalist=inputs["healthy_datalist"], real_datalist=inputs["real_datalist"],
         output_dir=str(tmp_path / "run"), encoder_checkpoint=str(ckpt), encoder_filters=[8, 16, 32], max_epochs=2,
-        crop_size=[32, 32, 32], aug_min_voxels=10, tracking_uri=uri, experiment_name="tf_aug",
+        crop_size=[32, 32, 32], aug_min_voxels=10, num_workers=0, tracking_uri=uri, experiment_name="tf_aug",
         save_execute_config=str(tmp_path / "executed.json"),
     )  # fmt: skip
     client = MlflowClient(uri)

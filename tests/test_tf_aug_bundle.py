@@ -69,6 +69,7 @@ def demo(tmp_path_factory) -> dict[str, Any]:
         "num_cases": NUM_CASES,
         "qc_cases": 1,
         "seed": 0,
+        "num_workers": 0,
     }
     return {"root": root, "healthy": healthy, "overrides": overrides}
 
