@@ -242,6 +242,7 @@ def make_aug_inputs(root: Path) -> dict[str, Any]:
         "aug_min_voxels": 10,
         "qc_cases": 1,
         "seed": 0,
+        "num_workers": 0,
     }
 
 
