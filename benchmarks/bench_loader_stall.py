@@ -1,6 +1,6 @@
 """Loader stall of any bundle's training, per number of DataLoader workers: iteration, step and wait times.
 
-Runs ``bundles/<bundle>/configs/common.yaml`` + ``train.yaml`` through MONAI's ``ConfigWorkflow`` with the
+Runs ``bundles/<bundle>/configs/common.yaml`` + ``train.yaml`` through MONAI's ``ConfigWorkflow`` (``bench_train_throughput.training_workflow``) with the
 overrides of a JSON file (for instance one the demo pipeline wrote for a stage:
 ``demo_output/overrides/tf_gan_train.json``), then ``output_dir`` and every other output folder of
 ``OUTPUT_KEYS`` (into a temporary folder: nothing outside it is written), ``overwrite``, ``max_epochs`` and
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_train_throughput import IterationTimer
+from bench_train_throughput import IterationTimer, training_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 # the bundles' output folders besides output_dir; a stage's overrides may name folders of an earlier run
@@ -46,9 +46,7 @@ OUTPUT_KEYS = (
 def measure(bundle: str, overrides: dict[str, Any], num_workers: int, epochs: int, out: Path) -> dict[str, Any]:
     """Train ``bundle`` for ``epochs`` epochs with ``num_workers`` workers; its IterationTimer summary."""
     import torch
-    from monai.bundle import ConfigWorkflow
 
-    configs = REPO / "bundles" / bundle / "configs"
     settings = {
         **overrides,
         **{key: str(out / key) for key in OUTPUT_KEYS if key in overrides},
@@ -57,15 +55,7 @@ def measure(bundle: str, overrides: dict[str, Any], num_workers: int, epochs: in
         "max_epochs": epochs,
         "num_workers": num_workers,
     }
-    wf = ConfigWorkflow(
-        config_file=[str(configs / "common.yaml"), str(configs / "train.yaml")],
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        workflow_type="train",
-        run_id="training",
-        bundle_root=str(REPO / "bundles" / bundle),
-        **settings,
-    )
+    wf = training_workflow(REPO / "bundles" / bundle, settings)
     start = time.perf_counter()
     wf.initialize()
     timer = IterationTimer(lambda: None)

@@ -481,23 +481,30 @@ def synthesis_times(parser: Any, samples: int, seed: int) -> dict[str, float]:
     return out
 
 
+def training_workflow(bundle_root: Path, overrides: dict[str, Any]) -> Any:
+    """MONAI's ``ConfigWorkflow`` of a bundle's training (``common.yaml`` + ``train.yaml``) with ``overrides``."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = bundle_root / "configs"
+    return ConfigWorkflow(
+        config_file=[str(configs / "common.yaml"), str(configs / "train.yaml")],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type="train",
+        run_id="training",
+        bundle_root=str(bundle_root),
+        **overrides,
+    )
+
+
 def run_one(arm: str, args: argparse.Namespace, data: dict[str, Any], out: Path) -> dict[str, Any]:
     """Train one arm for the planned iterations through the bundle's config; returns its figures."""
     import torch
-    from monai.bundle import ConfigWorkflow
 
     sync = _sync(args.device)
     overrides = arm_overrides(arm, args, data, out)
     start = time.perf_counter()
-    wf = ConfigWorkflow(
-        config_file=[str(BUNDLE / "configs" / "common.yaml"), str(BUNDLE / "configs" / "train.yaml")],
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type="train",
-        run_id="training",
-        bundle_root=str(BUNDLE),
-        **overrides,
-    )
+    wf = training_workflow(BUNDLE, overrides)
     wf.initialize()
     parser = wf.parser
     trainer = parser.get_parsed_content("train#trainer")  # builds (and caches) the datasets before the timing
