@@ -2,7 +2,7 @@
 
 Runs ``bundles/<bundle>/configs/common.yaml`` + ``train.yaml`` through MONAI's ``ConfigWorkflow`` (``bench_train_throughput.training_workflow``) with the
 overrides of a JSON file (for instance one the demo pipeline wrote for a stage:
-``demo_output/overrides/tf_gan_train.json``), then ``output_dir`` and every other output folder of
+``demo_output/overrides/tf_gan_train_s0.json``), then ``output_dir`` and every other output folder of
 ``OUTPUT_KEYS`` (into a temporary folder: nothing outside it is written), ``overwrite``, ``max_epochs`` and
 ``num_workers`` set by this script, once per ``--num-workers`` value, in this process, one after another. The timing is :class:`bench_train_throughput.IterationTimer`'s (Ignite events on the workflow's
 ``train#trainer``): step = ``ITERATION_STARTED`` -> ``ITERATION_COMPLETED``, wait = ``GET_BATCH_STARTED`` ->
@@ -10,7 +10,7 @@ overrides of a JSON file (for instance one the demo pipeline wrote for a stage:
 iteration of every epoch left out; its wait, which includes starting the workers, is ``ep.start s``).
 ``bench_train_throughput.py`` does the same for dtss_mas_seg's arms on BraTS-size volumes.
 
-Usage: ``python benchmarks/bench_loader_stall.py --bundle tf_gan --overrides demo_output/overrides/tf_gan_train.json
+Usage: ``python benchmarks/bench_loader_stall.py --bundle tf_gan --overrides demo_output/overrides/tf_gan_train_s0.json
 [--num-workers 0 2] [--epochs 3] [--json out.json]``
 """
 

@@ -129,7 +129,14 @@ def prepare_healthy(
     print(path)
 
 
-def demo_data(out: str, n_healthy: int = 4, n_tumour: int = 6, spacing: float = 2.0, seed: int = 0) -> None:
+def demo_data(
+    out: str,
+    n_healthy: int = 4,
+    n_tumour: int = 6,
+    spacing: float = 2.0,
+    seed: int = 0,
+    n_held_out: int | None = None,
+) -> None:
     """Make demo data (no downloads): deformed MNI152 healthy scans and PHANTOM glioma cases.
 
     Args:
@@ -138,10 +145,14 @@ def demo_data(out: str, n_healthy: int = 4, n_tumour: int = 6, spacing: float = 
         n_tumour: number of annotated phantom tumour cases.
         spacing: voxel size in mm of the demo grid.
         seed: random seed.
+        n_held_out: phantoms held out as the "validation" section (default: n_tumour // 3, at least 1).
     """
     from custom_components.data.demo import make_demo_data
 
-    for kind, path in make_demo_data(out, n_healthy=n_healthy, n_tumour=n_tumour, spacing=spacing, seed=seed).items():
+    paths = make_demo_data(
+        out, n_healthy=n_healthy, n_tumour=n_tumour, spacing=spacing, seed=seed, n_held_out=n_held_out
+    )
+    for kind, path in paths.items():
         print(f"{kind}: {path}")
 
 
@@ -196,13 +207,23 @@ def realism(
     seed: int = 0,
     max_cases: int | None = None,
     frd: bool = True,
+    c2st: bool = True,
+    null_real: str | None = None,
+    null_section: str = "training",
+    patch: int = 8,
+    n_patches: int = 32,
+    n_perm: int = 100,
 ) -> None:
-    """How real do synthetic tumours look? Print a table of class-wise distances to real tumours (with the
-    real-vs-real floor) and write them as JSON.
+    """How real do synthetic tumours look? Print the classifier two-sample test and a table of class-wise distances
+    to real tumours (each with its real-vs-real null or floor) and write them as JSON.
 
-    Measures (custom_components.quality.realism): Frechet distance of the frozen encoder's masked-GAP class features
-    (TF's perceptual-loss features), 1-D Wasserstein distance of brain-normalised class intensities per
-    modality, boundary sharpness against real, Frechet Radiomics Distance (frd-score, whole tumour) per modality.
+    Measures: the C2ST first (custom_components.quality.c2st: cross-validated AUC of a logistic regression telling
+    synthetic from real tumour patches by local texture statistics, grouped by case, equal set sizes, 95 % interval
+    from resampling cases, permutation p-value, beside the same test between two halves of real cases); then
+    (custom_components.quality.realism, at equal set sizes) Frechet distance of the frozen encoder's masked-GAP
+    class features (TF's perceptual-loss features), 1-D Wasserstein distance of brain-normalised class intensities
+    per modality, boundary sharpness against real, Frechet Radiomics Distance (frd-score, whole tumour) per
+    modality, and a line for each distance below its floor.
 
     Args:
         synthetic: datalist of synthetic cases.
@@ -218,11 +239,17 @@ def realism(
         seed: seed of the splits.
         max_cases: use at most this many cases per datalist.
         frd: compute the Frechet Radiomics Distance (``--nofrd`` skips it; about a second per case and modality).
+        c2st: run the classifier two-sample test (``--noc2st`` skips it; seconds).
+        null_real: datalist of other real cases for the C2ST's real-vs-real null (e.g. the real training cases:
+            a comparison at n cases per side needs 2 n for a null at the same size; default: the ``real`` cases).
+        null_section: section of ``null_real``.
+        patch, n_patches, n_perm: C2ST patch side (voxels), patches per case, label permutations.
     """
     import json
 
     from custom_components.data.atomic import atomic_write_text
     from custom_components.data.datalist import read_datalist
+    from custom_components.quality.c2st import C2STSettings
     from custom_components.quality.realism import format_table, load_cases, realism_scores
 
     try:
@@ -230,6 +257,7 @@ def realism(
         mods = mods or read_datalist(synthetic).get("modalities")
         syn_cases, names = load_cases(synthetic, mods, section, max_cases)
         real_cases, _ = load_cases(real, names, real_section or section, max_cases)
+        null_cases = None if null_real is None else load_cases(null_real, names, null_section, max_cases)[0]
         frozen = None
         if encoder is not None:
             from custom_components.networks import FrozenEncoder
@@ -239,9 +267,12 @@ def realism(
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(e, file=sys.stderr)
         sys.exit(2)
-    result = realism_scores(syn_cases, real_cases, names, frozen, levels, n_splits=n_splits, seed=seed, frd=frd)
+    settings = C2STSettings(patch=patch, n_patches=n_patches, n_perm=n_perm, seed=seed) if c2st else None
+    kwargs = {"n_splits": n_splits, "seed": seed, "frd": frd, "c2st": settings, "null_real": null_cases}
+    result = realism_scores(syn_cases, real_cases, names, frozen, levels, **kwargs)
     result["synthetic"] = str(Path(synthetic).resolve())
     result["real"] = str(Path(real).resolve())
+    result["null_real"] = None if null_real is None else str(Path(null_real).resolve())
     result["encoder"] = None if encoder is None else str(Path(encoder).resolve())
     print(format_table(result))
     if out:

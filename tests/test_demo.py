@@ -174,3 +174,26 @@ def test_refuses_other_settings_and_bad_counts(demo: dict[str, Path]) -> None:
         make_demo_data(out, n_tumour=1, verbose=False)
     with pytest.raises(ValueError, match="n_healthy"):
         make_demo_data(out, n_healthy=0, verbose=False)
+
+
+def test_n_held_out(demo: dict[str, Path], tmp_path: Path) -> None:
+    """n_held_out sets the validation count; the cases are those of the default split, case for case."""
+    default = read_datalist(demo["tumour"])
+    # the default rule, max(1, n_tumour // 3), and a generator record without n_held_out (older data unchanged)
+    assert [it["case_id"] for it in default["training"]] == ["demo-tumour-000", "demo-tumour-001"]
+    assert [it["case_id"] for it in default["validation"]] == ["demo-tumour-002"]
+    assert "n_held_out" not in default["generator"]
+    paths = make_demo_data(tmp_path, n_healthy=2, n_tumour=3, spacing=SPACING, seed=7, verbose=False, n_held_out=2)
+    held = read_datalist(paths["tumour"])
+    assert [it["case_id"] for it in held["training"]] == ["demo-tumour-000"]
+    assert [it["case_id"] for it in held["validation"]] == ["demo-tumour-001", "demo-tumour-002"]
+    assert held["generator"]["n_held_out"] == 2
+    first_dir = Path(demo["tumour"]).parent.parent
+    for path in sorted(first_dir.rglob("*.nii.gz")):
+        assert (tmp_path / path.relative_to(first_dir)).read_bytes() == path.read_bytes(), path.name
+    # another split is another setting: refused in a folder made with the default one
+    with pytest.raises(FileExistsError, match="datalist.json"):
+        make_demo_data(first_dir, n_healthy=2, n_tumour=3, spacing=SPACING, seed=7, verbose=False, n_held_out=2)
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="n_held_out"):
+            make_demo_data(tmp_path / "bad", n_tumour=3, n_held_out=bad, verbose=False)

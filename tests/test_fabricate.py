@@ -310,15 +310,15 @@ def test_tf_end_to_end_tiny(demo, tmp_path) -> None:
     assert [line.split("] ")[1].split(":")[0] for line in done] == [
         "prepare_healthy",
         "seg_phase1_s0",
-        "tf_aug_train",
-        "tf_aug_synthesise",
-        "tf_gan_train",
-        "tf_gan_refine",
+        "tf_aug_train_s0",
+        "tf_aug_synthesise_s0",
+        "tf_gan_train_s0",
+        "tf_gan_refine_s0",
     ]
     lines.clear()
     fab.fabricate("tf", 2, demo["tumour"], out, healthy=demo["healthy"], config=config, frd=False, log=lines.append)
     assert sum("up to date, skipped" in line for line in lines) == 6
-    shutil.rmtree(out / "work" / "tf_gan_refine")  # the cases in <out> are links or copies: still whole
+    shutil.rmtree(out / "work" / "tf_gan_refine_s0")  # the cases in <out> are links or copies: still whole
     assert validate_datalist(out / "datalist.json") == []
 
 

@@ -46,9 +46,10 @@ def finished(tmp_path_factory) -> tuple[Experiment, list[str]]:
 def test_every_stage_ran_in_order(finished):
     exp, lines = finished
     done = [line.split("] ")[1].split(":")[0] for line in lines if "done in" in line]
-    assert done[:5] == ["data", "prepare_healthy", "seg_phase1_s0", "tf_aug_train", "tf_aug_synthesise"]
-    assert done[5:7] == ["tf_gan_train", "tf_gan_refine"]
-    assert done[-1] == "report" and len(done) == exp.count_model_stages() + 2 == 14
+    assert done[:5] == ["data", "prepare_healthy", "seg_phase1_s0", "tf_aug_train_s0", "tf_aug_synthesise_s0"]
+    assert done[5:7] == ["tf_gan_train_s0", "tf_gan_refine_s0"]
+    # real_matched (added by control_arm): one more training and evaluation
+    assert done[-1] == "report" and len(done) == exp.count_model_stages() + 2 == 16
 
 
 def test_stage_datalists(finished):
@@ -60,21 +61,21 @@ def test_stage_datalists(finished):
     for item in prepared["training"]:
         img = nib.load(item["image"][0])
         assert img.shape == ref.shape and np.allclose(img.affine, ref.affine, atol=1e-5)
-    for datalist in (exp.coarse_datalist, exp.refined_datalist):
+    for datalist in (exp.coarse_datalist(0), exp.refined_datalist(0)):
         data = read_datalist(datalist)
         assert data["labels"] == "internal" and data["modalities"] == ["t1n"]
         assert len(data["training"]) == n_real  # one synthetic case per real case
         assert all(item["synthetic"] for item in data["training"])
         assert validate_datalist(datalist) == []
-    refined = read_datalist(exp.refined_datalist)["training"]
-    coarse = {i["case_id"]: i for i in read_datalist(exp.coarse_datalist)["training"]}
+    refined = read_datalist(exp.refined_datalist(0))["training"]
+    coarse = {i["case_id"]: i for i in read_datalist(exp.coarse_datalist(0))["training"]}
     for item in refined:  # the refined case keeps its coarse label
         a = np.asarray(nib.load(item["label"]).dataobj)
         b = np.asarray(nib.load(coarse[item["case_id"]]["label"]).dataobj)
         assert np.array_equal(a, b)
     # the TF arm's training was fed the refined datalist
     overrides = json.loads((exp.work / "overrides" / "seg_tf_s0.json").read_text())
-    assert overrides["synthetic_datalists"] == [str(exp.refined_datalist)]
+    assert overrides["synthetic_datalists"] == [str(exp.refined_datalist(0))]
     assert overrides["init_checkpoint"] == str(exp.phase1_model(0))
 
 
@@ -82,14 +83,19 @@ def test_report_table(finished):
     exp, _ = finished
     md = (exp.work / "report" / "report.md").read_text()
     assert "Made with commit " in md.splitlines()[2] and "sha256 " in md.splitlines()[2]
+    assert "Synthesis: synthetic cases drawn per seed (TF models trained once, seed 0)" in md
     dice_md, realism_md = md.split("## Realism")
     realism_md, refinement_md = realism_md.split("## Refinement: what TF-GAN changed")
+    # every stage was made by this code and thread count: one provenance row, not MIXED
+    refinement_md, provenance_md = refinement_md.split("## Provenance")
+    assert "MIXED" not in provenance_md and "report" in provenance_md
+    assert len([line for line in provenance_md.splitlines() if line.startswith("| ")]) == 2
     # the refinement table: the residual generator, barely trained, keeps the anatomy outside m_roi
     refinement = [line.split("|")[1:-1] for line in refinement_md.splitlines() if line.startswith("| ")]
-    n_refined = len(read_datalist(exp.refined_datalist)["training"])
+    n_refined = len(read_datalist(exp.refined_datalist(0))["training"])
     assert len(refinement) == 2 and float(refinement[1][0]) < 0.05 and int(refinement[1][3]) == n_refined
     rows = {line.split("|")[1].strip(): line for line in dice_md.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"Arm", "baseline", "tf", "dtss_mas"}
+    assert set(rows) == {"Arm", "baseline", "real_matched", "tf", "dtss_mas"}
     # a realism row per synthetic method, against the held-out (validation) real cases
     realism_rows = {line.split("|")[1].strip() for line in realism_md.splitlines() if line.startswith("| ")}
     assert realism_rows == {"Method", "TF-Aug", "TF", "DTSS"}
@@ -101,7 +107,7 @@ def test_report_table(finished):
         assert np.isfinite(realism[method]["summary"]["wasserstein"])
     assert (exp.work / "report" / "realism.png").is_file()
     results = json.loads((exp.work / "report" / "results.json").read_text())
-    for r in results:
+    for r in results["runs"]:
         metrics = json.loads(exp.metrics(r["arm"], r["seed"]).read_text())["mean"]
         assert r["ET"] == pytest.approx(metrics["dice_ET"]) and 0.0 <= r["mean"] <= 1.0
         assert f"{100 * r['mean']:.2f} ±" in rows[r["arm"]]

@@ -1,6 +1,7 @@
-"""Realism scores: Frechet and Wasserstein distances against hand-computed values, identical sets at 0 with
-the real-vs-real floor, boundary sharpness ratios, the encoder features, the Frechet Radiomics Distance
-(frd-score) against frd-score's own statistics and on phantoms with noise tumours, and the `realism` CLI."""
+"""Realism scores: Frechet and Wasserstein distances against hand-computed values, distances and real-vs-real
+floors at equal set sizes (by hand from the splits), boundary sharpness ratios, the encoder features, the Frechet
+Radiomics Distance (frd-score) against frd-score's own statistics and on phantoms with noise tumours, the line for
+a distance below its floor, and the `realism` CLI (with the C2ST; the C2ST itself: tests/test_c2st.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from custom_components.data.datalist import write_datalist
 from custom_components.networks import build_segmentation_network
 from custom_components.quality.realism import (
     RealismCase,
+    below_floor,
     boundary_sharpness,
     format_table,
     frd_case_features,
     frd_from_features,
     frechet_distance,
     load_cases,
+    matched_splits,
     realism_scores,
     wasserstein,
 )
@@ -79,35 +82,71 @@ class Identity(nn.Module):
         return [x]
 
 
-def test_identical_sets_score_zero_and_floor_is_real_vs_real() -> None:
+def test_matched_splits_give_equal_disjoint_sets() -> None:
+    for n_real, n_syn in ((4, 3), (5, 8), (8, 2), (2, 1)):
+        splits = matched_splits(n_real, n_syn, 6, seed=0)
+        assert len(splits) == 6
+        for a, b, s in splits:
+            size = min(n_real // 2, n_syn)
+            assert len(a) == len(s) == size and len(b) == n_real - n_real // 2
+            assert not set(a) & set(b) and set(a) | set(b) <= set(range(n_real))
+            assert len(set(s)) == size and set(s) <= set(range(n_syn))
+    # the real halves depend on the real set only, not on how many synthetic cases there are
+    halves = [(list(a), list(b)) for a, b, _ in matched_splits(6, 3, 4, 0)]
+    assert halves == [(list(a), list(b)) for a, b, _ in matched_splits(6, 9, 4, 0)]
+    assert matched_splits(1, 5, 4, 0) == []
+
+
+def test_distances_and_floors_compare_equal_set_sizes() -> None:
+    # distance: synthetic subset S against real half B; floor: real half A against B (by hand from the splits)
     real = [_case(f"r{i}", i) for i in range(4)]
     other = [_case(f"s{i}", 10 + i, scale=1.5) for i in range(3)]
-    same = realism_scores(real, real, ["a", "b"], Identity(), levels=1, n_splits=5, frd=False)
-    diff = realism_scores(other, real, ["a", "b"], Identity(), levels=1, n_splits=5, frd=False)
-    for name in ("NCR", "ED", "ET"):
-        assert same["frechet"][name]["distance"] == pytest.approx(0.0, abs=1e-6)
-        for m in ("a", "b"):
-            assert same["wasserstein"][name][m]["distance"] == 0.0
-            # the floor depends on the real set only
-            assert same["wasserstein"][name][m]["floor"] == diff["wasserstein"][name][m]["floor"]
-            assert diff["wasserstein"][name][m]["distance"] > same["wasserstein"][name][m]["floor"]
-        assert same["frechet"][name]["floor"] == pytest.approx(diff["frechet"][name]["floor"])
-        assert same["frechet"][name]["floor"] > 0
-        assert diff["frechet"][name]["distance"] > same["frechet"][name]["floor"]
-    for m in ("a", "b"):
-        assert same["sharpness"][m]["ratio"] == pytest.approx(1.0)
-    scaled = [RealismCase(c.case_id, 1.5 * c.image, c.label, c.zooms) for c in real]
-    ratio = realism_scores(scaled, real, ["a", "b"], None, n_splits=2, frd=False)
-    assert ratio["frechet"] == {}  # no encoder, no Frechet distance
-    assert ratio["summary"]["sharpness_ratio"] == pytest.approx(1.5)  # gradients scale with intensity
-    # the Frechet distance with the identity encoder is that of the per-case class means, by hand
+    same = realism_scores(real, real, ["a", "b"], Identity(), levels=1, n_splits=5, frd=False, c2st=None)
+    diff = realism_scores(other, real, ["a", "b"], Identity(), levels=1, n_splits=5, frd=False, c2st=None)
+    assert diff["set_sizes"] == [2, 2] and diff["c2st"] is None and diff["summary"]["c2st_auc"] is None
+    splits = matched_splits(4, 3, 5, 0)
+    # the Frechet distance with the identity encoder is that of the per-case class means
     means_s = np.stack([[c.image[ch][c.label == 3].mean() for ch in range(2)] for c in other])
     means_r = np.stack([[c.image[ch][c.label == 3].mean() for ch in range(2)] for c in real])
-    assert diff["frechet"]["ET"]["distance"] == pytest.approx(frechet_distance(means_s, means_r), rel=1e-5)
-    # one real case: no floor
-    single = realism_scores(other, real[:1], ["a", "b"], Identity(), levels=1, frd=False)
+    fd = np.mean([frechet_distance(means_s[s], means_r[b]) for _, b, s in splits])
+    floor = np.mean([frechet_distance(means_r[a], means_r[b]) for a, b, _ in splits])
+    assert diff["frechet"]["ET"]["distance"] == pytest.approx(fd, rel=1e-3)
+    assert diff["frechet"]["ET"]["floor"] == pytest.approx(floor, rel=1e-3)
+    vals_s = [c.image[1][c.label == 2] for c in other]
+    vals_r = [c.image[1][c.label == 2] for c in real]
+    w1 = np.mean([wasserstein([vals_s[i] for i in s], [vals_r[i] for i in b]) for _, b, s in splits])
+    assert diff["wasserstein"]["ED"]["b"]["distance"] == pytest.approx(w1, rel=1e-5)
+    for name in ("NCR", "ED", "ET"):
+        assert same["frechet"][name]["floor"] == pytest.approx(diff["frechet"][name]["floor"])  # real set only
+        assert same["frechet"][name]["floor"] > 0
+        assert diff["frechet"][name]["distance"] > same["frechet"][name]["floor"]
+        for m in ("a", "b"):
+            assert same["wasserstein"][name][m]["floor"] == diff["wasserstein"][name][m]["floor"]
+            assert diff["wasserstein"][name][m]["distance"] > same["wasserstein"][name][m]["floor"]
+    for m in ("a", "b"):
+        assert same["sharpness"][m]["ratio"] == pytest.approx(1.0)
+    # a set that is one real case repeated is at distance 0 from it
+    twins = realism_scores(real[:1] * 2, real[:1] * 4, ["a", "b"], Identity(), levels=1, frd=False, c2st=None)
+    assert twins["summary"]["frechet"] == pytest.approx(0.0, abs=1e-6) and twins["summary"]["wasserstein"] == 0.0
+    scaled = [RealismCase(c.case_id, 1.5 * c.image, c.label, c.zooms) for c in real]
+    ratio = realism_scores(scaled, real, ["a", "b"], None, n_splits=2, frd=False, c2st=None)
+    assert ratio["frechet"] == {}  # no encoder, no Frechet distance
+    assert ratio["summary"]["sharpness_ratio"] == pytest.approx(1.5)  # gradients scale with intensity
+    # one real case: all against all, no floor
+    single = realism_scores(other, real[:1], ["a", "b"], Identity(), levels=1, frd=False, c2st=None)
     assert single["frechet"]["ET"]["floor"] is None and single["summary"]["wasserstein_floor"] is None
-    assert np.isfinite(single["summary"]["frechet"])
+    assert single["set_sizes"] == [3, 1] and np.isfinite(single["summary"]["frechet"])
+
+
+def test_a_distance_below_its_floor_gets_a_line() -> None:
+    result = {
+        "summary": {"frechet": 10.5, "frechet_floor": 17.4, "wasserstein": 0.3, "wasserstein_floor": 0.18},
+        "set_sizes": [2, 2],
+        "n_synthetic": 8,
+        "n_real": 4,
+    }
+    lines = below_floor(result)
+    assert len(lines) == 1 and lines[0].startswith("Frechet 10.5 is below its floor 17.4 (sets of 2 vs 2 cases)")
 
 
 def test_boundary_sharpness_hand_computed() -> None:
@@ -169,27 +208,31 @@ def _noise_tumour(case: RealismCase, rng: np.random.Generator) -> RealismCase:
 
 
 @pytest.mark.slow
-def test_frd_zero_for_identical_sets_and_grows_with_noise_tumours() -> None:
+def test_frd_at_equal_set_sizes_misses_noise_tumours_that_the_c2st_sees() -> None:
     def first_channel(case: RealismCase) -> RealismCase:
         return RealismCase(case.case_id, case.image[:1], case.label, case.zooms)
 
     real = [first_channel(_case(f"r{i}", i)) for i in range(6)]
     clean = [first_channel(_case(f"s{i}", 10 + i)) for i in range(4)]
     noisy = [_noise_tumour(c, np.random.default_rng(k)) for k, c in enumerate(clean)]
-    same = realism_scores(real, real, ["a"], n_splits=4)
-    near = realism_scores(clean, real, ["a"], n_splits=4)
+    same = realism_scores(real, real, ["a"], n_splits=4, c2st=None)
     far = realism_scores(noisy, real, ["a"], n_splits=4)
-    assert same["frd_package"] == "frd-score 1.0.1"
-    # a set against itself: Frechet distance 0 (FRD = ln 0); the floor depends on the real set only
-    assert np.exp(same["frd"]["a"]["distance"]) == pytest.approx(0.0, abs=1e-6)
-    assert same["frd"]["a"]["floor"] == pytest.approx(near["frd"]["a"]["floor"])
-    # other phantoms of the same kind sit below the real-vs-real floor (halves: 3-case references);
-    # the same phantoms with noise tumours (same mean and spread) are far from real
-    assert near["frd"]["a"]["distance"] < near["frd"]["a"]["floor"]
-    assert far["frd"]["a"]["distance"] > near["frd"]["a"]["distance"] + 1.0
+    assert same["frd_package"] == "frd-score 1.0.1" and far["set_sizes"] == [3, 3]
+    # the floor depends on the real set only
+    assert same["frd"]["a"]["floor"] == pytest.approx(far["frd"]["a"]["floor"])
     assert far["summary"]["frd"] == far["frd"]["a"]["distance"] and far["frd"]["a"]["reason"] is None
-    assert far["summary"]["frd_floor"] == pytest.approx(near["summary"]["frd_floor"])
-    assert "FRD v1" in format_table(far)
+    assert far["summary"]["frd_floor"] == pytest.approx(same["summary"]["frd_floor"])
+    # white-noise tumours (same mean and spread as the phantoms'): at 3 cases against 3, with ~1000 radiomic
+    # features z-scored on 3 reference cases, FRD stays below its real-vs-real floor, and the report says so;
+    # the C2ST tells them from real at once, its real-vs-real null does not
+    assert far["frd"]["a"]["distance"] < far["frd"]["a"]["floor"]
+    assert any(line.startswith("FRD ") for line in below_floor(far))
+    c2st = far["c2st"]
+    assert c2st["auc"] > 0.95 and c2st["ci_low"] > 0.5 and c2st["n_cases_per_side"] == 4
+    assert c2st["null"]["n_cases_per_side"] == 3 and c2st["null"]["ci_low"] < 0.5 < c2st["null"]["ci_high"]
+    assert "the null uses 3 cases per side, the comparison 4" in c2st["note"]
+    table = format_table(far)
+    assert table.startswith("C2ST") and "FRD v1" in table and "is below its floor" in table
 
 
 def test_frd_skips_a_tumour_too_small_to_measure(caplog: pytest.LogCaptureFixture) -> None:
@@ -202,11 +245,11 @@ def test_frd_skips_a_tumour_too_small_to_measure(caplog: pytest.LogCaptureFixtur
 
 def test_frd_disabled_or_missing_gives_none_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     real = [_case(f"r{i}", i) for i in range(2)]
-    off = realism_scores(real, real, ["a", "b"], n_splits=2, frd=False)
+    off = realism_scores(real, real, ["a", "b"], n_splits=2, frd=False, c2st=None)
     assert off["summary"]["frd"] is None and off["summary"]["frd_floor"] is None and off["frd_package"] is None
     assert off["frd"]["b"] == {"distance": None, "floor": None, "reason": "disabled (frd=False)"}
     monkeypatch.setitem(sys.modules, "frd_score", None)  # as if frd-score were not installed
-    missing = realism_scores(real, real, ["a", "b"], n_splits=2)
+    missing = realism_scores(real, real, ["a", "b"], n_splits=2, c2st=None)
     assert missing["summary"]["frd"] is None and "frd-score not importable" in missing["frd"]["a"]["reason"]
     assert "frd-score not importable" in format_table(missing)
 
@@ -231,22 +274,38 @@ def _write_datalist(root: Path, cases: list[RealismCase], name: str, labels: str
 def test_cli_prints_finite_numbers_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from custom_components.cli import realism
 
-    real = _write_datalist(tmp_path, [_case(f"r{i}", i) for i in range(3)], "real.json", labels="brats2021")
+    real = _write_datalist(tmp_path, [_case(f"r{i}", i) for i in range(4)], "real.json", labels="brats2021")
     syn = _write_datalist(tmp_path, [_case(f"s{i}", 10 + i, 1.3) for i in range(2)], "syn.json")
+    null = _write_datalist(tmp_path, [_case(f"n{i}", 20 + i) for i in range(4)], "null.json")
     torch.manual_seed(0)
     net = build_segmentation_network("dynunet", 2, 4, (4, 8, 16, 32))
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
     out = tmp_path / "realism.json"
-    realism(str(syn), str(real), encoder=str(ckpt), out=str(out), filters="4,8,16,32", n_splits=3)
+    realism(
+        str(syn),
+        str(real),
+        encoder=str(ckpt),
+        out=str(out),
+        filters="4,8,16,32",
+        n_splits=3,
+        null_real=str(null),
+        n_perm=20,
+    )
     printed = capsys.readouterr().out
-    assert "Frechet" in printed and "sharpness" in printed and "FRD v1" in printed
+    assert printed.startswith("C2ST") and "Frechet" in printed and "sharpness" in printed and "FRD v1" in printed
     result = json.loads(out.read_text())
-    assert result["n_synthetic"] == 2 and result["n_real"] == 3
-    for key in ("frechet", "frechet_floor", "wasserstein", "wasserstein_floor", "sharpness_ratio", "frd"):
+    assert result["n_synthetic"] == 2 and result["n_real"] == 4 and result["set_sizes"] == [2, 2]
+    for key in ("frechet", "frechet_floor", "wasserstein", "wasserstein_floor", "sharpness_ratio", "frd", "frd_floor"):
         assert np.isfinite(result["summary"][key]), key
-    # 3 real cases: halves of 1 and 2, too few for FRD's floor
-    assert result["summary"]["frd_floor"] is None and "floor: FRD needs" in result["frd"]["a"]["reason"]
+    # the C2ST: 2 cases per side, its null on the 4 other real cases (2 against 2)
+    c2st = result["c2st"]
+    assert c2st["n_cases_per_side"] == 2 and c2st["null"]["n_cases_per_side"] == 2 and c2st["null_pool"] == "null_real"
+    assert 0.0 <= c2st["ci_low"] <= c2st["auc"] <= c2st["ci_high"] <= 1.0 and 0.0 < c2st["p_value"] <= 1.0
+    assert result["summary"]["c2st_auc"] == c2st["auc"] and result["null_real"] == str(null.resolve())
+    assert set(c2st["per_class"]) == {"NCR", "ED", "ET"} and c2st["features"][0] == "a mean"
+    realism(str(syn), str(real), out=str(out), n_splits=3, frd=False, c2st=False)
+    assert json.loads(out.read_text())["c2st"] is None and "C2ST: not computed" in capsys.readouterr().out
     assert [len(result["frechet"][c]["per_level"]) for c in ("NCR", "ED", "ET")] == [3, 3, 3]
     # labels were mapped from BraTS 2021 (4 -> ET) on load
     cases, mods = load_cases(real, ["b"])

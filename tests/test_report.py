@@ -1,4 +1,5 @@
-"""Report: aggregation over seeds, paired t-test against the baseline, written files."""
+"""Report: aggregation over seeds, paired comparisons (CI, t-test, minimum detectable effect) against the reference
+arms, provenance, written files."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from custom_components.pipeline.report import ArmResult, summarise, table_rows, write_report
+from custom_components.pipeline.report import (
+    ArmResult,
+    minimum_detectable_effect,
+    paired_comparison,
+    summarise,
+    table_rows,
+    write_report,
+)
 
 
 def _results() -> list[ArmResult]:
     base = [(0.50, 0.60, 0.70), (0.52, 0.61, 0.72), (0.49, 0.58, 0.71)]
-    tf = [(0.55, 0.62, 0.71), (0.56, 0.64, 0.73), (0.53, 0.61, 0.72)]
+    tf = [(0.55, 0.62, 0.71), (0.56, 0.64, 0.73), (0.53, 0.61, 0.66)]
     out = []
     for arm, values in (("baseline", base), ("tf", tf)):
         for seed, (et, tc, wt) in enumerate(values):
@@ -22,35 +30,48 @@ def _results() -> list[ArmResult]:
 def test_summary_matches_hand_computation():
     rows = {s.arm: s for s in summarise(_results())}
     base_means = np.array([0.6, (0.52 + 0.61 + 0.72) / 3, (0.49 + 0.58 + 0.71) / 3])
-    tf_means = np.array([(0.55 + 0.62 + 0.71) / 3, (0.56 + 0.64 + 0.73) / 3, (0.53 + 0.61 + 0.72) / 3])
+    tf_means = np.array([(0.55 + 0.62 + 0.71) / 3, (0.56 + 0.64 + 0.73) / 3, (0.53 + 0.61 + 0.66) / 3])
     assert rows["baseline"].mean["ET"] == pytest.approx((0.50 + 0.52 + 0.49) / 3)
     assert rows["baseline"].std["ET"] == pytest.approx(np.std([0.50, 0.52, 0.49], ddof=1))
     assert rows["tf"].mean["Mean"] == pytest.approx(tf_means.mean())
-    assert rows["tf"].diff == pytest.approx((tf_means - base_means).mean())
-    assert rows["tf"].p_value == pytest.approx(stats.ttest_rel(tf_means, base_means).pvalue)
-    assert rows["tf"].diff_std == pytest.approx(np.std(tf_means - base_means, ddof=1))
-    assert rows["baseline"].diff is None and rows["baseline"].p_value is None
+    tf = rows["tf"].comparisons["baseline"]
+    assert tf.n == 3 and tf.diff == pytest.approx((tf_means - base_means).mean())
+    assert tf.p_value == pytest.approx(stats.ttest_rel(tf_means, base_means).pvalue)
+    assert tf.sd_diff == pytest.approx(np.std(tf_means - base_means, ddof=1))
+    assert rows["baseline"].comparisons == {}
 
 
 def test_single_seed_has_no_p_value():
     one = [r for r in _results() if r.seed == 0]
     tf = {s.arm: s for s in summarise(one)}["tf"]
-    assert tf.p_value is None and tf.diff == pytest.approx((0.55 + 0.62 + 0.71 - 0.5 - 0.6 - 0.7) / 3)
+    c = tf.comparisons["baseline"]
+    assert c.diff == pytest.approx((0.55 + 0.62 + 0.71 - 0.5 - 0.6 - 0.7) / 3)
+    assert c.p_value is None and c.sd_diff is None and c.ci_low is None and c.ci_high is None and c.mde is None
     assert tf.std["ET"] == 0.0
+    assert table_rows(summarise(one))[2][5:8] == ["+2.67 (one seed: no interval)", "-", "-"]
 
 
 def test_write_report(tmp_path):
     paths = write_report(_results(), tmp_path / "report", notes=["tiny run"])
     md = paths["markdown"].read_text()
     header, sep, base_row, tf_row = [line for line in md.splitlines() if line.startswith("|")]
-    assert "ET (%)" in header and "p-value" in header
+    assert header.split(" | ")[5:9] == [
+        "diff vs baseline (%) [95 % CI]",
+        "p vs baseline",
+        "MDE vs baseline (%)",
+        "seeds |",
+    ]
     assert tf_row.startswith("| tf | 54.67 ± 1.53")
     assert table_rows(summarise(_results()))[2][0] == "tf"
     assert "<table>" in paths["html"].read_text()
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the paired difference as mean ± std over seeds: ((0.6267-0.6) + (0.6433-0.6167) + (0.62-0.5933)) / 3
-    assert tf_row.split(" | ")[5] == "+2.67 ± 0.00"
-    assert "## Warnings" not in md
+    # paired differences in points: 188/3 - 180/3, 193/3 - 185/3, 180/3 - 178/3 = 8/3, 8/3, 2/3: mean 2, sd 1.1547;
+    # CI 2 -+ t(0.975, 2) 1.1547 / sqrt(3) = 2 -+ 4.3027 * 0.6667; t = 3 on 2 df: p = 0.0955;
+    # MDE: noncentrality 5.6535 at 80 % power on 2 df (the approximation (4.303 + 1.061) gives 5.364): 5.6535 * 0.6667
+    assert tf_row.split(" | ")[5:8] == ["+2.00 [-0.87, +4.87]", "0.0955", "3.77"]
+    assert base_row.split(" | ")[5:8] == ["-", "-", "-"]
+    assert "## Warnings" not in md and "## Provenance" not in md
+    assert "does the synthesis help" not in md  # no compute-matched control arm
 
 
 def test_report_shows_mas_warnings(tmp_path):
@@ -102,23 +123,97 @@ def test_mlflow_experiment_has_a_run_per_arm_and_seed(tmp_path):
     assert {"report.md", "report.html", "dice.png"} <= artifacts
 
 
-def test_mean_dice_by_arm_averages_seeds_in_order(tmp_path) -> None:
-    """The pipeline's last line: each arm's mean Dice over its seeds, arms in report order."""
+def test_results_json_carries_the_comparisons_and_the_mean_dice_by_arm(tmp_path) -> None:
+    """results.json: every run, per arm mean / std / n_seeds and per reference the comparison (fractions); the
+    pipeline's last line reads each arm's mean Dice over its seeds from it, arms in report order."""
     import json
 
-    from custom_components.pipeline.summary import mean_dice_by_arm
+    from custom_components.pipeline.summary import mean_dice_by_arm, write_results
 
-    rows = [
-        {"arm": "baseline", "seed": 0, "mean": 0.5},
-        {"arm": "baseline", "seed": 1, "mean": 0.7},
-        {"arm": "tf", "seed": 0, "mean": 0.4},
-        {"arm": "tf", "seed": 1, "mean": 0.5},
+    provenance = [{"commit": "abc", "code_hash": "f" * 64, "threads": 2, "stages": ["data", "report"]}]
+    path = write_results(tmp_path / "results.json", _results(), "dsma", {}, provenance)
+    got = json.loads(path.read_text())
+    assert len(got["runs"]) == 6 and got["runs"][3] == {
+        "arm": "tf", "seed": 0, "ET": 0.55, "TC": 0.62, "WT": 0.71, "mean": pytest.approx(0.6267, abs=1e-4),
+        "protocol": "dsma",
+    }  # fmt: skip
+    baseline, tf = got["arms"]
+    assert baseline["arm"] == "baseline" and baseline["n_seeds"] == 3 and baseline["comparisons"] == {}
+    assert tf["mean"]["Mean"] == pytest.approx((188 + 193 + 180) / 900) and tf["std"]["ET"] == pytest.approx(
+        0.01528, abs=1e-5
+    )
+    vs = tf["comparisons"]["baseline"]
+    assert set(vs) >= {"diff", "ci_low", "ci_high", "p_value", "mde", "sd_diff"}
+    # fractions, as in the runs: the table's +2.00 [-0.87, +4.87], MDE 3.77 points / 100
+    assert (vs["diff"], vs["ci_low"], vs["ci_high"], vs["mde"], vs["sd_diff"]) == pytest.approx(
+        (0.02, -0.008684, 0.048684, 0.037690, 0.011547), abs=2e-6
+    )
+    assert got["provenance"] == provenance
+    dice = mean_dice_by_arm(path)
+    assert list(dice) == ["baseline", "tf"]
+    assert dice["baseline"] == pytest.approx((180 + 185 + 178) / 900) and dice["tf"] == pytest.approx(
+        tf["mean"]["Mean"]
+    )
+
+
+def test_minimum_detectable_effect_matches_a_hand_computation() -> None:
+    """Paired differences 1, 2, 3, 4, 5: sd 1.5811, n 5; CI 3 -+ t(0.975, 4) sd / sqrt(5) = 3 -+ 2.7764 * 0.70711;
+    MDE at 80 % power, two-sided 0.05: noncentrality 3.7611 on 4 df (power of the noncentral t), so
+    3.7611 * 0.70711 = 2.6595; the common approximation (2.7764 + 0.9410) * 0.70711 = 2.6287 is 1.2 % lower."""
+    c = paired_comparison({s: float(s) for s in range(1, 6)}, dict.fromkeys(range(1, 6), 0.0), "baseline")
+    assert c is not None and (c.n, c.diff, c.sd_diff) == pytest.approx((5, 3.0, 1.58114), abs=1e-5)
+    assert (c.ci_low, c.ci_high) == pytest.approx((3 - 1.96324, 3 + 1.96324), abs=1e-4)
+    assert c.mde == pytest.approx(2.6595, abs=1e-3)
+    assert c.mde / 2.6287 == pytest.approx(1.0117, abs=1e-3)
+    # linear in the sd: the issue's spreads over 5 seeds, in points: DSMA 1.2-1.7 -> 2-3, TF 12.5 -> about 21
+    assert minimum_detectable_effect(1.2, 5) == pytest.approx(2.018, abs=1e-3)
+    assert minimum_detectable_effect(1.7, 5) == pytest.approx(2.859, abs=1e-3)
+    assert minimum_detectable_effect(12.5, 5) == pytest.approx(21.02, abs=0.01)
+    # 2 seeds: far fewer degrees of freedom, a much larger MDE (noncentrality 16.334 on 1 df); 1 seed: none
+    assert minimum_detectable_effect(1.0, 2) == pytest.approx(16.334 / np.sqrt(2), abs=1e-2)
+    assert minimum_detectable_effect(1.0, 1) is None
+
+
+def test_every_arm_is_compared_with_the_baseline_and_the_compute_matched_control(tmp_path) -> None:
+    matched = [(0.53, 0.62, 0.70), (0.51, 0.63, 0.74), (0.50, 0.60, 0.69)]
+    results = _results() + [
+        ArmResult("real_matched", s, dict(zip(("ET", "TC", "WT"), v, strict=True))) for s, v in enumerate(matched)
     ]
-    path = tmp_path / "results.json"
-    path.write_text(json.dumps(rows))
-    got = mean_dice_by_arm(path)
-    assert list(got) == ["baseline", "tf"]
-    assert got["baseline"] == pytest.approx(0.6) and got["tf"] == pytest.approx(0.45)
+    rows = {s.arm: s for s in summarise(results)}
+    assert list(rows["tf"].comparisons) == ["baseline", "real_matched"]
+    assert list(rows["real_matched"].comparisons) == ["baseline"] and rows["baseline"].comparisons == {}
+    # tf - real_matched by seed: (188 - 185) / 300, (193 - 188) / 300, (180 - 179) / 300
+    vs = rows["tf"].comparisons["real_matched"]
+    assert vs.diff == pytest.approx(3 / 300) and vs.sd_diff == pytest.approx(np.std([3, 5, 1], ddof=1) / 300)
+    assert vs.mde == pytest.approx(5.6535 * vs.sd_diff / np.sqrt(3), rel=1e-4)
+    # one reference by name: only that comparison
+    assert list({s.arm: s for s in summarise(results, "real_matched")}["tf"].comparisons) == ["real_matched"]
+    table = table_rows(summarise(results))
+    assert table[0][5:11] == [
+        "diff vs baseline (%) [95 % CI]", "p vs baseline", "MDE vs baseline (%)",
+        "diff vs real_matched (%) [95 % CI]", "p vs real_matched", "MDE vs real_matched (%)",
+    ]  # fmt: skip
+    assert table[3][0] == "real_matched" and table[3][8:11] == ["-", "-", "-"]
+    md = write_report(results, tmp_path / "report")["markdown"].read_text()
+    assert 'diff vs real_matched answers "does the synthesis help?"' in md
+
+
+def test_report_provenance_section_marks_a_mix(tmp_path) -> None:
+    one = [{"commit": "abc", "code_hash": "1" * 64, "threads": 2, "stages": ["data", "seg_phase1_s0", "report"]}]
+    md = write_report(_results(), tmp_path / "one", provenance=one)["markdown"].read_text()
+    assert "## Provenance\n" in md and "MIXED" not in md
+    assert "| abc | 1111111111111111 | 2 | data, seg_phase1_s0, report |" in md
+    mixed = [
+        *one,
+        {"commit": "not recorded", "code_hash": "not recorded", "threads": "not recorded", "stages": ["old"]},
+    ]
+    paths = write_report(_results(), tmp_path / "mixed", provenance=mixed)
+    md = paths["markdown"].read_text()
+    assert (
+        "## Provenance (MIXED: 2 combinations)" in md and "| not recorded | not recorded | not recorded | old |" in md
+    )
+    assert "## Warnings" in md and "MIXED provenance" in md
+    assert "Provenance (MIXED: 2 combinations)" in paths["html"].read_text()
 
 
 def test_write_report_with_realism_table(tmp_path):
@@ -131,23 +226,29 @@ def test_write_report_with_realism_table(tmp_path):
         "frd": 9.5,
         "frd_floor": 8.25,
     }
-    # a realism.json written before FRD existed has no frd keys: "-" in its row
-    old = {k: v for k, v in summary.items() if not k.startswith("frd")}
+    # a realism.json written before FRD and the C2ST existed has no frd or c2st keys: "-" in its row; its
+    # Frechet distance lies below its floor: a line says so
+    old = {k: v for k, v in summary.items() if not k.startswith("frd")} | {"frechet": 0.5}
+    c2st = {"auc": 0.974, "ci_low": 0.912, "ci_high": 1.0, "p_value": 0.0099, "n_cases_per_side": 4}
+    c2st["null"] = {"auc": 0.52, "ci_low": 0.2, "ci_high": 0.81, "p_value": 0.5, "n_cases_per_side": 2}
     realism = {
-        "TF-Aug": {"summary": summary, "n_synthetic": 4, "n_real": 2},
+        "TF-Aug": {"summary": summary, "n_synthetic": 4, "n_real": 2, "set_sizes": [1, 1], "c2st": c2st},
         "TF": {"summary": old, "n_synthetic": 3, "n_real": 2},
     }
     paths = write_report(_results(), tmp_path / "report", realism=realism)
     md = paths["markdown"].read_text()
     assert "## Realism" in md
     assert (
-        "| Method | Frechet F-features | floor (real/real) | W1 intensity | floor (real/real) | FRD (radiomics) |" in md
+        "| Method | C2ST AUC [95 % CI] | p | null AUC (real/real) | cases/side (null) | Frechet F-features | "
+        "floor (real/real) | W1 intensity | floor (real/real) | FRD (radiomics) |" in md
     )
-    assert "| TF-Aug | 2.5 | 1 | 0.12 | - | 9.5 | 8.25 | 1.4 | 4 | 2 |" in md
-    assert "| TF | 2.5 | 1 | 0.12 | - | - | - | 1.4 | 3 | 2 |" in md
-    assert "FRD: Frechet Radiomics Distance" in md and "frd-score 1.0.1" in md
+    assert "| TF-Aug | 0.97 [0.91, 1.00] | 0.0099 | 0.52 [0.20, 0.81] | 4 (2) | 2.5 | 1 | 0.12 | - | 9.5 | 8.25 |" in md
+    assert "| TF | - | - | - | - | 0.5 | 1 | 0.12 | - | - | - | 1.4 | 3 | 2 |" in md
+    assert "- TF: Frechet 0.5 is below its floor 1 (sets of 3 vs 2 cases)" in md and "- TF-Aug:" not in md
+    assert "FRD: Frechet Radiomics Distance" in md and "frd-score 1.0.1" in md and "C2ST (first)" in md
     assert paths["realism_plot"].is_file() and "realism.png" in md
-    assert "<td>TF-Aug</td><td>2.5</td>" in paths["html"].read_text()
+    html_text = paths["html"].read_text()
+    assert "<td>TF-Aug</td><td>0.97 [0.91, 1.00]</td>" in html_text and "TF: Frechet 0.5 is below" in html_text
 
 
 def test_refinement_change_figures_hand_computed_and_in_the_report(tmp_path):
@@ -183,7 +284,8 @@ def test_refinement_change_figures_hand_computed_and_in_the_report(tmp_path):
 def test_report_provenance_names_the_commit_and_the_config_hash(tmp_path):
     import hashlib
 
-    from custom_components.pipeline.summary import code_commit, provenance_note
+    from custom_components.pipeline.runner import code_commit
+    from custom_components.pipeline.summary import provenance_note
 
     config = tmp_path / "p.yaml"
     config.write_text("seeds: [0]\n")

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine, Events
 
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.demo import make_demo_data
@@ -169,6 +170,29 @@ def test_resume_continues_run(demo: Path, trained: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+def test_poly_schedule_decays_the_lr_every_epoch(demo: Path, tmp_path: Path) -> None:
+    """lr_schedule poly: each phase decays from its own rate, one step per epoch (2 + 2 epochs of real data)."""
+    wf = workflow(
+        BUNDLE, ["common.yaml", "train.yaml"], "train", run_id="training", **TINY, datalist=str(demo),
+        output_dir=str(tmp_path / "poly"), max_epochs=4, phase2_start_epoch=2, val_interval=4, lr_schedule="poly",
+        lr_phase1=1e-3, lr_phase2=1e-4, use_dtss=False, use_mas=False,
+    )  # fmt: skip
+    wf.initialize()
+    trainer, optimizer = wf.parser.get_parsed_content("train#trainer"), wf.parser.get_parsed_content("train#optimizer")
+    lrs: dict[int, set[float]] = {}
+
+    def record(engine: Engine) -> None:
+        lrs.setdefault(engine.state.epoch, set()).add(optimizer.param_groups[0]["lr"])
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, record)
+    wf.run()
+    wf.finalize()
+    assert sorted(lrs) == [1, 2, 3, 4] and all(len(v) == 1 for v in lrs.values()), lrs
+    half = 0.5**0.9  # (1 - 1/2) ** 0.9: the second epoch of a two-epoch phase
+    np.testing.assert_allclose([min(lrs[e]) for e in range(1, 5)], [1e-3, 1e-3 * half, 1e-4, 1e-4 * half], rtol=1e-6)
+
+
+@pytest.mark.slow
 def test_phase2_from_checkpoint_with_synthetic_datalist(demo: Path, trained: Path, tmp_path: Path) -> None:
     # the demo cases stand in for a synthetic datalist (labels in the internal convention)
     synthetic = tmp_path / "synthetic.json"
@@ -283,5 +307,6 @@ def test_inference_writes_labels_in_input_space(demo: Path, trained: Path, tmp_p
         values = np.asarray(pred.dataobj)
         assert pred.get_data_dtype() == np.uint8 and set(np.unique(values).tolist()) <= {0, 1, 2, 4}
         preds[item["case_id"]] = values
-    # the same world-space prediction: the LAS copy's labels are the RAS case's flipped along x
+    # the same world-space prediction: the LAS copy's labels are the RAS case's flipped along x. Bit for bit on any
+    # CPU: reoriented to RAS, both inputs are the same array, so the network runs the very same float operations
     np.testing.assert_array_equal(preds[flipped["case_id"]], preds[case["case_id"]][::-1])

@@ -48,6 +48,9 @@ def _case(seed: int, n_ch: int = 2, shape: tuple[int, int, int] = SHAPE) -> tupl
 
 
 def _same(a: tuple, b: tuple) -> bool:
+    """Same dtypes and values bit for bit. Exact on any CPU: the cache only keeps what the uncached path computes
+    (the same numpy / scipy operations on the same box, in the same order, no torch kernels), so cached and
+    uncached outputs are the same floats."""
     return all(
         np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(np.asarray(x), np.asarray(y))
         for x, y in zip(a, b, strict=True)

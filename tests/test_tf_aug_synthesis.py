@@ -12,7 +12,7 @@ from monai.engines import PrepareBatchExtraInput, SupervisedEvaluator
 from monai.transforms import Compose, LoadImaged, SelectItemsd
 from scipy import ndimage
 
-from custom_components.data import read_datalist
+from custom_components.data import read_datalist, write_datalist
 from custom_components.networks import ClasswiseIntensity
 from custom_components.synthesis.tf_aug import TFAugCaseWriter, case_seed, plan_cases
 from custom_components.transforms import ApplySeeded, ApplySeededd, MaskPool, RoiGaussianBlurd, TumorMaskAugmentd
@@ -162,6 +162,37 @@ def test_resume_skips_complete_cases_and_refuses_other_settings(inputs):
     (out / "tfaug-00003" / "tfaug-00003_provenance.json").unlink()
     with pytest.raises(RuntimeError, match="tfaug-00003_provenance.json: case tfaug-00003 was not made"):
         _writer(inputs, out, num_cases=4).write_datalist()  # the evaluator did not run
+
+
+def _bundle_synthesis(inputs: dict, out: Path, seed: int) -> list[dict]:
+    """The pipeline's tf_aug_synthesise_s<seed> at toy size: the bundle's own inference with ``seed: <seed>``."""
+    from tests.bundle_utils import run_workflow
+
+    root = inputs["root"]
+    healthy, real = root / "healthy.json", root / "real.json"
+    write_datalist(healthy, {"modalities": ["t1n"], "labels": "internal", "training": inputs["healthy"]})
+    case = {"case_id": "r0", "image": inputs["healthy"][0]["image"], "label": str(root / "real_seg.nii")}
+    write_datalist(real, {"modalities": ["t1n"], "labels": "internal", "training": [case]})
+    params, _ = ClasswiseIntensity(1, a_init=[0.5, 1.5, 2.5], b_init=[-0.6, 0.2, 0.9]).save(root / "models")
+    overrides = {"healthy_datalist": str(healthy), "real_datalist": str(real), "intensity_params": str(params)}
+    tiny = {"num_cases": 2, "qc_cases": 0, "num_workers": 0, "aug_max_shift": 3, "aug_min_voxels": 10}
+    run_workflow("tf_aug", ["common.yaml", "inference.yaml"], "inference", **overrides, **tiny, device="cpu",
+                 output_dir=str(out), seed=seed)  # fmt: skip
+    return read_datalist(out / "coarse" / "datalist.json")["training"]
+
+
+def test_two_seeds_give_different_synthetic_cases(inputs):
+    """Synthesis per seed: the bundle's ``seed`` draws TF-Aug's masks and their placement, so two seeds give other
+    cases on the same healthy scans, and the same seed the same cases."""
+    root = inputs["root"]
+    seed0, seed1, seed0_again = (_bundle_synthesis(inputs, root / n, s) for n, s in (("a", 0), ("b", 1), ("c", 0)))
+    for i, (a, b, again) in enumerate(zip(seed0, seed1, seed0_again, strict=True)):
+        assert a["provenance"]["healthy_case_id"] == b["provenance"]["healthy_case_id"] == f"h{i}"  # round robin
+        assert (a["provenance"]["seed"], b["provenance"]["seed"]) == (case_seed(0, i), case_seed(1, i))
+        for key, first in (("label", lambda x: x), ("image", lambda x: x[0])):
+            assert np.array_equal(_nii(first(a[key])), _nii(first(again[key]))), (i, key)
+            assert not np.array_equal(_nii(first(a[key])), _nii(first(b[key]))), (i, key)
+        assert _nii(a["label"]).any() and _nii(b["label"]).any()
 
 
 # ---- intensity_init: moments ----------------------------------------------------------------------------------

@@ -434,9 +434,10 @@ def _write_healthy(tpl: _Template, folder: Path, n_healthy: int, seed: int, gene
 
 
 def _write_tumours(
-    tpl: _Template, folder: Path, n_tumour: int, seed: int, generator: dict[str, Any]
-) -> tuple[Path, list[dict[str, Any]], int]:
-    """Write the demo PHANTOM tumour cases and their datalist; returns its path, the items and the validation count."""
+    tpl: _Template, folder: Path, n_tumour: int, n_val: int, seed: int, generator: dict[str, Any]
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Write the demo PHANTOM tumour cases and their datalist (the last ``n_val`` held out as "validation");
+    returns its path and the items."""
     affine = tpl.grid_affine
     tumour_items = []
     for i in range(n_tumour):
@@ -455,7 +456,6 @@ def _write_tumours(
                 "provenance": {"stage": "demo", "source": TEMPLATE_NAME, "seed": int(seed), "index": i, **params},
             }
         )
-    n_val = max(1, n_tumour // 3)
     tumour_path = write_datalist(
         folder / "datalist.json",
         {
@@ -469,7 +469,7 @@ def _write_tumours(
             "validation": tumour_items[n_tumour - n_val :],
         },
     )
-    return tumour_path, tumour_items, n_val
+    return tumour_path, tumour_items
 
 
 def make_demo_data(
@@ -480,6 +480,7 @@ def make_demo_data(
     seed: int = 0,
     overwrite: bool = False,
     verbose: bool = True,
+    n_held_out: int | None = None,
 ) -> dict[str, Path]:
     """Write demo healthy scans and PHANTOM tumour cases derived from the MNI152 template; no downloads.
 
@@ -499,11 +500,14 @@ def make_demo_data(
     Args:
         out: output folder.
         n_healthy: number of healthy subjects (>= 1).
-        n_tumour: number of phantom tumour cases (>= 2); ``max(1, n_tumour // 3)`` go to "validation".
+        n_tumour: number of phantom tumour cases (>= 2).
         spacing: isotropic voxel size in mm (2 for the demo, 4 for fast tests).
         seed: random seed.
         overwrite: replace demo data made with other settings.
         verbose: print a summary.
+        n_held_out: the last ``n_held_out`` phantoms go to "validation" (1 .. ``n_tumour - 1``); None:
+            ``max(1, n_tumour // 3)`` (the datalist then records no ``n_held_out``: data made before the
+            argument existed stay byte-identical).
 
     Returns:
         ``{"healthy": healthy datalist path, "tumour": tumour datalist path}``.
@@ -512,6 +516,8 @@ def make_demo_data(
         raise ValueError(f"n_healthy must be >= 1, got {n_healthy}")
     if n_tumour < 2:
         raise ValueError(f"n_tumour must be >= 2 (training and validation), got {n_tumour}")
+    if n_held_out is not None and not 1 <= n_held_out < n_tumour:
+        raise ValueError(f"n_held_out must be between 1 and n_tumour - 1 = {n_tumour - 1}, got {n_held_out}")
     out = Path(out)
     generator = {
         "name": "custom_components.data.demo",
@@ -520,13 +526,15 @@ def make_demo_data(
         "n_tumour": int(n_tumour),
         "spacing": float(spacing),
         "seed": int(seed),
+        **({} if n_held_out is None else {"n_held_out": int(n_held_out)}),
     }
+    n_val = max(1, n_tumour // 3) if n_held_out is None else int(n_held_out)
     healthy_dir, tumour_dir = out / "healthy", out / "tumour"
     _check_existing(healthy_dir / "datalist.json", generator, overwrite)
     _check_existing(tumour_dir / "datalist.json", generator, overwrite)
     tpl = _Template(float(spacing))
     healthy_path = _write_healthy(tpl, healthy_dir, n_healthy, seed, generator)
-    tumour_path, tumour_items, n_val = _write_tumours(tpl, tumour_dir, n_tumour, seed, generator)
+    tumour_path, tumour_items = _write_tumours(tpl, tumour_dir, n_tumour, n_val, seed, generator)
     atomic_write_text(
         out / "README.txt",
         "Demo data made by custom_components.data.demo (python -m custom_components demo-data).\n"

@@ -2,7 +2,7 @@
 two-phase segmentation training."""
 
 from custom_components.engines.gan_trainer import TFGANTrainer, loss_terms
-from custom_components.engines.seg_data import TwoPhaseDataset, load_synthetic_items
+from custom_components.engines.seg_data import SAMPLING, TwoPhaseDataset, load_synthetic_items
 from custom_components.engines.seg_trainer import (
     SegmentationTrainer,
     TwoPhaseLRLambda,
@@ -11,6 +11,7 @@ from custom_components.engines.seg_trainer import (
 from custom_components.engines.tf_aug_trainer import ClasswiseIntensitySaver, TFAugTrainer
 
 __all__ = [
+    "SAMPLING",
     "ClasswiseIntensitySaver",
     "SegmentationTrainer",
     "TFAugTrainer",

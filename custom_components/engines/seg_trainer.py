@@ -32,26 +32,68 @@ __all__ = ["SegmentationTrainer", "TwoPhaseLRLambda", "attach_handlers"]
 
 
 class TwoPhaseLRLambda:
-    """``LambdaLR`` factor of the DSMA schedule: ``lr_phase1`` for the phase-1 epochs, ``lr_phase2`` afterwards.
+    """``LambdaLR`` factor of the DSMA schedule: ``lr_phase1`` in phase 1, ``lr_phase2`` in phase 2.
+
+    ``schedule="step"`` (the paper, section 4.2) keeps each phase's rate constant. ``schedule="poly"`` decays
+    each phase as nnU-Net's ``PolyLRScheduler`` (nnunetv2.training.lr_scheduler.polylr; not imported: nnunetv2
+    is an optional extra) does: ``lr * (1 - t / T) ** exponent`` at the phase's 0-based epoch ``t``, over its
+    ``T`` epochs (phase 1: ``phase2_start_epoch``; phase 2: ``max_epochs - phase2_start_epoch``, the whole run
+    when ``phase2_start_epoch`` is 0). A run then ends at a small but non-zero rate, ``lr / T ** exponent``, and
+    settles, instead of ending wherever its last steps at a constant rate (and the floating-point rounding of
+    the thread count or SIMD kernels) left it.
 
     Used with ``LrScheduleHandler(epoch_level=True)`` (one scheduler step per completed epoch), the
     scheduler's epoch counter during engine epoch ``k`` is ``k - 1``, so epochs ``1 .. phase2_start_epoch``
-    train with ``lr_phase1`` and later epochs with ``lr_phase2``. A picklable callable (checkpoints).
+    are phase 1 and later epochs phase 2. Under ``"poly"`` epochs from ``max_epochs`` on keep the last epoch's
+    factor: the step after the final epoch (its rate is what the final checkpoint's optimizer holds), and the
+    added epochs of a run resumed with a larger ``max_epochs`` (``LambdaLR`` restores this object's attributes,
+    ``max_epochs`` included, from the checkpoint). A picklable callable (checkpoints).
 
     Args:
         phase2_start_epoch: number of phase-1 epochs.
         lr_phase1: learning rate of phase 1 (the optimizer's initial lr).
-        lr_phase2: learning rate of phase 2.
+        lr_phase2: learning rate of phase 2 (its start, for ``"poly"``).
+        schedule: ``"step"`` (constant per phase) or ``"poly"`` (polynomial decay within each phase).
+        max_epochs: total epochs of the run (required by ``"poly"``).
+        exponent: exponent of the polynomial decay (nnU-Net: 0.9).
     """
 
-    def __init__(self, phase2_start_epoch: int, lr_phase1: float, lr_phase2: float) -> None:
+    SCHEDULES: tuple[str, ...] = ("step", "poly")
+
+    def __init__(
+        self,
+        phase2_start_epoch: int,
+        lr_phase1: float,
+        lr_phase2: float,
+        schedule: str = "step",
+        max_epochs: int | None = None,
+        exponent: float = 0.9,
+    ) -> None:
         if lr_phase1 <= 0 or lr_phase2 < 0:
             raise ValueError(f"learning rates must be positive, got {lr_phase1}, {lr_phase2}")
+        if schedule not in self.SCHEDULES:
+            raise ValueError(f"schedule must be one of {self.SCHEDULES}, got {schedule!r}")
+        if schedule == "poly" and (max_epochs is None or max_epochs < phase2_start_epoch):
+            raise ValueError(
+                f"the poly schedule needs max_epochs >= phase2_start_epoch ({phase2_start_epoch}), got {max_epochs}"
+            )
+        if exponent <= 0:
+            raise ValueError(f"exponent must be positive, got {exponent}")
         self.phase2_start_epoch = int(phase2_start_epoch)
         self.ratio = float(lr_phase2) / float(lr_phase1)
+        self.schedule = schedule
+        self.max_epochs = None if max_epochs is None else int(max_epochs)
+        self.exponent = float(exponent)
 
     def __call__(self, epoch: int) -> float:
-        return 1.0 if epoch < self.phase2_start_epoch else self.ratio
+        phase1 = epoch < self.phase2_start_epoch
+        factor = 1.0 if phase1 else self.ratio
+        if self.schedule == "step":
+            return factor
+        start, end = (0, self.phase2_start_epoch) if phase1 else (self.phase2_start_epoch, self.max_epochs)
+        length = max(end - start, 1)
+        t = min(epoch - start, length - 1)
+        return factor * (1.0 - t / length) ** self.exponent
 
 
 def attach_handlers(engine: Engine, handlers: Sequence[Any]) -> Engine:

@@ -9,9 +9,13 @@ from typing import Any
 
 import yaml
 
+from custom_components.engines import SAMPLING
+
 # Comparison arms of the two papers. How an arm trains follows the experiment's protocol (PROTOCOLS).
 ARMS: dict[str, str] = {
     "baseline": "real data only",
+    # the control of the synthetic arms' compute (docs: pipeline section of the bundle README and experiment.py)
+    "real_matched": "real data only, a second augmented real crop per index: the synthetic arms' samples per step",
     "carvemix": "+ CarveMix (online)",
     "pix2pix": "+ Pix2Pix synthetic cases",
     "tf_aug": "+ TF-Aug coarse synthetic cases",
@@ -26,6 +30,11 @@ ARMS: dict[str, str] = {
 }
 # arms that need TF-Aug cases synthesised with mass effect
 MASS_TF_AUG_ARMS: tuple[str, ...] = ("tf_aug+mass",)
+# arms on real data only; every other arm is a synthetic arm
+REAL_ARMS: tuple[str, ...] = ("baseline", "real_matched")
+# arms whose synthetic cases are derived from each real case every epoch (online): they always train with
+# companion sampling, whatever synthetic_sampling says (there is no fixed set of synthetic cases to draw from)
+ONLINE_ARMS: tuple[str, ...] = ("carvemix", "dtss", "dtss_mas", "dtss+mass", "dtss_mas+mass")
 
 # How the synthetic arms train the segmentation model (per experiment):
 PROTOCOLS: dict[str, str] = {
@@ -35,13 +44,26 @@ PROTOCOLS: dict[str, str] = {
     # as the real-only baseline
     "tf": "train from scratch on real + synthetic data for the baseline's number of iterations",
 }
+# How the arms with synthetic datalists add their cases (dtss_mas_seg's synthetic_sampling), by default per protocol:
+# companion (DSMA: each real index also yields its synthetic companions, so batches grow) or union (the TF paper's
+# nnU-Net: fixed-size batches from the union of real and synthetic cases, the baseline's samples per step)
+PROTOCOL_SAMPLING: dict[str, str] = {"dsma": "companion", "tf": "union"}
+
+# How the synthesis follows the seeds (so the spread over seeds includes the synthesis's own variance):
+SYNTHESIS_PER_SEED: dict[str, str] = {
+    # TF-Aug, TF-GAN and Pix2Pix are trained once (first seed, its phase-1 encoder F); every seed draws its own
+    # synthetic cases with them (TF-Aug's mask augmentation and placement, then TF-GAN / Pix2Pix on those cases)
+    "draws": "synthetic cases drawn per seed (TF models trained once, seed {seed})",
+    # every seed also trains its own TF-Aug, TF-GAN and Pix2Pix (with its own phase-1 encoder F)
+    "train": "synthetic cases drawn per seed (TF models trained per seed, each with its seed's phase-1 encoder F)",
+}
 
 DEFAULTS: dict[str, Any] = {
     # everything the pipeline writes goes under workdir (relative paths: relative to the config file)
     "workdir": "pipeline_output",
     "title": "Tumour synthesis comparison",
     # data: either demo (generated) or real_datalist + healthy
-    "demo": None,  # {n_healthy, n_tumour, spacing, seed}
+    "demo": None,  # {n_healthy, n_tumour, spacing, seed, n_held_out}: make_demo_data's arguments
     "real_datalist": None,  # BraTS-style datalist with training and validation sections
     "healthy": None,  # folder of skull-stripped healthy scans or a healthy datalist (raw, not prepared)
     # image defining the target space; default: the first real training case's t1n, else t1c, else first modality
@@ -54,8 +76,16 @@ DEFAULTS: dict[str, Any] = {
     # >= 3 seeds for mean +- std and paired t-tests (the TF paper's three runs)
     "seeds": [0, 1, 2],
     "arms": ["baseline", "tf", "dtss_mas"],
+    # add the real_matched arm (real data only, the synthetic arms' samples per step) to arms that have a
+    # synthetic arm; it follows the baseline
+    "control_arm": True,
     # dsma | tf: see PROTOCOLS
     "protocol": "dsma",
+    # null (the protocol's: PROTOCOL_SAMPLING) | companion | union: see PROTOCOL_SAMPLING; online arms
+    # (ONLINE_ARMS) always use companion
+    "synthetic_sampling": None,
+    # draws | train: see SYNTHESIS_PER_SEED (seed s's arms train with seed s's synthetic cases either way)
+    "synthesis_per_seed": "draws",
     # real training cases every arm sees (the first n_real of the datalist's training section; synthesis draws
     # from the same cases); null: all
     "n_real": None,
@@ -98,6 +128,25 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _resolve_sampling_and_control(cfg: dict[str, Any], path: Path) -> None:
+    """Check ``synthetic_sampling`` and ``control_arm``; set the protocol's sampling where it is null; put
+    ``real_matched`` right after the baseline (the order of the stages and the report) where it is listed, and add
+    it (with ``control_arm``) to every experiment with a synthetic arm, the synthetic-volume ablation's included."""
+    if cfg["synthetic_sampling"] not in (None, *SAMPLING):
+        raise ValueError(
+            f"{path}: synthetic_sampling must be null (the protocol's) or one of {list(SAMPLING)}, "
+            f"got {cfg['synthetic_sampling']!r}"
+        )
+    cfg["synthetic_sampling"] = cfg["synthetic_sampling"] or PROTOCOL_SAMPLING[cfg["protocol"]]
+    if not isinstance(cfg["control_arm"], bool):
+        raise ValueError(f"{path}: control_arm must be true or false, got {cfg['control_arm']!r}")
+    synthetic = bool(set(cfg["arms"]) - set(REAL_ARMS) or cfg["synthetic_per_real"])
+    arms = [a for a in cfg["arms"] if a != "real_matched"]
+    if (cfg["control_arm"] and synthetic) or "real_matched" in cfg["arms"]:
+        arms.insert(arms.index("baseline") + 1, "real_matched")
+    cfg["arms"] = arms
+
+
 def load_config(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
     """Read a pipeline YAML, fill defaults, resolve paths against the file's folder, and validate.
 
@@ -130,6 +179,11 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
         raise ValueError(f"{path}: 'seeds' is empty")
     if cfg["protocol"] not in PROTOCOLS:
         raise ValueError(f"{path}: unknown protocol {cfg['protocol']!r}; known: {list(PROTOCOLS)}")
+    _resolve_sampling_and_control(cfg, path)
+    if cfg["synthesis_per_seed"] not in SYNTHESIS_PER_SEED:
+        raise ValueError(
+            f"{path}: unknown synthesis_per_seed {cfg['synthesis_per_seed']!r}; known: {list(SYNTHESIS_PER_SEED)}"
+        )
     if cfg["n_real"] is not None and (isinstance(cfg["n_real"], bool) or not isinstance(cfg["n_real"], int)):
         raise ValueError(f"{path}: n_real must be a whole number of cases or null, got {cfg['n_real']!r}")
     if cfg["n_real"] is not None and cfg["n_real"] < 1:

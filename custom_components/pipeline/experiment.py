@@ -6,11 +6,27 @@ tf_aug train + synthesise -> tf_gan train + refine (-> Pix2Pix train + synthesis
 and seed -> evaluation per arm and seed -> report. Every bundle stage runs the bundle's own configs through
 ``python -m monai.bundle run`` with an overrides file; each stage's output datalist is the next one's input.
 
+The synthesis follows the seeds (``synthesis_per_seed``): every seed ``s`` draws its own synthetic cases
+(``tf_aug_synthesise_s<s>`` with TF-Aug's ``seed: s``, ``tf_gan_refine_s<s>`` / ``pix2pix_synthesise_s<s>`` of
+those cases, ``synthetic_subsets_s<s>``) and seed ``s``'s arms train with them, so the spread over seeds includes
+the synthesis. ``draws`` trains TF-Aug, TF-GAN and Pix2Pix once (``*_train_s<first seed>``, F = the first
+seed's phase-1 model); ``train`` trains them per seed too (``*_train_s<s>``, F = seed ``s``'s phase-1 model).
+DTSS and CarveMix draw online from each segmentation run's own ``seed``.
+
 The arms train by the experiment's ``protocol``: ``dsma`` (DSMA paper) continues each seed's phase-1 model
 for ``phase2_epochs`` with the arm's data (the baseline arm continues on real data only, so every arm trains
 as long); ``tf`` (TF paper) trains every synthetic arm from a fresh initialisation for the phase-1 model's
-number of epochs, i.e. the same number of iterations (an epoch is one pass over the real cases, synthetic
-samples join the real ones' batches), and the baseline arm is the phase-1 model itself.
+number of epochs, i.e. the same number of iterations (an epoch is one pass over the real cases), and the
+baseline arm is the phase-1 model itself.
+
+How synthetic samples join a batch (``synthetic_sampling``, dtss_mas_seg's key of the same name; default per
+protocol, ``PROTOCOL_SAMPLING``): ``companion`` (dsma) adds each real index's synthetic companions, so a synthetic
+arm sees more crops per step than the baseline; ``union`` (tf, the TF paper's nnU-Net) draws one sample per index
+from the union of the real and synthetic cases, the baseline's samples per step. Online arms (DTSS, CarveMix)
+always use companions. The ``real_matched`` arm (added by ``control_arm``) is the control of the samples per step:
+real data only, a second independently augmented real crop per index (``real_per_case = base_ratio``) where the
+synthetic arms have a companion; where no arm uses companions (union, no online arm) it is the baseline itself
+and reuses the baseline's model (:attr:`Experiment.control_is_baseline`).
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ from typing import Any
 from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.loader import load_datalist
-from custom_components.pipeline.config import ARMS, MASS_TF_AUG_ARMS, PROTOCOLS
+from custom_components.pipeline.config import ARMS, MASS_TF_AUG_ARMS, ONLINE_ARMS, PROTOCOLS
 from custom_components.pipeline.runner import Stage, bundle_command, run_stages, workdir_lock
 from custom_components.pipeline.summary import write_experiment_report
 
@@ -77,28 +93,51 @@ class Experiment:
         return self.stage_dir(f"seg_phase1_s{seed}") / "models" / "model.pt"
 
     @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.cfg["seeds"]]
+
+    @property
     def encoder_seed(self) -> int:
-        return int(self.cfg["seeds"][0])
+        """The first seed: its phase-1 model is the report's encoder F, and with ``synthesis_per_seed: draws`` TF's."""
+        return self.seeds[0]
+
+    def model_seed(self, seed: int) -> int:
+        """The seed whose TF-Aug / TF-GAN / Pix2Pix models synthesise seed ``seed``'s cases: its own with
+        ``synthesis_per_seed: train``, else the encoder seed (models trained once, cases drawn per seed)."""
+        return int(seed) if self.cfg["synthesis_per_seed"] == "train" else self.encoder_seed
 
     @property
-    def coarse_datalist(self) -> Path:
-        return self.stage_dir("tf_aug_synthesise") / "coarse" / "datalist.json"
+    def model_seeds(self) -> list[int]:
+        """The seeds TF-Aug, TF-GAN and Pix2Pix are trained with (see :meth:`model_seed`)."""
+        return list(dict.fromkeys(self.model_seed(s) for s in self.seeds))
 
-    @property
-    def mass_coarse_datalist(self) -> Path:
-        """TF-Aug cases synthesised with mass effect (arm ``tf_aug+mass``)."""
-        return self.stage_dir("tf_aug_synthesise_mass") / "coarse" / "datalist.json"
+    def tf_aug_params(self, model_seed: int) -> Path:
+        return self.stage_dir(f"tf_aug_train_s{model_seed}") / "models" / "intensity.json"
 
-    @property
-    def refined_datalist(self) -> Path:
-        return self.stage_dir("tf_gan_refine") / "refined" / "datalist.json"
+    def tf_gan_generator(self, model_seed: int) -> Path:
+        return self.stage_dir(f"tf_gan_train_s{model_seed}") / "models" / "model.pt"
 
-    @property
-    def pix2pix_datalist(self) -> Path:
-        return self.stage_dir("pix2pix_synthesise") / "pix2pix" / "datalist.json"
+    def pix2pix_generator(self, model_seed: int) -> Path:
+        return self.stage_dir(f"pix2pix_train_s{model_seed}") / "models" / "pix2pix" / "model.pt"
 
-    def subset_datalist(self, ratio: float, kind: str = "refined") -> Path:
-        return self.stage_dir("synthetic_subsets") / f"{kind}_syn{ratio:g}.json"
+    def coarse_datalist(self, seed: int) -> Path:
+        """TF-Aug's coarse cases of a seed."""
+        return self.stage_dir(f"tf_aug_synthesise_s{seed}") / "coarse" / "datalist.json"
+
+    def mass_coarse_datalist(self, seed: int) -> Path:
+        """TF-Aug cases of a seed synthesised with mass effect (arm ``tf_aug+mass``)."""
+        return self.stage_dir(f"tf_aug_synthesise_mass_s{seed}") / "coarse" / "datalist.json"
+
+    def refined_datalist(self, seed: int) -> Path:
+        """TF's cases of a seed: its coarse cases refined by TF-GAN."""
+        return self.stage_dir(f"tf_gan_refine_s{seed}") / "refined" / "datalist.json"
+
+    def pix2pix_datalist(self, seed: int) -> Path:
+        """Pix2Pix's cases of a seed: images generated for its coarse cases' masks."""
+        return self.stage_dir(f"pix2pix_synthesise_s{seed}") / "pix2pix" / "datalist.json"
+
+    def subset_datalist(self, ratio: float, kind: str, seed: int) -> Path:
+        return self.stage_dir(f"synthetic_subsets_s{seed}") / f"{kind}_syn{ratio:g}.json"
 
     @property
     def base_ratio(self) -> float:
@@ -109,11 +148,13 @@ class Experiment:
         """Synthetic cases of a ratio: ``round(ratio * n_real)``, at least one (Syn50 = 50 for 100 real cases)."""
         return max(1, round(ratio * self.n_real()))
 
-    def synthetic_datalist(self, kind: str) -> Path:
-        """The datalist a synthetic arm trains with: all cases, or with an ablation (which synthesises
-        more) the first ``base_ratio`` per real case, so every synthetic arm gets the same amount."""
+    def synthetic_datalist(self, kind: str, seed: int) -> Path:
+        """The datalist a synthetic arm of a seed trains with: all the seed's cases, or with an ablation (which
+        synthesises more) the first ``base_ratio`` per real case, so every synthetic arm gets the same amount."""
+        if self.cfg["synthetic_per_real"]:
+            return self.subset_datalist(self.base_ratio, kind, seed)
         full = {"coarse": self.coarse_datalist, "refined": self.refined_datalist, "pix2pix": self.pix2pix_datalist}
-        return self.subset_datalist(self.base_ratio, kind) if self.cfg["synthetic_per_real"] else full[kind]
+        return full[kind](seed)
 
     def metrics(self, arm: str, seed: int) -> Path:
         return self.stage_dir(f"evaluate_{arm}_s{seed}") / "metrics.json"
@@ -149,9 +190,21 @@ class Experiment:
         """Optimizer steps per epoch of dtss_mas_seg: one index per real case, ``batch_size`` indices per batch."""
         return math.ceil(self.n_real() / int(self.cfg["seg"]["batch_size"]))
 
+    @property
+    def control_is_baseline(self) -> bool:
+        """Whether the ``real_matched`` arm is the baseline itself: under union sampling without online arms every
+        synthetic arm sees the baseline's samples per step, so the control matched in data source, steps and
+        samples per step is the baseline (same seed, same data, same compute) and is not trained again. Online
+        arms (``ONLINE_ARMS``: DTSS, CarveMix) always use companion sampling; with one of them ``real_matched``
+        trains with a second real crop per index, their control."""
+        return self.cfg["synthetic_sampling"] == "union" and not set(self.arms) & set(ONLINE_ARMS)
+
     def arm_epochs(self, arm: str) -> int:
-        """Epochs an arm's own training stage runs (0: its model is the phase-1 model, tf protocol's baseline)."""
+        """Epochs an arm's own training stage runs (0: its model is another's: the phase-1 model, tf protocol's
+        baseline, or the baseline's for ``real_matched`` where :attr:`control_is_baseline`)."""
         seg = self.cfg["seg"]
+        if arm == "real_matched" and self.control_is_baseline:
+            return 0
         if self.cfg["protocol"] == "tf":
             return 0 if arm == "baseline" else int(seg["phase1_epochs"])
         return int(seg["phase2_epochs"])
@@ -165,6 +218,8 @@ class Experiment:
 
     def arm_model(self, arm: str, seed: int) -> Path:
         """The model an arm's evaluation reads."""
+        if arm == "real_matched" and self.control_is_baseline:
+            return self.arm_model("baseline", seed)
         if self.arm_epochs(arm) == 0:
             return self.phase1_model(seed)
         return self.stage_dir(f"seg_{arm}_s{seed}") / "models" / "model.pt"
@@ -298,177 +353,182 @@ class Experiment:
             run_id="training",
         )
 
-    def _encoder(self) -> dict[str, Any]:
+    def _encoder(self, seed: int) -> dict[str, Any]:
+        """The frozen encoder F of the TF stages: seed ``seed``'s phase-1 model."""
         seg = self.cfg["seg"]
         return {
-            "encoder_checkpoint": str(self.phase1_model(self.encoder_seed)),
+            "encoder_checkpoint": str(self.phase1_model(seed)),
             "encoder_network": seg["network_name"],
             "encoder_filters": list(seg["filters"]),
             "encoder_patch_size": list(seg["crop_size"]),
         }
 
-    def tf_aug_stages(self) -> list[Stage]:
-        tf = self.cfg["tf_aug"]
-        train_dir = self.stage_dir("tf_aug_train")
-        params = train_dir / "models" / "intensity.json"
-        common = {
+    def _per_seed(self, train: Callable[[int], Stage], synthesise: Callable[[int], Stage]) -> list[Stage]:
+        """A model's training stage per model seed (:attr:`model_seeds`), then its synthesis stage per seed."""
+        return [*map(train, self.model_seeds), *map(synthesise, self.seeds)]
+
+    def _tf_aug_common(self, seed: int) -> dict[str, Any]:
+        return {
             "healthy_datalist": str(self.prepared_healthy),
             "real_datalist": str(self.real_datalist),
             "modalities": list(self.cfg["modalities"]),
-            "seed": self.encoder_seed,
-            **self._encoder(),
-            **tf["overrides"],
+            # TF-Aug's synthesis seeds case i by (seed, i): mask augmentation, placement, random pairing
+            "seed": int(seed),
+            **self._encoder(self.model_seed(seed)),
+            **self.cfg["tf_aug"]["overrides"],
         }
-        train = self._bundle_stage(
-            "tf_aug_train",
+
+    def tf_aug_train_stage(self, seed: int) -> Stage:
+        """TF-Aug's training with seed ``seed`` and that seed's phase-1 model as F."""
+        tf = self.cfg["tf_aug"]
+        name = f"tf_aug_train_s{seed}"
+        return self._bundle_stage(
+            name,
             "tf_aug",
             ["common.yaml", "train.yaml"],
             {
-                **common,
-                "output_dir": str(train_dir),
+                **self._tf_aug_common(seed),
+                "output_dir": str(self.stage_dir(name)),
                 "max_epochs": int(tf["epochs"]),
                 "crop_size": list(tf["crop_size"]),
             },
-            inputs=[self.prepared_healthy, self.real_datalist, self.phase1_model(self.encoder_seed)],
-            outputs=[params],
-            description=f"tf_aug: learn class-wise intensities a_c, b_c through F ({tf['epochs']} epochs)",
+            inputs=[self.prepared_healthy, self.real_datalist, self.phase1_model(seed)],
+            outputs=[self.tf_aug_params(seed)],
+            description=f"tf_aug, seed {seed}: learn class-wise intensities a_c, b_c through F ({tf['epochs']} epochs)",
             run_id="training",
         )
+
+    def tf_aug_synthesis_stage(self, seed: int, mass_effect: bool = False) -> Stage:
+        """TF-Aug's coarse cases of seed ``seed`` (with mass effect: arm ``tf_aug+mass``'s)."""
         n = self.num_synthetic()
-        synth_dir = self.stage_dir("tf_aug_synthesise")
-        synth = self._bundle_stage(
-            "tf_aug_synthesise",
+        name = f"tf_aug_synthesise{'_mass' if mass_effect else ''}_s{seed}"
+        out = self.stage_dir(name)
+        params = self.tf_aug_params(self.model_seed(seed))
+        overrides = {
+            **self._tf_aug_common(seed),
+            "output_dir": str(out),
+            "intensity_params": str(params),
+            "synthesis_dir": str(out / "coarse"),
+            "num_cases": n,
+            "qc_cases": int(self.cfg["qc_cases"]),
+        }
+        return self._bundle_stage(
+            name,
             "tf_aug",
             ["common.yaml", "inference.yaml"],
-            {
-                **common,
-                "output_dir": str(synth_dir),
-                "intensity_params": str(params),
-                "synthesis_dir": str(synth_dir / "coarse"),
-                "num_cases": n,
-                "qc_cases": int(self.cfg["qc_cases"]),
-            },
+            {**overrides, "mass_effect": True} if mass_effect else overrides,
             inputs=[self.prepared_healthy, self.real_datalist, params],
-            outputs=[self.coarse_datalist],
-            description=f"tf_aug: synthesise {n} coarse tumour cases on healthy scans",
+            outputs=[self.mass_coarse_datalist(seed) if mass_effect else self.coarse_datalist(seed)],
+            description=f"tf_aug: synthesise {n} coarse tumour cases{' with mass effect' if mass_effect else ''} on "
+            f"healthy scans, seed {seed} (intensities of seed {self.model_seed(seed)})",
         )
-        stages = [train, synth]
+
+    def tf_aug_stages(self) -> list[Stage]:
+        stages = self._per_seed(self.tf_aug_train_stage, self.tf_aug_synthesis_stage)
         if self.needs("tf_aug_mass"):
-            mass_dir = self.stage_dir("tf_aug_synthesise_mass")
-            stages.append(
-                self._bundle_stage(
-                    "tf_aug_synthesise_mass",
-                    "tf_aug",
-                    ["common.yaml", "inference.yaml"],
-                    {
-                        **common,
-                        "output_dir": str(mass_dir),
-                        "intensity_params": str(params),
-                        "synthesis_dir": str(mass_dir / "coarse"),
-                        "num_cases": n,
-                        "qc_cases": int(self.cfg["qc_cases"]),
-                        "mass_effect": True,
-                    },
-                    inputs=[self.prepared_healthy, self.real_datalist, params],
-                    outputs=[self.mass_coarse_datalist],
-                    description=f"tf_aug: synthesise {n} coarse tumour cases with mass effect",
-                )
-            )
+            stages += [self.tf_aug_synthesis_stage(s, mass_effect=True) for s in self.seeds]
         return stages
 
-    def _gan_common(self) -> dict[str, Any]:
+    def _gan_common(self, seed: int) -> dict[str, Any]:
         gan = self.cfg["tf_gan"]
         return {
             "modalities": list(self.cfg["modalities"]),
             "real_datalist": str(self.real_datalist),
-            "coarse_datalist": str(self.coarse_datalist),
+            "coarse_datalist": str(self.coarse_datalist(seed)),
             "patch_size": list(gan["patch_size"]),
             "gen_channels": list(gan["gen_channels"]),
             "disc_channels": list(gan["disc_channels"]),
-            "seed": self.encoder_seed,
+            "seed": int(seed),
             **gan["overrides"],
         }
 
-    def tf_gan_stages(self) -> list[Stage]:
+    def tf_gan_train_stage(self, seed: int) -> Stage:
+        """TF-GAN's training on seed ``seed``'s coarse cases, with that seed's phase-1 model as F."""
         gan = self.cfg["tf_gan"]
-        train_dir = self.stage_dir("tf_gan_train")
-        generator = train_dir / "models" / "model.pt"
-        train = self._bundle_stage(
-            "tf_gan_train",
+        name = f"tf_gan_train_s{seed}"
+        return self._bundle_stage(
+            name,
             "tf_gan",
             ["common.yaml", "train.yaml"],
             {
-                **self._gan_common(),
-                **self._encoder(),
-                "output_dir": str(train_dir),
+                **self._gan_common(seed),
+                **self._encoder(seed),
+                "output_dir": str(self.stage_dir(name)),
                 "max_epochs": int(gan["epochs"]),
             },
-            inputs=[self.coarse_datalist, self.real_datalist, self.phase1_model(self.encoder_seed)],
-            outputs=[generator],
-            description=f"tf_gan: adversarial refinement training ({gan['epochs']} epochs)",
+            inputs=[self.coarse_datalist(seed), self.real_datalist, self.phase1_model(seed)],
+            outputs=[self.tf_gan_generator(seed)],
+            description=f"tf_gan, seed {seed}: adversarial refinement training ({gan['epochs']} epochs)",
             run_id="training",
         )
-        refine_dir = self.stage_dir("tf_gan_refine")
-        refine = self._bundle_stage(
-            "tf_gan_refine",
+
+    def tf_gan_refine_stage(self, seed: int) -> Stage:
+        """TF's cases of seed ``seed``: its coarse cases refined by the generator of its model seed."""
+        name = f"tf_gan_refine_s{seed}"
+        generator = self.tf_gan_generator(self.model_seed(seed))
+        return self._bundle_stage(
+            name,
             "tf_gan",
             ["common.yaml", "inference.yaml"],
             {
-                **self._gan_common(),
-                "output_dir": str(refine_dir),
+                **self._gan_common(seed),
+                "output_dir": str(self.stage_dir(name)),
                 "generator_checkpoint": str(generator),
-                "refined_dir": str(refine_dir / "refined"),
+                "refined_dir": str(self.stage_dir(name) / "refined"),
             },
-            inputs=[self.coarse_datalist, generator],
-            outputs=[self.refined_datalist],
-            description="tf_gan: refine every coarse case (sliding window, Gaussian blending)",
+            inputs=[self.coarse_datalist(seed), generator],
+            outputs=[self.refined_datalist(seed)],
+            description=f"tf_gan: refine every coarse case of seed {seed} (sliding window, Gaussian blending; "
+            f"generator of seed {self.model_seed(seed)})",
         )
-        return [train, refine]
 
-    def pix2pix_stages(self) -> list[Stage]:
+    def tf_gan_stages(self) -> list[Stage]:
+        return self._per_seed(self.tf_gan_train_stage, self.tf_gan_refine_stage)
+
+    def pix2pix_train_stage(self, seed: int) -> Stage:
         gan = self.cfg["tf_gan"]
-        train_dir = self.stage_dir("pix2pix_train")
-        generator = train_dir / "models" / "pix2pix" / "model.pt"
-        train = self._bundle_stage(
-            "pix2pix_train",
+        name = f"pix2pix_train_s{seed}"
+        return self._bundle_stage(
+            name,
             "tf_gan",
             ["common.yaml", "train.yaml", "train_pix2pix.yaml"],
-            {
-                **self._gan_common(),
-                "output_dir": str(train_dir),
-                "max_epochs": int(gan["epochs"]),
-            },
+            {**self._gan_common(seed), "output_dir": str(self.stage_dir(name)), "max_epochs": int(gan["epochs"])},
             inputs=[self.real_datalist],
-            outputs=[generator],
-            description=f"Pix2Pix baseline: label map -> image ({gan['epochs']} epochs)",
+            outputs=[self.pix2pix_generator(seed)],
+            description=f"Pix2Pix baseline, seed {seed}: label map -> image ({gan['epochs']} epochs)",
             run_id="training",
         )
-        synth_dir = self.stage_dir("pix2pix_synthesise")
-        synth = self._bundle_stage(
-            "pix2pix_synthesise",
+
+    def pix2pix_synthesis_stage(self, seed: int) -> Stage:
+        name = f"pix2pix_synthesise_s{seed}"
+        generator = self.pix2pix_generator(self.model_seed(seed))
+        return self._bundle_stage(
+            name,
             "tf_gan",
             ["inference.yaml", "inference_pix2pix.yaml"],
             {
-                **self._gan_common(),
-                "output_dir": str(synth_dir),
+                **self._gan_common(seed),
+                "output_dir": str(self.stage_dir(name)),
                 "generator_checkpoint": str(generator),
-                "synthetic_dir": str(synth_dir / "pix2pix"),
+                "synthetic_dir": str(self.stage_dir(name) / "pix2pix"),
             },
-            inputs=[self.coarse_datalist, generator],
-            outputs=[self.pix2pix_datalist],
-            description="Pix2Pix baseline: images for the augmented masks",
+            inputs=[self.coarse_datalist(seed), generator],
+            outputs=[self.pix2pix_datalist(seed)],
+            description=f"Pix2Pix baseline: images for the augmented masks of seed {seed}",
         )
-        return [train, synth]
 
-    def subset_stage(self) -> Stage:
-        """Datalists of the first N synthetic cases per real case: the ablation's refined subsets, and the
-        base-ratio subsets of every synthesised datalist the arms use."""
+    def pix2pix_stages(self) -> list[Stage]:
+        return self._per_seed(self.pix2pix_train_stage, self.pix2pix_synthesis_stage)
+
+    def subset_stage(self, seed: int) -> Stage:
+        """Datalists of the first N synthetic cases per real case of a seed: the ablation's refined subsets, and
+        the base-ratio subsets of every synthesised datalist the arms use."""
         wanted = {("refined", float(r)) for r in self.cfg["synthetic_per_real"]}
-        sources = {"refined": self.refined_datalist}
+        sources = {"refined": self.refined_datalist(seed)}
         if self.needs("tf_aug"):
-            sources["coarse"] = self.coarse_datalist
+            sources["coarse"] = self.coarse_datalist(seed)
         if self.needs("pix2pix"):
-            sources["pix2pix"] = self.pix2pix_datalist
+            sources["pix2pix"] = self.pix2pix_datalist(seed)
         wanted |= {(kind, self.base_ratio) for kind in sources}
         wanted = {(k, r) for k, r in wanted if k in sources}
 
@@ -477,23 +537,30 @@ class Experiment:
                 data = read_datalist(sources[kind])
                 items = data["training"][: self.num_subset(r)]
                 subset = {**data, "training": items, "description": f"first {len(items)} {kind} cases ({r:g}/real)"}
-                write_datalist(self.subset_datalist(r, kind), subset)
+                write_datalist(self.subset_datalist(r, kind, seed), subset)
 
         return Stage(
-            "synthetic_subsets",
+            f"synthetic_subsets_s{seed}",
             function=write_subsets,
             inputs=[*sources.values(), self.real_datalist],
-            outputs=[self.subset_datalist(r, k) for k, r in sorted(wanted)],
-            description=f"synthetic datalists with N cases per real case: {sorted(wanted)}",
+            outputs=[self.subset_datalist(r, k, seed) for k, r in sorted(wanted)],
+            description=f"synthetic datalists of seed {seed} with N cases per real case: {sorted(wanted)}",
             key=json.dumps(sorted(wanted)),
         )
 
-    def arm_overrides(self, arm: str) -> dict[str, Any]:
-        """dtss_mas_seg phase-2 settings that define an arm (which data; the protocol is in :meth:`arm_stages`)."""
+    def arm_overrides(self, arm: str, seed: int) -> dict[str, Any]:
+        """dtss_mas_seg phase-2 settings that define an arm of a seed (which data: the seed's synthetic cases; the
+        protocol is in :meth:`arm_stages`)."""
         off = {"use_dtss": False, "use_mas": False, "synthetic_datalists": [], "use_carvemix": False}
-        syn = {"synthetic_per_case": self.base_ratio}
-        if arm == "baseline":
+        # online arms and real-only arms add no synthetic datalist: companion sampling (see control_is_baseline)
+        off |= {"real_per_case": 0, "synthetic_sampling": "companion"}
+        syn = {"synthetic_per_case": self.base_ratio, "synthetic_sampling": self.cfg["synthetic_sampling"]}
+        if arm == "baseline" or (arm == "real_matched" and self.control_is_baseline):
             return off
+        if arm == "real_matched":
+            # a second, independently augmented real crop where a synthetic arm has a companion (base_ratio per
+            # index; DTSS and CarveMix give 1 per index, base_ratio's default)
+            return {**off, "real_per_case": self.base_ratio}
         if arm == "carvemix":
             return {**off, "use_carvemix": True}
         if arm == "dtss":
@@ -501,23 +568,29 @@ class Experiment:
         if arm == "dtss_mas":
             return {**off, "use_dtss": True, "use_mas": True}
         if arm == "tf_aug":
-            return {**off, **syn, "synthetic_datalists": [str(self.synthetic_datalist("coarse"))]}
+            return {**off, **syn, "synthetic_datalists": [str(self.synthetic_datalist("coarse", seed))]}
         if arm == "tf_aug+mass":
-            return {**off, **syn, "synthetic_datalists": [str(self.mass_coarse_datalist)]}
+            return {**off, **syn, "synthetic_datalists": [str(self.mass_coarse_datalist(seed))]}
         if arm in ("dtss+mass", "dtss_mas+mass"):
-            return {**self.arm_overrides(arm[: -len("+mass")]), "dtss_mass_effect": True}
+            return {**self.arm_overrides(arm[: -len("+mass")], seed), "dtss_mass_effect": True}
         if arm == "pix2pix":
-            return {**off, **syn, "synthetic_datalists": [str(self.synthetic_datalist("pix2pix"))]}
+            return {**off, **syn, "synthetic_datalists": [str(self.synthetic_datalist("pix2pix", seed))]}
         if arm == "tf":
-            return {**off, **syn, "synthetic_datalists": [str(self.synthetic_datalist("refined"))]}
+            return {**off, **syn, "synthetic_datalists": [str(self.synthetic_datalist("refined", seed))]}
         if arm == "tf_mas":
-            refined = str(self.synthetic_datalist("refined"))
+            refined = str(self.synthetic_datalist("refined", seed))
             return {**off, **syn, "synthetic_datalists": [refined], "use_mas": True, "synthetic_mas": True}
         if arm.startswith("tf_syn"):
-            # r synthetic cases per real case: the subset has round(r n_real) cases and every epoch uses
-            # floor(r n_real) of them beside the n_real real samples (the union of the TF paper's ablation)
+            # r synthetic cases per real case: the subset has round(r n_real) cases; companion sampling uses
+            # floor(r n_real) of them per epoch beside the n_real real samples, union sampling draws the batches
+            # from the n_real + round(r n_real) cases (the TF paper's ablation)
             r = float(arm[len("tf_syn") :])
-            return {**off, "synthetic_per_case": r, "synthetic_datalists": [str(self.subset_datalist(r))]}
+            return {
+                **off,
+                **syn,
+                "synthetic_per_case": r,
+                "synthetic_datalists": [str(self.subset_datalist(r, "refined", seed))],
+            }
         raise ValueError(f"unknown arm {arm!r}")
 
     def arm_train_overrides(self, arm: str, seed: int) -> dict[str, Any]:
@@ -525,7 +598,7 @@ class Experiment:
         epochs = self.arm_epochs(arm)
         base = {
             **self._seg_common(seed),
-            **self.arm_overrides(arm),
+            **self.arm_overrides(arm, seed),
             "output_dir": str(self.stage_dir(f"seg_{arm}_s{seed}")),
             "phase2_start_epoch": 0,
             "max_epochs": epochs,
@@ -562,6 +635,9 @@ class Experiment:
                 )
             )
         eval_name = f"evaluate_{arm}_s{seed}"
+        same = arm == "real_matched" and self.control_is_baseline
+        # real_matched under union sampling: the baseline's model, evaluated under the control's name
+        reused = " (the baseline's model: under union sampling every arm sees its samples per step)" if same else ""
         evaluate = self._bundle_stage(
             eval_name,
             "dtss_mas_seg",
@@ -576,12 +652,13 @@ class Experiment:
             },
             inputs=[self.real_datalist, model],
             outputs=[self.metrics(arm, seed)],
-            description=f"evaluate arm {arm}, seed {seed} on '{self.cfg['eval_section']}' (ET/TC/WT Dice, HD95)",
+            description=f"evaluate arm {arm}{reused}, seed {seed} on '{self.cfg['eval_section']}' (ET/TC/WT Dice, "
+            "HD95)",
         )
         return [*stages, evaluate]
 
     def model_stages(self) -> list[Stage]:
-        seeds = [int(s) for s in self.cfg["seeds"]]
+        seeds = self.seeds
         stages = [self.phase1_stage(s) for s in seeds]
         if self.needs("tf_aug"):
             stages += self.tf_aug_stages()
@@ -590,21 +667,27 @@ class Experiment:
         if self.needs("pix2pix"):
             stages += self.pix2pix_stages()
         if self.cfg["synthetic_per_real"]:
-            stages.append(self.subset_stage())
+            stages += [self.subset_stage(s) for s in seeds]
         for arm in self.arms:
             for seed in seeds:
                 stages += self.arm_stages(arm, seed)
         return stages
 
+    def stage_names(self) -> list[str]:
+        """The names of every stage of this experiment, the report's included (in their order)."""
+        return [s.name for s in [*self.data_stages(), *self.model_stages()]] + ["report"]
+
     def count_model_stages(self) -> int:
         """Number of stages after the data stages (for the progress lines, before datalists exist)."""
         trained = sum(self.arm_epochs(a) > 0 for a in self.arms)
-        n = len(self.cfg["seeds"]) * (1 + len(self.arms) + trained) + 1
-        n += 2 * sum(self.needs(p) for p in ("tf_aug", "tf_gan", "pix2pix")) + int(self.needs("tf_aug_mass"))
-        return n + (1 if self.cfg["synthetic_per_real"] else 0)
+        seeds = len(self.seeds)
+        n = seeds * (1 + len(self.arms) + trained) + 1
+        # per model: its trainings (one per model seed) and a synthesis per seed
+        n += (len(self.model_seeds) + seeds) * sum(self.needs(p) for p in ("tf_aug", "tf_gan", "pix2pix"))
+        return n + seeds * (int(self.needs("tf_aug_mass")) + int(bool(self.cfg["synthetic_per_real"])))
 
     def report_stage(self, write: Callable[[Experiment], dict[str, Path]]) -> Stage:
-        seeds = [int(s) for s in self.cfg["seeds"]]
+        seeds = self.seeds
         metrics = [self.metrics(a, s) for a in self.arms for s in seeds]
         return Stage(
             "report",

@@ -476,7 +476,7 @@ def _tf_cases(
     log(f"{method}: {len(stages)} pipeline stages in {exp.work} (finished ones are skipped)")
     with EpochWatcher(exp.work, log, stream):
         run_stages(stages, exp.work, log=log)
-    produced = exp.refined_datalist if method == "tf" else exp.coarse_datalist
+    produced = exp.refined_datalist(seed) if method == "tf" else exp.coarse_datalist(seed)
     items = read_datalist(produced)["training"][:n]
     if len(items) != n:
         raise RuntimeError(f"{produced}: {len(items)} cases, expected {n}")

@@ -8,15 +8,16 @@ import html
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
+from scipy import optimize, stats  # noqa: E402
 
 from custom_components.data.atomic import atomic_path, atomic_write_text  # noqa: E402
 
@@ -36,60 +37,121 @@ class ArmResult:
         return float(np.mean([self.dice[r] for r in REGIONS]))
 
 
+REFERENCE_ARMS: tuple[str, ...] = ("baseline", "real_matched")
+# the compute-matched control: real data only, as many samples per step as the synthetic arms
+CONTROL_ARM = "real_matched"
+ALPHA = 0.05  # two-sided significance level of the intervals, tests and minimum detectable effects
+POWER = 0.8  # power at which the minimum detectable effect is detected
+ONE_SEED = "one seed: no interval"
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """An arm against a reference arm, paired by seed, on mean Dice (fractions, as :class:`ArmResult`).
+
+    ``sd_diff``, ``ci_low`` / ``ci_high``, ``p_value`` and ``mde`` are None with one shared seed; ``p_value`` is
+    also None when the paired differences are all equal (no spread to test against).
+    """
+
+    reference: str
+    n: int  # seeds both arms ran
+    diff: float  # mean over those seeds of (the arm's mean Dice minus the reference's)
+    sd_diff: float | None  # standard deviation of the paired differences (ddof 1)
+    ci_low: float | None  # 95 % confidence interval of diff: diff -+ t(0.975, n-1) sd_diff / sqrt(n)
+    ci_high: float | None
+    p_value: float | None  # paired two-tailed t-test (scipy.stats.ttest_rel)
+    mde: float | None  # minimum detectable effect, :func:`minimum_detectable_effect`
+
+
 @dataclass(frozen=True)
 class ArmSummary:
     arm: str
     seeds: tuple[int, ...]
     mean: Mapping[str, float]  # ET, TC, WT, Mean
     std: Mapping[str, float]
-    diff: float | None  # mean over seeds of (mean Dice minus the baseline's, same seed)
-    p_value: float | None  # paired two-tailed t-test of mean Dice against the baseline, by seed
-    diff_std: float | None = None  # standard deviation of the paired differences (ddof 1; 0 with one seed)
+    comparisons: Mapping[str, PairedComparison] = field(default_factory=dict)  # by reference arm
+
+    def as_json(self) -> dict[str, Any]:
+        """The arm's entry of ``results.json``: mean, std, n_seeds and one comparison per reference."""
+        return {**asdict(self), "seeds": list(self.seeds), "n_seeds": len(self.seeds)}
+
+
+def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest true mean paired difference a two-sided paired t-test at ``alpha`` detects with ``power``,
+    given the standard deviation of the paired differences and their number (None below two).
+
+    Exact: the power of the test at noncentrality ``nc = effect sqrt(n) / sd`` is
+    ``P(T' > t) + P(T' < -t)`` with ``T'`` noncentral t (``scipy.stats.nct``, n - 1 degrees of freedom) and
+    ``t = t(1 - alpha/2, n - 1)``; ``scipy.optimize.brentq`` solves it for ``nc``. (The common approximation
+    ``(t(1 - alpha/2) + t(power)) sd / sqrt(n)`` is 1 % lower at n = 5, 14 % at n = 2.)
+    """
+    if n < 2:
+        return None
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(nc: float) -> float:  # the lower tail as the upper one of -nc: nct.cdf gives NaN far out
+        return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc)) - power
+
+    upper = 3 * (crit + stats.t.ppf(power, df))  # 3x the approximation's noncentrality: power above ``power``
+    return float(optimize.brentq(shortfall, 0.0, upper) * sd_diff / math.sqrt(n))
+
+
+def paired_comparison(arm: Mapping[int, float], reference: Mapping[int, float], name: str) -> PairedComparison | None:
+    """``arm`` minus ``reference`` over the seeds both have (mean Dice by seed); None when they share none.
+
+    Args:
+        arm: mean Dice by seed of the compared arm.
+        reference: mean Dice by seed of the reference arm.
+        name: the reference arm's name.
+    """
+    shared = sorted(set(arm) & set(reference))
+    if not shared:
+        return None
+    d = np.array([arm[s] - reference[s] for s in shared])
+    n, diff = len(d), float(np.mean(d))
+    if n < 2:
+        return PairedComparison(name, n, diff, None, None, None, None, None)
+    sd = float(np.std(d, ddof=1))
+    half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * sd / math.sqrt(n)
+    p = float(stats.ttest_rel([arm[s] for s in shared], [reference[s] for s in shared]).pvalue)
+    mde = minimum_detectable_effect(sd, n)
+    return PairedComparison(name, n, diff, sd, diff - half, diff + half, None if math.isnan(p) else p, mde)
 
 
 def _by_seed(results: Sequence[ArmResult], arm: str) -> dict[int, float]:
     return {r.seed: r.mean for r in results if r.arm == arm}
 
 
-def summarise(results: Sequence[ArmResult], baseline: str = "baseline") -> list[ArmSummary]:
+def summarise(results: Sequence[ArmResult], references: str | Sequence[str] = REFERENCE_ARMS) -> list[ArmSummary]:
     """Aggregate per-seed results into one row per arm (in first-seen order).
 
-    The t-test pairs an arm's seeds with the baseline's same seeds (``scipy.stats.ttest_rel``,
-    two-tailed); it needs at least two shared seeds, otherwise ``p_value`` is None.
+    Every arm is compared (:func:`paired_comparison`) with each reference arm present in ``results``; a reference
+    arm itself only with the references listed before it (``real_matched`` against ``baseline``), so no pair
+    appears twice.
 
     Args:
         results: one entry per arm and seed.
-        baseline: name of the reference arm.
+        references: name(s) of the reference arm(s), in order; absent ones are skipped.
     """
     arms = list(dict.fromkeys(r.arm for r in results))
-    base = _by_seed(results, baseline)
+    refs = [r for r in ([references] if isinstance(references, str) else references) if r in arms]
     rows = []
     for arm in arms:
         mine = [r for r in results if r.arm == arm]
         table = {k: [r.dice[k] for r in mine] for k in REGIONS}
         table["Mean"] = [r.mean for r in mine]
         ddof = 1 if len(mine) > 1 else 0
-        diff = p = diff_std = None
-        if arm != baseline and base:
-            own = _by_seed(results, arm)
-            shared = sorted(set(own) & set(base))
-            if shared:
-                a = np.array([own[s] for s in shared])
-                b = np.array([base[s] for s in shared])
-                diff = float(np.mean(a - b))
-                diff_std = float(np.std(a - b, ddof=1 if len(shared) > 1 else 0))
-                if len(shared) >= 2:
-                    p = float(stats.ttest_rel(a, b).pvalue)
-                    p = None if math.isnan(p) else p
+        own = _by_seed(results, arm)
+        against = refs[: refs.index(arm)] if arm in refs else refs
+        found = {ref: paired_comparison(own, _by_seed(results, ref), ref) for ref in against}
         rows.append(
             ArmSummary(
                 arm=arm,
                 seeds=tuple(sorted(r.seed for r in mine)),
                 mean={k: float(np.mean(v)) for k, v in table.items()},
                 std={k: float(np.std(v, ddof=ddof)) for k, v in table.items()},
-                diff=diff,
-                p_value=p,
-                diff_std=diff_std,
+                comparisons={ref: c for ref, c in found.items() if c is not None},
             )
         )
     return rows
@@ -99,14 +161,51 @@ def _cell(summary: ArmSummary, key: str) -> str:
     return f"{100 * summary.mean[key]:.2f} ± {100 * summary.std[key]:.2f}"
 
 
+def _comparison_cells(c: PairedComparison | None) -> list[str]:
+    """Difference [95 % CI], p-value and MDE of one comparison, in Dice points (%)."""
+    if c is None:
+        return ["-", "-", "-"]
+    if c.ci_low is None or c.ci_high is None:
+        return [f"{100 * c.diff:+.2f} ({ONE_SEED})", "-", "-"]
+    p = "-" if c.p_value is None else f"{c.p_value:.3g}"
+    mde = "-" if c.mde is None else f"{100 * c.mde:.2f}"
+    return [f"{100 * c.diff:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]", p, mde]
+
+
 def table_rows(summaries: Sequence[ArmSummary]) -> list[list[str]]:
-    """Rows of the report table (Dice in %), header first."""
-    rows = [["Arm", "ET (%)", "TC (%)", "WT (%)", "Mean (%)", "Mean diff (%)", "p-value", "seeds"]]
+    """Rows of the report table (Dice in %), header first: per reference arm the paired difference with its
+    95 % CI, the p-value and the minimum detectable effect."""
+    refs = list(dict.fromkeys(ref for s in summaries for ref in s.comparisons))
+    header = ["Arm", "ET (%)", "TC (%)", "WT (%)", "Mean (%)"]
+    for ref in refs:
+        header += [f"diff vs {ref} (%) [95 % CI]", f"p vs {ref}", f"MDE vs {ref} (%)"]
+    rows = [[*header, "seeds"]]
     for s in summaries:
-        diff = "-" if s.diff is None else f"{100 * s.diff:+.2f} ± {100 * (s.diff_std or 0.0):.2f}"
-        p = "-" if s.p_value is None else f"{s.p_value:.3g}"
-        rows.append([s.arm, *(_cell(s, k) for k in (*REGIONS, "Mean")), diff, p, str(len(s.seeds))])
+        cells = [c for ref in refs for c in _comparison_cells(s.comparisons.get(ref))]
+        rows.append([s.arm, *(_cell(s, k) for k in (*REGIONS, "Mean")), *cells, str(len(s.seeds))])
     return rows
+
+
+def comparison_note(summaries: Sequence[ArmSummary]) -> str:
+    """What the Dice table's columns mean (printed under it)."""
+    refs = list(dict.fromkeys(ref for s in summaries for ref in s.comparisons))
+    note = (
+        "Dice in % as mean ± std over seeds. diff vs REF: the arm's mean Dice minus REF's, paired by seed, mean over "
+        "the seeds both ran, with its 95 % confidence interval (mean ± t(0.975, n-1) sd/sqrt(n) of the paired "
+        "differences); p: paired two-tailed t-test (scipy.stats.ttest_rel); MDE: minimum detectable effect, the "
+        f"smallest true difference these seeds detect with {100 * POWER:.0f} % power in that test at two-sided alpha "
+        f"{ALPHA}, given the observed sd of the paired differences (exact noncentral-t power, scipy.stats.nct, "
+        "solved for the effect). A |diff| below the MDE with p above 0.05 means the experiment could not tell the "
+        f"arms apart, not that they are equal. With one seed there is no interval, p-value or MDE ('{ONE_SEED}')."
+    )
+    if CONTROL_ARM in refs:
+        others = ", ".join(r for r in refs if r != CONTROL_ARM)
+        note += (
+            f" {CONTROL_ARM} is the compute-matched control (real data only, as many samples per step as the "
+            f'synthetic arms): diff vs {CONTROL_ARM} answers "does the synthesis help?"'
+            + (f", while diff vs {others} also counts the synthetic arms' extra samples per step." if others else ".")
+        )
+    return note
 
 
 def plot_dice(results: Sequence[ArmResult], out_png: str | os.PathLike) -> Path:
@@ -136,12 +235,23 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
 
+def _auc_cell(entry: Mapping | None) -> str:
+    if not entry or entry.get("auc") is None:
+        return "-"
+    return f"{entry['auc']:.2f} [{entry['ci_low']:.2f}, {entry['ci_high']:.2f}]"
+
+
 def realism_rows(realism: Mapping[str, Mapping]) -> list[list[str]]:
     """Rows of the realism table (header first): one per synthetic method, from
-    :func:`custom_components.quality.realism.realism_scores` results (their ``summary``)."""
+    :func:`custom_components.quality.realism.realism_scores` results: the C2ST (whole tumour) and its real-vs-real
+    null first, then the distances of their ``summary``; "-" where a result has no C2ST."""
     rows = [
         [
             "Method",
+            "C2ST AUC [95 % CI]",
+            "p",
+            "null AUC (real/real)",
+            "cases/side (null)",
             "Frechet F-features",
             "floor (real/real)",
             "W1 intensity",
@@ -154,10 +264,15 @@ def realism_rows(realism: Mapping[str, Mapping]) -> list[list[str]]:
         ]
     ]
     for method, res in realism.items():
-        s = res["summary"]
+        s, c2st = res["summary"], res.get("c2st") or {}
+        null = c2st.get("null") or {}
         rows.append(
             [
                 method,
+                _auc_cell(c2st),
+                _num(c2st.get("p_value"), 2),
+                _auc_cell(null),
+                f"{c2st['n_cases_per_side']} ({null['n_cases_per_side']})" if c2st else "-",
                 _num(s["frechet"]),
                 _num(s["frechet_floor"]),
                 _num(s["wasserstein"]),
@@ -172,9 +287,22 @@ def realism_rows(realism: Mapping[str, Mapping]) -> list[list[str]]:
     return rows
 
 
+def realism_floor_notes(realism: Mapping[str, Mapping]) -> list[str]:
+    """One line per method and distance below its real-vs-real floor
+    (:func:`custom_components.quality.realism.below_floor`)."""
+    from custom_components.quality.realism import below_floor
+
+    return [f"{method}: {line}" for method, res in realism.items() for line in below_floor(dict(res))]
+
+
 REALISM_NOTE = (
-    "Realism against held-out real cases that no synthesis stage used (lower is more real; the floor is the "
-    "same distance between two halves of the real cases, i.e. what real tumours differ by). Frechet: class-wise "
+    "Realism against held-out real cases that no synthesis stage used. C2ST (first): cross-validated AUC of a "
+    "logistic regression telling the method's tumour patches (8^3 voxels, local texture statistics) from real ones, "
+    "folds grouped by case, equal numbers of cases per side, 95 % interval from resampling cases, permutation p; "
+    "0.5 = indistinguishable, 1 = always told apart; null: the same test between two halves of real cases at the "
+    "same number of cases per side where there are enough (in brackets). Distances (lower is more real) compare "
+    "sets of equal size: the floor is the same distance between two halves of the real cases, i.e. what real "
+    "tumours differ by, and the synthetic set is subsampled to the size of a half. Frechet: class-wise "
     "Frechet distance of the frozen encoder F's masked-GAP features (TF's perceptual-loss features), mean over "
     "NCR/ED/ET and the first levels; W1: 1-D Wasserstein distance of brain-normalised class intensities, mean "
     "over classes and modalities; sharpness ratio: mean gradient magnitude across the tumour border, synthetic / "
@@ -185,11 +313,12 @@ REALISM_NOTE = (
 
 
 def plot_realism(realism: Mapping[str, Mapping], out_png: str | os.PathLike) -> Path:
-    """Bars per method: Frechet distance, W1 distance and FRD (each with the real-vs-real floor as a dashed
-    line), and the sharpness ratio (1 = real)."""
+    """Bars per method: C2ST AUC (its real-vs-real null as a dashed line), Frechet distance, W1 distance and FRD
+    (each with the real-vs-real floor as a dashed line), and the sharpness ratio (1 = real)."""
     methods = list(realism)
-    fig, axes = plt.subplots(1, 4, figsize=(max(12, 1.6 * len(methods) * 4 / 2), 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(max(15, 1.6 * len(methods) * 5 / 2), 3.6))
     panels = (
+        ("c2st_auc", "c2st_null_auc", "C2ST AUC (0.5 = real)"),
         ("frechet", "frechet_floor", "Frechet (F features)"),
         ("wasserstein", "wasserstein_floor", "W1 intensity"),
         ("frd", "frd_floor", "FRD (radiomics)"),
@@ -240,6 +369,39 @@ def refinement_rows(change: Mapping[str, float]) -> list[list[str]]:
     ]
 
 
+PROVENANCE_NOTE = (
+    "How the stages behind this report were made, from each stage's stage.json (the report: this process): the git "
+    "commit, the code hash (SHA-256 of custom_components/**/*.py and bundles/**/configs/*; part of every stage's "
+    "fingerprint, so changed code redoes a stage) and the thread count (OMP_NUM_THREADS of the stage, else torch's "
+    "default). More than one row: the numbers may come from different code or thread counts (the heading and the "
+    "warnings say so)."
+)
+
+
+def provenance_heading(provenance: Sequence[Mapping[str, Any]]) -> str:
+    """The Provenance section's heading, marked MIXED when the stages were made in more than one way."""
+    return "Provenance" + (f" (MIXED: {len(provenance)} combinations)" if len(provenance) > 1 else "")
+
+
+def mixed_warning(provenance: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The warning of a mixed provenance (none when the stages were all made one way)."""
+    if len(provenance) <= 1:
+        return []
+    return [
+        f"MIXED provenance: the stages were made with {len(provenance)} combinations of code version and thread "
+        "count (see Provenance); numbers from different ones may not be comparable."
+    ]
+
+
+def provenance_rows(provenance: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """Rows of the provenance table (header first) from
+    :func:`custom_components.pipeline.runner.stage_provenance`: one per (commit, code hash, threads)."""
+    rows = [["commit", "code hash", "threads", "stages"]]
+    for p in provenance:
+        rows.append([str(p["commit"]), str(p["code_hash"])[:16], str(p["threads"]), ", ".join(p["stages"])])
+    return rows
+
+
 def _md_table(rows: Sequence[Sequence[str]]) -> list[str]:
     return [
         "| " + " | ".join(rows[0]) + " |",
@@ -260,10 +422,11 @@ def write_report(
     title: str = "Tumour synthesis comparison",
     notes: Sequence[str] = (),
     montages: Mapping[str, Sequence[str | os.PathLike]] | None = None,
-    baseline: str = "baseline",
+    references: str | Sequence[str] = REFERENCE_ARMS,
     realism: Mapping[str, Mapping] | None = None,
     warnings: Sequence[str] = (),
     refinement: Mapping[str, float] | None = None,
+    provenance: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``dice.png`` into ``out_dir``; returns their paths.
 
@@ -273,16 +436,20 @@ def write_report(
         title: heading.
         notes: paragraphs printed under the heading (data, sizes, caveats).
         montages: QC PNGs per synthesis method, shown under the table.
-        baseline: reference arm for the differences and t-tests.
+        references: reference arm(s) for the paired differences, intervals, t-tests and MDEs (:func:`summarise`).
         realism: realism results per synthetic method (:func:`custom_components.quality.realism.realism_scores`);
             a table and ``realism.png`` next to the Dice table.
         warnings: caveats shown in a "Warnings" section above the table (e.g. MAS with one real case).
         refinement: what TF-GAN's refinement changed (:func:`custom_components.synthesis.tf_gan.summarise_change`),
             a table beside the realism table.
+        provenance: how the stages behind the report were made
+            (:func:`custom_components.pipeline.runner.stage_provenance`), a "Provenance" section at the end; more
+            than one combination adds a "MIXED" warning.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summaries = summarise(results, baseline)
+    summaries = summarise(results, references)
+    warnings = [*warnings, *mixed_warning(provenance)]
     rows = table_rows(summaries)
     plot = plot_dice(results, out / "dice.png")
     montages = montages or {}
@@ -296,9 +463,7 @@ def write_report(
     md += _md_table(rows)
     md += [
         "",
-        f"Dice in % as mean ± std over seeds. Mean diff: mean Dice minus {baseline!r}'s, paired by seed "
-        "(mean ± std of the paired differences); "
-        "p-value: paired two-tailed t-test over seeds (scipy.stats.ttest_rel), '-' with fewer than two seeds.",
+        comparison_note(summaries),
         "",
         f"![Dice per arm]({rel(plot)})",
         "",
@@ -310,6 +475,7 @@ def write_report(
         rrows = realism_rows(realism)
         md += ["## Realism: which method's tumours look most like real ones", "", REALISM_NOTE, ""]
         md += _md_table(rrows)
+        md += ["", *(f"- {line}" for line in realism_floor_notes(realism))]
         md += ["", f"![Realism per method]({rel(rplot)})", ""]
     if refinement:
         md += [
@@ -322,6 +488,8 @@ def write_report(
         ]
     for method, pngs in montages.items():
         md += [f"## QC: {method}", ""] + [f"![{method}]({rel(p)})" for p in pngs] + [""]
+    if provenance:
+        md += [f"## {provenance_heading(provenance)}", "", PROVENANCE_NOTE, "", *_md_table(provenance_rows(provenance))]
     md_path = out / "report.md"
     atomic_write_text(md_path, "\n".join(md))
 
@@ -337,7 +505,7 @@ def write_report(
             else []
         ),
         _html_table(rows),
-        f"<p>Dice in % as mean ± std over seeds; p-value: paired two-tailed t-test against {html.escape(baseline)}.</p>",
+        f"<p>{html.escape(comparison_note(summaries))}</p>",
         f"<img src='{html.escape(rel(plot))}' alt='Dice per arm'>",
     ]
     if realism:
@@ -345,6 +513,7 @@ def write_report(
             "<h2>Realism: which method's tumours look most like real ones</h2>",
             f"<p>{html.escape(REALISM_NOTE)}</p>",
             _html_table(realism_rows(realism)),
+            *(f"<p>{html.escape(line)}</p>" for line in realism_floor_notes(realism)),
             f"<img src='{html.escape(rel(paths_extra['realism_plot']))}' alt='Realism per method'>",
         ]
     if refinement:
@@ -356,6 +525,12 @@ def write_report(
     for method, pngs in montages.items():
         parts.append(f"<h2>QC: {html.escape(method)}</h2>")
         parts += [f"<img src='{html.escape(rel(p))}' alt='{html.escape(method)}'>" for p in pngs]
+    if provenance:
+        parts += [
+            f"<h2>{html.escape(provenance_heading(provenance))}</h2>",
+            f"<p>{html.escape(PROVENANCE_NOTE)}</p>",
+            _html_table(provenance_rows(provenance)),
+        ]
     parts.append("</body></html>")
     html_path = out / "report.html"
     atomic_write_text(html_path, "\n".join(parts))

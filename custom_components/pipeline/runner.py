@@ -2,9 +2,12 @@
 
 A stage is a command (usually ``python -m monai.bundle run ...`` on one bundle's own configs plus an
 overrides file) with declared inputs and outputs. After a stage succeeds, ``<workdir>/<stage>/stage.json``
-records a fingerprint of its command, its config files, its overrides and its inputs. On a rerun the
-stage is skipped when the fingerprint is unchanged and every output exists; otherwise it runs again,
-and so (through their inputs) does every stage that consumes its outputs.
+records a fingerprint of its command, its config files, its overrides, its inputs, the code version
+(:func:`code_hash`) and the thread count (:func:`stage_threads`), and, for the report, the code version and
+commit and thread count it was made with (:func:`code_record`, grouped by :func:`stage_provenance`). On a rerun
+the stage is skipped when the fingerprint is unchanged and every output exists; otherwise it runs again (a
+state file of an older version, without these fields, never matches), and so (through their inputs) does every
+stage that consumes its outputs: a resumed run never mixes stages made with other code or thread counts.
 
 Interruptions:
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -42,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from custom_components.data.atomic import atomic_write_text
-from custom_components.export.zoo_bundle import BUNDLES_DIR
+from custom_components.export.zoo_bundle import BUNDLES_DIR, PACKAGE_DIR
 
 REPO = BUNDLES_DIR.parent
 LOCK_FILE = ".pipeline.lock"
@@ -123,8 +127,62 @@ def _file_identity(path: Path) -> dict[str, Any]:
     return ident
 
 
-def fingerprint(stage: Stage) -> str:
-    """Hash of what determines a stage's result: its command, the files it names, its inputs."""
+# what the code version hashes: (folder, glob) pairs, paths taken relative to the folder's parent
+CODE_FILES: tuple[tuple[Path, str], ...] = ((PACKAGE_DIR, "**/*.py"), (BUNDLES_DIR, "**/configs/*"))
+
+
+@functools.cache
+def code_hash() -> str:
+    """The code version: SHA-256 over the path and content of every ``custom_components/**/*.py`` and
+    ``bundles/**/configs/*`` file, in sorted path order (independent of git, so it also tells uncommitted
+    changes apart). Cached per process: code edited while a pipeline runs counts from its next start."""
+    digest = hashlib.sha256()
+    for folder, pattern in CODE_FILES:
+        for path in sorted(p for p in folder.glob(pattern) if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(folder.parent)).encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_commit() -> str:
+    """The git commit of the code that runs (``<sha>``, ``<sha> + uncommitted changes``, or ``unknown`` outside a git
+    checkout, e.g. an installed wheel); for display, :func:`code_hash` is what the fingerprint uses. Cached per
+    process."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "custom_components", "bundles")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{sha} + uncommitted changes" if dirty else sha
+
+
+def stage_threads(env: Mapping[str, str] | None = None) -> int:
+    """The intra-op thread count of a stage: ``OMP_NUM_THREADS`` as the stage's process sees it (``env`` over
+    ``os.environ``; the first level of a nested setting), else torch's default here (``torch.get_num_threads()``:
+    stage processes inherit this process's environment and CPU affinity, so they get the same default)."""
+    value = {**os.environ, **(env or {})}.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    import torch
+
+    return torch.get_num_threads()
+
+
+def code_record(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What a stage's state file records of how it was made: ``code_hash``, ``commit`` and ``threads``."""
+    return {"code_hash": code_hash(), "commit": code_commit(), "threads": stage_threads(env)}
+
+
+def fingerprint(stage: Stage, env: Mapping[str, str] | None = None) -> str:
+    """Hash of what determines a stage's result: its command, the files it names, its inputs, the code version
+    (:func:`code_hash`) and the thread count (:func:`stage_threads` of ``env``, the stage's extra environment)."""
     named = [Path(a) for a in (stage.command or []) if a.endswith((".yaml", ".json", ".conf")) and Path(a).is_file()]
     if stage.command and "--config_file" in stage.command:
         configs = eval_list(stage.command[stage.command.index("--config_file") + 1])
@@ -134,6 +192,8 @@ def fingerprint(stage: Stage) -> str:
         "key": stage.key,
         "files": [_file_identity(p) for p in sorted(set(named))],
         "inputs": [_file_identity(Path(p)) for p in stage.inputs],
+        "code": code_hash(),
+        "threads": stage_threads(env),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -148,16 +208,68 @@ def _state_file(workdir: Path, stage: Stage) -> Path:
     return workdir / stage.name / "stage.json"
 
 
-def is_up_to_date(workdir: Path, stage: Stage) -> bool:
-    """True when the stage's recorded fingerprint matches and every output exists."""
-    state = _state_file(workdir, stage)
-    if not state.is_file():
-        return False
+def _read_state(path: Path) -> dict[str, Any] | None:
     try:
-        recorded = json.loads(state.read_text())
-    except json.JSONDecodeError:
-        return False
-    return recorded.get("fingerprint") == fingerprint(stage) and all(Path(p).exists() for p in stage.outputs)
+        recorded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def is_up_to_date(workdir: Path, stage: Stage, env: Mapping[str, str] | None = None) -> bool:
+    """True when the stage's recorded fingerprint matches (``env``: the stage's extra environment), it records
+    this code version (a state file of an older version, without one, is out of date) and every output exists."""
+    recorded = _read_state(_state_file(workdir, stage))
+    return (
+        recorded is not None
+        and recorded.get("fingerprint") == fingerprint(stage, env)
+        and recorded.get("code_hash") == code_hash()
+        and all(Path(p).exists() for p in stage.outputs)
+    )
+
+
+def _made_otherwise(workdir: Path, stage: Stage, env: Mapping[str, str] | None) -> str | None:
+    """Why a finished stage is redone when it was made with other code or another thread count, else None."""
+    recorded = _read_state(_state_file(workdir, stage))
+    if recorded is None:
+        return None
+    if recorded.get("code_hash") != code_hash():
+        return f"made with other code (commit {recorded.get('commit', 'not recorded')})"
+    if recorded.get("threads") != stage_threads(env):
+        return f"made with {recorded.get('threads')} threads, now {stage_threads(env)}"
+    return None
+
+
+def stage_provenance(
+    workdir: str | os.PathLike,
+    current: Mapping[str, Mapping[str, Any]] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """How the stages of a work dir were made: one entry per (commit, code hash, threads) combination with
+    its stages (in the order they finished), from every ``<workdir>/<stage>/stage.json``; more than one entry
+    is a mix. Fields a state file of an older version lacks read "not recorded".
+
+    Args:
+        workdir: the pipeline's work dir.
+        current: records (:func:`code_record`) of stages still running, whose state files are not written yet
+            (the report), by stage name.
+        names: the stages to list (the experiment's); None: every stage folder of the work dir. Folders left by
+            stages the config no longer has (a removed arm or seed) are not part of the result and are left out.
+    """
+    states = sorted(Path(workdir).glob("*/stage.json"), key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    wanted = None if names is None else set(names)
+    records = {
+        path.parent.name: _read_state(path) or {} for path in states if wanted is None or path.parent.name in wanted
+    }
+    records.update(current or {})
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for name, record in records.items():
+        key = tuple(record.get(k, "not recorded") for k in ("commit", "code_hash", "threads"))
+        groups.setdefault(key, []).append(name)
+    return [
+        {"commit": commit, "code_hash": code, "threads": threads, "stages": names}
+        for (commit, code, threads), names in groups.items()
+    ]
 
 
 class StageError(RuntimeError):
@@ -268,10 +380,13 @@ def _run_stages(
     for i, stage in enumerate(stages):
         offset, count = numbering or (0, len(stages))
         prefix = f"[{offset + i + 1}/{count}] {stage.name}"
-        if is_up_to_date(workdir, stage):
+        if is_up_to_date(workdir, stage, env):
             log(f"{prefix}: up to date, skipped")
             status[stage.name] = "skipped"
             continue
+        reason = _made_otherwise(workdir, stage, env)
+        if reason:
+            log(f"{prefix}: {reason}; redoing it")
         if (workdir / stage.name).is_dir() and not _state_file(workdir, stage).is_file():
             log(f"{prefix}: found an unfinished run (no finished marker); redoing it")
         log(f"{prefix}: running{' - ' + stage.description if stage.description else ''}")
@@ -288,8 +403,8 @@ def _run_stages(
         if missing:
             raise StageError(f"stage {stage.name} finished but did not write: {', '.join(missing)}")
         elapsed = time.perf_counter() - start
-        state = {"stage": stage.name, "fingerprint": fingerprint(stage), "seconds": round(elapsed, 2)}
-        state["outputs"] = [str(p) for p in stage.outputs]
+        state = {"stage": stage.name, "fingerprint": fingerprint(stage, env), "seconds": round(elapsed, 2)}
+        state |= {"outputs": [str(p) for p in stage.outputs], **code_record(env)}
         atomic_write_text(_state_file(workdir, stage), json.dumps(state, indent=2) + "\n")
         log(f"{prefix}: done in {elapsed:.1f} s (total {time.perf_counter() - total:.1f} s)")
         status[stage.name] = "ran"

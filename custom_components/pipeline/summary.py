@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,8 +14,9 @@ import numpy as np
 from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import label_convention_of, read_datalist
 from custom_components.data.loader import load_datalist
-from custom_components.pipeline.config import ARMS
-from custom_components.pipeline.report import REGIONS, ArmResult, write_report
+from custom_components.pipeline.config import ARMS, SYNTHESIS_PER_SEED
+from custom_components.pipeline.report import ALPHA, POWER, REGIONS, ArmResult, summarise, write_report
+from custom_components.pipeline.runner import code_commit, code_record, stage_provenance
 from custom_components.quality.qc import save_montage
 from custom_components.synthesis.tf_gan import summarise_change
 
@@ -35,13 +35,17 @@ class Experiment(Protocol):
     def real_datalist(self) -> Path: ...
 
     @property
-    def coarse_datalist(self) -> Path: ...
+    def encoder_seed(self) -> int: ...
 
-    @property
-    def refined_datalist(self) -> Path: ...
+    def phase1_model(self, seed: int) -> Path: ...
 
-    @property
-    def pix2pix_datalist(self) -> Path: ...
+    def coarse_datalist(self, seed: int) -> Path: ...
+
+    def mass_coarse_datalist(self, seed: int) -> Path: ...
+
+    def refined_datalist(self, seed: int) -> Path: ...
+
+    def pix2pix_datalist(self, seed: int) -> Path: ...
 
     def metrics(self, arm: str, seed: int) -> Path: ...
 
@@ -50,6 +54,8 @@ class Experiment(Protocol):
     def needs(self, part: str) -> bool: ...
 
     def n_real(self) -> int: ...
+
+    def stage_names(self) -> list[str]: ...
 
 
 def read_results(exp: Experiment) -> list[ArmResult]:
@@ -65,11 +71,8 @@ def read_results(exp: Experiment) -> list[ArmResult]:
 
 def mean_dice_by_arm(results_json: Path) -> dict[str, float]:
     """Mean Dice (average of ET, TC, WT) of every arm over its seeds, from a report's ``results.json``."""
-    rows = json.loads(Path(results_json).read_text())
-    by_arm: dict[str, list[float]] = {}
-    for row in rows:
-        by_arm.setdefault(str(row["arm"]), []).append(float(row["mean"]))
-    return {arm: float(np.mean(values)) for arm, values in by_arm.items()}
+    arms = json.loads(Path(results_json).read_text())["arms"]
+    return {str(a["arm"]): float(a["mean"]["Mean"]) for a in arms}
 
 
 def _source_image(item: dict[str, Any]) -> tuple[str | None, str]:
@@ -217,10 +220,13 @@ REALISM_MAX_CASES = 50  # synthetic cases per method scored (the first ones; loa
 
 def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
     """Realism of every synthetic method of the experiment against the held-out real cases (the evaluation
-    section, which no synthesis stage reads), with F = the phase-1 encoder of the first seed.
+    section, which no synthesis stage reads), with F = the phase-1 encoder of the first seed, on the first seed's
+    synthetic cases (every seed draws its own: :func:`synthesis_note`).
 
     Methods: TF-Aug (coarse), TF (refined), Pix2Pix, and the online DTSS and CarveMix applied to the real
-    training cases, where the experiment has them. Empty when the evaluation section has no cases.
+    training cases, where the experiment has them. Empty when the evaluation section has no cases. The C2ST's
+    real-vs-real null is drawn from the real training cases (the first ``REALISM_MAX_CASES``), so it can match the
+    comparison's set size (n held-out cases per side needs 2 n real cases).
     """
     from custom_components.networks import FrozenEncoder
     from custom_components.quality.realism import RealismCase, load_cases, realism_scores
@@ -231,19 +237,20 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
         held_out, _ = load_cases(exp.real_datalist, mods, cfg["eval_section"])
     except ValueError:
         return {}
+    null_real = load_cases(exp.real_datalist, mods, "training", max_cases=REALISM_MAX_CASES)[0]
     encoder = FrozenEncoder.from_checkpoint(
         exp.phase1_model(exp.encoder_seed), 3, seg["network_name"], len(mods), 4, tuple(seg["filters"])
     )
-    arms = set(exp.arms)
+    arms, first = set(exp.arms), exp.encoder_seed
     sets: dict[str, list[RealismCase]] = {}
     if exp.needs("tf_aug"):
-        sets["TF-Aug"] = load_cases(exp.coarse_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+        sets["TF-Aug"] = load_cases(exp.coarse_datalist(first), mods, max_cases=REALISM_MAX_CASES)[0]
     if exp.needs("tf_gan"):
-        sets["TF"] = load_cases(exp.refined_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+        sets["TF"] = load_cases(exp.refined_datalist(first), mods, max_cases=REALISM_MAX_CASES)[0]
     if exp.needs("pix2pix"):
-        sets["Pix2Pix"] = load_cases(exp.pix2pix_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+        sets["Pix2Pix"] = load_cases(exp.pix2pix_datalist(first), mods, max_cases=REALISM_MAX_CASES)[0]
     if exp.needs("tf_aug_mass"):
-        sets["TF-Aug+mass"] = load_cases(exp.mass_coarse_datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+        sets["TF-Aug+mass"] = load_cases(exp.mass_coarse_datalist(first), mods, max_cases=REALISM_MAX_CASES)[0]
     online = (
         ("dtss", "DTSS", {"dtss", "dtss_mas"}, False),
         ("dtss", "DTSS+mass", {"dtss+mass", "dtss_mas+mass"}, True),
@@ -260,7 +267,28 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
                 )
                 for item, _, _, new_img, new_lab, affine in _online_derived(exp, method, REALISM_MAX_CASES, mass)
             ]
-    return {name: realism_scores(cases, held_out, mods, encoder, levels=3) for name, cases in sets.items() if cases}
+    return {
+        name: realism_scores(cases, held_out, mods, encoder, levels=3, null_real=null_real)
+        for name, cases in sets.items()
+        if cases
+    }
+
+
+def synthesis_note(exp: Experiment) -> str | None:
+    """The report's line on how the synthesis follows the seeds (``synthesis_per_seed``), and whose synthetic
+    cases the realism table, the QC montages and the refinement table show (the first seed's); None without
+    synthesis."""
+    parts = []
+    if exp.needs("tf_aug"):
+        first = exp.encoder_seed
+        how = SYNTHESIS_PER_SEED[exp.cfg["synthesis_per_seed"]].format(seed=first)
+        parts.append(
+            f"{how}: each seed's arms train with that seed's cases; the realism table, QC montages and "
+            f"refinement table show seed {first}'s cases"
+        )
+    if any(a.startswith(("dtss", "carvemix")) for a in exp.arms):
+        parts.append("DTSS / CarveMix draw online from each segmentation run's seed")
+    return f"Synthesis: {'; '.join(parts)}." if parts else None
 
 
 def _shared_images(exp: Experiment) -> bool:
@@ -280,24 +308,6 @@ def _zooms(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(z) for z in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
 
 
-def code_commit() -> str:
-    """The git commit of the code that runs (``<sha>``, ``<sha> + uncommitted changes``, or ``unknown`` outside a git
-    checkout, e.g. an installed wheel)."""
-    root = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=30
-        ).stdout.strip()
-
-    try:
-        sha = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "custom_components", "bundles")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return f"{sha} + uncommitted changes" if dirty else sha
-
-
 def provenance_note(cfg: dict[str, Any]) -> str:
     """The report's first note: the commit it was made with and the SHA-256 of the pipeline config file
     (``sha256sum FILE`` reproduces it), so a reader can tell a stale number from a current one."""
@@ -306,27 +316,63 @@ def provenance_note(cfg: dict[str, Any]) -> str:
     return f"Made with commit {code_commit()} and pipeline config {source.name} (sha256 {digest}...)."
 
 
+def write_results(
+    path: Path,
+    results: list[ArmResult],
+    protocol: str,
+    mas: dict[tuple[str, int], dict[str, Any]],
+    provenance: list[dict[str, Any]],
+) -> Path:
+    """Write ``results.json``: the Dice of every run, every arm's summary over seeds with its comparisons
+    against each reference arm (:func:`~custom_components.pipeline.report.summarise`: diff, ci_low, ci_high,
+    p_value, mde, sd_diff, n), and the provenance of the stages (Dice as fractions throughout)."""
+    runs = [
+        {
+            "arm": r.arm,
+            "seed": r.seed,
+            **r.dice,
+            "mean": r.mean,
+            "protocol": protocol,
+            **(
+                {"mas_theta_degenerate": bool(mas[(r.arm, r.seed)].get("degenerate"))} if (r.arm, r.seed) in mas else {}
+            ),
+        }
+        for r in results
+    ]
+    payload = {
+        "units": "Dice as fractions (0-1; the report shows points, %)",
+        "mde": f"minimum detectable effect: {100 * POWER:.0f} % power, two-sided alpha {ALPHA}, paired t-test, exact "
+        "noncentral t; null with one seed",
+        "protocol": protocol,
+        "runs": runs,
+        "arms": [s.as_json() for s in summarise(results)],
+        "provenance": provenance,
+    }
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    return path
+
+
 def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     """Write the report of an experiment (and its MLflow runs when enabled)."""
     cfg = exp.cfg
     out = exp.stage_dir("report")
     qc = out / "qc"
     n = int(cfg["qc_cases"])
-    arms = set(exp.arms)
+    arms, first = set(exp.arms), exp.encoder_seed  # the montages and the refinement table: the first seed's cases
     montages: dict[str, list[Path]] = {}
     if exp.needs("tf_aug"):
-        montages["TF-Aug (coarse)"] = _datalist_montages(exp.coarse_datalist, qc, "tf_aug", n)
+        montages["TF-Aug (coarse)"] = _datalist_montages(exp.coarse_datalist(first), qc, "tf_aug", n)
     if exp.needs("tf_gan"):
-        montages["TF (TF-Aug + TF-GAN, refined)"] = _datalist_montages(exp.refined_datalist, qc, "tf", n)
+        montages["TF (TF-Aug + TF-GAN, refined)"] = _datalist_montages(exp.refined_datalist(first), qc, "tf", n)
     if exp.needs("pix2pix"):
-        montages["Pix2Pix"] = _datalist_montages(exp.pix2pix_datalist, qc, "pix2pix", n)
+        montages["Pix2Pix"] = _datalist_montages(exp.pix2pix_datalist(first), qc, "pix2pix", n)
     if arms & {"dtss", "dtss_mas"}:
         montages["DTSS (online)"] = _online_montages(exp, qc, "dtss", n)
     if arms & {"dtss+mass", "dtss_mas+mass"}:
         montages["DTSS with mass effect (online)"] = _online_montages(exp, qc, "dtss", n, mass_effect=True)
     if exp.needs("tf_aug_mass"):
         montages["TF-Aug with mass effect (coarse)"] = _datalist_montages(
-            exp.mass_coarse_datalist, qc, "tf_aug+mass", n
+            exp.mass_coarse_datalist(first), qc, "tf_aug+mass", n
         )
     if "carvemix" in arms:
         montages["CarveMix (online)"] = _online_montages(exp, qc, "carvemix", n)
@@ -352,6 +398,7 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, batch "
         f"{seg['batch_size']} real samples (+ their synthetic companions); {schedule}",
         "Arms: " + "; ".join(f"{a}: {ARMS.get(a, 'TF refined cases, synthetic-volume ablation')}" for a in exp.arms),
+        *filter(None, [synthesis_note(exp)]),
     ]
     realism = compute_realism(exp)
     realism_json = out / "realism.json"
@@ -365,6 +412,8 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         )
     mas = mas_summaries(exp)
     mas_notes, warnings = mas_lines(mas)
+    # the report stage's own state file is written after it: its record is this process's
+    provenance = stage_provenance(exp.work, {"report": code_record()}, exp.stage_names())
     paths = write_report(
         results,
         out,
@@ -373,31 +422,12 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         montages=montages,
         realism=realism,
         warnings=warnings,
-        refinement=summarise_change(read_datalist(exp.refined_datalist)["training"]) if exp.needs("tf_gan") else None,
+        refinement=summarise_change(read_datalist(exp.refined_datalist(first))["training"])
+        if exp.needs("tf_gan")
+        else None,
+        provenance=provenance,
     )
-    results_json = out / "results.json"
-    atomic_write_text(
-        results_json,
-        json.dumps(
-            [
-                {
-                    "arm": r.arm,
-                    "seed": r.seed,
-                    **r.dice,
-                    "mean": r.mean,
-                    "protocol": protocol,
-                    **(
-                        {"mas_theta_degenerate": bool(mas[(r.arm, r.seed)].get("degenerate"))}
-                        if (r.arm, r.seed) in mas
-                        else {}
-                    ),
-                }
-                for r in results
-            ],
-            indent=2,
-        )
-        + "\n",
-    )
+    results_json = write_results(out / "results.json", results, protocol, mas, provenance)
     if cfg["mlflow"]["enabled"]:
         log_to_mlflow(
             results,

@@ -27,15 +27,22 @@ Three measures, each per tumour class (internal NCR=1, ED=2, ET=3) unless said o
   Features are extracted once per case; every split of the floor reuses them. It needs at least two cases
   with features on each side (the reference's z-score and both covariances), else None with a reason.
   Whole tumour rather than per class: three times the extraction time, and the NCR core and ED shell are
-  often too small or thin for stable texture features. The z-score uses the reference's standard deviations,
-  so the floor (reference: half the real cases) sits higher than a distance against all of them when there
-  are few real cases (4 real cases: 2-case references).
+  often too small or thin for stable texture features. The z-score uses the reference's standard deviations;
+  distance and floor share the reference (the real half ``B`` below).
 
-The **floor** of each distance is the same distance between two halves of the real cases (averaged
-over ``n_splits`` random splits): what two samples of real tumours differ by. A synthetic set at the
-floor is as close to the real set as real tumours are to each other. (Halves are smaller than the sets
-compared, so the floor carries a little more sampling noise.) The floor needs at least two real cases;
-with one it is None.
+The **floor** of each distance is the same distance between two halves of the real cases, ``A`` and ``B``
+(averaged over ``n_splits`` random splits): what two samples of real tumours differ by. **Equal set sizes:**
+distances between sets depend on the sets' sizes (a Frechet distance of 2 cases against 2 is not one of 8 against
+4, and covariances of two cases are degenerate), so the distance is measured where the floor is: a random subset
+``S`` of the synthetic cases as large as ``A``, against ``B`` (:func:`matched_splits`), averaged over the same
+splits; ``set_sizes`` records the sizes. A synthetic set at the floor is as close to real as real tumours are to
+each other, and one below it is not "more real than real": at these sizes the distance cannot see the difference,
+which :func:`below_floor` says in a line. The floor needs at least two real cases; with one it is None and the
+distance compares all cases.
+
+The **classifier two-sample test** (:mod:`custom_components.quality.c2st`, ``result["c2st"]``) comes first: can a
+classifier tell the synthetic tumours' patches from real ones (AUC, interval, p-value, beside the same test
+between two halves of real cases)? It answers the question the distances only approach.
 
 Choices where the paper is silent (written down in docs/architecture.md): the unit of the Frechet
 distance is the case (one masked-GAP vector per case, level and class, as the loss pools); with a
@@ -63,6 +70,7 @@ from scipy import linalg, ndimage, stats
 from custom_components.data.atomic import save_nifti
 from custom_components.data.datalist import label_convention_of, read_datalist, select_modalities
 from custom_components.data.labels import INTERNAL_CLASSES, to_internal
+from custom_components.quality.c2st import C2STSettings, c2st_scores, mask_box
 from custom_components.transforms.intensity import RescaleBrainIntensity
 
 CLASSES: tuple[int, ...] = (1, 2, 3)
@@ -175,23 +183,26 @@ def wasserstein(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float | Non
     return float(stats.wasserstein_distance(u, v))
 
 
-def _split_halves(n: int, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
+def matched_splits(
+    n_real: int, n_synthetic: int, n_splits: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(A, B, S)`` index triples of equal-size comparisons: real half ``A`` (``min(n_real // 2, n_synthetic)``
+    cases) and the disjoint real half ``B`` (the last ``n_real - n_real // 2`` of a random permutation) give the
+    floor ``d(A, B)``; a random subset ``S`` of the synthetic cases, as large as ``A``, gives the distance
+    ``d(S, B)``. The real halves are drawn from ``seed`` alone, the subsets from ``[seed, 1]``, so the floor
+    depends on the real set (and the size of ``A``) only. Empty with fewer than two real cases."""
+    if n_real < 2:
+        return []
+    rng, rng_synthetic = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    size = min(n_real // 2, n_synthetic)
     out = []
     for _ in range(n_splits):
-        perm = rng.permutation(n)
-        out.append((perm[: n // 2], perm[n // 2 :]))
+        perm = rng.permutation(n_real)
+        out.append((perm[:size], perm[n_real // 2 :], rng_synthetic.choice(n_synthetic, size, replace=False)))
     return out
 
 
 # ---- per-case measurements --------------------------------------------------------------------------
-def _tumour_box(label: np.ndarray, margin: int, multiple: int = 1) -> tuple[slice, ...]:
-    idx = np.argwhere(label > 0)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, label.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-
-
 def encoder_class_vectors(
     cases: Sequence[RealismCase],
     encoder: torch.nn.Module,
@@ -218,7 +229,7 @@ def encoder_class_vectors(
     out = []
     with torch.no_grad():
         for case in cases:
-            box = _tumour_box(case.label, margin)
+            box = mask_box(case.label > 0, margin)
             img = torch.from_numpy(np.ascontiguousarray(case.image[(slice(None), *box)]))[None]
             lab = torch.from_numpy(case.label[box].astype(np.int64))[None, None]
             pad = []
@@ -245,7 +256,7 @@ def class_intensities(
 def boundary_sharpness(case: RealismCase) -> np.ndarray:
     """Mean gradient magnitude (per mm) per modality over the whole tumour's border voxels: tumour voxels
     with a non-tumour 6-neighbour and non-tumour voxels with a tumour 6-neighbour."""
-    box = _tumour_box(case.label, 2)
+    box = mask_box(case.label > 0, 2)
     tumour = case.label[box] > 0
     border = ndimage.binary_dilation(tumour) & ~ndimage.binary_erosion(tumour)
     out = []
@@ -253,6 +264,11 @@ def boundary_sharpness(case: RealismCase) -> np.ndarray:
         grads = np.gradient(channel.astype(np.float64), *case.zooms)
         out.append(float(np.sqrt(sum(g**2 for g in grads))[border].mean()))
     return np.array(out)
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 # ---- Frechet Radiomics Distance (frd-score) -------------------------------------------------------
@@ -371,12 +387,13 @@ def _frd_entries(
     synthetic: Sequence[RealismCase],
     real: Sequence[RealismCase],
     modalities: Sequence[str],
-    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    splits: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     enabled: bool,
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """``({modality: {"distance", "floor", "reason"}}, package)`` for :func:`realism_scores`: FRD of the
-    synthetic cases against the real ones (the reference) and its real-vs-real floor over ``splits``, from
-    features extracted once per case; None values with the reason when disabled or not installed."""
+    """``({modality: {"distance", "floor", "reason"}}, package)`` for :func:`realism_scores`: per split ``(A, B,
+    S)`` of :func:`matched_splits` the FRD of the synthetic subset ``S`` and the floor's real half ``A`` against
+    the reference ``B``, averaged over splits (without splits: all synthetic against all real cases, no floor),
+    from features extracted once per case; None values with the reason when disabled or not installed."""
     package, reason = None, "disabled (frd=False)"
     if enabled:
         try:
@@ -388,18 +405,119 @@ def _frd_entries(
     fs, fr = frd_case_features(synthetic), frd_case_features(real)
     entries = {}
     for m, mod in enumerate(modalities):
-        distance, reason = frd_from_features([f[m] for f in fr], [f[m] for f in fs])
-        floors = [frd_from_features([fr[i][m] for i in a], [fr[i][m] for i in b]) for a, b in splits]
-        values = [v for v, _ in floors if v is not None]
-        floor = float(np.mean(values)) if values else None
+        pairs = [(b, s) for _, b, s in splits] or [(range(len(fr)), range(len(fs)))]
+        distances = [frd_from_features([fr[i][m] for i in b], [fs[i][m] for i in s]) for b, s in pairs]
+        floors = [frd_from_features([fr[i][m] for i in b], [fr[i][m] for i in a]) for a, b, _ in splits]
+        distance, floor = _mean_or_none([v for v, _ in distances]), _mean_or_none([v for v, _ in floors])
+        reasons = [] if distance is not None else [distances[0][1]]
         if floor is None:
-            why = floors[0][1] if floors else "one real case, no split"
-            reason = "; ".join(r for r in (reason, f"floor: {why}") if r)
-        entries[mod] = {"distance": distance, "floor": floor, "reason": reason}
+            reasons.append(f"floor: {floors[0][1] if floors else 'one real case, no split'}")
+        entries[mod] = {"distance": distance, "floor": floor, "reason": "; ".join(reasons) or None}
     return entries, package
 
 
 # ---- the score ------------------------------------------------------------------------------------
+def _frechet_entries(
+    synthetic: Sequence[RealismCase],
+    real: Sequence[RealismCase],
+    encoder: torch.nn.Module,
+    levels: int,
+    classes: Sequence[int],
+    splits: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    device: str | torch.device,
+) -> dict[str, Any]:
+    """``{class: {"distance", "floor", "per_level"}}``: per split ``(A, B, S)`` the Frechet distance of ``S``
+    against ``B`` and of ``A`` against ``B``, per level, averaged over levels and splits (no splits: all against
+    all, no floor); ``per_level`` averages over splits."""
+    ps = encoder_class_vectors(synthetic, encoder, levels, classes, device=device)
+    pr = encoder_class_vectors(real, encoder, levels, classes, device=device)
+
+    def per_level(side: list, idx: Sequence[int], ref: Sequence[int], c: int) -> list[float | None]:
+        out = []
+        for level in range(levels):
+            va = [side[i][c][level] for i in idx if side[i][c][level] is not None]
+            vb = [pr[i][c][level] for i in ref if pr[i][c][level] is not None]
+            out.append(frechet_distance(np.stack(va), np.stack(vb)) if va and vb else None)
+        return out
+
+    pairs = [(s, b) for _, b, s in splits] or [(range(len(ps)), range(len(pr)))]
+    entries = {}
+    for c in classes:
+        levels_s = [per_level(ps, s, b, c) for s, b in pairs]
+        floor = _mean_or_none([_mean_or_none(per_level(pr, a, b, c)) for a, b, _ in splits])
+        entries[INTERNAL_CLASSES.get(c, str(c))] = {
+            "distance": _mean_or_none([_mean_or_none(v) for v in levels_s]),
+            "floor": floor,
+            "per_level": [_mean_or_none(list(v)) for v in zip(*levels_s, strict=True)],
+        }
+    return entries
+
+
+def _wasserstein_entries(
+    synthetic: Sequence[RealismCase],
+    real: Sequence[RealismCase],
+    modalities: Sequence[str],
+    classes: Sequence[int],
+    splits: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> dict[str, Any]:
+    """``{class: {modality: {"distance", "floor"}}}``: per split ``(A, B, S)`` W1 of ``S`` and of ``A`` against
+    ``B``, averaged over splits (no splits: all against all, no floor)."""
+    ins, inr = class_intensities(synthetic, classes), class_intensities(real, classes)
+    pairs = [(s, b) for _, b, s in splits] or [(range(len(synthetic)), range(len(real)))]
+    entries: dict[str, Any] = {}
+    for c in classes:
+        entries[INTERNAL_CLASSES.get(c, str(c))] = {
+            mod: {
+                "distance": _mean_or_none(
+                    [wasserstein([ins[c][m][i] for i in s], [inr[c][m][i] for i in b]) for s, b in pairs]
+                ),
+                "floor": _mean_or_none(
+                    [wasserstein([inr[c][m][i] for i in a], [inr[c][m][i] for i in b]) for a, b, _ in splits]
+                ),
+            }
+            for m, mod in enumerate(modalities)
+        }
+    return entries
+
+
+def _sharpness_entries(
+    synthetic: Sequence[RealismCase],
+    real: Sequence[RealismCase],
+    modalities: Sequence[str],
+    splits: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> dict[str, Any]:
+    """``{modality: {"synthetic", "real", "ratio", "floor_ratio"}}``: mean boundary sharpness of all cases per side
+    (a ratio of means does not grow with set size), the floor the ratio of the splits' real halves."""
+    ss = np.stack([boundary_sharpness(case) for case in synthetic])
+    sr = np.stack([boundary_sharpness(case) for case in real])
+    return {
+        mod: {
+            "synthetic": float(ss[:, m].mean()),
+            "real": float(sr[:, m].mean()),
+            "ratio": float(ss[:, m].mean() / sr[:, m].mean()),
+            "floor_ratio": _mean_or_none([float(sr[a, m].mean() / sr[b, m].mean()) for a, b, _ in splits]),
+        }
+        for m, mod in enumerate(modalities)
+    }
+
+
+def _summary(result: dict[str, Any]) -> dict[str, float | None]:
+    """Means over classes (and modalities) of every distance and floor; the C2ST's headline AUC and its null."""
+    frechet, wass, frd = result["frechet"], result["wasserstein"], result["frd"]
+    c2st = result.get("c2st") or {}
+    return {
+        "c2st_auc": c2st.get("auc"),
+        "c2st_null_auc": (c2st.get("null") or {}).get("auc"),
+        "frechet": _mean_or_none([v["distance"] for v in frechet.values()]),
+        "frechet_floor": _mean_or_none([v["floor"] for v in frechet.values()]),
+        "wasserstein": _mean_or_none([w["distance"] for v in wass.values() for w in v.values()]),
+        "wasserstein_floor": _mean_or_none([w["floor"] for v in wass.values() for w in v.values()]),
+        "sharpness_ratio": _mean_or_none([v["ratio"] for v in result["sharpness"].values()]),
+        "frd": _mean_or_none([v["distance"] for v in frd.values()]),
+        "frd_floor": _mean_or_none([v["floor"] for v in frd.values()]),
+    }
+
+
 def realism_scores(
     synthetic: Sequence[RealismCase],
     real: Sequence[RealismCase],
@@ -411,17 +529,21 @@ def realism_scores(
     seed: int = 0,
     device: str | torch.device = "cpu",
     frd: bool = True,
+    c2st: C2STSettings | None = C2STSettings(),
+    null_real: Sequence[RealismCase] | None = None,
 ) -> dict[str, Any]:
     """Realism of ``synthetic`` against ``real`` (see the module docstring) as a JSON-ready dict.
 
-    Returns ``{"n_synthetic", "n_real", "modalities", "classes", "frechet": {class: {"distance", "floor",
-    "per_level"}}, "wasserstein": {class: {modality: {"distance", "floor"}}}, "sharpness": {modality:
-    {"synthetic", "real", "ratio", "floor_ratio"}}, "frd": {modality: {"distance", "floor", "reason"}},
-    "frd_package", "summary": {...}}``; a distance is None where a class is absent on a side; floors are None
-    with fewer than two real cases (FRD: fewer than four, and FRD values are None with fewer than two cases on
-    a side, when disabled or when frd-score is not installed; ``reason`` says why, ``frd_package`` names the
-    version used). ``summary`` averages over classes (and modalities): ``frechet``, ``frechet_floor``,
-    ``wasserstein``, ``wasserstein_floor``, ``sharpness_ratio``, ``frd``, ``frd_floor``.
+    Returns ``{"n_synthetic", "n_real", "set_sizes", "modalities", "classes", "c2st": (see
+    :func:`~custom_components.quality.c2st.c2st_scores`; None when off), "frechet": {class: {"distance", "floor",
+    "per_level"}}, "wasserstein": {class: {modality: {"distance", "floor"}}}, "sharpness": {modality: {"synthetic",
+    "real", "ratio", "floor_ratio"}}, "frd": {modality: {"distance", "floor", "reason"}}, "frd_package", "summary":
+    {...}}``. Distances and floors compare sets of ``set_sizes`` ``[synthetic or real half A, real half B]`` cases
+    (:func:`matched_splits`); a distance is None where a class is absent on a side; floors are None with fewer than
+    two real cases (FRD: fewer than four, and FRD values are None with fewer than two cases on a side, when disabled
+    or when frd-score is not installed; ``reason`` says why, ``frd_package`` names the version used). ``summary``:
+    the C2ST's ``c2st_auc`` and ``c2st_null_auc``, and the means over classes (and modalities) ``frechet``,
+    ``frechet_floor``, ``wasserstein``, ``wasserstein_floor``, ``sharpness_ratio``, ``frd``, ``frd_floor``.
 
     Args:
         synthetic, real: the cases (same modalities, brain-normalised).
@@ -429,10 +551,12 @@ def realism_scores(
         encoder: frozen feature extractor (None: no Frechet distance).
         levels: encoder levels.
         classes: internal class values.
-        n_splits: random real-vs-real splits averaged for the floors.
+        n_splits: random real-vs-real splits (with synthetic subsets) averaged for distances and floors.
         seed: seed of the splits.
         device: device of the encoder.
         frd: compute the Frechet Radiomics Distance (frd-score; about a second per case and modality).
+        c2st: settings of the classifier two-sample test (None: not computed).
+        null_real: real cases for the C2ST's real-vs-real null (default: ``real``).
     """
     if not synthetic or not real:
         raise ValueError(f"need synthetic and real cases, got {len(synthetic)} and {len(real)}")
@@ -440,81 +564,76 @@ def realism_scores(
         raise ValueError(
             f"synthetic cases have {synthetic[0].image.shape[0]} channels, real ones {real[0].image.shape[0]}"
         )
-    names = {c: INTERNAL_CLASSES.get(c, str(c)) for c in classes}
-    splits = _split_halves(len(real), n_splits, seed) if len(real) >= 2 else []
-
-    def mean_or_none(values: list[float | None]) -> float | None:
-        vals = [v for v in values if v is not None]
-        return float(np.mean(vals)) if vals else None
-
+    splits = matched_splits(len(real), len(synthetic), n_splits, seed)
     result: dict[str, Any] = {
         "n_synthetic": len(synthetic),
         "n_real": len(real),
+        "set_sizes": [len(splits[0][0]), len(splits[0][1])] if splits else [len(synthetic), len(real)],
         "modalities": list(modalities),
-        "classes": [names[c] for c in classes],
+        "classes": [INTERNAL_CLASSES.get(c, str(c)) for c in classes],
         "levels": levels,
         "n_splits": len(splits),
+        "c2st": None if c2st is None else c2st_scores(synthetic, real, modalities, classes, null_real, c2st),
+        "frechet": {}
+        if encoder is None
+        else _frechet_entries(synthetic, real, encoder, levels, classes, splits, device),
+        "wasserstein": _wasserstein_entries(synthetic, real, modalities, classes, splits),
+        "sharpness": _sharpness_entries(synthetic, real, modalities, splits),
     }
-    # Frechet distance of masked-GAP encoder features, per class (mean over levels)
-    frechet: dict[str, Any] = {}
-    if encoder is not None:
-        ps = encoder_class_vectors(synthetic, encoder, levels, classes, device=device)
-        pr = encoder_class_vectors(real, encoder, levels, classes, device=device)
-
-        def fd(side_a: list, idx_a: Sequence[int], side_b: list, idx_b: Sequence[int], c: int) -> list[float | None]:
-            per_level = []
-            for level in range(levels):
-                va = [side_a[i][c][level] for i in idx_a if side_a[i][c][level] is not None]
-                vb = [side_b[i][c][level] for i in idx_b if side_b[i][c][level] is not None]
-                per_level.append(frechet_distance(np.stack(va), np.stack(vb)) if va and vb else None)
-            return per_level
-
-        for c in classes:
-            per_level = fd(ps, range(len(ps)), pr, range(len(pr)), c)
-            floor = mean_or_none([mean_or_none(fd(pr, a, pr, b, c)) for a, b in splits])
-            frechet[names[c]] = {"distance": mean_or_none(per_level), "floor": floor, "per_level": per_level}
-    result["frechet"] = frechet
-    # intensity distributions
-    ins, inr = class_intensities(synthetic, classes), class_intensities(real, classes)
-    wass: dict[str, Any] = {}
-    for c in classes:
-        wass[names[c]] = {}
-        for m, mod in enumerate(modalities):
-            floor = mean_or_none([wasserstein([inr[c][m][i] for i in a], [inr[c][m][i] for i in b]) for a, b in splits])
-            wass[names[c]][mod] = {"distance": wasserstein(ins[c][m], inr[c][m]), "floor": floor}
-    result["wasserstein"] = wass
-    # boundary sharpness
-    ss = np.stack([boundary_sharpness(case) for case in synthetic])
-    sr = np.stack([boundary_sharpness(case) for case in real])
-    sharp: dict[str, Any] = {}
-    for m, mod in enumerate(modalities):
-        floor_ratio = mean_or_none([float(sr[a, m].mean() / sr[b, m].mean()) for a, b in splits])
-        sharp[mod] = {
-            "synthetic": float(ss[:, m].mean()),
-            "real": float(sr[:, m].mean()),
-            "ratio": float(ss[:, m].mean() / sr[:, m].mean()),
-            "floor_ratio": floor_ratio,
-        }
-    result["sharpness"] = sharp
     result["frd"], result["frd_package"] = _frd_entries(synthetic, real, modalities, splits, frd)
-    result["summary"] = {
-        "frechet": mean_or_none([v["distance"] for v in frechet.values()]),
-        "frechet_floor": mean_or_none([v["floor"] for v in frechet.values()]),
-        "wasserstein": mean_or_none([w["distance"] for v in wass.values() for w in v.values()]),
-        "wasserstein_floor": mean_or_none([w["floor"] for v in wass.values() for w in v.values()]),
-        "sharpness_ratio": mean_or_none([v["ratio"] for v in sharp.values()]),
-        "frd": mean_or_none([v["distance"] for v in result["frd"].values()]),
-        "frd_floor": mean_or_none([v["floor"] for v in result["frd"].values()]),
-    }
+    result["summary"] = _summary(result)
     return result
+
+
+def below_floor(result: dict[str, Any]) -> list[str]:
+    """One sentence per summary distance (Frechet, W1, FRD) that lies below its real-vs-real floor: at these set
+    sizes the distance cannot tell the synthetic cases from real ones, whatever they look like."""
+    s = result["summary"]
+    sizes = result.get("set_sizes") or [result["n_synthetic"], result["n_real"]]
+    out = []
+    for key, name in (("frechet", "Frechet"), ("wasserstein", "W1"), ("frd", "FRD")):
+        value, floor = s.get(key), s.get(f"{key}_floor")
+        if value is not None and floor is not None and value < floor:
+            out.append(
+                f"{name} {_fmt(value)} is below its floor {_fmt(floor)} (sets of {sizes[0]} vs {sizes[1]} cases): "
+                "it does not separate these cases from real ones; see the C2ST"
+            )
+    return out
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
 
+def _c2st_cell(entry: dict[str, Any]) -> str:
+    if entry.get("auc") is None:
+        return f"- ({entry.get('reason')})"
+    return f"{entry['auc']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}] p={entry['p_value']:.3f}"
+
+
+def c2st_lines(c2st: dict[str, Any] | None) -> list[str]:
+    """The C2ST as text lines: the whole tumour and each class, each beside its real-vs-real null."""
+    if c2st is None:
+        return ["C2ST: not computed"]
+    s = c2st["settings"]
+    lines = [
+        f"C2ST (AUC of a classifier telling synthetic from real tumour patches, 0.5 = cannot; {s['n_patches']} "
+        f"patches of {s['patch']}^3 voxels per case, cross-validated by case; [95 % CI] p=permutation p-value):"
+    ]
+    for name, entry in [("all", c2st), *c2st["per_class"].items()]:
+        null = entry["null"]
+        lines.append(
+            f"  {name}: {_c2st_cell(entry)} at {entry['n_cases_per_side']} cases per side; real vs real "
+            f"{_c2st_cell(null)} at {null['n_cases_per_side']}"
+        )
+    if c2st.get("note"):
+        lines.append(f"  note: {c2st['note']}")
+    return lines
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """The realism result as a plain-text table (one row per class, sharpness and FRD below)."""
+    """The realism result as plain text: the C2ST first, then the distances (one row per class), sharpness, FRD and
+    a line for each distance below its floor."""
     mods = result["modalities"]
     head = ["class", "Frechet", "floor"] + [f"W1 {m}" for m in mods] + [f"W1 floor {m}" for m in mods]
     rows = [head]
@@ -527,7 +646,8 @@ def format_table(result: dict[str, Any]) -> str:
             + [_fmt(w[m]["floor"]) for m in mods]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(wd) for c, wd in zip(r, widths, strict=True)) for r in rows]
+    lines = c2st_lines(result.get("c2st"))
+    lines += ["  ".join(c.rjust(wd) for c, wd in zip(r, widths, strict=True)) for r in rows]
     lines.append("boundary sharpness (mean |grad| per mm on the tumour border; ratio synthetic/real, floor real/real):")
     for m in mods:
         s = result["sharpness"][m]
@@ -542,7 +662,10 @@ def format_table(result: dict[str, Any]) -> str:
         f = result["frd"][m]
         why = f" ({f['reason']})" if f["reason"] else ""
         lines.append(f"  {m}: {_fmt(f['distance'])}, floor {_fmt(f['floor'])}{why}")
+    sizes = result.get("set_sizes") or [result["n_synthetic"], result["n_real"]]
     lines.append(
-        f"({result['n_synthetic']} synthetic vs {result['n_real']} real cases; floors over {result['n_splits']} splits)"
+        f"({result['n_synthetic']} synthetic vs {result['n_real']} real cases; distances and floors compare sets of "
+        f"{sizes[0]} vs {sizes[1]} cases, averaged over {result['n_splits']} splits)"
     )
+    lines += below_floor(result)
     return "\n".join(lines)
