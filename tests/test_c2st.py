@@ -125,6 +125,9 @@ def test_one_distribution_gives_chance_and_flat_blobs_give_one() -> None:
     far = c2st_scores(flat, textured[6:], ["t1"], null_real=textured[:6], settings=FAST)
     assert far["auc"] > 0.95 and far["ci_low"] > 0.5 and far["p_value"] < 0.05
     assert far["per_class"]["ED"]["auc"] > 0.95
+    # per class the AUC only (no resampling) unless asked; the headline always has its interval and p-value
+    assert far["per_class"]["ED"]["ci_low"] is None and far["per_class"]["ED"]["p_value"] is None
+    assert far["ci_low"] is not None and far["p_value"] is not None
     # both at 6 cases per side; the null (the other 6 textured cases, 3 against 3) contains 0.5
     assert far["n_cases_per_side"] == 6 and far["null_pool"] == "null_real" and far["n_null_pool"] == 6
     assert far["null"]["n_cases_per_side"] == 3 and far["null"]["ci_low"] < 0.5 < far["null"]["ci_high"]
@@ -132,6 +135,10 @@ def test_one_distribution_gives_chance_and_flat_blobs_give_one() -> None:
     # classes without patches: None and why
     assert far["per_class"]["ET"]["auc"] is None and "needs 2 cases with patches" in far["per_class"]["ET"]["reason"]
     assert far["features"] == [f"t1 {f}" for f in FEATURES] and far["settings"]["n_perm"] == 30
+    every = c2st_scores(
+        flat, textured[6:], ["t1"], (2,), textured[:6], dataclasses.replace(FAST, per_class_intervals=True)
+    )
+    assert every["per_class"]["ED"]["ci_low"] > 0.5 and every["per_class"]["ED"]["p_value"] < 0.05
 
 
 def test_equal_set_sizes_and_determinism() -> None:
@@ -149,3 +156,24 @@ def test_equal_set_sizes_and_determinism() -> None:
     lone = two_sample_test(synthetic, real[:1], FAST)
     assert lone["auc"] is None and lone["ci_low"] is None and "got 7 and 1" in lone["reason"]
     assert split_half_test(real, 3, FAST)["auc"] is None
+
+
+def test_the_null_is_computed_once_per_pool(monkeypatch) -> None:
+    from custom_components.quality import c2st
+
+    rng = np.random.default_rng(3)
+    pool = [rng.normal(size=(8, 3)) for _ in range(6)]
+    calls = []
+    real_test = c2st.split_half_test
+    monkeypatch.setattr(c2st, "_NULL_CACHE", {})
+    monkeypatch.setattr(c2st, "split_half_test", lambda *a, **k: calls.append(a) or real_test(*a, **k))
+    first = c2st.cached_split_half_test(pool, 3, FAST, 1)
+    assert first == real_test(pool, 3, FAST, 1) and len(calls) == 1
+    # equal features (a copy, not the same objects): the cached result, as a copy the caller may change
+    again = c2st.cached_split_half_test([p.copy() for p in pool], 3, FAST, 1)
+    assert again == first and again is not first and len(calls) == 1
+    # another set size, stream or pool is computed anew
+    c2st.cached_split_half_test(pool, 2, FAST, 1)
+    c2st.cached_split_half_test(pool, 3, FAST, 2)
+    c2st.cached_split_half_test(pool[:5], 3, FAST, 1)
+    assert len(calls) == 4

@@ -225,8 +225,9 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
 
     Methods: TF-Aug (coarse), TF (refined), Pix2Pix, and the online DTSS and CarveMix applied to the real
     training cases, where the experiment has them. Empty when the evaluation section has no cases. The C2ST's
-    real-vs-real null is drawn from the real training cases (the first ``REALISM_MAX_CASES``), so it can match the
-    comparison's set size (n held-out cases per side needs 2 n real cases).
+    real-vs-real null is drawn from the real training cases (the first ``REALISM_MAX_CASES``) and the held-out ones
+    together, so it can match the comparison's set size (n held-out cases per side needs 2 n real cases); every
+    method shares it (computed once).
     """
     from custom_components.networks import FrozenEncoder
     from custom_components.quality.realism import RealismCase, load_cases, realism_scores
@@ -237,7 +238,8 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
         held_out, _ = load_cases(exp.real_datalist, mods, cfg["eval_section"])
     except ValueError:
         return {}
-    null_real = load_cases(exp.real_datalist, mods, "training", max_cases=REALISM_MAX_CASES)[0]
+    # the null's pool: every real case (training and held out), so that it reaches the comparison's set size
+    null_real = load_cases(exp.real_datalist, mods, "training", max_cases=REALISM_MAX_CASES)[0] + held_out
     encoder = FrozenEncoder.from_checkpoint(
         exp.phase1_model(exp.encoder_seed), 3, seg["network_name"], len(mods), 4, tuple(seg["filters"])
     )

@@ -31,6 +31,9 @@ cannot tell the two sets apart, 1 = it always can.
 - **Equal set sizes:** ``n = min(n_synthetic, n_real)`` cases per side (cases with patches); each of
   ``n_repeats`` repeats subsamples ``n`` cases of the larger side and deals new folds; the AUC is the mean over
   repeats.
+- **Per class:** the whole tumour's test (the headline) has the interval and p-value below; each class alone has its
+  AUC and null AUC only, unless ``per_class_intervals`` (the resampling is most of the test's time, and three
+  classes would make it four times as long).
 - **95 % interval:** percentile bootstrap over cases with refitting: ``n`` synthetic and ``n`` real cases drawn
   with replacement (from the cases of repeat ``b mod n_repeats``) and the whole cross-validation rerun, every copy
   of a held-out case left out of that fold's training. Resampling only the held-out scores (no refit) gave
@@ -54,8 +57,10 @@ and null) per class group.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -88,6 +93,9 @@ class C2STSettings:
         n_boot: bootstrap resamples of cases for the 95 % interval.
         n_perm: label permutations for the p-value.
         max_folds: most cross-validation folds.
+        per_class_intervals: also give each class (NCR, ED, ET) its bootstrap interval and permutation p-value;
+            False (default): the classes get their AUC only and the whole tumour, the headline, both (the
+            resampling is most of the test's time).
         seed: seed of every random choice (patches, subsamples, folds, bootstrap, permutations).
     """
 
@@ -99,6 +107,7 @@ class C2STSettings:
     n_boot: int = 200
     n_perm: int = 100
     max_folds: int = 10
+    per_class_intervals: bool = False
     seed: int = 0
 
 
@@ -296,7 +305,7 @@ def _test(
         "auc": value,
         "ci_low": None if low is None else float(low),
         "ci_high": None if high is None else float(high),
-        "p_value": (1 + exceed) / (1 + settings.n_perm),
+        "p_value": (1 + exceed) / (1 + settings.n_perm) if settings.n_perm else None,
         "n_cases_per_side": n,
         "n_patches_per_case": len(draws[0][0][0]),
         "reason": None,
@@ -343,6 +352,28 @@ def split_half_test(pool: Sequence[np.ndarray], n: int, settings: C2STSettings, 
     return _test(draws, settings, rng)
 
 
+# nulls already computed in this process, keyed by the content of their pool's features (every method of a report
+# is compared with the same real cases, so it shares one null per class group and set size)
+_NULL_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
+_NULL_CACHE_SIZE = 64
+
+
+def cached_split_half_test(
+    pool: Sequence[np.ndarray], n: int, settings: C2STSettings, stream: int = 0
+) -> dict[str, Any]:
+    """:func:`split_half_test`, computed once per process for the same pool features, ``n``, settings and stream
+    (a SHA-256 of the features is the key, so equal inputs, not equal objects, share a result)."""
+    digest = hashlib.sha256()
+    for features in pool:
+        digest.update(str(features.shape).encode() + np.ascontiguousarray(features).tobytes())
+    key = (digest.hexdigest(), n, settings, stream)
+    if key not in _NULL_CACHE:
+        if len(_NULL_CACHE) >= _NULL_CACHE_SIZE:
+            _NULL_CACHE.pop(next(iter(_NULL_CACHE)))
+        _NULL_CACHE[key] = split_half_test(pool, n, settings, stream)
+    return copy.deepcopy(_NULL_CACHE[key])
+
+
 def c2st_scores(
     synthetic: Sequence[TumourCase],
     real: Sequence[TumourCase],
@@ -368,11 +399,13 @@ def c2st_scores(
     pool = real if null_real is None else null_real
     entries = {}
     for g, (name, values) in enumerate(groups):
+        full = g == 0 or settings.per_class_intervals
+        test_settings = settings if full else replace(settings, n_boot=0, n_perm=0)
         fs = group_features(synthetic, values, settings, 3 * g)
         fr = group_features(real, values, settings, 3 * g + 1)
         fp = fr if null_real is None else group_features(pool, values, settings, 3 * g + 2)
-        entry = two_sample_test(fs, fr, settings, stream=g)
-        entry["null"] = split_half_test(fp, max(entry["n_cases_per_side"], 2), settings, stream=g)
+        entry = two_sample_test(fs, fr, test_settings, stream=g)
+        entry["null"] = cached_split_half_test(fp, max(entry["n_cases_per_side"], 2), test_settings, stream=g)
         entries[name] = entry
     head = entries.pop(WHOLE_TUMOUR)
     n, m = head["n_cases_per_side"], head["null"]["n_cases_per_side"]

@@ -608,6 +608,8 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 def _c2st_cell(entry: dict[str, Any]) -> str:
     if entry.get("auc") is None:
         return f"- ({entry.get('reason')})"
+    if entry.get("ci_low") is None:  # a class without resampling (C2STSettings.per_class_intervals)
+        return f"{entry['auc']:.3f}"
     return f"{entry['auc']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}] p={entry['p_value']:.3f}"
 
 
