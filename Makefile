@@ -14,10 +14,15 @@ DEMO_DIR ?= demo_output
 
 setup: $(VENV)/.installed
 
+# with the extra nnunet (nnU-Net v2, tests/test_nnunet_trainers.py), torch held at the CPU build: nnU-Net's timm
+# pulls in torchvision, whose PyPI wheel is a CUDA build that cannot be imported beside a CPU torch
+# ("operator torchvision::nms does not exist"); nnU-Net's U-Nets do not use it, so it is removed again, and
+# `python -m custom_components nnunet-train` makes nnU-Net skip the Primus trainers that import it
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,nnunet]" torch==2.13.0
+	$(PY) -m pip uninstall -q -y torchvision
 	touch $@
 
 deploy-setup: $(DEPLOY_VENV)/.installed

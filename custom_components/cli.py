@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import fire
@@ -280,7 +283,33 @@ def realism(
         print(out)
 
 
-def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
+@contextlib.contextmanager
+def _bundles_dir(bundles_dir: str | None) -> Iterator[None]:
+    """A command's --bundles-dir: checked (exit 2 naming it when it is no folder), then $TUMORFAB_BUNDLES_DIR while
+    the command runs, so every bundle lookup of this process (``find_bundles_dir``) and of the stages it starts
+    uses it. Without it nothing changes."""
+    if not bundles_dir:
+        yield
+        return
+    from custom_components.export.zoo_bundle import BUNDLES_ENV, find_bundles_dir
+
+    try:
+        folder = find_bundles_dir(bundles_dir)
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    previous = os.environ.get(BUNDLES_ENV)
+    os.environ[BUNDLES_ENV] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[BUNDLES_ENV]
+        else:
+            os.environ[BUNDLES_ENV] = previous
+
+
+def pipeline(config: str, workdir: str | None = None, bundles_dir: str | None = None, **kwargs: str) -> None:
     """Run the chained pipeline (and its comparison arms) described by a pipeline YAML.
 
     Stages whose outputs are complete and whose inputs and settings are unchanged are skipped.
@@ -288,6 +317,8 @@ def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
     Args:
         config: pipeline YAML (see custom_components/pipeline/demo.yaml and pipelines/ for examples).
         workdir: where everything is written (default: the config's "workdir").
+        bundles_dir: the folder of the bundles the stages run (default: $TUMORFAB_BUNDLES_DIR, else the installed
+            copy, else the checkout's bundles/).
         kwargs: ``--from STAGE`` reruns that stage and every stage after it.
     """
     from custom_components.pipeline.config import load_config
@@ -300,7 +331,8 @@ def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
     cfg = load_config(config, **({"workdir": str(Path(workdir).resolve())} if workdir else {}))
     start = time.perf_counter()
     try:
-        report = run_experiment(cfg, from_stage=from_stage)
+        with _bundles_dir(bundles_dir):
+            report = run_experiment(cfg, from_stage=from_stage)
     except StageInterrupted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)
@@ -317,14 +349,15 @@ def pipeline(config: str, workdir: str | None = None, **kwargs: str) -> None:
     )
 
 
-def demo(out: str = "demo_output") -> None:
+def demo(out: str = "demo_output", bundles_dir: str | None = None) -> None:
     """The main job on built-in demo data: demo data -> prepare-healthy -> dtss_mas_seg phase 1 ->
     tf_aug -> tf_gan -> dtss_mas_seg phase 2 (baseline, TF, DTSS + MAS) -> evaluation -> report.
 
     Args:
         out: output folder (rerunning skips completed stages).
+        bundles_dir: the folder of the bundles (as for pipeline).
     """
-    pipeline(str(DEMO_PIPELINE), workdir=out)
+    pipeline(str(DEMO_PIPELINE), workdir=out, bundles_dir=bundles_dir)
 
 
 def export_bundle(
@@ -333,6 +366,7 @@ def export_bundle(
     weights: str | tuple[str, ...] | None = None,
     zip: bool = True,
     overwrite: bool = False,
+    bundles_dir: str | None = None,
 ) -> None:
     """Export a bundle as a self-contained Model Zoo style folder (and zip) that runs with MONAI only.
 
@@ -346,11 +380,13 @@ def export_bundle(
             (several: --weights "['model.pt','other.pt']").
         zip: also write <out>/<name>.zip.
         overwrite: replace an existing export.
+        bundles_dir: the folder of the bundles (default: $TUMORFAB_BUNDLES_DIR, else the installed copy, else the
+            checkout's bundles/).
     """
     from custom_components.export.zoo_bundle import export_bundle as _export
 
     try:
-        print(_export(name, out, weights=weights, zip=zip, overwrite=overwrite))
+        print(_export(name, out, weights=weights, zip=zip, overwrite=overwrite, bundles_dir=bundles_dir))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(e, file=sys.stderr)
         sys.exit(2)
@@ -368,6 +404,7 @@ def fabricate(
     config: str | None = None,
     modalities: str | tuple[str, ...] | None = None,
     frd: bool = True,
+    bundles_dir: str | None = None,
 ) -> None:
     """Fabricate a synthetic dataset of N cases: <out>/datalist.json, <out>/<case>/, the QC gallery
     <out>/gallery/index.html, the realism scores <out>/realism.json and the manifest <out>/fabricate.json.
@@ -393,25 +430,28 @@ def fabricate(
         config: pipeline YAML with the budgets of tf / tf_aug (default: custom_components/pipeline/demo.yaml).
         modalities: comma-separated image channels (default: the real datalist's; tf / tf_aug: the config's).
         frd: compute the Frechet Radiomics Distance in the realism scores (--nofrd skips it).
+        bundles_dir: the folder of the bundles (dtss_mas_seg's transforms, the TF stages; default:
+            $TUMORFAB_BUNDLES_DIR, else the installed copy, else the checkout's bundles/).
     """
     from custom_components.pipeline.fabricate import fabricate as _fabricate
     from custom_components.pipeline.runner import StageError, StageInterrupted, WorkdirLocked
 
     mods = modalities.split(",") if isinstance(modalities, str) else modalities
     try:
-        _fabricate(
-            method,
-            n,
-            real,
-            out,
-            healthy=healthy,
-            fmt=format,
-            seed=seed,
-            overwrite=overwrite,
-            config=config,
-            modalities=mods,
-            frd=frd,
-        )
+        with _bundles_dir(bundles_dir):
+            _fabricate(
+                method,
+                n,
+                real,
+                out,
+                healthy=healthy,
+                fmt=format,
+                seed=seed,
+                overwrite=overwrite,
+                config=config,
+                modalities=mods,
+                frd=frd,
+            )
     except KeyboardInterrupt:
         print(f"interrupted; the complete cases are kept in {out}: rerun the same command to finish", file=sys.stderr)
         sys.exit(130)
@@ -435,12 +475,15 @@ def export_nnunet(
     section: str = "training",
     overwrite: bool = False,
     modalities: str | tuple[str, ...] | None = None,
+    underived_ok: bool = False,
 ) -> None:
     """Write real and synthetic datalists as an nnU-Net v2 raw dataset <out>/Dataset{ID}_{NAME}.
 
     imagesTr/<case>_0000.nii.gz (one file per modality), labelsTr/<case>.nii.gz (nnU-Net's BraTS regions:
     1 oedema, 2 necrosis, 3 enhancing), dataset.json, and splits_final.json whose validation folds hold real cases
-    only (synthetic cases, named syn_<case_id>, are in every training fold).
+    only; synthetic cases (named syn_<case_id>) train every fold except those that validate on a real case named in
+    their provenance's source_cases (how many each fold leaves out is printed on stderr). A synthetic case without
+    source_cases is refused unless --underived_ok.
 
     Args:
         out: nnU-Net raw folder (nnUNet_raw) to write the dataset into.
@@ -452,6 +495,8 @@ def export_nnunet(
         overwrite: replace an existing dataset folder.
         modalities: comma-separated channels to export, chosen by name in every datalist (e.g. t1n when the synthetic
             cases have T1 only; default: all of the first datalist's modalities).
+        underived_ok: the synthetic cases are not derived from the real ones: accept those without source_cases
+            (they train every fold).
     """
     from custom_components.export.nnunet import export_nnunet as _export
 
@@ -459,7 +504,16 @@ def export_nnunet(
     mods = modalities.split(",") if isinstance(modalities, str) else modalities
     try:
         folder = _export(
-            real, out, syn, dataset_id, str(name), section, overwrite, modalities=None if mods is None else list(mods)
+            real,
+            out,
+            syn,
+            dataset_id,
+            str(name),
+            section,
+            overwrite,
+            modalities=None if mods is None else list(mods),
+            underived_ok=bool(underived_ok),
+            log=lambda line: print(line, file=sys.stderr),
         )
         print(folder)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
@@ -487,6 +541,7 @@ def evaluate_labels(
             brats2023, brats2021 or brats2015.
         hd95_mode: brats (pooled surface distances) or monai.
     """
+    from custom_components.data.labels import REGION_NAMES
     from custom_components.export.nnunet import evaluate_label_files
 
     try:
@@ -496,7 +551,7 @@ def evaluate_labels(
         sys.exit(2)
     mean = result["mean"]
     print(f"{len(result['cases'])} case(s) of {datalist} [{section}]")
-    for region in ("ET", "TC", "WT"):
+    for region in REGION_NAMES:
         print(f"{region}: Dice {mean['dice_' + region]:.3f}  HD95 {mean['hd95_' + region]:.2f} mm")
     if out:
         print(out)
@@ -518,5 +573,16 @@ COMMANDS = {
 }
 
 
+# nnU-Net v2's own commands with this project's trainers (custom_components.nnunet.launcher; extra [nnunet]): their
+# arguments are nnUNetv2_train's / nnUNetv2_predict's, passed on as given, e.g.
+# `python -m custom_components nnunet-train 500 3d_fullres 0 -tr nnUNetTrainerDTSSMAS -device cpu`
+NNUNET_COMMANDS = ("nnunet-train", "nnunet-predict")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in NNUNET_COMMANDS:
+        from custom_components.nnunet.launcher import run
+
+        run(sys.argv[1], sys.argv[2:])
+        return
     fire.Fire(COMMANDS, name="python -m custom_components")

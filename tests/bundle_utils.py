@@ -13,6 +13,9 @@ from monai.bundle import ConfigWorkflow
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SCHEMA = SHARED / "bundle_schema" / "meta_schema_20240725.json"
+# packages of this project that MONAI does not need: an exported bundle's process cannot import them unless
+# the bundle's metadata lists them in required_packages_version (import name -> distribution name)
+PROJECT_ONLY = {"SimpleITK": "simpleitk", "nilearn": "nilearn", "matplotlib": "matplotlib", "mlflow": "mlflow"}
 
 
 def bundle_dir(name: str) -> Path:

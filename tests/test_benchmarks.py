@@ -229,7 +229,7 @@ def test_bench_tiny_measurement(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_loader_stall_of_tf_gan_training_writes_only_into_its_temporary_folder(tmp_path: Path) -> None:
-    from tests.test_tf_gan_bundle import make_data, train_overrides
+    from tests.tf_gan_data import make_data, train_overrides
 
     data = make_data(tmp_path / "data")
     earlier = tmp_path / "earlier_run"  # a stage's overrides name an earlier run's folders: left alone

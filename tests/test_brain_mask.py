@@ -20,37 +20,18 @@ from custom_components.data.brain_mask import BrainMaskError, infer_brain_mask
 from custom_components.data.discovery import make_brats_datalist, make_healthy_datalist
 from custom_components.synthesis.healthy_prep import dice
 from custom_components.transforms.intensity import RescaleBrainIntensity, RescaleBrainIntensityd
+from tests.brain_phantom import SHAPE, brain_shape, brain_texture
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPE = (40, 48, 40)
-
-
-def _brain_shape() -> np.ndarray:
-    """An ellipsoidal 'brain' (about 17 % of the volume, as in BraTS) with a ventricle-like hole-free core."""
-    grid = np.indices(SHAPE, dtype=np.float32)
-    centre = (np.asarray(SHAPE, dtype=np.float32) - 1) / 2
-    radii = np.array([12.0, 15.0, 11.0], dtype=np.float32)
-    r = np.sqrt(sum(((grid[i] - centre[i]) / radii[i]) ** 2 for i in range(3)))
-    return r <= 1.0
-
-
-def _texture(seed: int = 0) -> np.ndarray:
-    """Smooth tissue-like texture around 100 with dark spots below zero (like the -52 of the real T1)."""
-    rng = np.random.default_rng(seed)
-    tex = 100.0 + 40.0 * ndimage.gaussian_filter(rng.standard_normal(SHAPE), 1.5) / 0.1
-    tex = tex.astype(np.float32)
-    tex[18:21, 22:25, 18:21] = -52.0  # interpolation undershoot inside the brain
-    tex[20, 26, 20] = 0.0  # a brain voxel exactly equal to the zero background
-    return tex
 
 
 @pytest.fixture(scope="module")
 def truth() -> np.ndarray:
-    return _brain_shape()
+    return brain_shape()
 
 
 def test_zero_background(truth: np.ndarray) -> None:
-    vol = np.where(truth, _texture(), 0.0).astype(np.float32)
+    vol = np.where(truth, brain_texture(), 0.0).astype(np.float32)
     assert (vol[truth] < 0).sum() >= 27 and (vol[truth] == 0).sum() == 1
     mask = infer_brain_mask(vol, "zero.nii.gz")
     np.testing.assert_array_equal(mask, truth)
@@ -59,7 +40,7 @@ def test_zero_background(truth: np.ndarray) -> None:
 def test_padded_field_of_view(truth: np.ndarray) -> None:
     """z-scored brain, the old field of view's background one constant inside the brain's value range, the
     padding that resampling added another (0): the corner rule called 98 % of such a volume brain."""
-    tex = _texture()
+    tex = brain_texture()
     z = (tex - tex[truth].mean()) / tex[truth].std()
     inner = float(np.percentile(z[truth], 5))  # a background constant that brain voxels straddle
     vol = np.where(truth, z, inner).astype(np.float32)
@@ -76,7 +57,7 @@ def test_padded_field_of_view(truth: np.ndarray) -> None:
 def test_noisy_background(truth: np.ndarray) -> None:
     """Magnitude (Rician) noise outside and inside the head, sigma 4 % of the brain's median."""
     rng = np.random.default_rng(1)
-    clean = np.where(truth, np.clip(_texture(), 20, None), 0.0)
+    clean = np.where(truth, np.clip(brain_texture(), 20, None), 0.0)
     sigma = 0.04 * np.median(clean[truth])
     noisy = np.abs(clean + rng.normal(0, sigma, SHAPE) + 1j * rng.normal(0, sigma, SHAPE)).astype(np.float32)
     assert (noisy[~truth] > 0).all()  # no voxel equals a constant background
@@ -87,7 +68,7 @@ def test_noisy_background(truth: np.ndarray) -> None:
 
 
 def test_prepared_volume_is_a_fixed_point(truth: np.ndarray) -> None:
-    vol = np.where(truth, _texture(), 0.0).astype(np.float32)
+    vol = np.where(truth, brain_texture(), 0.0).astype(np.float32)
     rescale = RescaleBrainIntensity(lower=0, upper=100)
     once = rescale(vol[None])
     assert (once[0][~truth] == -1).all() and (once[0][truth] > -1).all()
@@ -96,7 +77,7 @@ def test_prepared_volume_is_a_fixed_point(truth: np.ndarray) -> None:
 
 
 def _everywhere() -> np.ndarray:
-    return _texture()  # tissue-like values up to the border: nothing looks like background
+    return brain_texture()  # tissue-like values up to the border: nothing looks like background
 
 
 def _speck() -> np.ndarray:
@@ -108,7 +89,7 @@ def _speck() -> np.ndarray:
 def _slab() -> np.ndarray:
     """A few slices whose brain fills most of each slice: 54 % of the volume but on most of its border."""
     vol = np.zeros((40, 48, 8), np.float32)
-    vol[:, :26] = _texture()[:, :26, :8] + 200.0
+    vol[:, :26] = brain_texture()[:, :26, :8] + 200.0
     return vol
 
 
@@ -139,7 +120,7 @@ def _meta(array: np.ndarray, name: str, affine: np.ndarray | None = None) -> Met
 
 
 def test_explicit_mask_overrides_inference(truth: np.ndarray) -> None:
-    vol = np.where(truth, _texture(), 0.0).astype(np.float32)
+    vol = np.where(truth, brain_texture(), 0.0).astype(np.float32)
     given = truth.copy()
     given[:, :, 20:] = False  # a different brain than the inferred one
     out = RescaleBrainIntensityd("image")({"image": _meta(vol, "img.nii.gz"), "brain_mask": _meta(given, "m.nii.gz")})
@@ -154,7 +135,7 @@ def test_explicit_mask_overrides_inference(truth: np.ndarray) -> None:
 
 
 def test_explicit_mask_grid_checked(truth: np.ndarray) -> None:
-    vol = _meta(np.where(truth, _texture(), 0.0).astype(np.float32), "/d/img.nii.gz")
+    vol = _meta(np.where(truth, brain_texture(), 0.0).astype(np.float32), "/d/img.nii.gz")
     rescale = RescaleBrainIntensityd("image")
     with pytest.raises(ValueError, match=r"/d/small_mask.nii.gz.*shape.*/d/img.nii.gz"):
         rescale({"image": vol, "brain_mask": _meta(truth[:, :, :-1], "/d/small_mask.nii.gz")})
@@ -177,7 +158,7 @@ def _case(folder: Path, case: str, vol: np.ndarray, label: np.ndarray, mask: np.
 def test_datalist_brain_mask_used_by_the_segmentation_load_chain(truth: np.ndarray, tmp_path: Path) -> None:
     """make-datalist picks up <case>_brainmask; the dtss_mas_seg load transforms then use it, not inference."""
     # z-scored + padded: the inferred mask is right here too, so give a smaller mask to see which one is used
-    vol = np.where(truth, _texture(), 0.0).astype(np.float32)
+    vol = np.where(truth, brain_texture(), 0.0).astype(np.float32)
     label = np.zeros(SHAPE, np.uint8)
     label[18:22, 22:26, 18:22] = 2
     given = truth & (np.indices(SHAPE)[2] < 22)
@@ -213,18 +194,18 @@ def test_datalist_brain_mask_used_by_the_segmentation_load_chain(truth: np.ndarr
 
 
 def test_make_datalist_mask_patterns(tmp_path: Path) -> None:
-    vol = np.where(_brain_shape(), _texture(), 0.0).astype(np.float32)
+    vol = np.where(brain_shape(), brain_texture(), 0.0).astype(np.float32)
     lab = np.zeros(SHAPE, np.uint8)
     lab[20, 24, 20] = 1
     _case(tmp_path / "a", "c1", vol, lab, None)
-    save_nifti(_brain_shape().astype(np.uint8), np.eye(4), tmp_path / "a" / "c1" / "c1-mask.nii.gz")
+    save_nifti(brain_shape().astype(np.uint8), np.eye(4), tmp_path / "a" / "c1" / "c1-mask.nii.gz")
     assert make_brats_datalist(tmp_path / "a")["training"][0]["brain_mask"].endswith("c1-mask.nii.gz")
-    save_nifti(_brain_shape().astype(np.uint8), np.eye(4), tmp_path / "a" / "c1" / "c1_BrainMask.nii.gz")
+    save_nifti(brain_shape().astype(np.uint8), np.eye(4), tmp_path / "a" / "c1" / "c1_BrainMask.nii.gz")
     with pytest.raises(ValueError, match="several brain mask files"):
         make_brats_datalist(tmp_path / "a")
     healthy = tmp_path / "healthy"
     save_nifti(vol, np.eye(4), healthy / "h1.nii.gz")
-    save_nifti(_brain_shape().astype(np.uint8), np.eye(4), healthy / "h1_brain_mask.nii.gz")
+    save_nifti(brain_shape().astype(np.uint8), np.eye(4), healthy / "h1_brain_mask.nii.gz")
     save_nifti(vol, np.eye(4), healthy / "h2.nii")
     items = make_healthy_datalist(healthy)["training"]
     assert [it["case_id"] for it in items] == ["h1", "h2"]

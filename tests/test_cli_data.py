@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.bundle_utils import REPO
 
 # each test runs the CLI in subprocesses over the full-size real case (about 16 s each)
 pytestmark = pytest.mark.slow

@@ -27,17 +27,14 @@ from custom_components.export.zoo_bundle import VENDOR_IMPORT, export_bundle, ve
 from custom_components.networks import build_segmentation_network
 from custom_components.networks.classwise_intensity import ClasswiseIntensity
 from custom_components.networks.tf_gan import TFGANGenerator
-from tests.bundle_utils import REPO, bundle_dir
-from tests.test_multi_gpu import make_aug_inputs
-from tests.test_tf_gan_bundle import make_data
+from tests.bundle_utils import PROJECT_ONLY, REPO, bundle_dir
+from tests.tf_aug_data import make_aug_inputs
+from tests.tf_gan_data import make_data
 
 SEG_TINY: dict[str, Any] = {"filters": [4, 8, 16, 32]}
 GAN_TINY: dict[str, Any] = {"gen_channels": [8] * 6}
-# packages of this project that MONAI does not need: the exported bundle's process cannot import them unless
-# the bundle's metadata lists them in required_packages_version (import name -> distribution name)
-PROJECT_ONLY = {"SimpleITK": "simpleitk", "nilearn": "nilearn", "matplotlib": "matplotlib", "mlflow": "mlflow"}
 # `python -m monai.bundle` with the repository NOT importable: no site initialisation (so the editable install's
-# path hook is not installed), site-packages appended by hand, the packages above blocked, and the working
+# path hook is not installed), site-packages appended by hand, the PROJECT_ONLY packages blocked, and the working
 # directory first on sys.path as `python -m` puts it
 LAUNCHER = """
 import os, runpy, sys

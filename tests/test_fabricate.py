@@ -16,10 +16,11 @@ import yaml
 
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.demo import make_demo_data
+from custom_components.data.loader import load_datalist
 from custom_components.data.validation import validate_datalist
 from custom_components.pipeline import fabricate as fab
 from custom_components.synthesis.offline import MAX_PER_SOURCE, OfflineCaseWriter, max_cases, plan_offline
-from custom_components.synthesis.tf_aug import case_seed
+from custom_components.synthesis.tf_aug import case_seed, mask_source_cases
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,24 @@ def test_limits() -> None:
     assert [c["seed"] for c in dtss] == [case_seed(1, i) for i in range(6)]
     with pytest.raises(ValueError, match="at most|1 .. 12"):
         plan_offline("carvemix", items, 13)
+
+
+def test_tf_aug_source_cases_are_the_real_mask_cases(tmp_path) -> None:
+    """TF-Aug / TF provenance: the real cases whose labels were its masks, each once, however the path is spelt."""
+    real = [
+        {"case_id": f"c{i}", "image": [f"c{i}.nii"], "label": str(tmp_path / "r" / f"c{i}_seg.nii")} for i in range(3)
+    ]
+    (tmp_path / "r").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "r")
+    masks = [
+        str(tmp_path / "r" / "c2_seg.nii"),
+        str(tmp_path / "link" / "c0_seg.nii"),
+        str(tmp_path / "r/../r/c2_seg.nii"),
+    ]
+    assert mask_source_cases(masks[:1], real) == ["c2"]
+    assert mask_source_cases(masks, real) == ["c2", "c0"]  # a combined mask names all its cases, each once
+    with pytest.raises(ValueError, match=r"healthy_t1n\.nii: TF-Aug source mask is the label of none of the 3"):
+        mask_source_cases([str(tmp_path / "healthy_t1n.nii")], real)
 
 
 def test_dtss_rerun_with_larger_n_adds_only_the_missing_cases(demo, tmp_path) -> None:
@@ -262,8 +281,22 @@ def test_epoch_watcher_reports_training_stages(tmp_path) -> None:
 def test_nnunet_format(demo, tmp_path) -> None:
     pytest.importorskip("custom_components.export.nnunet", reason="custom_components.export.nnunet not merged yet")
     out = tmp_path / "nn"
-    _run("dtss", 2, demo["tumour"], out, fmt="nnunet")
-    assert (out / "nnunet").is_dir() and any((out / "nnunet").rglob("dataset.json"))
+    lines: list[str] = []
+    fab.fabricate("dtss", 2, demo["tumour"], out, fmt="nnunet", frd=False, log=lines.append, stream=io.StringIO())
+    (dataset,) = (out / "nnunet").glob("Dataset*")
+    sources = {
+        f"syn_{i['case_id']}": i["provenance"]["source_cases"] for i in read_datalist(out / "datalist.json")["training"]
+    }
+    real = [i["case_id"] for i in load_datalist(demo["tumour"], check="none")]
+    assert len(sources) == 2 and all(len(s) == 1 and s[0] in real for s in sources.values())
+    splits = json.loads((dataset / "splits_final.json").read_text())
+    assert sorted(v for f in splits for v in f["val"]) == sorted(real)
+    for fold in splits:  # each DTSS case trains exactly the folds that do not validate on its source case
+        assert {s for s in sources if s in fold["train"]} == {
+            s for s, src in sources.items() if src[0] not in fold["val"]
+        }
+    removed = json.loads((dataset / "dataset.json").read_text())["provenance"]["synthetic_removed_per_fold"]
+    assert sum(removed) == 2 and any(f"{removed} of 2 per fold" in line for line in lines)
 
 
 def test_registration_gate_leaves_only_the_work_folder(demo, tmp_path) -> None:
@@ -296,6 +329,8 @@ def test_tf_end_to_end_tiny(demo, tmp_path) -> None:
         )
     )
     out = tmp_path / "tf"
+    real_items = load_datalist(demo["tumour"], require=["label"], check="none")
+    healthy_ids = {i["case_id"] for i in load_datalist(demo["healthy"], check="none")}
     lines: list[str] = []
     fab.fabricate("tf", 2, demo["tumour"], out, healthy=demo["healthy"], config=config, frd=False, log=lines.append)
     data = read_datalist(out / "datalist.json")
@@ -303,7 +338,11 @@ def test_tf_end_to_end_tiny(demo, tmp_path) -> None:
     assert data["modalities"] == ["t1n"] and validate_datalist(out / "datalist.json") == []
     for i, item in enumerate(data["training"]):
         prov = item["provenance"]
-        assert prov["method"] == "tf" and prov["seed"] == case_seed(0, i) and prov["source_cases"][0].startswith("demo")
+        assert prov["method"] == "tf" and prov["seed"] == case_seed(0, i)
+        # the real cases whose masks it used (as many as its mask components), the healthy scan under its own key
+        assert prov["source_cases"] == mask_source_cases(prov["source_masks"], real_items)
+        assert 1 <= len(prov["source_cases"]) <= len(prov["source_masks"])
+        assert prov["healthy_case_id"] in healthy_ids and prov["healthy_case_id"] not in prov["source_cases"]
         assert Path(item["image"][0]).parent == out / item["case_id"]
     assert (out / "gallery" / "index.html").is_file() and len(list((out / "gallery").glob("*.png"))) == 2
     done = [line for line in lines if "done in" in line]

@@ -27,7 +27,14 @@ from custom_components.data import validation
 from custom_components.data.cache import DataCheckCache
 from custom_components.data.demo import make_demo_data
 from custom_components.data.input_check import InputCheckError, check_inputs, input_problems
-from custom_components.pipeline.runner import KILL_AFTER_S, Stage, WorkdirLocked, run_stages, workdir_lock
+from custom_components.pipeline.runner import (
+    KILL_AFTER_S,
+    LOCK_OWNER_FILE,
+    Stage,
+    WorkdirLocked,
+    run_stages,
+    workdir_lock,
+)
 from tests import hostile
 from tests.hostile import REPO, files_under, problem_block, run_bundle, tree_hash
 
@@ -503,6 +510,9 @@ def test_two_runners_cannot_share_a_workdir(tmp_path: Path) -> None:
         finally:
             holder.kill()
             holder.wait()
+    with workdir_lock(work):  # a killed holder left it free: the kernel released its flock
+        assert (work / LOCK_OWNER_FILE).read_text() == f"{os.getpid()}\n"
+    assert not (work / LOCK_OWNER_FILE).exists()
 
 
 def test_interrupted_forced_run_still_redoes_later_stages(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,7 @@ LAYERS = (
     ("data",),
     ("transforms", "networks", "losses", "distributed"),
     ("handlers", "engines"),
-    ("quality", "synthesis", "export"),
+    ("quality", "synthesis", "export", "nnunet"),
     ("pipeline", "cli", "__main__"),
 )
 
@@ -170,3 +171,36 @@ def test_no_function_is_longer_than_120_lines() -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, "split these functions:\n" + "\n".join(long)
+
+
+# a test module or conftest, imported by name: `tests.test_x`, `tests.conftest`, or bare / relative `test_x`
+_TEST_MODULE = re.compile(r"(tests\.)?(test_\w*|conftest)(\..*)?")
+
+
+def _test_module_imports(source: str) -> list[str]:
+    """The test modules and conftests that ``source`` imports (absolute, ``from tests import``, relative)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(filter(None, ["tests" if node.level else "", node.module or ""]))
+            names = [base, *(f"{base}.{a.name}" for a in node.names)]
+        else:
+            continue
+        found += [n for n in names if _TEST_MODULE.fullmatch(n)]
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test builders live in helper modules (tests/bundle_utils.py, tests/tf_gan_data.py, ...): a test module
+    never imports another test module or conftest.py, so each one runs, and is collected, on its own."""
+    assert _test_module_imports("from tests.test_a import f\nfrom tests import conftest\nfrom .test_b import g")
+    assert _test_module_imports("import tests.test_c\nfrom . import test_d\nfrom tests.conftest import REPO")
+    assert not _test_module_imports("from tests.bundle_utils import REPO\nfrom tests import hostile\nimport pytest")
+    offenders = {
+        str(path.relative_to(REPO)): found
+        for path in sorted((REPO / "tests").glob("test_*.py"))
+        if (found := _test_module_imports(path.read_text()))
+    }
+    assert not offenders, offenders

@@ -26,8 +26,8 @@ from monai.utils import path_to_sqlite_uri
 from custom_components.data.demo import make_demo_data
 from custom_components.networks import build_segmentation_network
 from tests.bundle_utils import bundle_dir
-from tests.test_multi_gpu import make_aug_inputs
-from tests.test_tf_gan_bundle import make_data, train_overrides
+from tests.tf_aug_data import make_aug_inputs
+from tests.tf_gan_data import make_data, train_overrides
 
 # end-to-end runs: `make unit` leaves them out, `make test` runs them
 pytestmark = pytest.mark.slow

@@ -25,10 +25,10 @@ from custom_components.data.demo import make_demo_data
 from custom_components.distributed import merge_shard_datalists, shard_items, shard_path
 from custom_components.handlers.mas import mas_weight
 from custom_components.networks.tf_gan import TFGANGenerator
-from custom_components.synthesis.healthy_prep import prepare_healthy
 from tests.bundle_utils import REPO, bundle_dir, run_workflow
 from tests.float_order import assert_nifti_folders_agree
-from tests.test_tf_gan_bundle import make_data, tiny, train_overrides
+from tests.tf_aug_data import make_aug_inputs
+from tests.tf_gan_data import make_data, tiny, train_overrides
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 NPROC = 2
@@ -233,22 +233,6 @@ def test_tf_gan_sharded_refinement(gan_data: dict[str, Path], tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------------------------------------- tf_aug
-def make_aug_inputs(root: Path) -> dict[str, Any]:
-    """tf_aug overrides for tiny demo data: 4-mm demo cases, healthy scans prepared into their space."""
-    paths = make_demo_data(root / "demo", n_healthy=2, n_tumour=4, spacing=4.0, seed=0, verbose=False)
-    reference = read_datalist(paths["tumour"])["training"][0]["image"][0]
-    healthy = prepare_healthy(paths["healthy"], reference, root / "prepared", qc=False, verbose=False)
-    return {
-        "healthy_datalist": str(healthy),
-        "real_datalist": str(paths["tumour"]),
-        "allow_identity_intensity": True,
-        "aug_min_voxels": 10,
-        "qc_cases": 1,
-        "seed": 0,
-        "num_workers": 0,
-    }
-
-
 @pytest.fixture(scope="module")
 def aug_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return make_aug_inputs(tmp_path_factory.mktemp("mg_aug"))

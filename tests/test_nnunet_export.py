@@ -23,14 +23,16 @@ from custom_components.export.nnunet import (
     internal_to_nnunet,
     make_splits,
     nnunet_to_internal,
+    removed_per_fold,
 )
-from tests.conftest import REPO
+from tests.bundle_utils import REPO
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 # internal values of the tumour blocks: NCR, ED, ET
 BLOCKS = {1: (slice(6, 8), slice(6, 8), slice(6, 8)), 2: (slice(3, 6), slice(3, 12), slice(3, 12)), 3: (8, 8, 8)}
 EXPORT_VALUE = {1: 2, 2: 1, 3: 3}  # internal NCR -> 2, ED -> 1, ET -> 3 (nnU-Net's BraTS regions)
 CONVENTION_VALUE = {"internal": {1: 1, 2: 2, 3: 3}, "brats2021": {1: 1, 2: 2, 3: 4}}
+SOURCE = "source_cases"  # the provenance key every synthesis writes
 
 
 def make_label(shape: tuple[int, ...], convention: str) -> np.ndarray:
@@ -49,9 +51,11 @@ def make_datalist(
     synthetic: bool = False,
     shape: tuple[int, int, int] = (16, 16, 16),
     seed: int = 0,
+    sources: list[list[str] | None] | None = None,
 ) -> Path:
     """A datalist of tiny cases: float32 images (modality m of case i holds values around 100 * (i + 1) + m) and a
-    label with a block per tumour class."""
+    label with a block per tumour class. Synthetic case i names ``sources[i]`` as its ``source_cases`` (None: no
+    such key; default: a case of another dataset, so that it trains every fold)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     items = []
@@ -66,7 +70,8 @@ def make_datalist(
         nib.save(nib.Nifti1Image(make_label(shape, convention), AFFINE), str(label))
         item = {"case_id": cid, "image": images, "label": str(label)}
         if synthetic:
-            item.update(synthetic=True, provenance={"method": "test"})
+            derived = sources[i] if sources is not None else ["other_dataset_case"]
+            item.update(synthetic=True, provenance={"method": "test", **({} if derived is None else {SOURCE: derived})})
         items.append(item)
     path = root / "datalist.json"
     write_datalist(path, {"labels": convention, "modalities": list(modalities), "training": items})
@@ -170,6 +175,118 @@ def test_splits_never_validate_on_synthetic(tmp_path: Path) -> None:
     assert make_splits(["r0"], ["syn_x"]) == [{"train": ["syn_x"], "val": ["r0"]}]
 
 
+# synthetic case -> the real cases its provenance names, one per style of synthesis
+DERIVED = {
+    "syn_dtss_r0": ["r0"],  # DTSS: the target case
+    "syn_dtss2_r0": ["r0"],
+    "syn_carvemix_r0_r1": ["r0", "r1"],  # CarveMix: target and lesion source
+    "syn_tfaug_r2": ["r2"],  # TF-Aug / TF: the real case of its mask (not the healthy scan)
+    "syn_tfaug_r1_r2": ["r1", "r2"],  # TF-Aug / TF: a mask combined from two real cases
+    "syn_external": ["ext7"],  # derived from a case outside this export: trains every fold
+}
+
+
+def test_folds_never_train_on_cases_derived_from_their_validation_cases() -> None:
+    real = ["r0", "r1", "r2"]
+    splits = make_splits(real, list(DERIVED), derived_from=DERIVED)
+    assert sorted(f["val"][0] for f in splits) == real and all(len(f["val"]) == 1 for f in splits)
+    for fold in splits:
+        val = set(fold["val"])
+        leaked = [s for s in fold["train"] if val & set(DERIVED.get(s, []))]
+        assert not leaked, f"fold validating on {val} trains on {leaked}"
+        # nothing else is left out: the other real cases and every synthetic case not derived from val
+        assert set(fold["train"]) == (set(real) - val) | {s for s, src in DERIVED.items() if not val & set(src)}
+    # by hand: r0 is the source of 3 cases (2 DTSS, 1 CarveMix), r1 of 2 (CarveMix, combined mask), r2 of 2
+    removed = dict(zip((f["val"][0] for f in splits), removed_per_fold(splits, list(DERIVED)), strict=True))
+    assert removed == {"r0": 3, "r1": 2, "r2": 2}
+    # the same folds as without provenance, only the training lists are smaller; no provenance: nothing removed
+    plain = make_splits(real, list(DERIVED))
+    assert [f["val"] for f in plain] == [f["val"] for f in splits]
+    assert removed_per_fold(plain, list(DERIVED)) == [0, 0, 0]
+    # one real case whose only synthetic case is derived from it: no fold has a training case
+    assert make_splits(["r0"], ["syn_a"], derived_from={"syn_a": ["r0"]}) == []
+
+
+def test_export_leaves_derived_cases_out_of_their_folds(tmp_path: Path) -> None:
+    real = make_datalist(tmp_path / "real", ["r0", "r1", "r2"])
+    syn = make_datalist(
+        tmp_path / "syn",
+        ["d0", "c01", "t12", "x"],
+        synthetic=True,
+        sources=[["r0"], ["r0", "r1"], ["r1", "r2"], ["ext7"]],
+    )
+    lines: list[str] = []
+    ds = export_nnunet(real, tmp_path / "out", synthetic=[syn], log=lines.append)
+    splits = json.loads((ds / "splits_final.json").read_text())
+    train_of = {f["val"][0]: set(f["train"]) for f in splits}
+    assert train_of == {
+        "r0": {"r1", "r2", "syn_t12", "syn_x"},
+        "r1": {"r0", "r2", "syn_d0", "syn_x"},
+        "r2": {"r0", "r1", "syn_d0", "syn_c01", "syn_x"},
+    }
+    removed = json.loads((ds / "dataset.json").read_text())["provenance"]["synthetic_removed_per_fold"]
+    assert removed == [4 - (len(f["train"]) - 2) for f in splits] and sorted(removed) == [1, 2, 2]
+    assert (
+        len(lines) == 1
+        and f"{removed} of 4 per fold" in lines[0]
+        and "1 synthetic case(s) derived from none" in lines[0]
+    )
+
+
+def test_tf_aug_case_and_its_refinement_stay_out_of_their_mask_cases_folds(tmp_path: Path) -> None:
+    """TF-Aug's writer names the real cases of its (combined) mask, not the healthy scan; a TF-GAN / Pix2Pix case
+    keeps that provenance as ``parent``, so both leave the folds that validate on those cases."""
+    from monai.transforms import Compose
+
+    from custom_components.networks import ClasswiseIntensity
+    from custom_components.synthesis.tf_aug import TFAugCaseWriter, plan_cases
+
+    real = make_datalist(tmp_path / "real", ["r0", "r1", "r2"])
+    labels = {i["case_id"]: i["label"] for i in json.loads(real.read_text())["training"]}
+    healthy = [{"case_id": "h0", "image": [str(tmp_path / "h0_t1n.nii")], "brain_mask": str(tmp_path / "h0_bm.nii")}]
+    writer = TFAugCaseWriter(
+        plan_cases(healthy, 2), tmp_path / "tfaug", ClasswiseIntensity(1), Compose([]), qc_cases=0, real_datalist=real
+    )
+    label = make_label((16, 16, 16), "internal")
+    volumes = (np.zeros((1, 16, 16, 16), np.float32), label, label > 0, AFFINE)
+    masks = {"components": [{"source": str(real.parent / labels[c])} for c in ("r2", "r0", "r2")]}
+    item = writer.write_case(writer.cases[0], *volumes, params=masks)
+    assert item["provenance"][SOURCE] == ["r2", "r0"] and item["provenance"]["healthy_case_id"] == "h0"
+    with pytest.raises(ValueError, match=r"h0_t1n\.nii: TF-Aug source mask is the label of none of the 3"):
+        writer.write_case(writer.cases[1], *volumes, params={"components": [{"source": healthy[0]["image"][0]}]})
+    assert not (tmp_path / "tfaug" / writer.cases[1]["case_id"]).exists()  # checked before any file is written
+    refined = {**item, "case_id": "refined", "provenance": {"stage": "tf_gan", "parent": item["provenance"]}}
+    syn = write_datalist(
+        tmp_path / "syn.json", {"labels": "internal", "modalities": ["t1n"], "training": [item, refined]}
+    )
+    ds = export_nnunet(real, tmp_path / "out", synthetic=[syn], modalities=["t1n"])
+    train_of = {f["val"][0]: set(f["train"]) for f in json.loads((ds / "splits_final.json").read_text())}
+    both = {f"syn_{item['case_id']}", "syn_refined"}
+    assert train_of == {"r0": {"r1", "r2"}, "r1": {"r0", "r2", *both}, "r2": {"r0", "r1"}}
+
+
+def test_synthetic_case_without_sources_refused_unless_underived_ok(tmp_path: Path) -> None:
+    real = make_datalist(tmp_path / "real", ["r0", "r1"])
+    syn = make_datalist(tmp_path / "syn", ["s0", "s1"], synthetic=True, sources=[["r0"], None])
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"{syn}: synthetic case 's1' does not name the real cases.*underived_ok"):
+        export_nnunet(real, out, synthetic=[syn])
+    assert not out.exists()
+    ds = export_nnunet(real, out, synthetic=[syn], underived_ok=True)
+    splits = json.loads((ds / "splits_final.json").read_text())
+    train_of = {f["val"][0]: set(f["train"]) for f in splits}
+    # s1 (no sources) trains every fold; s0 still stays out of the fold that validates on r0
+    assert train_of == {"r0": {"r1", "syn_s1"}, "r1": {"r0", "syn_s0", "syn_s1"}}
+    assert json.loads((ds / "dataset.json").read_text())["provenance"]["underived_ok"] is True
+    # without real cases there are no folds, so no provenance is needed; a malformed one is refused even so
+    export_nnunet(None, out, synthetic=[syn], dataset_id=501)
+    bad = json.loads(syn.read_text())
+    bad["training"][0]["provenance"][SOURCE] = "r0"
+    syn.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"synthetic case 's0'.*got 'r0'"):
+        export_nnunet(real, out, synthetic=[syn], dataset_id=502, underived_ok=True)
+
+
 def test_synthetic_only_export_has_no_splits(data: dict[str, Path]) -> None:
     ds = export_nnunet(None, data["out"], synthetic=[data["syn"]], dataset_id=501)
     meta = json.loads((ds / "dataset.json").read_text())
@@ -269,6 +386,15 @@ def test_cli_export_nnunet(data: dict[str, Path]) -> None:
     assert cli(*args, "--dataset_id", "42", "--name", "Cli", "--overwrite").returncode == 0
     missing = cli("--real", str(data["real"].parent / "nope.json"), "--out", str(data["out"]))
     assert missing.returncode == 2 and "nope.json" in missing.stderr
+    # a synthetic case that does not name its sources: refused, naming the datalist; accepted with --underived_ok
+    bare = make_datalist(data["syn"].parent.parent / "bare", ["b0"], synthetic=True, sources=[None])
+    args = ["--real", str(data["real"]), "--synthetic", str(bare), "--out", str(data["out"]), "--dataset_id", "43"]
+    refused = cli(*args)
+    assert refused.returncode == 2 and f"{bare}: synthetic case 'b0'" in refused.stderr
+    accepted = cli(*args, "--underived_ok")
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.strip() == str(data["out"] / "Dataset043_TumourSynthesis")
+    assert "[0, 0] of 1 per fold" in accepted.stderr
     # the export's own labels scored as nnU-Net predictions: perfect
     metrics = data["out"] / "metrics.json"
     args = ["--pred", str(ds / "labelsTr"), "--datalist", str(data["real"]), "--section", "training"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -121,23 +122,30 @@ def test_code_hash_follows_file_contents_and_is_cached(tmp_path, monkeypatch):
     (pkg / "sub" / "m.py").write_text("x = 1\n")
     (pkg / "notes.txt").write_text("not code")
     (bundles / "b" / "configs" / "train.yaml").write_text("lr: 1\n")
-    monkeypatch.setattr(runner, "CODE_FILES", ((pkg, "**/*.py"), (bundles, "**/configs/*")))
-    runner.code_hash.cache_clear()
+    monkeypatch.setattr(runner, "CODE_FILES", ((pkg, "**/*.py"),))
+    monkeypatch.setenv("TUMORFAB_BUNDLES_DIR", str(bundles))  # the bundles folder in use: its configs are hashed
+    runner._hash_files.cache_clear()
     try:
         first = runner.code_hash()
         (pkg / "sub" / "m.py").write_text("x = 2\n")
         assert runner.code_hash() == first  # cached per process
-        runner.code_hash.cache_clear()
+        runner._hash_files.cache_clear()
         second = runner.code_hash()
         assert second != first and len(second) == 64
         (pkg / "notes.txt").write_text("changed, not hashed")
-        runner.code_hash.cache_clear()
+        runner._hash_files.cache_clear()
         assert runner.code_hash() == second
         (bundles / "b" / "configs" / "train.yaml").write_text("lr: 2\n")
-        runner.code_hash.cache_clear()
-        assert runner.code_hash() != second
+        runner._hash_files.cache_clear()
+        third = runner.code_hash()
+        assert third != second
+        other = tmp_path / "other" / "bundles"
+        shutil.copytree(bundles, other)
+        (other / "b" / "configs" / "train.yaml").write_text("lr: 3\n")
+        monkeypatch.setenv("TUMORFAB_BUNDLES_DIR", str(other))
+        assert runner.code_hash() != third  # another bundles folder: its own configs, not the cached hash
     finally:
-        runner.code_hash.cache_clear()
+        runner._hash_files.cache_clear()
 
 
 def test_stage_threads(monkeypatch):

@@ -18,7 +18,7 @@ from custom_components.pipeline.experiment import Experiment
 from custom_components.pipeline.runner import run_stages
 from custom_components.synthesis import healthy_prep
 from custom_components.synthesis.healthy_prep import RegistrationQualityError, choose_reference, prepare_healthy
-from tests.test_brain_mask import _brain_shape, _texture
+from tests.brain_phantom import brain_shape, brain_texture
 
 AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])  # 4 mm voxels: one registration level, fast
 
@@ -30,7 +30,7 @@ def _identity_registration(*args, **kwargs):
 
 @pytest.fixture
 def scans(tmp_path: Path) -> dict[str, Path]:
-    brain = np.where(_brain_shape(), _texture(), 0.0).astype(np.float32)
+    brain = np.where(brain_shape(), brain_texture(), 0.0).astype(np.float32)
     shifted = AFFINE.copy()
     shifted[0, 3] = 60.0  # the same brain 60 mm to the side (15 voxels of a 12-voxel radius)
     ref = save_nifti(brain, AFFINE, tmp_path / "real" / "case-t1n.nii.gz")
@@ -81,7 +81,7 @@ def test_pipeline_stops_at_prepare_healthy(
     the reference is the real case's t1n although FLAIR is its first modality."""
     monkeypatch.setattr(healthy_prep, "register", _identity_registration)
     real = tmp_path / "real"
-    flair = save_nifti(np.asarray(np.where(_brain_shape(), 50.0, 0.0), np.float32), AFFINE, real / "case-t2f.nii.gz")
+    flair = save_nifti(np.asarray(np.where(brain_shape(), 50.0, 0.0), np.float32), AFFINE, real / "case-t2f.nii.gz")
     label = save_nifti(np.zeros((40, 48, 40), np.uint8), AFFINE, real / "case-seg.nii.gz")
     (real / "real.json").write_text(
         json.dumps(
@@ -136,7 +136,7 @@ def test_wrong_brain_mask_fails_the_gate_with_real_registration(scans: dict[str,
     then covers half of the reference brain (Dice about 0.67), so the gate stops the run."""
     healthy = scans["healthy"]
     (healthy / "shifted.nii.gz").unlink()
-    half = _brain_shape() & (np.indices((40, 48, 40))[2] < 20)
+    half = brain_shape() & (np.indices((40, 48, 40))[2] < 20)
     save_nifti(half.astype(np.uint8), AFFINE, healthy / "aligned_brainmask.nii.gz")
     with pytest.raises(
         RegistrationQualityError, match=r"aligned.nii.gz.*brain Dice 0\.[4-7]\d\d < min_brain_dice 0.80"

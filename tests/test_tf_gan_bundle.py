@@ -17,122 +17,16 @@ from custom_components.data.datalist import read_datalist
 from custom_components.data.input_check import InputCheckError
 from custom_components.data.validation import check_datalist
 from custom_components.engines.gan_trainer import loss_terms
-from custom_components.handlers import OutputExistsError
-from custom_components.networks.segmentation import build_segmentation_network
+from custom_components.handlers import EPOCH_METRICS_FILE, OutputExistsError, read_epoch_metrics
 from custom_components.transforms import roi_mask
 from tests.bundle_utils import bundle_dir, run_workflow, validate_metadata, workflow
+from tests.tf_gan_data import SHAPE, make_data, tiny, train_overrides
 
 BUNDLE = "tf_gan"
 TRAIN = ["common.yaml", "train.yaml"]
 INFER = ["common.yaml", "inference.yaml"]
 TRAIN_P2P = ["common.yaml", "train.yaml", "train_pix2pix.yaml"]
 INFER_P2P = ["inference.yaml", "inference_pix2pix.yaml"]
-SHAPE = (72, 68, 64)  # >= 64 per side: the six-level generator needs a 2-voxel bottleneck
-AFFINE = np.array([[-1.0, 0, 0, 40.0], [0, -1.0, 0, 30.0], [0, 0, 1.0, -20.0], [0, 0, 0, 1]])
-ENCODER_FILTERS = [8, 8, 16, 16, 16]
-
-
-def _sphere(shape: tuple[int, ...], centre: tuple[float, ...], radius: float) -> np.ndarray:
-    grid = np.indices(shape).astype(np.float32)
-    return sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius**2
-
-
-def _case(rng: np.random.Generator, centre: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A brain (ellipsoid) with an internal-convention tumour: NCR core, ET shell, ED around it."""
-    grid = np.indices(SHAPE).astype(np.float32)
-    half = np.array(SHAPE, dtype=np.float32) / 2
-    brain = sum(((g - h) / (h - 3)) ** 2 for g, h in zip(grid, half, strict=True)) <= 1.0
-    label = np.zeros(SHAPE, np.uint8)
-    label[_sphere(SHAPE, centre, 9)] = 2
-    label[_sphere(SHAPE, centre, 6)] = 3
-    label[_sphere(SHAPE, centre, 3.5)] = 1
-    label[~brain] = 0
-    tissue = 0.3 * np.sin(grid[0] / 5) * np.cos(grid[1] / 7) + 0.05 * rng.standard_normal(SHAPE)
-    return brain, label, tissue.astype(np.float32)
-
-
-def _save(array: np.ndarray, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, AFFINE), str(path))
-    return str(path)
-
-
-def make_data(root: Path, n_coarse: int = 2, n_real: int = 2) -> dict[str, Path]:
-    """Coarse datalist (tf_aug layout, internal labels, [-1, 1] images), real datalist (BraTS 2021 labels,
-    raw intensities, two modalities of which t1n is used) and a tiny dtss_mas_seg encoder checkpoint."""
-    rng = np.random.default_rng(0)
-    coarse = []
-    for i in range(n_coarse):
-        brain, label, tissue = _case(rng, (36 + 4 * i, 30, 34))
-        image = np.where(brain, np.clip(tissue + 0.2 * (label == 3) - 0.3 * (label == 1), -1, 1), -1.0)
-        roi = (label > 0) | _sphere(SHAPE, (36 + 4 * i, 30, 34), 10)
-        cid = f"coarse_{i:02d}"
-        coarse.append(
-            {
-                "case_id": cid,
-                "image": [_save(image.astype(np.float32), root / "coarse" / f"{cid}_t1n.nii.gz")],
-                "label": _save(label, root / "coarse" / f"{cid}_seg.nii.gz"),
-                "roi": _save((roi & brain).astype(np.uint8), root / "coarse" / f"{cid}_roi.nii.gz"),
-                "brain_mask": _save(brain.astype(np.uint8), root / "coarse" / f"{cid}_brain.nii.gz"),
-                "synthetic": True,
-                "provenance": {"stage": "tf_aug", "seed": i},
-            }
-        )
-    real = []
-    for i in range(n_real):
-        brain, label, tissue = _case(rng, (34, 34 - 3 * i, 30))
-        t1 = np.where(brain, 600 + 300 * tissue + 150 * (label == 3), 0).astype(np.float32)
-        t2f = np.where(brain, 400 + 200 * tissue + 300 * (label == 2), 0).astype(np.float32)
-        label21 = np.where(label == 3, 4, label).astype(np.uint8)
-        cid = f"real_{i:02d}"
-        real.append(
-            {
-                "case_id": cid,
-                "image": [
-                    _save(t2f, root / "real" / cid / f"{cid}-t2f.nii.gz"),
-                    _save(t1, root / "real" / cid / f"{cid}-t1n.nii.gz"),
-                ],
-                "label": _save(label21, root / "real" / cid / f"{cid}-seg.nii.gz"),
-            }
-        )
-    coarse_dl = root / "coarse_datalist.json"
-    real_dl = root / "real_datalist.json"
-    coarse_dl.write_text(json.dumps({"labels": "internal", "modalities": ["t1n"], "training": coarse}))
-    real_dl.write_text(json.dumps({"labels": "brats2021", "modalities": ["t2f", "t1n"], "training": real}))
-    torch.manual_seed(0)
-    net = build_segmentation_network("dynunet", 1, 4, ENCODER_FILTERS)
-    encoder = root / "seg_model.pt"
-    torch.save(net.state_dict(), encoder)
-    return {"coarse": coarse_dl, "real": real_dl, "encoder": encoder, "root": root}
-
-
-def tiny(data: dict[str, Path], out: Path, **extra: Any) -> dict[str, Any]:
-    """Overrides that make the bundle tiny (widths, patch, epochs) and point it at ``data`` / ``out``."""
-    return {
-        "dataset_dir": str(data["root"]),
-        "coarse_datalist": str(data["coarse"]),
-        "real_datalist": str(data["real"]),
-        "output_dir": str(out / "outputs"),
-        "models_dir": str(out / "models"),
-        "pix2pix_models_dir": str(out / "models_p2p"),
-        # 8 channels: PyTorch's CPU convolution falls back to a slow kernel below about 5 input channels
-        "gen_channels": [8, 8, 8, 8, 8, 8],
-        "disc_channels": [8, 8, 8, 8, 8],
-        "patch_size": [64, 64, 64],
-        "num_workers": 0,
-        "device": "cpu",
-        **extra,
-    }
-
-
-def train_overrides(data: dict[str, Path], out: Path, **extra: Any) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "max_epochs": 2,
-        "encoder_checkpoint": str(data["encoder"]),
-        "encoder_filters": ENCODER_FILTERS,
-    }
-    settings.update(extra)
-    return tiny(data, out, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +87,7 @@ def test_pix2pix_inference_is_an_override_of_inference() -> None:
 
 def test_pix2pix_training_is_an_override_of_training() -> None:
     """train_pix2pix.yaml keeps only its differences from train.yaml, and merged after it trains the Pix2Pix
-    generator into <pix2pix_models_dir> with a PatchGAN, in pix2pix mode, without the lambda_c schedule."""
+    generator into <pix2pix_models_dir> with a PatchGAN and the Pix2Pix trainer, without the lambda_c schedule."""
     configs = bundle_dir(BUNDLE) / "configs"
     train, override = (yaml.safe_load((configs / f).read_text()) for f in ("train.yaml", "train_pix2pix.yaml"))
     same = {k for k in set(train) & set(override) if train[k] == override[k]}
@@ -203,7 +97,8 @@ def test_pix2pix_training_is_an_override_of_training() -> None:
     parser.read_config([str(configs / f) for f in TRAIN_P2P])
     parser["bundle_root"] = "/b"
     assert parser.get_parsed_content("train_models_dir") == "/b/runs/models/pix2pix"
-    assert parser["train#trainer"]["mode"] == "pix2pix" and parser["train#trainer"]["real_data_loader"] is None
+    assert parser["train#trainer"]["_target_"] == "custom_components.engines.Pix2PixTrainer"
+    assert parser["train#trainer"]["real_data_loader"] is None
     assert parser["train#trainer"]["checkpoint_dir"] == "@train_models_dir"
     assert parser["discriminator"]["_target_"] == "PatchDiscriminator"
     assert parser["trainer_handlers"][0]["_target_"] == "custom_components.handlers.hinge_weight_schedule"
@@ -302,6 +197,39 @@ def test_tf_gan_train_resume_refine(data: dict[str, Path], tmp_path: Path) -> No
     m_roi = roi_mask(label, np.asarray(nib.load(src["roi"]).dataobj), margin=4) > 0
     np.testing.assert_array_equal(vol[~m_roi], coarse_vol[~m_roi])
     assert not np.array_equal(vol[m_roi], coarse_vol[m_roi])
+
+
+@pytest.mark.slow
+def test_noise_input_training_curves_and_seeded_refinement(data: dict[str, Path], tmp_path: Path) -> None:
+    """noise_channels 1, tumour-centred crops and a spectral-norm D: the per-epoch curves are written, refinement
+    is the same for the same seed and another for another seed, and a refined case keeps its label, ROI and brain
+    mask byte for byte."""
+    settings = {"noise_channels": 1, "crop_neg": 0, "disc_spectral_norm": True}
+    run_workflow(BUNDLE, TRAIN, "train", run_id="training", **train_overrides(data, tmp_path, max_epochs=2, **settings))
+    rows = read_epoch_metrics(tmp_path / "models" / EPOCH_METRICS_FILE)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    curves = {"epoch_d_acc", "epoch_d_acc_real", "epoch_d_acc_fake", "epoch_change_roi", "epoch_change_outside"}
+    assert curves | {"epoch_g_perceptual", "epoch_g_hinge", "epoch_g_adv_patch", "lambda_c"} <= set(rows[0])
+    for r in rows:
+        assert r["epoch_d_acc"] == pytest.approx((r["epoch_d_acc_real"] + r["epoch_d_acc_fake"]) / 2)
+        assert r["epoch_change_roi"] > 0 and 0 <= r["epoch_change_outside"] < 0.05
+    refined = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run_workflow(
+            BUNDLE,
+            INFER,
+            "infer",
+            **tiny(data, tmp_path, refined_dir=str(tmp_path / name), noise_channels=1, seed=seed),
+        )
+        refined[name] = read_datalist(tmp_path / name / "datalist.json")["training"]
+    coarse = read_datalist(data["coarse"])["training"]
+    for a, b, c, src in zip(refined["a"], refined["b"], refined["c"], coarse, strict=True):
+        image = [np.asarray(nib.load(i["image"][0]).dataobj) for i in (a, b, c)]
+        np.testing.assert_array_equal(image[0], image[1])
+        assert not np.array_equal(image[0], image[2])  # another seed, other noise
+        for key in ("label", "roi", "brain_mask"):
+            assert Path(a[key]).read_bytes() == Path(src[key]).read_bytes()
+        assert a["provenance"]["parameters"]["noise_channels"] == 1
 
 
 @pytest.mark.slow

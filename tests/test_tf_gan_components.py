@@ -17,15 +17,21 @@ from monai.networks.blocks import UpSample
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
-from custom_components.engines.gan_trainer import TFGANTrainer, discriminator_accuracy, loss_terms
+from custom_components.engines.gan_trainer import (
+    Pix2PixTrainer,
+    TFGANTrainer,
+    discriminator_accuracy,
+    loss_terms,
+    training_change,
+)
 from custom_components.handlers.checkpoints import latest_checkpoint
 from custom_components.losses import HingeL1Loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, bce_with_logits, split_logits
 from custom_components.losses.classwise_perceptual import ClasswisePerceptualLoss
 from custom_components.networks.frozen_encoder import FrozenEncoder
 from custom_components.networks.segmentation import build_segmentation_network
-from custom_components.networks.tf_gan import DualHeadDiscriminator, TFGANGenerator, condition_channels
-from custom_components.synthesis.tf_gan import GeneratorInputs, check_outputs
+from custom_components.networks.tf_gan import DualHeadDiscriminator, TFGANGenerator, condition_channels, roi_noise
+from custom_components.synthesis.tf_gan import GeneratorInputs, case_noise_seed, check_outputs
 from custom_components.transforms import BrainMaskd, RoiMaskd, roi_mask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +89,26 @@ def test_untrained_residual_generator_returns_its_input_and_the_hinge_is_zero() 
         TFGANGenerator(in_channels=0, out_channels=1, num_classes=4, channels=WIDTHS, residual=True)
 
 
+def test_noise_input_keeps_an_untrained_residual_generator_at_the_identity() -> None:
+    roi = torch.zeros(2, 1, 64, 64, 64)
+    roi[:, :, 20:40, 20:40, 20:40] = 1
+    noise = roi_noise(roi, 1, torch.Generator().manual_seed(3))
+    # standard normal inside m_roi, exactly 0 outside; the same seed draws the same noise
+    assert noise.shape == (2, 1, 64, 64, 64) and torch.all(noise[roi == 0] == 0)
+    inside = noise[roi > 0]
+    assert abs(float(inside.mean())) < 0.02 and abs(float(inside.std()) - 1) < 0.02
+    assert torch.equal(noise, roi_noise(roi, 1, torch.Generator().manual_seed(3)))
+    assert not torch.equal(noise, roi_noise(roi, 1, torch.Generator().manual_seed(4)))
+    torch.manual_seed(0)
+    g = TFGANGenerator(1, 1, 3, WIDTHS, residual=True, noise_channels=1)
+    assert g.encoder[0].conv1.conv.in_channels == 5  # image, NCR, ED, ET, noise
+    coarse = torch.rand(2, 1, 64, 64, 64) * 2 - 1
+    label = (roi * 2).long()
+    assert torch.equal(g(torch.cat([coarse, condition_channels(label), noise], 1)), coarse)
+    with pytest.raises(ValueError, match=r"\(B, 5, H, W, D\) input \(1 image \+ 3 mask \+ 1 noise"):
+        g(torch.cat([coarse, condition_channels(label)], 1))
+
+
 def test_generator_checkpoints_load_only_with_their_output_form(tmp_path: Path) -> None:
     # a checkpoint written before the residual option: no residual_output entry, direct output
     old = TFGANGenerator(1, 1, 3, WIDTHS)
@@ -108,9 +134,14 @@ def test_discriminator_accuracy_counts_right_decisions_per_head() -> None:
     # patch head: real logits 3 of 4 positive, fake 1 of 4 negative -> (0.75 + 0.25) / 2; global: all right -> 1
     real = (torch.tensor([1.0, 2.0, -1.0, 3.0]).view(1, 1, 4, 1, 1), torch.tensor([[2.0]]))
     fake = (torch.tensor([1.0, 2.0, -1.0, 3.0]).view(1, 1, 4, 1, 1), torch.tensor([[-2.0]]))
-    assert discriminator_accuracy(real, fake) == pytest.approx((0.5 + 1.0) / 2)
+    # per half: real (0.75 + 1) / 2 right, generated (0.25 + 1) / 2 right
+    acc = discriminator_accuracy(real, fake)
+    assert acc["d_acc"] == pytest.approx((0.5 + 1.0) / 2)
+    assert acc["d_acc_real"] == pytest.approx(0.875) and acc["d_acc_fake"] == pytest.approx(0.625)
     # a patch-only discriminator (a bare tensor): that head alone
-    assert discriminator_accuracy(real[0], fake[0]) == pytest.approx(0.5)
+    assert discriminator_accuracy(real[0], fake[0]) == pytest.approx(
+        {"d_acc": 0.5, "d_acc_real": 0.75, "d_acc_fake": 0.25}
+    )
 
 
 def test_discriminator_heads() -> None:
@@ -122,6 +153,22 @@ def test_discriminator_heads() -> None:
     assert isinstance(d.pool, nn.AdaptiveAvgPool3d) and isinstance(d.global_head, nn.Linear)
     with pytest.raises(ValueError, match=r"\(B, 4, H, W, D\)"):
         d(torch.randn(1, 5, 64, 64, 64))
+
+
+def test_spectral_norm_discriminator_has_no_instance_norm_and_unit_spectral_norms() -> None:
+    torch.manual_seed(0)
+    d = DualHeadDiscriminator(4, (8, 8, 8, 8, 8), spectral_norm=True)
+    assert not any(isinstance(m, nn.InstanceNorm3d) for m in d.modules())
+    assert any(isinstance(m, nn.InstanceNorm3d) for m in DualHeadDiscriminator(4, (8, 8, 8, 8, 8)).modules())
+    layers = [m for m in d.modules() if isinstance(m, nn.Conv3d | nn.Linear)]
+    assert len(layers) == 7  # five stages, the patch head, the global head
+    d.train()
+    for _ in range(20):  # power iterations converge while training
+        d(torch.randn(1, 4, 64, 64, 64))
+    d.eval()
+    for layer in layers:
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, abs=0.05)
 
 
 def test_condition_channels() -> None:
@@ -369,6 +416,37 @@ def test_trainer_iteration_composes_eq5() -> None:
         TFGANTrainer("cpu", 1, coarse, g, trainer.g_optimizer, d, trainer.d_optimizer)
 
 
+def test_pix2pix_trainer_is_the_paired_variant() -> None:
+    """Pix2PixTrainer: G(c) from the label map + brain channel, no unpaired real loader, G total = lambda_l1 * L1
+    to the paired image when the adversarial heads weigh 0, and only Pix2Pix's terms reported (epoch means too)."""
+    torch.manual_seed(0)
+    g = TFGANGenerator(0, 1, 4, WIDTHS)
+    d = DualHeadDiscriminator(5, (8, 8, 8, 8, 8))
+    batch = {**_batch(0), "brain_mask": torch.ones(1, 64, 64, 64)}
+    trainer = Pix2PixTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=DataLoader([batch], batch_size=1),
+        g_network=g,
+        g_optimizer=torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999)),
+        d_network=d,
+        d_optimizer=torch.optim.Adam(d.parameters(), 1e-4, betas=(0.5, 0.999)),
+        lambda_patch=0.0,
+        lambda_global=0.0,
+        lambda_l1=2.0,
+    )
+    trainer.run()
+    terms = loss_terms(trainer.state.output)
+    d_terms = {"d_loss", "d_patch", "d_global", "d_acc", "d_acc_real", "d_acc_fake"}
+    assert set(terms) == set(Pix2PixTrainer.terms) == {"loss", "g_adv_patch", "g_adv_global", "g_l1", *d_terms}
+    assert {"g_hinge", "lambda_c", "change_roi"} <= set(TFGANTrainer.terms) and "g_l1" not in TFGANTrainer.terms
+    assert terms["loss"] == pytest.approx(2.0 * terms["g_l1"], rel=1e-5) and terms["d_loss"] == 0.0
+    assert set(trainer.state.metrics) >= {f"epoch_{k}" for k in Pix2PixTrainer.terms}
+    assert not any(k in trainer.state.metrics for k in ("epoch_g_hinge", "epoch_change_roi"))
+    output = trainer.state.output[0]
+    assert torch.equal(output["image"], batch["image"]) and output["pred"].shape == (1, 64, 64, 64)
+
+
 def test_latest_checkpoint(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path / "absent") == ""
     assert latest_checkpoint(tmp_path) == ""
@@ -391,6 +469,39 @@ def test_generator_inputs_layout() -> None:
     x, _ = GeneratorInputs("pix2pix")(batch, "cpu")
     assert x.shape == (1, 4, 4, 4, 4) and x[0, 2, 0, 0, 0] == 1 and x[0, 3].sum() == 63
     assert torch.equal(lab, label)
+
+
+def test_generator_inputs_noise_is_seeded_per_case() -> None:
+    label = torch.zeros(2, 1, 8, 8, 8)
+    label[:, :, 2:6, 2:6, 2:6] = 2
+    roi = (label > 0).float()
+    batch = {"image": torch.zeros(2, 1, 8, 8, 8), "label": label, "roi": roi, "case_id": ["a", "b"]}
+    prepare = GeneratorInputs("tf_gan", noise_channels=1, seed=7)
+    x, _ = prepare(batch, "cpu")
+    assert x.shape == (2, 5, 8, 8, 8) and torch.all(x[:, 4][roi[:, 0] == 0] == 0)
+    # each case's noise comes from sha256("<seed>:<case_id>"): the same alone or in another batch, and per case
+    expected = roi_noise(roi[:1], 1, torch.Generator().manual_seed(case_noise_seed(7, "a")))
+    assert torch.equal(x[:1, 4:], expected)
+    alone, _ = prepare({k: v[1:] for k, v in batch.items()}, "cpu")
+    assert torch.equal(alone[:, 4:], x[1:, 4:]) and not torch.equal(x[0, 4], x[1, 4])
+    assert not torch.equal(GeneratorInputs("tf_gan", noise_channels=1, seed=8)(batch, "cpu")[0], x)
+    assert case_noise_seed(7, "a") == int.from_bytes(__import__("hashlib").sha256(b"7:a").digest()[:8], "little")
+    with pytest.raises(KeyError, match="case_id"):
+        prepare({k: v for k, v in batch.items() if k != "case_id"}, "cpu")
+
+
+def test_training_change_inside_and_outside_the_roi() -> None:
+    coarse = -torch.ones(1, 1, 4, 4, 4)
+    coarse[..., 1:3, :, :] = 0.0  # brain: 2 x 4 x 4 = 32 voxels
+    roi = torch.zeros(1, 1, 4, 4, 4)
+    roi[..., 1, :2, :] = 1  # 8 brain voxels in m_roi
+    refined = coarse.clone()
+    refined[roi > 0] += 0.5
+    refined[..., 2, 0, 0] += 0.24  # one of the 24 brain voxels outside m_roi
+    refined[..., 0, 0, 0] += 0.3  # background: not counted
+    change = training_change(refined, coarse, roi)
+    assert change["change_roi"] == pytest.approx(0.5)
+    assert change["change_outside"] == pytest.approx(0.24 / 24)
 
 
 def test_brain_mask_keeps_existing() -> None:

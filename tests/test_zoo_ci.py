@@ -24,10 +24,9 @@ import yaml
 from monai.bundle import ConfigParser, verify_net_in_out
 
 from custom_components.export.zoo_bundle import VENDOR_IMPORT, export_bundle
-from tests.bundle_utils import REPO, SCHEMA, bundle_dir
-from tests.test_export_bundle import PROJECT_ONLY
-from tests.test_multi_gpu import make_aug_inputs
-from tests.test_tf_gan_bundle import make_data
+from tests.bundle_utils import PROJECT_ONLY, REPO, SCHEMA, bundle_dir
+from tests.tf_aug_data import make_aug_inputs
+from tests.tf_gan_data import make_data
 
 BUNDLES = ("dtss_mas_seg", "tf_aug", "tf_gan")
 _spec = importlib.util.spec_from_file_location("zoo_verify_bundle", REPO / "ci" / "verify_bundle.py")

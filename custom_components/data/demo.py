@@ -40,6 +40,7 @@ from scipy import ndimage
 
 from custom_components.data.atomic import atomic_write_text, save_nifti
 from custom_components.data.datalist import write_datalist
+from custom_components.data.labels import INTERNAL_CLASSES, TUMOUR_CLASSES
 
 TEMPLATE_NAME = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 DEMO_MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
@@ -313,10 +314,10 @@ def _phantom(rng: np.random.Generator, t1: np.ndarray, brain: np.ndarray, spacin
     comps, _ = ndimage.label(label > 0)
     keep = sorted({int(comps[tuple(p["centre_voxel"])]) for p in lesions} - {0})
     label[~np.isin(comps, keep)] = 0
-    counts = {c: int((label == c).sum()) for c in (1, 2, 3)}
+    counts = {c: int((label == c).sum()) for c in TUMOUR_CLASSES}
     if min(counts.values()) == 0:
         return None
-    voxels = {"NCR": counts[1], "ED": counts[2], "ET": counts[3]}
+    voxels = {INTERNAL_CLASSES[c]: n for c, n in counts.items()}
     # "lesions": the drawn lesions; "n_lesions": the separate tumours in the image (drawn ones may touch)
     return label, {"n_lesions": len(keep), "lesions": lesions, "voxels": voxels}
 
@@ -355,28 +356,30 @@ def _tumour_case(
         t1, brain = tpl.warp(deform, mass=mass)
         label[~brain] = 0
         tumour["n_lesions"] = int(ndimage.label(label > 0)[1])
-        if min(int((label == c).sum()) for c in (1, 2, 3)) > 0:
+        if min(int((label == c).sum()) for c in TUMOUR_CLASSES) > 0:
             break
     else:  # pragma: no cover - 50 failed draws would mean a broken template
         raise RuntimeError("could not place a phantom tumour with all three classes inside the brain")
     params = _warp_params(deform)
     params.update(tumour, mass_effect=strength)
-    params["voxels"] = {name: int((label == c).sum()) for c, name in ((1, "NCR"), (2, "ED"), (3, "ET"))}
+    params["voxels"] = {INTERNAL_CLASSES[c]: int((label == c).sum()) for c in TUMOUR_CLASSES}
     shape = tpl.shape
-    onehot = np.stack([(label == c).astype(np.float32) for c in (1, 2, 3)])
+    onehot = np.stack([(label == c).astype(np.float32) for c in TUMOUR_CLASSES])
     # partial volume at the class borders: a 1.2 mm Gaussian
     soft = np.stack([ndimage.gaussian_filter(o, 1.2 / tpl.spacing) for o in onehot])
     soft *= brain
     healthy_w = np.clip(1.0 - soft.sum(0), 0.0, 1.0)
     gamma = rng.uniform(0.9, 1.1)
     bias = np.exp(0.1 * _smooth_field(rng, shape, 3)).astype(np.float32)
-    textures = {c: _texture(rng, shape, max(2.0 / tpl.spacing, 0.6)) for c in (1, 2, 3)}
-    jitter = {c: {m: rng.uniform(1.0 - _LEVEL_JITTER, 1.0 + _LEVEL_JITTER) for m in DEMO_MODALITIES} for c in (1, 2, 3)}
+    textures = {c: _texture(rng, shape, max(2.0 / tpl.spacing, 0.6)) for c in TUMOUR_CLASSES}
+    jitter = {
+        c: {m: rng.uniform(1.0 - _LEVEL_JITTER, 1.0 + _LEVEL_JITTER) for m in DEMO_MODALITIES} for c in TUMOUR_CLASSES
+    }
     images = {}
     for m in DEMO_MODALITIES:
         healthy = _contrast(t1, m, gamma)
         img = healthy_w * healthy
-        for k, c in enumerate((1, 2, 3)):
+        for k, c in enumerate(TUMOUR_CLASSES):
             level = _TUMOUR_INTENSITY[c][m] * jitter[c][m] * (1.0 + _TEXTURE[c] * textures[c])
             if c == 2:
                 level = level * np.power(np.clip(healthy, 0.3, None), _OEDEMA_ANATOMY)

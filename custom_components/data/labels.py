@@ -33,6 +33,7 @@ CONVENTIONS: tuple[str, ...] = tuple(TO_INTERNAL)
 
 # BraTS evaluation regions as sets of internal labels, in the order ET, TC, WT
 REGIONS: dict[str, tuple[int, ...]] = {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}
+REGION_NAMES: tuple[str, ...] = tuple(REGIONS)
 
 
 def check_convention(convention: str) -> str:

@@ -5,8 +5,10 @@ neither fits TF-GAN, where every iteration needs a batch of coarse synthetic cas
 mask, ``m_roi``) *and* an unpaired batch of real cases (image, mask). :class:`TFGANTrainer` is a MONAI
 ``Trainer`` (an Ignite engine with MONAI's events, decollation and handler support) that iterates over
 the coarse loader and draws real batches from a second loader that it cycles through endlessly.
+:class:`Pix2PixTrainer`, the paired baseline, is a variant of it (in the style of nnU-Net's trainer variants) that
+overrides the iteration and the terms it reports.
 
-One TF-GAN iteration (``mode="tf_gan"``):
+One TF-GAN iteration (:class:`TFGANTrainer`):
 
 1. ``x_s = G([x_s', onehot(m_s)])``.
 2. D step: ``lambda_a * L_D^patch + lambda_b * L_D^global`` with ``(x_r, onehot(m_r))`` as real and
@@ -15,7 +17,7 @@ One TF-GAN iteration (``mode="tf_gan"``):
    with ``lambda_c`` read from ``engine.state.lambda_c`` (set by
    MONAI's linear ``ParamSchedulerHandler`` in the bundle config; ``lambda_hinge`` otherwise).
 
-One Pix2Pix iteration (``mode="pix2pix"``, paired real data): ``c = onehot(m_r) + brain channel``,
+One Pix2Pix iteration (:class:`Pix2PixTrainer`, paired real data): ``c = onehot(m_r) + brain channel``,
 ``x = G(c)``; D sees ``(x_r, c)`` as real and ``(x, c)`` as fake; G minimises
 ``lambda_a * L_adv^patch + lambda_b * L_adv^global + lambda_l1 * |x - x_r|``.
 
@@ -35,6 +37,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Average, Metric
@@ -46,12 +49,12 @@ from monai.utils import convert_to_tensor
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from custom_components.data.labels import TUMOUR_CLASSES
 from custom_components.handlers.checkpoints import guard_loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, split_logits
-from custom_components.losses.hinge_l1 import HingeL1Loss
-from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
+from custom_components.losses.hinge_l1 import HingeL1Loss, refinement_change
+from custom_components.networks.tf_gan import condition_channels, roi_noise
 
-MODES: tuple[str, ...] = ("tf_gan", "pix2pix")
 LOSS_KEYS: tuple[str, ...] = (
     "loss",
     "g_adv_patch",
@@ -64,12 +67,13 @@ LOSS_KEYS: tuple[str, ...] = (
     "d_patch",
     "d_global",
     "d_acc",
+    "d_acc_real",
+    "d_acc_fake",
+    "change_roi",
+    "change_outside",
 )
-# the terms each mode reports every iteration (their epoch means become ``epoch_<term>``)
-MODE_TERMS: dict[str, tuple[str, ...]] = {
-    "tf_gan": tuple(k for k in LOSS_KEYS if k != "g_l1"),
-    "pix2pix": tuple(k for k in LOSS_KEYS if k not in ("g_hinge", "g_perceptual", "lambda_c")),
-}
+# the terms only TF-GAN's iteration has (hinge, perceptual, their schedule, what a refinement changed)
+_TF_GAN_ONLY: tuple[str, ...] = ("g_hinge", "g_perceptual", "lambda_c", "change_roi", "change_outside")
 
 
 def loss_terms(output: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> dict[str, float] | None:
@@ -98,18 +102,38 @@ def _term(key: str) -> Callable[[Any], float]:
     return transform
 
 
-def discriminator_accuracy(real: Any, fake: Any) -> float:
-    """Fraction of the discriminator's decisions that are right (logit > 0 on real, < 0 on generated), averaged
-    over its heads (patch map, global) with each head's real and generated halves weighted equally. 0.5 is a
-    discriminator that cannot tell them apart, 1.0 one that always can.
+def discriminator_accuracy(real: Any, fake: Any) -> dict[str, float]:
+    """Fraction of the discriminator's decisions that are right, averaged over its heads (patch map, global):
+    ``d_acc_real`` on real images (logit > 0), ``d_acc_fake`` on generated ones (logit < 0) and ``d_acc``, their
+    mean. A ``d_acc`` of 0.5 is a discriminator that cannot tell them apart, 1.0 one that always can; the two
+    halves show whether it is at chance or calls everything real (1, 0) or generated (0, 1).
 
     Args:
         real: the discriminator's output on real images (see :func:`split_logits`).
         fake: its output on generated images.
     """
     heads = [(r, f) for r, f in zip(split_logits(real), split_logits(fake), strict=True) if r is not None]
-    scores = [0.5 * ((r.detach() > 0).float().mean() + (f.detach() < 0).float().mean()) for r, f in heads]
-    return float(torch.stack(scores).mean())
+    acc_real = float(torch.stack([(r.detach() > 0).float().mean() for r, _ in heads]).mean())
+    acc_fake = float(torch.stack([(f.detach() < 0).float().mean() for _, f in heads]).mean())
+    return {"d_acc": 0.5 * (acc_real + acc_fake), "d_acc_real": acc_real, "d_acc_fake": acc_fake}
+
+
+def training_change(refined: torch.Tensor, coarse: torch.Tensor, roi: torch.Tensor) -> dict[str, float]:
+    """:func:`~custom_components.losses.hinge_l1.refinement_change` of a training batch, averaged over its samples:
+    mean |refined - coarse| inside ``m_roi`` (``change_roi``) and on the brain outside it (``change_outside``;
+    brain: voxels above the -1 background in any channel).
+
+    Args:
+        refined: ``(B, C, *spatial)`` generator output.
+        coarse: ``(B, C, *spatial)`` its coarse input image.
+        roi: ``(B, 1, *spatial)`` ``m_roi``.
+    """
+    r, c, m = (t.detach().float().cpu().numpy() for t in (refined, coarse, roi))
+    changes = [refinement_change(r[i], c[i], m[i, 0] > 0, c[i].max(0) > -1.0) for i in range(len(r))]
+    return {
+        "change_roi": float(np.mean([ch["roi_mean_abs"] for ch in changes])),
+        "change_outside": float(np.mean([ch["outside_roi_mean_abs"] for ch in changes])),
+    }
 
 
 @contextlib.contextmanager
@@ -126,23 +150,21 @@ def _frozen(module: torch.nn.Module) -> Iterator[None]:
 
 
 class TFGANTrainer(Trainer):
-    """Ignite/MONAI trainer for TF-GAN refinement (unpaired coarse + real batches) and the Pix2Pix baseline.
+    """Ignite/MONAI trainer for TF-GAN refinement: unpaired coarse + real batches (:class:`Pix2PixTrainer`: the
+    paired baseline).
 
     Args:
         device: device to train on.
         max_epochs: number of epochs; an epoch is one pass over ``train_data_loader`` (or ``epoch_length``
             iterations).
-        train_data_loader: coarse synthetic cases for ``tf_gan`` (keys image, label, roi); paired real cases for
-            ``pix2pix`` (keys image, label, brain_mask).
+        train_data_loader: coarse synthetic cases (keys image, label, roi).
         g_network: generator G.
         g_optimizer: optimiser of G.
         d_network: discriminator D (``DualHeadDiscriminator``, or any network whose output
             :func:`~custom_components.losses.adversarial.split_logits` understands, e.g. MONAI's
             ``PatchDiscriminator``).
         d_optimizer: optimiser of D.
-        real_data_loader: real cases (keys image, label) for ``tf_gan``; cycled endlessly (reshuffled on each pass).
-            Unused for ``pix2pix``.
-        mode: ``"tf_gan"`` or ``"pix2pix"``.
+        real_data_loader: real cases (keys image, label); cycled endlessly (reshuffled on each pass).
         hinge_loss: eq. 2 (default ``HingeL1Loss()``).
         perceptual_loss: eq. 3, called as ``loss(refined, refined_label, real, real_label)``; ``None`` disables it.
         adversarial_loss: eq. 4 (default ``DualHeadAdversarialLoss()``).
@@ -150,9 +172,11 @@ class TFGANTrainer(Trainer):
         lambda_global: ``lambda_b`` (global head weight, 1 in the paper).
         lambda_hinge: ``lambda_c`` when no schedule sets ``engine.state.lambda_c``.
         lambda_perceptual: ``lambda_d`` (1 in the paper).
-        lambda_l1: weight of the L1 term in ``pix2pix`` mode (100 as in Pix2Pix).
+        noise_channels: noise channels appended to G's input (:func:`roi_noise`: standard normal inside
+            ``m_roi``, drawn from torch's global generator each iteration); the generator must be built with as
+            many. 0: the paper's G.
         classes: tumour label values turned into one-hot channels (internal convention).
-        image_key, label_key, roi_key, brain_key: batch keys.
+        image_key, label_key, roi_key: batch keys.
         epoch_length: iterations per epoch (default ``len(train_data_loader)``).
         g_inferer: runs G (``SimpleInferer`` by default).
         non_blocking: asynchronous host-to-device copies.
@@ -167,6 +191,11 @@ class TFGANTrainer(Trainer):
             weights are updated) naming the iteration, the batch's cases and the newest checkpoint there.
     """
 
+    #: an unpaired real loader is required
+    needs_real_data: bool = True
+    #: the scalar terms of every iteration's output (their epoch means become ``epoch_<term>``)
+    terms: tuple[str, ...] = tuple(k for k in LOSS_KEYS if k != "g_l1")
+
     def __init__(
         self,
         device: str | torch.device,
@@ -177,7 +206,6 @@ class TFGANTrainer(Trainer):
         d_network: torch.nn.Module,
         d_optimizer: Optimizer,
         real_data_loader: DataLoader | None = None,
-        mode: str = "tf_gan",
         hinge_loss: Callable[..., torch.Tensor] | None = None,
         perceptual_loss: Callable[..., torch.Tensor] | None = None,
         adversarial_loss: DualHeadAdversarialLoss | None = None,
@@ -185,12 +213,11 @@ class TFGANTrainer(Trainer):
         lambda_global: float = 1.0,
         lambda_hinge: float = 10.0,
         lambda_perceptual: float = 1.0,
-        lambda_l1: float = 100.0,
+        noise_channels: int = 0,
         classes: Sequence[int] = TUMOUR_CLASSES,
         image_key: str = "image",
         label_key: str = "label",
         roi_key: str = "roi",
-        brain_key: str = "brain_mask",
         epoch_length: int | None = None,
         g_inferer: Inferer | None = None,
         non_blocking: bool = False,
@@ -205,10 +232,8 @@ class TFGANTrainer(Trainer):
         amp_kwargs: dict | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode == "tf_gan" and real_data_loader is None:
-            raise ValueError("mode='tf_gan' needs a real_data_loader (unpaired real tumour cases)")
+        if self.needs_real_data and real_data_loader is None:
+            raise ValueError(f"{type(self).__name__} needs a real_data_loader (unpaired real tumour cases)")
         extra = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
         super().__init__(
             device=device,
@@ -225,7 +250,6 @@ class TFGANTrainer(Trainer):
             amp_kwargs=amp_kwargs,
             **extra,
         )
-        self.mode = mode
         self.g_network = g_network
         self.g_optimizer = g_optimizer
         self.d_network = d_network
@@ -238,10 +262,10 @@ class TFGANTrainer(Trainer):
         self.lambda_global = float(lambda_global)
         self.lambda_hinge = float(lambda_hinge)
         self.lambda_perceptual = float(lambda_perceptual)
-        self.lambda_l1 = float(lambda_l1)
+        self.noise_channels = int(noise_channels)
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.classes = tuple(int(c) for c in classes)
-        self.image_key, self.label_key, self.roi_key, self.brain_key = image_key, label_key, roi_key, brain_key
+        self.image_key, self.label_key, self.roi_key = image_key, label_key, roi_key
         self.g_inferer = SimpleInferer() if g_inferer is None else g_inferer
         self.optim_set_to_none = optim_set_to_none
         self.g_scaler: torch.amp.GradScaler | None = None
@@ -249,7 +273,7 @@ class TFGANTrainer(Trainer):
         self._real_iter: Iterator | None = None
         self._real_passes = 0
         # epoch means of the loss terms: Ignite's Average (summed over all ranks under torchrun)
-        for key in sorted(MODE_TERMS[mode]):
+        for key in sorted(self.terms):
             Average(output_transform=_term(key)).attach(self, f"epoch_{key}")
         self.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_statistics)
         if train_handlers is not None:
@@ -327,7 +351,7 @@ class TFGANTrainer(Trainer):
             "d_loss": d_loss.item(),
             "d_patch": d_patch.item(),
             "d_global": d_global.item(),
-            "d_acc": discriminator_accuracy(real_out, fake_out),
+            **discriminator_accuracy(real_out, fake_out),
         }
 
     # -- one iteration ---------------------------------------------------------------------------
@@ -335,19 +359,17 @@ class TFGANTrainer(Trainer):
         """One discriminator step and one generator step; returns (and stores) ``engine.state.output``."""
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
-        if self.mode == "tf_gan":
-            return self._tf_gan_iteration(batchdata)
-        return self._pix2pix_iteration(batchdata)
-
-    def _finish(self, output: dict[str, Any]) -> dict[str, Any]:
-        self.state.output = output
+        self.state.output = self._train_step(batchdata)
         self.fire_event(IterationEvents.MODEL_COMPLETED)
         return self.state.output
 
-    def _tf_gan_iteration(self, batchdata: Mapping[str, Any]) -> dict[str, Any]:
+    def _train_step(self, batchdata: Mapping[str, Any]) -> dict[str, Any]:
+        """TF-GAN: refine the coarse batch, then the D step and the G step of eq. 5; returns the output dict."""
         coarse = self._tensor(batchdata, self.image_key, "coarse")
         label = self._tensor(batchdata, self.label_key, "coarse")
         roi = self._tensor(batchdata, self.roi_key, "coarse")
+        # no draw without noise channels: the paper's G consumes no random numbers here
+        noise = [roi_noise(roi, self.noise_channels)] if self.noise_channels else []
         real_batch = self.next_real_batch()
         real = self._tensor(real_batch, self.image_key, "real")
         real_label = self._tensor(real_batch, self.label_key, "real")
@@ -359,7 +381,7 @@ class TFGANTrainer(Trainer):
         self.g_network.train()
         self.d_network.train()
         with self._autocast():
-            refined = self.g_inferer(torch.cat([coarse, cond_s], dim=1), self.g_network)
+            refined = self.g_inferer(torch.cat([coarse, cond_s, *noise], dim=1), self.g_network)
         self.fire_event(IterationEvents.FORWARD_COMPLETED)
 
         d_terms = self._discriminator_step(torch.cat([real, cond_r], 1), torch.cat([refined.detach(), cond_s], 1))
@@ -383,22 +405,46 @@ class TFGANTrainer(Trainer):
             self.fire_event(IterationEvents.LOSS_COMPLETED)
             self._step(g_loss, self.g_optimizer, self.g_scaler)
         self.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        return self._finish(
-            {
-                self.image_key: coarse,
-                self.label_key: label,
-                "pred": refined.detach().float(),
-                "loss": g_loss.item(),
-                "g_adv_patch": adv_patch.item(),
-                "g_adv_global": adv_global.item(),
-                "g_hinge": hinge.item(),
-                "g_perceptual": percep.item(),
-                "lambda_c": lambda_c,
-                **d_terms,
-            }
-        )
+        return {
+            self.image_key: coarse,
+            self.label_key: label,
+            "pred": refined.detach().float(),
+            "loss": g_loss.item(),
+            "g_adv_patch": adv_patch.item(),
+            "g_adv_global": adv_global.item(),
+            "g_hinge": hinge.item(),
+            "g_perceptual": percep.item(),
+            "lambda_c": lambda_c,
+            **d_terms,
+            **training_change(refined, coarse, roi),
+        }
 
-    def _pix2pix_iteration(self, batchdata: Mapping[str, Any]) -> dict[str, Any]:
+
+class Pix2PixTrainer(TFGANTrainer):
+    """The paired Pix2Pix baseline (paper section 3.2.1) as a variant of :class:`TFGANTrainer`: the same plumbing,
+    discriminator step and checkpoints, its own iteration (``x = G(c)`` from the label map ``c``, G loss adversarial
+    + ``lambda_l1`` * L1 to the paired real image) and its own reported terms.
+
+    Args:
+        args: :class:`TFGANTrainer`'s arguments; ``train_data_loader`` holds paired real cases (keys image, label,
+            brain_mask). Its TF-GAN-only arguments (``real_data_loader``, ``hinge_loss``, ``perceptual_loss``,
+            ``lambda_hinge``, ``lambda_perceptual``, ``noise_channels``, ``roi_key``) are accepted, so that the
+            bundle's Pix2Pix config stays an override of the TF-GAN one, and unused.
+        lambda_l1: weight of the L1 term (100 as in Pix2Pix).
+        brain_key: batch key of the brain mask (the label map's "brain" channel).
+        kwargs: :class:`TFGANTrainer`'s keyword arguments.
+    """
+
+    needs_real_data = False
+    terms = tuple(k for k in LOSS_KEYS if k not in _TF_GAN_ONLY)
+
+    def __init__(self, *args: Any, lambda_l1: float = 100.0, brain_key: str = "brain_mask", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lambda_l1 = float(lambda_l1)
+        self.brain_key = brain_key
+
+    def _train_step(self, batchdata: Mapping[str, Any]) -> dict[str, Any]:
+        """Pix2Pix: generate from the label map, then the D step and the G step (adversarial + L1)."""
         real = self._tensor(batchdata, self.image_key, "paired")
         label = self._tensor(batchdata, self.label_key, "paired")
         brain = self._tensor(batchdata, self.brain_key, "paired")
@@ -421,15 +467,13 @@ class TFGANTrainer(Trainer):
             self.fire_event(IterationEvents.LOSS_COMPLETED)
             self._step(g_loss, self.g_optimizer, self.g_scaler)
         self.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        return self._finish(
-            {
-                self.image_key: real,
-                self.label_key: label,
-                "pred": fake.detach().float(),
-                "loss": g_loss.item(),
-                "g_adv_patch": adv_patch.item(),
-                "g_adv_global": adv_global.item(),
-                "g_l1": l1.item(),
-                **d_terms,
-            }
-        )
+        return {
+            self.image_key: real,
+            self.label_key: label,
+            "pred": fake.detach().float(),
+            "loss": g_loss.item(),
+            "g_adv_patch": adv_patch.item(),
+            "g_adv_global": adv_global.item(),
+            "g_l1": l1.item(),
+            **d_terms,
+        }

@@ -12,8 +12,13 @@
 - ``dataset.json``: ``channel_names``, ``labels``, ``regions_class_order``, ``numTraining``, ``file_ending``
   and a ``description`` / ``provenance`` naming the source datalists;
 - ``splits_final.json`` (when there are real cases to validate on): ``min(5, real cases)`` folds, each
-  ``{"train": [...], "val": [...]}``, whose ``val`` lists hold real cases only; every synthetic case is in every
-  ``train`` list. nnU-Net's planner copies this file into the preprocessed folder, where training uses it.
+  ``{"train": [...], "val": [...]}``, whose ``val`` lists hold real cases only and whose ``train`` lists hold no
+  synthetic case derived from one of the fold's ``val`` cases (no leak: a near-copy of a validation case would let
+  the validation Dice measure memory). A synthetic case names the real cases it was derived from in its
+  provenance's ``source_cases`` (:data:`SOURCE_KEY`; a refined case's are those of its ``parent``, the provenance of
+  the case it refined); one without them is refused unless ``underived_ok`` says the synthetic cases are not
+  derived from these real cases (then it is in every ``train`` list). nnU-Net's planner copies this file into the
+  preprocessed folder, where training uses it.
 
 Synthetic cases are named ``syn_<case_id>`` (:data:`SYNTHETIC_PREFIX`), real ones keep their case id. Every
 datalist is read and checked (files exist, 3D, one grid per case, label values of the declared convention) before
@@ -27,11 +32,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,7 @@ import numpy as np
 
 from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import label_convention_of, read_datalist
-from custom_components.data.labels import INTERNAL_CLASSES, REGIONS, check_convention, to_internal
+from custom_components.data.labels import INTERNAL_CLASSES, REGION_NAMES, REGIONS, check_convention, to_internal
 from custom_components.data.loader import load_datalist
 from custom_components.data.validation import check_items
 
@@ -50,6 +56,7 @@ __all__ = [
     "NNUNET_LABELS",
     "NNUNET_TO_INTERNAL",
     "REGIONS_CLASS_ORDER",
+    "SOURCE_KEY",
     "SYNTHETIC_PREFIX",
     "dataset_folder_name",
     "evaluate_label_files",
@@ -57,10 +64,15 @@ __all__ = [
     "internal_to_nnunet",
     "make_splits",
     "nnunet_to_internal",
+    "removed_per_fold",
 ]
+
+logger = logging.getLogger(__name__)
 
 FILE_ENDING: str = ".nii.gz"
 SYNTHETIC_PREFIX: str = "syn_"
+# provenance key of a synthetic item: the ids of the real cases it was derived from (its source scans or masks)
+SOURCE_KEY: str = "source_cases"
 MAX_FOLDS: int = 5
 SPLIT_SEED: int = 12345  # the seed nnU-Net's own 5-fold split uses
 # internal value (0 bg, 1 NCR, 2 ED, 3 ET) -> nnU-Net value; nnU-Net's BraTS regions need nested label sets, so
@@ -136,32 +148,53 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
-def make_splits(real: Sequence[str], synthetic: Sequence[str] = (), seed: int = SPLIT_SEED) -> list[dict[str, list]]:
-    """Cross-validation folds in nnU-Net's ``splits_final.json`` form whose validation lists hold real cases only.
+def make_splits(
+    real: Sequence[str],
+    synthetic: Sequence[str] = (),
+    seed: int = SPLIT_SEED,
+    derived_from: Mapping[str, Iterable[str]] | None = None,
+) -> list[dict[str, list]]:
+    """Cross-validation folds in nnU-Net's ``splits_final.json`` form whose validation lists hold real cases only
+    and whose training lists hold no synthetic case derived from the fold's validation cases.
 
     ``min(5, len(real))`` folds; the real cases, shuffled with ``seed``, are dealt round-robin to the folds'
-    ``val`` lists; each ``train`` list is every other real case plus every synthetic case. Lists are sorted.
+    ``val`` lists; each ``train`` list is every other real case plus every synthetic case none of whose sources
+    (``derived_from``) is in the fold's ``val`` list. Lists are sorted.
 
     Args:
         real: identifiers of the real cases.
         synthetic: identifiers of the synthetic cases (never validated on).
         seed: seed of the shuffle.
+        derived_from: synthetic identifier -> identifiers of the real cases it was derived from; a synthetic
+            case not in it is derived from none (it trains every fold).
 
     Returns:
         ``[{"train": [...], "val": [...]}, ...]``; empty when there is no real case, or when a fold would have no
-        training case (one real case and no synthetic one).
+        training case (e.g. one real case and no synthetic case that is not derived from it).
     """
     real = sorted(str(r) for r in real)
+    sources = {str(s): {str(c) for c in (derived_from or {}).get(s, ())} for s in synthetic}
     n_folds = min(MAX_FOLDS, len(real))
-    if n_folds == 0 or (len(real) == 1 and not synthetic):
-        return []
     order = [real[i] for i in np.random.default_rng(seed).permutation(len(real))]
     splits = []
     for k in range(n_folds):
         val = sorted(order[k::n_folds])
-        train = sorted([r for r in real if r not in val] + [str(s) for s in synthetic])
+        train = sorted([r for r in real if r not in val] + [s for s, src in sources.items() if not src & set(val)])
+        if not train:
+            return []
         splits.append({"train": train, "val": val})
     return splits
+
+
+def removed_per_fold(splits: Sequence[Mapping[str, Sequence[str]]], synthetic: Sequence[str]) -> list[int]:
+    """How many of the synthetic cases each fold's ``train`` list leaves out (those derived from its ``val`` cases).
+
+    Args:
+        splits: folds of :func:`make_splits`.
+        synthetic: identifiers of every synthetic case.
+    """
+    synthetic = set(synthetic)
+    return [len(synthetic - set(fold["train"])) for fold in splits]
 
 
 def _read(
@@ -248,6 +281,7 @@ def _dataset_json(
     syn_ids: Sequence[str],
     splits: Sequence[Any],
     how: dict[str, int],
+    underived_ok: bool,
 ) -> dict[str, Any]:
     """nnU-Net's dataset.json of an export, with the description and provenance of its sources."""
     conventions = {d: conv for d, _, _, conv in sources}
@@ -257,7 +291,8 @@ def _dataset_json(
         + f", {len(syn_ids)} synthetic case(s) (named '{SYNTHETIC_PREFIX}<case_id>')"
         + (f" from {', '.join(str(s) for s in synthetic)}" if synthetic else "")
         + f" (section {section!r}). Labels: 1 oedema, 2 necrosis / non-enhancing core, 3 enhancing tumour "
-        "(nnU-Net's BraTS regions); splits_final.json validates on real cases only."
+        "(nnU-Net's BraTS regions); splits_final.json validates on real cases only and trains no fold on a "
+        "synthetic case derived from its validation cases."
     )
     return {
         "channel_names": {str(i): m for i, m in enumerate(channels)},
@@ -279,9 +314,91 @@ def _dataset_json(
             "num_real": len(real_ids),
             "num_synthetic": len(syn_ids),
             "num_folds": len(splits),
+            "synthetic_removed_per_fold": removed_per_fold(splits, syn_ids),
+            "underived_ok": bool(underived_ok),
             "images": how,
         },
     }
+
+
+def _derived_from(item: Mapping[str, Any], datalist: str, required: bool) -> list[str]:
+    """The real case ids a synthetic item names in ``provenance[SOURCE_KEY]``, or, for a case made from another
+    synthetic case (TF-GAN's refinement, Pix2Pix: the input's provenance kept as ``parent``), that its input names;
+    empty when none is named and they are not ``required``.
+
+    Raises:
+        ValueError naming the datalist and the case when ``required`` and the item names no source case, or when
+        the key holds something other than a list of case ids.
+    """
+    provenance = item.get("provenance")
+    while isinstance(provenance, Mapping) and SOURCE_KEY not in provenance:
+        provenance = provenance.get("parent")
+    found = provenance.get(SOURCE_KEY) if isinstance(provenance, Mapping) else None
+    if found is None and not required:
+        return []
+    if not isinstance(found, list) or not found or not all(isinstance(c, str) and c for c in found):
+        raise ValueError(
+            f"{datalist}: synthetic case {item['case_id']!r} does not name the real cases it was derived from "
+            f"(provenance {SOURCE_KEY!r}: a list of case ids, got {found!r}); without them it could train the folds "
+            "that validate on its sources"
+            + (
+                "; pass underived_ok (--underived_ok) if the synthetic cases are not derived from the real cases of "
+                "this export"
+                if required
+                else ""
+            )
+        )
+    return found
+
+
+def _collect_cases(
+    sources: Sequence[tuple[str, str, list[dict[str, Any]], str]], require_sources: bool
+) -> list[dict[str, Any]]:
+    """One record per case of every datalist: nnU-Net identifier, role, label convention, files and (synthetic
+    cases) the real case ids it was derived from.
+
+    Args:
+        sources: ``(datalist, role, items, convention)`` of every datalist.
+        require_sources: refuse a synthetic case that does not name its source cases.
+
+    Raises:
+        ValueError naming the datalist for two cases with one identifier or a synthetic case without its sources.
+    """
+    seen: dict[str, str] = {}
+    cases: list[dict[str, Any]] = []
+    for datalist, role, items, convention in sources:
+        for it in items:
+            ident = it["case_id"] if role == "real" else SYNTHETIC_PREFIX + it["case_id"]
+            if ident in seen:
+                raise ValueError(
+                    f"{datalist}: case {it['case_id']!r} gives the identifier {ident!r}, already given by a case of "
+                    f"{seen[ident]}; identifiers must be unique"
+                )
+            seen[ident] = datalist
+            cases.append(
+                {
+                    "identifier": ident,
+                    "role": role,
+                    "convention": convention,
+                    "image": it["image"],
+                    "label": it["label"],
+                    "derived_from": [] if role == "real" else _derived_from(it, datalist, require_sources),
+                }
+            )
+    return cases
+
+
+def _fold_report(splits: Sequence[Mapping[str, Sequence[str]]], cases: Sequence[Mapping[str, Any]]) -> str:
+    """The line on the synthetic cases each fold leaves out of training, and on those whose sources are none of the
+    real cases (they train every fold: an id mismatch between the datalists would show here)."""
+    real = {c["identifier"] for c in cases if c["role"] == "real"}
+    synthetic = [c for c in cases if c["role"] == "synthetic"]
+    foreign = sum(1 for c in synthetic if not set(c["derived_from"]) & real)
+    return (
+        f"nnU-Net folds: synthetic cases derived from a fold's validation cases left out of its training list: "
+        f"{removed_per_fold(splits, [c['identifier'] for c in synthetic])} of {len(synthetic)} per fold; "
+        f"{foreign} synthetic case(s) derived from none of the {len(real)} real cases train every fold"
+    )
 
 
 def _check_destination(out: Path, folder: str, dataset_id: int, overwrite: bool) -> Path:
@@ -310,19 +427,26 @@ def export_nnunet(
     overwrite: bool = False,
     *,
     modalities: Sequence[str] | None = None,
+    underived_ok: bool = False,
+    log: Callable[[str], None] = logger.info,
 ) -> Path:
     """Write real and synthetic datalists as one nnU-Net v2 raw dataset (see the module docstring for the layout).
 
     Args:
         real: datalist of real cases (their ids name the files as they are), or None for synthetic cases only.
         out: nnU-Net raw folder (``nnUNet_raw``) to write the dataset into.
-        synthetic: datalists of synthetic cases (named ``syn_<case_id>``; kept out of every validation fold).
+        synthetic: datalists of synthetic cases (named ``syn_<case_id>``; kept out of every validation fold, and
+            out of the training folds that validate on a real case named in their provenance's ``source_cases``).
         dataset_id: nnU-Net dataset id, 1-999.
         name: dataset name.
         section: datalist section to export from every datalist.
         overwrite: replace an existing dataset folder of this id and name.
         modalities: channels to export, chosen by name from every datalist's top-level ``modalities`` (e.g.
             ``["t1n"]`` when the synthetic cases have T1 only); None: all of the first datalist's modalities.
+        underived_ok: accept synthetic cases whose provenance does not name ``source_cases``: the caller states
+            that they are not derived from the real cases (they train every fold). Without it such a case is refused
+            when there is a real datalist.
+        log: where the line with the synthetic cases left out of each fold goes.
 
     Returns:
         the dataset folder ``<out>/Dataset{dataset_id:03d}_{name}``.
@@ -331,7 +455,8 @@ def export_nnunet(
         FileExistsError: when the folder exists without ``overwrite``, or ``out`` holds another dataset with this id.
         FileNotFoundError / KeyError / ValueError: naming the datalist (and file) for bad input: a missing file, a
             label off its image's grid, label values outside the declared convention, datalists with different
-            channels, two cases with one identifier. Nothing is written then.
+            channels, two cases with one identifier, a synthetic case without ``source_cases`` (unless
+            ``underived_ok``). Nothing is written then.
     """
     folder = dataset_folder_name(dataset_id, name)
     out = Path(out)
@@ -357,28 +482,7 @@ def export_nnunet(
                 f"({', '.join(channels)})"
             )
         sources.append((str(datalist), role, items, convention))
-    seen: dict[str, str] = {}
-    cases: list[dict[str, Any]] = []
-    for datalist, role, items, convention in sources:
-        for it in items:
-            ident = it["case_id"] if role == "real" else SYNTHETIC_PREFIX + it["case_id"]
-            if ident in seen:
-                raise ValueError(
-                    f"{datalist}: case {it['case_id']!r} gives the identifier {ident!r}, already given by a case of "
-                    f"{seen[ident]}; identifiers must be unique"
-                )
-            seen[ident] = datalist
-            cases.append(
-                {
-                    "identifier": ident,
-                    "role": role,
-                    "datalist": datalist,
-                    "convention": convention,
-                    "case_id": it["case_id"],
-                    "image": it["image"],
-                    "label": it["label"],
-                }
-            )
+    cases = _collect_cases(sources, require_sources=real is not None and not underived_ok)
     # then every file: 3D, one grid per case, label values of the declared convention (healthy cases allowed)
     for datalist, _, items, convention in sources:
         check_items(
@@ -391,7 +495,9 @@ def export_nnunet(
         )
     real_ids = [c["identifier"] for c in cases if c["role"] == "real"]
     syn_ids = [c["identifier"] for c in cases if c["role"] == "synthetic"]
-    splits = make_splits(real_ids, syn_ids)
+    splits = make_splits(real_ids, syn_ids, derived_from={c["identifier"]: c["derived_from"] for c in cases})
+    if splits and syn_ids:
+        log(_fold_report(splits, cases))
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{folder}.", dir=out) as tmp:
@@ -405,7 +511,9 @@ def export_nnunet(
             _write_label(
                 case["label"], case["image"][0], case["convention"], build / "labelsTr" / f"{case['identifier']}.nii.gz"
             )
-        dataset_json = _dataset_json(real, synthetic, sources, channels, name, section, real_ids, syn_ids, splits, how)
+        dataset_json = _dataset_json(
+            real, synthetic, sources, channels, name, section, real_ids, syn_ids, splits, how, underived_ok
+        )
         (build / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
         if splits:
             (build / "splits_final.json").write_text(json.dumps(splits, indent=2) + "\n")
@@ -424,7 +532,7 @@ def export_nnunet(
 
 def _regions(label: np.ndarray) -> np.ndarray:
     """Internal label volume -> binary region channels ET, TC, WT."""
-    return np.stack([np.isin(label, REGIONS[r]) for r in ("ET", "TC", "WT")]).astype(np.uint8)
+    return np.stack([np.isin(label, REGIONS[r]) for r in REGION_NAMES]).astype(np.uint8)
 
 
 def evaluate_label_files(

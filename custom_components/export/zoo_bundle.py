@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.resources
 import json
 import os
 import re
@@ -40,7 +41,9 @@ from typing import Any
 import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-BUNDLES_DIR = PACKAGE_DIR.parent / "bundles"
+# the bundles folder when no --bundles-dir is given (find_bundles_dir); the commands' --bundles-dir sets it for the
+# stages they start
+BUNDLES_ENV = "TUMORFAB_BUNDLES_DIR"
 VENDOR_IMPORT = "$import scripts"
 # the config value that points at the weights in models/ (named in the exported README)
 WEIGHT_SETTINGS: dict[str, str] = {
@@ -76,6 +79,36 @@ if sys.path[:1] != [VENDOR_DIR]:
         sys.path.remove(VENDOR_DIR)
     sys.path.insert(0, VENDOR_DIR)
 '''
+
+
+def find_bundles_dir(bundles_dir: str | os.PathLike | None = None) -> Path:
+    """The folder that holds the bundles (``<folder>/<name>/configs/...``), the one place that decides it.
+
+    In order: ``bundles_dir`` (the commands' ``--bundles-dir``), else ``$TUMORFAB_BUNDLES_DIR``, else the copy
+    installed with the package (``custom_components/bundles``: a wheel ships the repository's ``bundles/`` there),
+    else the top-level ``bundles/`` of the checkout the package is imported from (an editable install or a source
+    tree on ``sys.path``).
+
+    Raises:
+        FileNotFoundError when the chosen folder is not a directory, or no bundles folder is found.
+    """
+    chosen = bundles_dir or os.environ.get(BUNDLES_ENV)
+    if chosen:
+        folder = Path(chosen).expanduser().resolve()
+        if not folder.is_dir():
+            source = "--bundles-dir" if bundles_dir else f"${BUNDLES_ENV}"
+            raise FileNotFoundError(f"{folder}: the bundles folder ({source}) is not a directory")
+        return folder
+    packaged = importlib.resources.files(PACKAGE_DIR.name) / "bundles"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    checkout = PACKAGE_DIR.parent / "bundles"
+    if not checkout.is_dir():
+        raise FileNotFoundError(
+            f"no bundles folder: neither {packaged} (installed) nor {checkout} (checkout) exists; "
+            f"pass --bundles-dir or set ${BUNDLES_ENV}"
+        )
+    return checkout
 
 
 def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -236,7 +269,7 @@ def export_bundle(
         weights: weight file(s) copied into ``models/`` under their own names and listed in ``large_files.yml``.
         zip: also write ``<out>/<name>.zip``.
         overwrite: replace an existing export (folder and zip).
-        bundles_dir: where the bundles live (default: this repository's ``bundles/``).
+        bundles_dir: where the bundles live (default: :func:`find_bundles_dir`'s).
 
     Returns:
         The exported bundle folder.
@@ -245,8 +278,7 @@ def export_bundle(
         FileNotFoundError naming a missing bundle or weight file; FileExistsError when the export exists and not
         ``overwrite``; ValueError for two weights with one file name.
     """
-    src = Path(bundles_dir) if bundles_dir is not None else BUNDLES_DIR
-    src = src / name
+    src = find_bundles_dir(bundles_dir) / name
     meta_file = src / "configs" / "metadata.json"
     if not meta_file.is_file():
         raise FileNotFoundError(f"{meta_file}: not a bundle (bundles: {', '.join(_bundle_names(src.parent))})")

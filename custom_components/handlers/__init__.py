@@ -1,6 +1,6 @@
 """Ignite handlers: DSMA's MAS sample weights (statistics, real-case evaluator, handler), the label writer, the
 checkpoint savers and training guards, and TF-GAN's lambda_c schedule (MONAI's linear ``ParamSchedulerHandler``,
-built by ``hinge_weight_schedule``)."""
+built by ``hinge_weight_schedule``), and per-epoch metric curves as CSV (``EpochMetricsWriter``)."""
 
 from custom_components.handlers.checkpoints import (
     OutputExistsError,
@@ -11,6 +11,7 @@ from custom_components.handlers.checkpoints import (
     latest_checkpoint,
     non_finite_tensors,
 )
+from custom_components.handlers.epoch_log import EPOCH_METRICS_FILE, EpochMetricsWriter, read_epoch_metrics
 from custom_components.handlers.mas import (
     MASHandler,
     MASStatistics,
@@ -26,6 +27,9 @@ from custom_components.handlers.save_labels import SegmentationWriter
 from custom_components.handlers.schedules import hinge_weight_schedule
 
 __all__ = [
+    "EPOCH_METRICS_FILE",
+    "EpochMetricsWriter",
+    "read_epoch_metrics",
     "OutputExistsError",
     "SafeCheckpointSaver",
     "TrainingGuardError",

@@ -64,13 +64,12 @@ from torch.utils.data import DataLoader
 
 from custom_components.data.atomic import atomic_write_text
 from custom_components.data.keys import SynthesisKeys
-from custom_components.data.labels import REGIONS
+from custom_components.data.labels import REGION_NAMES, REGIONS
 
 DEFAULT_BETA = 0.1
 DEFAULT_C = 2e-5
 # name of the per-case accuracy metric of the real-case evaluator (engine.state.metrics / metric_details)
 REAL_DICE_METRIC = "mas_real_dice"
-REGION_NAMES: tuple[str, ...] = ("ET", "TC", "WT")
 
 ArrayT = TypeVar("ArrayT", float, np.ndarray, torch.Tensor)
 

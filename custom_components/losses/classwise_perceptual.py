@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
+from custom_components.data.labels import TUMOUR_CLASSES
+
 MASK_MODES: tuple[str, ...] = ("area", "nearest")
 
 
@@ -46,7 +48,7 @@ class ClasswisePerceptualLoss(_Loss):
         self,
         encoder: Callable[[torch.Tensor], Sequence[torch.Tensor]],
         levels: int = 3,
-        classes: Sequence[int] = (1, 2, 3),
+        classes: Sequence[int] = TUMOUR_CLASSES,
         mask_mode: str = "area",
         threshold: float = 0.5,
     ) -> None:

@@ -2,14 +2,17 @@
 
 ``m_roi`` (:class:`~custom_components.transforms.RoiMaskd`) is the region where the generator may change the
 coarse image freely; outside it the loss keeps the refined image close to the coarse one.
+:func:`refinement_change` measures what eq. 2 constrains (the change outside ``m_roi``) and the change inside it, for
+a refined case (refinement's provenance) and for a training batch (TF-GAN's per-iteration ``change_*`` terms).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["DEFAULT_HINGE_MARGIN", "HingeL1Loss"]
+__all__ = ["DEFAULT_HINGE_MARGIN", "HingeL1Loss", "refinement_change"]
 
 DEFAULT_HINGE_MARGIN: float = 0.05
 
@@ -50,3 +53,34 @@ class HingeL1Loss(_Loss):
         if self.reduction == "sum":
             return term.sum()
         return term
+
+
+def refinement_change(
+    refined: np.ndarray, coarse: np.ndarray, roi: np.ndarray, brain: np.ndarray, margin: float = DEFAULT_HINGE_MARGIN
+) -> dict[str, float | int]:
+    """What a refinement changed: ``|refined - coarse|`` on the brain outside ``m_roi`` (where eq. 2 asks for the
+    anatomy to stay) and inside it (where the tumour is refined).
+
+    Args:
+        refined: refined volume ``(C, *spatial)``.
+        coarse: its coarse input, same shape.
+        roi: ``m_roi`` (spatial, bool).
+        brain: brain mask (spatial, bool).
+        margin: the hinge margin (changes up to it cost nothing in eq. 2).
+
+    Returns:
+        ``outside_roi_mean_abs`` (mean over brain voxels outside m_roi and channels), ``outside_roi_beyond_margin``
+        (fraction of those voxel values that moved by more than ``margin``), ``roi_mean_abs`` (mean inside m_roi,
+        brain voxels), and the voxel counts ``outside_roi_voxels`` / ``roi_voxels``.
+    """
+    diff = np.abs(np.asarray(refined, dtype=np.float64) - np.asarray(coarse, dtype=np.float64))
+    outside = brain & ~roi
+    inside = brain & roi
+    out_diff, in_diff = diff[:, outside], diff[:, inside]
+    return {
+        "outside_roi_mean_abs": float(out_diff.mean()) if out_diff.size else 0.0,
+        "outside_roi_beyond_margin": float((out_diff > margin).mean()) if out_diff.size else 0.0,
+        "roi_mean_abs": float(in_diff.mean()) if in_diff.size else 0.0,
+        "outside_roi_voxels": int(outside.sum()),
+        "roi_voxels": int(inside.sum()),
+    }

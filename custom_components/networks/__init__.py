@@ -10,6 +10,7 @@ from custom_components.networks.tf_gan import (
     TFGANGenerator,
     check_spatial_size,
     condition_channels,
+    roi_noise,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "check_spatial_size",
     "condition_channels",
     "load_network_weights",
+    "roi_noise",
 ]

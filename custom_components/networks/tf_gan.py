@@ -17,7 +17,8 @@ from monai.networks.blocks import Convolution, UpSample
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetResBlock
 from torch import nn
 
-TUMOUR_CLASSES: tuple[int, ...] = (1, 2, 3)
+from custom_components.data.labels import TUMOUR_CLASSES
+
 BRAIN_CHANNEL: str = "brain"
 
 
@@ -47,6 +48,23 @@ def condition_channels(
             tumour |= ch
         channels.append((torch.as_tensor(brain) > 0) & ~tumour)
     return torch.cat(channels, dim=1).float()
+
+
+def roi_noise(roi: torch.Tensor, channels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The noise input of a generator with ``noise_channels`` (this project's optional deviation from the paper):
+    standard normal values inside ``m_roi`` and 0 outside, so the generator has a source of randomness to draw
+    texture from where it refines, and none where the hinge loss asks it to keep the anatomy.
+
+    Args:
+        roi: ``(B, 1, *spatial)`` ``m_roi`` (non-zero inside).
+        channels: noise channels (0 gives an empty ``(B, 0, *spatial)`` tensor).
+        generator: the random generator to draw from (``None``: torch's global one, seeded by ``set_determinism``).
+    """
+    if roi.ndim < 3 or roi.shape[1] != 1:
+        raise ValueError(f"roi must have shape (B, 1, *spatial), got {tuple(roi.shape)}")
+    shape = (roi.shape[0], int(channels), *roi.shape[2:])
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu" if generator else roi.device)
+    return noise.to(roi.device) * (roi > 0).to(torch.float32)
 
 
 def check_spatial_size(owner: str, shape: Sequence[int], divisor: int) -> None:
@@ -89,7 +107,10 @@ class TFGANGenerator(nn.Module):
     direct-output one, loadable with ``residual=False``.
 
     The input tensor holds ``in_channels`` image channels followed by ``num_classes`` one-hot mask channels
-    (see :func:`condition_channels`); ``in_channels`` may be 0 for a label-only generator (Pix2Pix).
+    (see :func:`condition_channels`) and ``noise_channels`` noise channels (:func:`roi_noise`); ``in_channels``
+    may be 0 for a label-only generator (Pix2Pix). The paper's G sees the coarse image and the mask only
+    (``noise_channels=0``); a deterministic G can sharpen or shift what the blurred ROI holds but cannot draw
+    random texture into it, so noise channels are this project's optional deviation (tf_gan docs/README.md).
 
     Args:
         in_channels: image channels of the input (modalities of the coarse image; 0 for Pix2Pix).
@@ -101,6 +122,7 @@ class TFGANGenerator(nn.Module):
         res_block: use residual blocks (``UnetResBlock``) instead of plain double convolutions.
         residual: output ``clamp(input image + h, -1, 1)`` with a zero-initialised output layer (needs
             ``in_channels == out_channels``) instead of ``tanh(h)``.
+        noise_channels: noise channels appended to the input (0: the paper's G).
     """
 
     def __init__(
@@ -113,9 +135,12 @@ class TFGANGenerator(nn.Module):
         act_name: str | tuple = ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
         res_block: bool = False,
         residual: bool = False,
+        noise_channels: int = 0,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
+        if noise_channels < 0:
+            raise ValueError(f"noise_channels must be >= 0, got {noise_channels}")
         if len(channels) < 2:
             raise ValueError(f"TFGANGenerator needs at least two levels, got channels={channels}")
         if in_channels < 0 or num_classes < 0 or in_channels + num_classes < 1:
@@ -132,13 +157,14 @@ class TFGANGenerator(nn.Module):
         self.residual = bool(residual)
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
+        self.noise_channels = int(noise_channels)
         self.out_channels = int(out_channels)
         self.channels = tuple(channels)
         self.divisor = 2 ** (len(channels) - 1)
         block = UnetResBlock if res_block else UnetBasicBlock
 
         self.encoder = nn.ModuleList()
-        prev = self.in_channels + self.num_classes
+        prev = self.in_channels + self.num_classes + self.noise_channels
         for i, ch in enumerate(channels):
             self.encoder.append(
                 block(3, prev, ch, kernel_size=3, stride=1 if i == 0 else 2, norm_name=norm_name, act_name=act_name)
@@ -203,16 +229,16 @@ class TFGANGenerator(nn.Module):
         or a one-voxel bottleneck (instance normalisation cannot normalise a single voxel).
 
         Skipped in a TorchScript export (``monai.bundle ckpt_export``), which fails inside the network instead."""
-        expected = self.in_channels + self.num_classes
+        expected = self.in_channels + self.num_classes + self.noise_channels
         if x.ndim != 5 or x.shape[1] != expected:
             raise ValueError(
                 f"TFGANGenerator expects (B, {expected}, H, W, D) input ({self.in_channels} image + "
-                f"{self.num_classes} mask channels), got {tuple(x.shape)}"
+                f"{self.num_classes} mask + {self.noise_channels} noise channels), got {tuple(x.shape)}"
             )
         check_spatial_size(f"TFGANGenerator with {len(self.channels)} levels", x.shape[2:], self.divisor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Refine ``x`` ``(B, in_channels + num_classes, H, W, D)`` into an image ``(B, out_channels, H, W, D)``."""
+        """Refine ``x`` ``(B, in_channels + num_classes + noise_channels, H, W, D)`` into an image ``(B, out_channels, H, W, D)``."""
         if not torch.jit.is_scripting():
             self.check_input(x)
         image = x[:, : self.in_channels]
@@ -240,11 +266,17 @@ class DualHeadDiscriminator(nn.Module):
     The input is the image concatenated with the one-hot mask it is conditioned on (see
     :func:`condition_channels`): ``in_channels`` counts both.
 
+    ``spectral_norm=True`` (where the paper is silent; tf_gan docs/README.md, "Discriminator normalisation") drops
+    the instance normalisation and constrains every convolution and the linear layer by spectral normalisation
+    (Miyato et al. 2018) instead. Instance normalisation divides each channel of each sample by its own spread, so
+    at the deep, few-voxel stages it removes the feature magnitudes that tell a textured tumour from a flat one.
+
     Args:
         in_channels: image channels + mask channels.
         channels: widths of the downsampling stages (five in the paper).
-        norm_name: normalisation of stages 2..n (MONAI name).
+        norm_name: normalisation of stages 2..n (MONAI name); ignored with ``spectral_norm``.
         negative_slope: LeakyReLU slope.
+        spectral_norm: spectral normalisation of every layer instead of instance normalisation.
     """
 
     def __init__(
@@ -253,6 +285,7 @@ class DualHeadDiscriminator(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256, 320),
         norm_name: str | tuple = "instance",
         negative_slope: float = 0.2,
+        spectral_norm: bool = False,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -266,17 +299,20 @@ class DualHeadDiscriminator(nn.Module):
         act = ("leakyrelu", {"negative_slope": negative_slope, "inplace": True})
         stages = []
         prev = self.in_channels
+        norm = None if spectral_norm else norm_name
         for i, ch in enumerate(channels):
             stages.append(
-                Convolution(
-                    3, prev, ch, strides=2, kernel_size=4, padding=1, norm=None if i == 0 else norm_name, act=act
-                )
+                Convolution(3, prev, ch, strides=2, kernel_size=4, padding=1, norm=None if i == 0 else norm, act=act)
             )
             prev = ch
         self.encoder = nn.Sequential(*stages)
         self.patch_head = Convolution(3, prev, 1, kernel_size=3, padding=1, conv_only=True)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.global_head = nn.Linear(prev, 1)
+        self.spectral_norm = bool(spectral_norm)
+        if self.spectral_norm:
+            for module in [m for m in self.modules() if isinstance(m, nn.Conv3d | nn.Linear)]:
+                nn.utils.parametrizations.spectral_norm(module)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(patch_logits (B, 1, H/2**n, W/2**n, D/2**n), global_logits (B, 1))`` for ``x`` ``(B, C, H, W, D)``."""

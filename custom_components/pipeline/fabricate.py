@@ -14,11 +14,14 @@ Methods:
   into ``<out>``. A rerun with the same settings skips finished stages.
 
 Every method writes ``<out>/<case_id>/`` per case, ``<out>/datalist.json`` (``training``, ``labels: internal``,
-items with ``synthetic: true`` and ``provenance``: method, source case(s), seed, parameters),
+items with ``synthetic: true`` and ``provenance``: method, ``source_cases`` (the real cases it was derived from:
+DTSS's target, CarveMix's target and lesion source, TF-Aug's / TF's mask cases; TF's healthy scan is
+``healthy_case_id``), seed, parameters),
 ``<out>/gallery/index.html`` (every case's montage, relative links) and ``<out>/realism.json`` (realism against
 the real datalist's ``validation`` section, when it has one; no encoder, FRD on) and ``<out>/fabricate.json``
 (the manifest: method, seed, real datalist path and hash, settings). ``fmt="nnunet"`` also exports
-``<out>/nnunet`` (:func:`custom_components.export.nnunet.export_nnunet`).
+``<out>/nnunet`` (:func:`custom_components.export.nnunet.export_nnunet`; no fold trains on a case derived from
+its validation cases).
 
 Refusals, before anything is written: an unknown method or format; N above what the method can make
 (:func:`custom_components.synthesis.offline.max_cases`); a real training case without tumour (its label file is
@@ -57,6 +60,7 @@ from custom_components.synthesis.offline import (
     max_cases,
     plan_offline,
 )
+from custom_components.synthesis.tf_aug import mask_source_cases
 
 METHODS: tuple[str, ...] = ("tf", "tf_aug", *OFFLINE_METHODS)
 FORMATS: tuple[str, ...] = ("monai", "nnunet")
@@ -487,6 +491,8 @@ def _tf_cases(
         "tf_aug": cfg["tf_aug"],
         **({"tf_gan": cfg["tf_gan"]} if method == "tf" else {}),
     }
+    # the real cases whose masks TF-Aug drew from (its mask pool: the training labels of the stages' real datalist)
+    real_items = load_datalist(exp.real_datalist, "training", require=["label"], check="none")
     result = []
     with Progress(len(items), "case", log, stream) as progress:
         for item in items:
@@ -504,12 +510,14 @@ def _tf_cases(
             healthy_image = tf_aug_prov.get("healthy")
             healthy_image = healthy_image[0] if isinstance(healthy_image, list) else healthy_image
             new["synthetic"] = True
+            source_masks = tf_aug_prov.get("source_masks", [])
             new["provenance"] = {
                 "stage": "fabricate",
                 "method": method,
-                "source_cases": [tf_aug_prov.get("healthy_case_id")],
-                "source_images": [[healthy_image]],
-                "source_masks": tf_aug_prov.get("source_masks", []),
+                "source_cases": mask_source_cases(source_masks, real_items),
+                "source_masks": source_masks,
+                "healthy_case_id": tf_aug_prov.get("healthy_case_id"),
+                "healthy_image": healthy_image,
                 "seed": tf_aug_prov.get("seed"),
                 "global_seed": tf_aug_prov.get("global_seed"),
                 "case_index": tf_aug_prov.get("case_index"),
@@ -725,7 +733,8 @@ def fabricate(
         if fmt == "nnunet":
             from custom_components.export.nnunet import export_nnunet
 
-            nn = export_nnunet(real_path, out / NNUNET, synthetic=[datalist], overwrite=True)
+            # every case names its source cases: each fold trains on none derived from its validation cases
+            nn = export_nnunet(real_path, out / NNUNET, synthetic=[datalist], overwrite=True, log=log)
             log(f"nnU-Net dataset: {nn}")
     log(f"fabricate {method}: {len(items)} cases in {out} ({time.perf_counter() - start:.0f} s); datalist {datalist}")
     return datalist

@@ -20,8 +20,7 @@ import numpy as np  # noqa: E402
 from scipy import optimize, stats  # noqa: E402
 
 from custom_components.data.atomic import atomic_path, atomic_write_text  # noqa: E402
-
-REGIONS: tuple[str, ...] = ("ET", "TC", "WT")
+from custom_components.data.labels import REGION_NAMES  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class ArmResult:
 
     @property
     def mean(self) -> float:
-        return float(np.mean([self.dice[r] for r in REGIONS]))
+        return float(np.mean([self.dice[r] for r in REGION_NAMES]))
 
 
 REFERENCE_ARMS: tuple[str, ...] = ("baseline", "real_matched")
@@ -139,7 +138,7 @@ def summarise(results: Sequence[ArmResult], references: str | Sequence[str] = RE
     rows = []
     for arm in arms:
         mine = [r for r in results if r.arm == arm]
-        table = {k: [r.dice[k] for r in mine] for k in REGIONS}
+        table = {k: [r.dice[k] for r in mine] for k in REGION_NAMES}
         table["Mean"] = [r.mean for r in mine]
         ddof = 1 if len(mine) > 1 else 0
         own = _by_seed(results, arm)
@@ -182,7 +181,7 @@ def table_rows(summaries: Sequence[ArmSummary]) -> list[list[str]]:
     rows = [[*header, "seeds"]]
     for s in summaries:
         cells = [c for ref in refs for c in _comparison_cells(s.comparisons.get(ref))]
-        rows.append([s.arm, *(_cell(s, k) for k in (*REGIONS, "Mean")), *cells, str(len(s.seeds))])
+        rows.append([s.arm, *(_cell(s, k) for k in (*REGION_NAMES, "Mean")), *cells, str(len(s.seeds))])
     return rows
 
 
@@ -211,7 +210,7 @@ def comparison_note(summaries: Sequence[ArmSummary]) -> str:
 def plot_dice(results: Sequence[ArmResult], out_png: str | os.PathLike) -> Path:
     """Bar plot of mean Dice per arm and region with the per-seed values as dots."""
     arms = list(dict.fromkeys(r.arm for r in results))
-    keys = (*REGIONS, "Mean")
+    keys = (*REGION_NAMES, "Mean")
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(arms)), 4))
     for j, key in enumerate(keys):
@@ -369,6 +368,60 @@ def refinement_rows(change: Mapping[str, float]) -> list[list[str]]:
     ]
 
 
+GAN_CURVES_NOTE = (
+    "TF-GAN's training, per epoch (epoch means, from the training's epoch_metrics.csv): the discriminator's accuracy "
+    "on real patches (d_acc_real) and on refined ones (d_acc_fake), 0.5 on average being chance; the generator's "
+    "adversarial (patch head), hinge and perceptual terms; and the mean |refined - coarse| of the training patches "
+    "inside m_roi and on brain voxels outside it (hinge margin 0.05)."
+)
+GAN_CURVE_KEYS: tuple[str, ...] = (
+    "epoch_d_acc",
+    "epoch_d_acc_real",
+    "epoch_d_acc_fake",
+    "epoch_g_adv_patch",
+    "epoch_g_hinge",
+    "epoch_g_perceptual",
+    "epoch_change_roi",
+    "epoch_change_outside",
+)
+
+
+def gan_curve_rows(curves: Sequence[Mapping[str, float]], n: int = 6) -> list[list[str]]:
+    """Rows (header first) of the GAN-curve table: ``n`` epochs spread over the training, the last included."""
+    keys = [k for k in GAN_CURVE_KEYS if any(k in r for r in curves)]
+    picks = sorted({round(i * (len(curves) - 1) / max(n - 1, 1)) for i in range(n)})
+    rows = [["epoch", *(k.removeprefix("epoch_") for k in keys)]]
+    for i in picks:
+        rows.append([str(int(curves[i]["epoch"])), *(_num(curves[i].get(k)) for k in keys)])
+    return rows
+
+
+def plot_gan_curves(curves: Sequence[Mapping[str, float]], out_png: str | os.PathLike) -> Path:
+    """Three panels over the epochs: D's accuracy (real, refined, mean; chance dashed), G's loss terms, and the
+    mean change inside / outside m_roi (hinge margin dashed)."""
+    epochs = [r["epoch"] for r in curves]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    panels = (
+        (("epoch_d_acc", "epoch_d_acc_real", "epoch_d_acc_fake"), "discriminator accuracy", 0.5),
+        (("epoch_g_adv_patch", "epoch_g_hinge", "epoch_g_perceptual"), "generator terms", None),
+        (("epoch_change_roi", "epoch_change_outside"), "mean |refined - coarse|", 0.05),
+    )
+    for ax, (keys, title, line) in zip(axes, panels, strict=True):
+        for key in keys:
+            if any(key in r for r in curves):
+                ax.plot(epochs, [r.get(key, np.nan) for r in curves], label=key.removeprefix("epoch_"))
+        if line is not None:
+            ax.axhline(line, color="k", ls="--", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(out_png)
+
+
 PROVENANCE_NOTE = (
     "How the stages behind this report were made, from each stage's stage.json (the report: this process): the git "
     "commit, the code hash (SHA-256 of custom_components/**/*.py and bundles/**/configs/*; part of every stage's "
@@ -416,6 +469,28 @@ def _html_table(rows: Sequence[Sequence[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _refinement_section(
+    refinement: Mapping[str, float] | None, gan_curves: Sequence[Mapping[str, float]], curves_png: str | None
+) -> tuple[list[str], list[str]]:
+    """The Markdown lines and HTML parts of the refinement section: what refinement changed and TF-GAN's curves
+    (``curves_png``: the plot's path relative to the report)."""
+    md: list[str] = []
+    parts: list[str] = []
+    if refinement or gan_curves:
+        md += ["## Refinement: what TF-GAN changed", ""]
+        parts += ["<h2>Refinement: what TF-GAN changed</h2>"]
+    if refinement:
+        md += [REFINEMENT_NOTE, "", *_md_table(refinement_rows(refinement)), ""]
+        parts += [f"<p>{html.escape(REFINEMENT_NOTE)}</p>", _html_table(refinement_rows(refinement))]
+    if gan_curves:
+        md += [GAN_CURVES_NOTE, "", *_md_table(gan_curve_rows(gan_curves)), ""]
+        parts += [f"<p>{html.escape(GAN_CURVES_NOTE)}</p>", _html_table(gan_curve_rows(gan_curves))]
+        if curves_png:
+            md += [f"![TF-GAN training]({curves_png})", ""]
+            parts += [f"<img src='{html.escape(curves_png)}' alt='TF-GAN training'>"]
+    return md, parts
+
+
 def write_report(
     results: Sequence[ArmResult],
     out_dir: str | os.PathLike,
@@ -427,6 +502,7 @@ def write_report(
     warnings: Sequence[str] = (),
     refinement: Mapping[str, float] | None = None,
     provenance: Sequence[Mapping[str, Any]] = (),
+    gan_curves: Sequence[Mapping[str, float]] = (),
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``dice.png`` into ``out_dir``; returns their paths.
 
@@ -445,6 +521,8 @@ def write_report(
         provenance: how the stages behind the report were made
             (:func:`custom_components.pipeline.runner.stage_provenance`), a "Provenance" section at the end; more
             than one combination adds a "MIXED" warning.
+        gan_curves: TF-GAN's per-epoch metrics (:func:`custom_components.handlers.read_epoch_metrics`), a table and
+            ``tf_gan_curves.png`` in the refinement section.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -477,15 +555,11 @@ def write_report(
         md += _md_table(rrows)
         md += ["", *(f"- {line}" for line in realism_floor_notes(realism))]
         md += ["", f"![Realism per method]({rel(rplot)})", ""]
-    if refinement:
-        md += [
-            "## Refinement: what TF-GAN changed",
-            "",
-            REFINEMENT_NOTE,
-            "",
-            *_md_table(refinement_rows(refinement)),
-            "",
-        ]
+    curves_png = plot_gan_curves(gan_curves, out / "tf_gan_curves.png") if gan_curves else None
+    if curves_png is not None:
+        paths_extra["gan_curves"] = curves_png
+    refinement_md, refinement_html = _refinement_section(refinement, gan_curves, curves_png and rel(curves_png))
+    md += refinement_md
     for method, pngs in montages.items():
         md += [f"## QC: {method}", ""] + [f"![{method}]({rel(p)})" for p in pngs] + [""]
     if provenance:
@@ -516,12 +590,7 @@ def write_report(
             *(f"<p>{html.escape(line)}</p>" for line in realism_floor_notes(realism)),
             f"<img src='{html.escape(rel(paths_extra['realism_plot']))}' alt='Realism per method'>",
         ]
-    if refinement:
-        parts += [
-            "<h2>Refinement: what TF-GAN changed</h2>",
-            f"<p>{html.escape(REFINEMENT_NOTE)}</p>",
-            _html_table(refinement_rows(refinement)),
-        ]
+    parts += refinement_html
     for method, pngs in montages.items():
         parts.append(f"<h2>QC: {html.escape(method)}</h2>")
         parts += [f"<img src='{html.escape(rel(p))}' alt='{html.escape(method)}'>" for p in pngs]

@@ -21,15 +21,14 @@ Interruptions:
 - ``--from STAGE`` removes the finished markers of that stage and of every later one before anything runs, so
   an interrupted forced run still redoes all of them (:func:`run_stages`; the pipeline CLI also records the
   forced stage in ``<workdir>/forced_from.json`` until the run completes, for stages listed later);
-- :func:`workdir_lock` (an exclusive ``flock`` on ``<workdir>/.pipeline.lock``, released by the kernel when the
-  process dies) stops two runners from sharing a work dir.
+- :func:`workdir_lock` (``filelock``'s ``FileLock`` on ``<workdir>/.pipeline.lock``: an exclusive ``flock``,
+  released by the kernel when the process dies) stops two runners from sharing a work dir.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -45,14 +44,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from custom_components.data.atomic import atomic_write_text
-from custom_components.export.zoo_bundle import BUNDLES_DIR, PACKAGE_DIR
+from filelock import FileLock, Timeout
 
-REPO = BUNDLES_DIR.parent
+from custom_components.data.atomic import atomic_write_text
+from custom_components.export.zoo_bundle import PACKAGE_DIR, find_bundles_dir
+
+# the checkout's root (site-packages for an installed wheel): the stages' working directory and git's folder
+REPO = PACKAGE_DIR.parent
 LOCK_FILE = ".pipeline.lock"
+# the pid of the runner holding the lock, for the refusal's message (beside the lock file: a waiting FileLock may
+# truncate the lock file itself)
+LOCK_OWNER_FILE = ".pipeline.lock.owner"
 # after forwarding SIGTERM/SIGINT, wait this long for the stage's processes before SIGKILL
 KILL_AFTER_S = 60.0
-_HELD_LOCKS: set[str] = set()
 
 
 @dataclass
@@ -87,12 +91,13 @@ def bundle_command(
     overrides_file: Path,
     run_id: str = "run",
 ) -> list[str]:
-    """argv for ``python -m monai.bundle run`` on ``bundles/<bundle>`` with an overrides JSON file.
+    """argv for ``python -m monai.bundle run`` on ``<bundles>/<bundle>`` (:func:`find_bundles_dir`) with an overrides
+    JSON file.
 
     The overrides are written to ``overrides_file`` (kept as provenance) and merged after the
     bundle's own configs; keys may be nested ids such as ``train#trainer#max_epochs``.
     """
-    root = BUNDLES_DIR / bundle
+    root = find_bundles_dir() / bundle
     files = [str(root / "configs" / c) for c in configs] + [str(overrides_file)]
     overrides_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(overrides_file, json.dumps(dict(overrides), indent=2, sort_keys=True) + "\n")
@@ -127,17 +132,24 @@ def _file_identity(path: Path) -> dict[str, Any]:
     return ident
 
 
-# what the code version hashes: (folder, glob) pairs, paths taken relative to the folder's parent
-CODE_FILES: tuple[tuple[Path, str], ...] = ((PACKAGE_DIR, "**/*.py"), (BUNDLES_DIR, "**/configs/*"))
+# what the code version hashes: (folder, glob) pairs, paths taken relative to the folder's parent; with them the
+# configs of the bundles folder in use, BUNDLE_CONFIGS under find_bundles_dir()
+CODE_FILES: tuple[tuple[Path, str], ...] = ((PACKAGE_DIR, "**/*.py"),)
+BUNDLE_CONFIGS = "**/configs/*"
+
+
+def code_hash() -> str:
+    """The code version: SHA-256 over the path and content of every ``custom_components/**/*.py`` file and every
+    ``bundles/**/configs/*`` file of the bundles folder the stages run (:func:`find_bundles_dir`: a checkout's or
+    an installed copy's, same paths), in sorted path order (independent of git, so it also tells uncommitted changes
+    apart). Cached per process and bundles folder: code edited while a pipeline runs counts from its next start."""
+    return _hash_files((*CODE_FILES, (find_bundles_dir(), BUNDLE_CONFIGS)))
 
 
 @functools.cache
-def code_hash() -> str:
-    """The code version: SHA-256 over the path and content of every ``custom_components/**/*.py`` and
-    ``bundles/**/configs/*`` file, in sorted path order (independent of git, so it also tells uncommitted
-    changes apart). Cached per process: code edited while a pipeline runs counts from its next start."""
+def _hash_files(files: tuple[tuple[Path, str], ...]) -> str:
     digest = hashlib.sha256()
-    for folder, pattern in CODE_FILES:
+    for folder, pattern in files:
         for path in sorted(p for p in folder.glob(pattern) if p.is_file() and "__pycache__" not in p.parts):
             digest.update(str(path.relative_to(folder.parent)).encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -290,40 +302,35 @@ class WorkdirLocked(RuntimeError):
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive lock on ``<workdir>/.pipeline.lock`` (re-entrant within one process).
+    """Hold an exclusive lock on ``<workdir>/.pipeline.lock`` (``filelock.FileLock``, one instance per path in the
+    process, so re-entrant within the process), without waiting.
+
+    Args:
+        workdir: the pipeline's work dir (created if absent).
 
     Raises:
         WorkdirLocked: naming the work dir and the other runner's pid when it is held.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    key = str(workdir.resolve())
-    if key in _HELD_LOCKS:
-        yield workdir
-        return
-    path = workdir / LOCK_FILE
-    fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    lock = FileLock(workdir / LOCK_FILE, timeout=0, thread_local=False, is_singleton=True)
+    owner = workdir / LOCK_OWNER_FILE
+    outermost = not lock.is_locked
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            other = fh.read().strip() or "?"
-            raise WorkdirLocked(
-                f"{workdir}: another pipeline runner (pid {other}) is using this work dir; wait for it or stop it"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        _HELD_LOCKS.add(key)
-        try:
-            yield workdir
-        finally:
-            _HELD_LOCKS.discard(key)
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        lock.acquire()
+    except Timeout:
+        other = owner.read_text().strip() if owner.is_file() else ""
+        raise WorkdirLocked(
+            f"{workdir}: another pipeline runner (pid {other or '?'}) is using this work dir; wait for it or stop it"
+        ) from None
+    try:
+        if outermost:
+            owner.write_text(f"{os.getpid()}\n")
+        yield workdir
     finally:
-        fh.close()
+        if outermost:
+            owner.unlink(missing_ok=True)
+        lock.release()
 
 
 def invalidate(workdir: str | os.PathLike, stages: Sequence[Stage]) -> list[str]:

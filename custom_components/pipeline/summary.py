@@ -13,9 +13,11 @@ import numpy as np
 
 from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import label_convention_of, read_datalist
+from custom_components.data.labels import REGION_NAMES
 from custom_components.data.loader import load_datalist
+from custom_components.handlers.epoch_log import EPOCH_METRICS_FILE, read_epoch_metrics
 from custom_components.pipeline.config import ARMS, SYNTHESIS_PER_SEED
-from custom_components.pipeline.report import ALPHA, POWER, REGIONS, ArmResult, summarise, write_report
+from custom_components.pipeline.report import ALPHA, POWER, ArmResult, summarise, write_report
 from custom_components.pipeline.runner import code_commit, code_record, stage_provenance
 from custom_components.quality.qc import save_montage
 from custom_components.synthesis.tf_gan import summarise_change
@@ -45,6 +47,8 @@ class Experiment(Protocol):
 
     def refined_datalist(self, seed: int) -> Path: ...
 
+    def tf_gan_generator(self, model_seed: int) -> Path: ...
+
     def pix2pix_datalist(self, seed: int) -> Path: ...
 
     def metrics(self, arm: str, seed: int) -> Path: ...
@@ -65,7 +69,7 @@ def read_results(exp: Experiment) -> list[ArmResult]:
         for seed in exp.cfg["seeds"]:
             path = exp.metrics(arm, int(seed))
             mean = json.loads(path.read_text())["mean"]
-            results.append(ArmResult(arm, int(seed), {r: float(mean[f"dice_{r}"]) for r in REGIONS}))
+            results.append(ArmResult(arm, int(seed), {r: float(mean[f"dice_{r}"]) for r in REGION_NAMES}))
     return results
 
 
@@ -354,6 +358,34 @@ def write_results(
     return path
 
 
+def gan_curves(exp: Experiment) -> list[dict[str, float]]:
+    """TF-GAN's per-epoch metrics of the first model seed's training (none without TF-GAN or the file)."""
+    if not exp.needs("tf_gan"):
+        return []
+    path = exp.tf_gan_generator(exp.encoder_seed).parent / EPOCH_METRICS_FILE
+    return read_epoch_metrics(path) if path.is_file() else []
+
+
+# a TF-GAN whose discriminator ends below this accuracy has not started the adversarial game (chance: 0.5)
+GAN_STARTED_ACCURACY = 0.6
+
+
+def gan_budget_note(curves: list[dict[str, float]]) -> str | None:
+    """A note when TF-GAN's discriminator ended near chance (its last epoch's ``epoch_d_acc`` below
+    :data:`GAN_STARTED_ACCURACY`): the refinement is then still near the identity, and the note names the longer
+    configuration. None when D got past it or there are no curves."""
+    if not curves or curves[-1].get("epoch_d_acc", 1.0) >= GAN_STARTED_ACCURACY:
+        return None
+    last = curves[-1]
+    return (
+        f"TF-GAN at this budget ({int(last['epoch'])} epochs): its discriminator ended at accuracy "
+        f"{last['epoch_d_acc']:.2f} (0.5 = chance), so the adversarial game has not started and the refinement is "
+        f"still near the identity (mean change inside m_roi {last.get('epoch_change_roi', float('nan')):.4f}); "
+        "pipelines/tf_phantom.yaml trains it for 2400 steps (tf_gan docs/README.md, 'When does the adversarial "
+        "game start?')."
+    )
+
+
 def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     """Write the report of an experiment (and its MLflow runs when enabled)."""
     cfg = exp.cfg
@@ -402,6 +434,8 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         "Arms: " + "; ".join(f"{a}: {ARMS.get(a, 'TF refined cases, synthetic-volume ablation')}" for a in exp.arms),
         *filter(None, [synthesis_note(exp)]),
     ]
+    curves = gan_curves(exp)
+    notes += list(filter(None, [gan_budget_note(curves)]))
     realism = compute_realism(exp)
     realism_json = out / "realism.json"
     atomic_write_text(realism_json, json.dumps(realism, indent=2) + "\n")
@@ -428,6 +462,7 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         if exp.needs("tf_gan")
         else None,
         provenance=provenance,
+        gan_curves=curves,
     )
     results_json = write_results(out / "results.json", results, protocol, mas, provenance)
     if cfg["mlflow"]["enabled"]:

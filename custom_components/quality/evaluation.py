@@ -37,18 +37,17 @@ from monai.metrics.utils import get_mask_edges, get_surface_distance
 
 from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import case_id_of, source_name
+from custom_components.data.labels import REGION_NAMES, REGIONS
 
 __all__ = [
     "BRATS_HD95_EMPTY",
     "HD95_MODES",
-    "REGION_NAMES",
     "RegionSelector",
     "SegmentationMetricsWriter",
     "hd95",
     "region_metrics",
 ]
 
-REGION_NAMES: tuple[str, ...] = ("ET", "TC", "WT")
 # HD95 (mm) when a region is in exactly one of prediction and reference: the BraTS toolkits' value, the
 # diagonal of the 240x240x155 1-mm BraTS grid
 BRATS_HD95_EMPTY = 373.13
@@ -291,7 +290,7 @@ class SegmentationMetricsWriter:
             "summary": summary,
             "per_case": self.rows,
             "conventions": {
-                "regions": {"ET": [3], "TC": [1, 3], "WT": [1, 2, 3]},
+                "regions": {name: list(REGIONS[name]) for name in REGION_NAMES},
                 "empty_both": "dice 1, hd95 0",
                 "empty_one": "dice 0, hd95 = "
                 + ("volume diagonal (mm)" if self.hd95_empty is None else f"{self.hd95_empty} mm (BraTS)"),

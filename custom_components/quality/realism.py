@@ -69,11 +69,10 @@ from scipy import linalg, ndimage, stats
 
 from custom_components.data.atomic import save_nifti
 from custom_components.data.datalist import label_convention_of, read_datalist, select_modalities
-from custom_components.data.labels import INTERNAL_CLASSES, to_internal
+from custom_components.data.labels import INTERNAL_CLASSES, TUMOUR_CLASSES, to_internal
 from custom_components.quality.c2st import C2STSettings, c2st_scores, mask_box
 from custom_components.transforms.intensity import RescaleBrainIntensity
 
-CLASSES: tuple[int, ...] = (1, 2, 3)
 logger = logging.getLogger(__name__)
 
 
@@ -207,7 +206,7 @@ def encoder_class_vectors(
     cases: Sequence[RealismCase],
     encoder: torch.nn.Module,
     levels: int = 3,
-    classes: Sequence[int] = CLASSES,
+    classes: Sequence[int] = TUMOUR_CLASSES,
     margin: int = 16,
     device: str | torch.device = "cpu",
 ) -> list[dict[int, list[np.ndarray | None]]]:
@@ -246,7 +245,7 @@ def encoder_class_vectors(
 
 
 def class_intensities(
-    cases: Sequence[RealismCase], classes: Sequence[int] = CLASSES
+    cases: Sequence[RealismCase], classes: Sequence[int] = TUMOUR_CLASSES
 ) -> dict[int, list[list[np.ndarray]]]:
     """Brain-normalised intensities of each class's voxels: ``{class: [modality][case arrays]}``."""
     n_mod = cases[0].image.shape[0] if cases else 0
@@ -524,7 +523,7 @@ def realism_scores(
     modalities: Sequence[str],
     encoder: torch.nn.Module | None = None,
     levels: int = 3,
-    classes: Sequence[int] = CLASSES,
+    classes: Sequence[int] = TUMOUR_CLASSES,
     n_splits: int = 10,
     seed: int = 0,
     device: str | torch.device = "cpu",

@@ -134,7 +134,7 @@ class TrainingTransforms:
         method: ``dtss`` or ``carvemix``.
         datalist: the real datalist (its ``labels`` picks the label mapping, as in training).
         modalities: image channels by name.
-        bundle_root: the dtss_mas_seg bundle folder (default: the repository's).
+        bundle_root: the dtss_mas_seg bundle folder (default: the one in :func:`find_bundles_dir`).
     """
 
     def __init__(
@@ -146,11 +146,11 @@ class TrainingTransforms:
     ) -> None:
         from monai.bundle import ConfigParser
 
-        from custom_components.export.zoo_bundle import BUNDLES_DIR
+        from custom_components.export.zoo_bundle import find_bundles_dir
 
         if method not in METHODS:
             raise ValueError(f"offline method must be one of {METHODS}, got {method!r}")
-        root = Path(bundle_root) if bundle_root is not None else BUNDLES_DIR / "dtss_mas_seg"
+        root = Path(bundle_root) if bundle_root is not None else find_bundles_dir() / "dtss_mas_seg"
         self.method = method
         self.configs = [root / "configs" / name for name in TRAIN_CONFIGS]
         parser = ConfigParser()

@@ -14,6 +14,9 @@
   ROI; the network is the learned class-wise intensity ``network(image, label)``. :class:`TFAugCaseWriter` is
   its handler: it writes each case atomically with a provenance record, lists the cases complete from an
   earlier run with the same settings (resume) and writes the coarse datalist.
+* :func:`mask_source_cases` names the real cases whose masks a case was built from: its provenance's
+  ``source_cases`` (the writer's, given ``real_datalist``; ``fabricate``'s), what keeps it out of the nnU-Net folds
+  that validate on them.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from monai.utils import convert_to_numpy
 
 from custom_components.data.atomic import atomic_write_text, save_nifti
 from custom_components.data.datalist import write_datalist
-from custom_components.data.labels import check_convention, from_internal
-from custom_components.networks.classwise_intensity import ClasswiseIntensity
+from custom_components.data.labels import TUMOUR_CLASSES, check_convention, from_internal
+from custom_components.data.loader import load_datalist
+from custom_components.networks.classwise_intensity import CLASS_NAMES, ClasswiseIntensity
 from custom_components.transforms.mask_augment import MaskPool, TumorMaskAugmentd
 from custom_components.transforms.mass_effect import MassEffectd
 from custom_components.transforms.roi_blur import RoiGaussianBlurd
@@ -98,7 +102,7 @@ def moment_intensities(
     pairs: Sequence[Mapping[str, Any]],
     transform: Any,
     num_channels: int,
-    classes: Sequence[int] = (1, 2, 3),
+    classes: Sequence[int] = TUMOUR_CLASSES,
     draws: int = 1,
     seed: int = 0,
     min_std: float = 0.02,
@@ -187,8 +191,8 @@ def initial_intensities(
     num_channels: int,
     a_init: Any = 1.0,
     b_init: Any = 0.0,
-    classes: Sequence[int] = (1, 2, 3),
-    class_names: Sequence[str] = ("NCR", "ED", "ET"),
+    classes: Sequence[int] = TUMOUR_CLASSES,
+    class_names: Sequence[str] = CLASS_NAMES,
     seed: int = 0,
     **moment_kwargs: Any,
 ) -> dict[str, Any]:
@@ -238,6 +242,29 @@ def synthetic_item(
     item: dict[str, Any] = {"case_id": case_id, "image": [str(f) for f in paths["image"]]}
     item.update((key, str(paths[key])) for key in keys)
     return {**item, "synthetic": True, "provenance": dict(provenance)}
+
+
+def mask_source_cases(source_masks: Sequence[str], real: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ids of the real cases a TF-Aug case was derived from: those whose label files are its source masks
+    (provenance ``source_masks``: the names of the mask pool's entries, the real datalist's label files), each once,
+    in order of use; a combined mask names all of its cases. The healthy scan is not one of them.
+
+    Args:
+        source_masks: the label files the case's mask m_s was built from.
+        real: the real items (``case_id``, ``label``) of the datalist the mask pool was read from, as
+            :func:`~custom_components.data.load_datalist` returns them.
+
+    Raises:
+        ValueError naming the mask file when it is the label of none of the real cases.
+    """
+    by_label = {os.path.realpath(it["label"]): str(it["case_id"]) for it in real if it.get("label")}
+    ids = []
+    for mask in source_masks:
+        case_id = by_label.get(os.path.realpath(mask))
+        if case_id is None:
+            raise ValueError(f"{mask}: TF-Aug source mask is the label of none of the {len(real)} real cases")
+        ids.append(case_id)
+    return list(dict.fromkeys(ids))
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -393,6 +420,9 @@ class TFAugCaseWriter:
         qc_cases: number of first cases with a QC PNG (0: none).
         overwrite: replace cases made with other settings instead of refusing.
         datalist_name: file name of the datalist in ``output_dir``.
+        real_datalist: the datalist whose ``training`` labels are the mask pool (the bundle's ``real_datalist``):
+            each case's provenance then names the real cases of its masks under ``source_cases``
+            (:func:`mask_source_cases`), which keeps it out of the nnU-Net folds that validate on them. None: not named.
         description: datalist description.
         pred_key: output key of the synthesised image.
         image_key, label_key, brain_mask_key, params_key: batch keys of the (healthy) image, the synthetic
@@ -418,6 +448,7 @@ class TFAugCaseWriter:
         label_key: str = "label",
         brain_mask_key: str = "brain_mask",
         params_key: str = "tf_aug_params",
+        real_datalist: str | os.PathLike | None = None,
     ) -> None:
         if output_ext not in (".nii", ".nii.gz"):
             raise ValueError(f"output_ext must be '.nii' or '.nii.gz', got {output_ext!r}")
@@ -441,6 +472,9 @@ class TFAugCaseWriter:
         self.pred_key = pred_key
         self.keys = {"image": image_key, "label": label_key, "brain_mask": brain_mask_key, "params": params_key}
         self.written: dict[str, dict[str, Any]] = {}
+        self.real_cases = (
+            None if real_datalist is None else load_datalist(real_datalist, require=["label"], check="none")
+        )
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
@@ -568,6 +602,10 @@ class TFAugCaseWriter:
             params: the drawn augmentation parameters (recorded).
         """
         paths = self.case_paths(case)
+        params = _json_ready(dict(params or {}))
+        source_masks = [c["source"] for c in params.get("components", [])]
+        # the real cases of the masks (checked before any file is written)
+        sources = {} if self.real_cases is None else {"source_cases": mask_source_cases(source_masks, self.real_cases)}
         label = np.asarray(label).reshape(np.asarray(image).shape[1:]).astype(np.uint8)
         brain = (np.asarray(brain_mask).reshape(label.shape) > 0).astype(np.uint8)
         image = np.asarray(image, dtype=np.float32)
@@ -579,13 +617,13 @@ class TFAugCaseWriter:
         save_nifti(exported, affine, paths["label"], dtype=np.uint8)
         save_nifti((label > 0).astype(np.uint8), affine, paths["roi"], dtype=np.uint8)
         save_nifti(brain, affine, paths["brain_mask"], dtype=np.uint8)
-        params = _json_ready(dict(params or {}))
         provenance = {
             "stage": "tf_aug",
             "healthy": case["image"][0] if len(case["image"]) == 1 else list(case["image"]),
             "healthy_brain_mask": str(case["brain_mask"]),
             "healthy_case_id": case.get("healthy_id"),
-            "source_masks": [c["source"] for c in params.get("components", [])],
+            "source_masks": source_masks,
+            **sources,
             "seed": int(case["seed"]),
             "global_seed": int(case.get("global_seed", 0)),
             "case_index": int(case["case_index"]),

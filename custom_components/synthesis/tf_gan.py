@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -28,9 +29,9 @@ from monai.utils import convert_to_numpy, convert_to_tensor
 from custom_components.data.atomic import atomic_path, save_nifti
 from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.datalist import write_datalist
-from custom_components.data.labels import check_convention, to_internal
-from custom_components.losses.hinge_l1 import DEFAULT_HINGE_MARGIN
-from custom_components.networks.tf_gan import TUMOUR_CLASSES, condition_channels
+from custom_components.data.labels import TUMOUR_CLASSES, check_convention, to_internal
+from custom_components.losses.hinge_l1 import DEFAULT_HINGE_MARGIN, refinement_change
+from custom_components.networks.tf_gan import condition_channels, roi_noise
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +47,26 @@ def dataset_items(items: Sequence[Mapping[str, Any]], keys: Sequence[str] = ITEM
 
 
 # -- transforms --------------------------------------------------------------------------------------
+def case_noise_seed(seed: int, case_id: str) -> int:
+    """The seed of one case's generator noise: the first 8 bytes of sha256("<seed>:<case_id>")."""
+    return int.from_bytes(hashlib.sha256(f"{int(seed)}:{case_id}".encode()).digest()[:8], "little")
+
+
 class GeneratorInputs:
     """``prepare_batch`` for a MONAI evaluator running the TF-GAN / Pix2Pix generator.
 
     Returns ``(inputs, label)``: for ``stage="tf_gan"`` the inputs are the coarse image channels followed by the
-    one-hot tumour channels; for ``"pix2pix"`` the one-hot tumour channels followed by the brain channel.
+    one-hot tumour channels (and ``noise_channels`` of :func:`~custom_components.networks.roi_noise` over the whole
+    volume, so every sliding window sees the same draw); for ``"pix2pix"`` the one-hot tumour channels followed by
+    the brain channel.
 
     Args:
         stage: ``"tf_gan"`` or ``"pix2pix"``.
         classes: tumour label values (internal convention).
-        image_key, label_key, brain_key: batch keys.
+        image_key, label_key, brain_key, roi_key: batch keys (``roi``: ``m_roi``, for the noise).
+        noise_channels: noise channels of the generator (``tf_gan``; 0: none, the paper's G).
+        seed: with the case id, seeds each case's noise (:func:`case_noise_seed`): a case's refinement does not
+            depend on the other cases or their order.
     """
 
     def __init__(
@@ -65,12 +76,28 @@ class GeneratorInputs:
         image_key: str = "image",
         label_key: str = "label",
         brain_key: str = "brain_mask",
+        roi_key: str = "roi",
+        noise_channels: int = 0,
+        seed: int = 0,
     ) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.stage = stage
         self.classes = tuple(int(c) for c in classes)
-        self.image_key, self.label_key, self.brain_key = image_key, label_key, brain_key
+        self.image_key, self.label_key, self.brain_key, self.roi_key = image_key, label_key, brain_key, roi_key
+        self.noise_channels = int(noise_channels)
+        self.seed = int(seed)
+
+    def _noise(self, batchdata: Mapping[str, Any], roi: torch.Tensor) -> torch.Tensor:
+        """Each case's noise channels, drawn from a generator seeded by (seed, case id)."""
+        cases = batchdata.get("case_id")
+        if cases is None:
+            raise KeyError("a generator with noise channels needs the batch's case_id (it seeds each case's noise)")
+        draws = [
+            roi_noise(roi[i : i + 1], self.noise_channels, torch.Generator().manual_seed(case_noise_seed(self.seed, c)))
+            for i, c in enumerate(cases)
+        ]
+        return torch.cat(draws, 0)
 
     def __call__(
         self,
@@ -88,7 +115,10 @@ class GeneratorInputs:
 
         label = get(self.label_key)
         if self.stage == "tf_gan":
-            return torch.cat([get(self.image_key), condition_channels(label, self.classes)], dim=1), label
+            inputs = [get(self.image_key), condition_channels(label, self.classes)]
+            if self.noise_channels:
+                inputs.append(self._noise(batchdata, get(self.roi_key)))
+            return torch.cat(inputs, dim=1), label
         return condition_channels(label, self.classes, brain=get(self.brain_key)), label
 
 
@@ -158,37 +188,6 @@ def check_outputs(
     if os.path.realpath(datalist_path) in inputs:
         raise ValueError(f"{datalist_path}: output datalist would overwrite an input file")
     return True
-
-
-def refinement_change(
-    refined: np.ndarray, coarse: np.ndarray, roi: np.ndarray, brain: np.ndarray, margin: float = DEFAULT_HINGE_MARGIN
-) -> dict[str, float | int]:
-    """What a refinement changed: ``|refined - coarse|`` on the brain outside ``m_roi`` (where eq. 2 asks for the
-    anatomy to stay) and inside it (where the tumour is refined).
-
-    Args:
-        refined: refined volume ``(C, *spatial)``.
-        coarse: its coarse input, same shape.
-        roi: ``m_roi`` (spatial, bool).
-        brain: brain mask (spatial, bool).
-        margin: the hinge margin (changes up to it cost nothing in eq. 2).
-
-    Returns:
-        ``outside_roi_mean_abs`` (mean over brain voxels outside m_roi and channels), ``outside_roi_beyond_margin``
-        (fraction of those voxel values that moved by more than ``margin``), ``roi_mean_abs`` (mean inside m_roi,
-        brain voxels), and the voxel counts ``outside_roi_voxels`` / ``roi_voxels``.
-    """
-    diff = np.abs(np.asarray(refined, dtype=np.float64) - np.asarray(coarse, dtype=np.float64))
-    outside = brain & ~roi
-    inside = brain & roi
-    out_diff, in_diff = diff[:, outside], diff[:, inside]
-    return {
-        "outside_roi_mean_abs": float(out_diff.mean()) if out_diff.size else 0.0,
-        "outside_roi_beyond_margin": float((out_diff > margin).mean()) if out_diff.size else 0.0,
-        "roi_mean_abs": float(in_diff.mean()) if in_diff.size else 0.0,
-        "outside_roi_voxels": int(outside.sum()),
-        "roi_voxels": int(inside.sum()),
-    }
 
 
 def summarise_change(items: Sequence[Mapping[str, Any]]) -> dict[str, float | int] | None:

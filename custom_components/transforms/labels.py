@@ -20,8 +20,6 @@ from monai.utils import TransformBackends, convert_to_dst_type
 from custom_components.data.datalist import source_name
 from custom_components.data.labels import REGIONS, TUMOUR_CLASSES, check_convention, from_internal, to_internal
 
-REGION_NAMES: tuple[str, ...] = ("ET", "TC", "WT")
-
 
 class MapBratsLabels(Transform):
     """Map a label volume from one BraTS label convention to another.

@@ -40,10 +40,10 @@ from monai.utils import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 
 from custom_components.data.datalist import source_name
-from custom_components.data.labels import TUMOUR_CLASSES, to_internal
+from custom_components.data.labels import REGIONS, TUMOUR_CLASSES, to_internal
 
 # nested BraTS regions used for resampling, outermost first: WT, TC, ET
-_REGIONS: tuple[tuple[int, ...], ...] = ((1, 2, 3), (1, 3), (3,))
+_REGIONS: tuple[tuple[int, ...], ...] = (REGIONS["WT"], REGIONS["TC"], REGIONS["ET"])
 # the label a voxel gets when it is inside region k (and not inside region k + 1)
 _REGION_LABEL: tuple[int, ...] = (2, 1, 3)
 
