@@ -23,6 +23,7 @@ import torch
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.demo import make_demo_data
 from custom_components.distributed import merge_shard_datalists, shard_items, shard_path
+from custom_components.handlers import read_epoch_metrics
 from custom_components.handlers.mas import mas_weight
 from custom_components.networks.tf_gan import TFGANGenerator
 from tests.bundle_utils import REPO, bundle_dir, run_workflow
@@ -187,7 +188,9 @@ def test_tf_gan_ddp_training(gan_data: dict[str, Path], tmp_path: Path) -> None:
         "tf_gan", ["common.yaml", "train.yaml", "multi_gpu_train.yaml"], overrides, tmp_path / "work", "training"
     )
     models = tmp_path / "models"
-    assert {p.name for p in models.iterdir()} == {"model.pt", "checkpoint_final.pt"}
+    assert {p.name for p in models.iterdir()} == {"model.pt", "checkpoint_final.pt", "epoch_metrics.csv"}
+    # one row per epoch, written by rank 0 alone
+    assert [r["epoch"] for r in read_epoch_metrics(models / "epoch_metrics.csv")] == [1, 2]
     full = torch.load(models / "checkpoint_final.pt", weights_only=True)
     # 2 coarse cases shared by 2 ranks: one iteration per rank and epoch
     assert (full["trainer"]["max_epochs"], full["trainer"]["iteration"], full["trainer"]["epoch_length"]) == (2, 2, 1)

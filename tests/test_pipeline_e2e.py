@@ -91,9 +91,15 @@ def test_report_table(finished):
     assert "MIXED" not in provenance_md and "report" in provenance_md
     assert len([line for line in provenance_md.splitlines() if line.startswith("| ")]) == 2
     # the refinement table: the residual generator, barely trained, keeps the anatomy outside m_roi
+    refinement_md, curves_md = refinement_md.split("TF-GAN's training, per epoch")
     refinement = [line.split("|")[1:-1] for line in refinement_md.splitlines() if line.startswith("| ")]
     n_refined = len(read_datalist(exp.refined_datalist(0))["training"])
     assert len(refinement) == 2 and float(refinement[1][0]) < 0.05 and int(refinement[1][3]) == n_refined
+    # TF-GAN's per-epoch curves: a table of its epochs (the last included) and the plot
+    curves = [line.split("|")[1:-1] for line in curves_md.splitlines() if line.startswith("| ")]
+    epochs = int(exp.cfg["tf_gan"]["epochs"])
+    assert [c.strip() for c in curves[0][:4]] == ["epoch", "d_acc", "d_acc_real", "d_acc_fake"]
+    assert int(curves[-1][0]) == epochs and (exp.work / "report" / "tf_gan_curves.png").is_file()
     rows = {line.split("|")[1].strip(): line for line in dice_md.splitlines() if line.startswith("| ")}
     assert set(rows) == {"Arm", "baseline", "real_matched", "tf", "dtss_mas"}
     # a realism row per synthetic method, against the held-out (validation) real cases
