@@ -294,3 +294,25 @@ def test_report_provenance_names_the_commit_and_the_config_hash(tmp_path):
     commit = code_commit()
     assert commit in note
     assert commit.startswith("unknown") or len(commit.split()[0]) == 40
+
+
+def test_gan_curves_table_picks_epochs_and_the_note_says_when_d_is_at_chance(tmp_path):
+    from custom_components.pipeline.report import gan_curve_rows
+    from custom_components.pipeline.summary import gan_budget_note
+
+    curves = [
+        {"epoch": float(e), "epoch_d_acc": 0.5 + 0.01 * e, "epoch_d_acc_real": 0.7, "epoch_d_acc_fake": 0.3}
+        for e in range(1, 11)
+    ]
+    rows = gan_curve_rows(curves, n=4)
+    # 4 picks over indices 0..9: round(0), round(3), round(6), round(9) -> epochs 1, 4, 7, 10
+    assert rows[0] == ["epoch", "d_acc", "d_acc_real", "d_acc_fake"]
+    assert [r[0] for r in rows[1:]] == ["1", "4", "7", "10"]
+    # D ended at 0.60: past the threshold, no note; at 0.52 the note names the accuracy and the longer config
+    assert gan_budget_note(curves) is None
+    note = gan_budget_note([*curves[:-1], {**curves[-1], "epoch_d_acc": 0.52, "epoch_change_roi": 0.002}])
+    assert note is not None and "0.52" in note and "0.0020" in note and "pipelines/tf_phantom.yaml" in note
+    assert gan_budget_note([]) is None
+    paths = write_report(_results(), tmp_path / "report", gan_curves=curves)
+    md = paths["markdown"].read_text()
+    assert "TF-GAN's training, per epoch" in md and paths["gan_curves"].is_file()
