@@ -21,7 +21,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy / torch start their thread pools
 
-import argparse
 import statistics
 import sys
 import time
@@ -29,23 +28,17 @@ import tracemalloc
 
 import numpy as np
 import torch
-from bench_dtss import CASE, cpu_seconds, load_case, phantom_case, print_conditions
+from bench_dtss import CASE, cache_benchmark_parser, cpu_seconds, load_case, phantom_case, print_conditions, use_phantom
 
 from custom_components.transforms.carvemix import CarveMix, signed_distance, signed_distance_box
 from custom_components.transforms.case_cache import label_digest, tight_box
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="fresh caches (first draws)")
-    parser.add_argument("--later", type=int, default=6, help="draws after the first one per round")
-    parser.add_argument("--phantom", action="store_true", help="use the full-size phantoms even if the case exists")
-    args = parser.parse_args()
+    args = cache_benchmark_parser(__doc__).parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    if args.phantom or not CASE.is_dir():
-        if not args.phantom:
-            print(f"the real case is not at {CASE} (../shared/data is absent): using full-size phantoms instead")
+    if use_phantom(args):
         src_img, src_lab = phantom_case(seed=0)
         tgt_img, tgt_lab = phantom_case(seed=1)
         name = "phantoms (2 channels)"

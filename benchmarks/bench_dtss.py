@@ -162,18 +162,29 @@ def cache_benchmark(
     print(f"    the draw itself: monomers, texture, blur, fusion (rest): {_median(hits) - lookup - copy:.3f} s")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cache_benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a case-cache benchmark (this one's and bench_carvemix's)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="fresh caches (first draws) in the cache benchmark")
     parser.add_argument("--later", type=int, default=6, help="draws after the first one per round")
+    parser.add_argument("--phantom", action="store_true", help="use full-size phantoms even if the case exists")
+    return parser
+
+
+def use_phantom(args: argparse.Namespace) -> bool:
+    """Whether to benchmark on full-size phantoms: asked for, or the real case is absent (said)."""
+    if not args.phantom and not CASE.is_dir():
+        print(f"the real case is not at {CASE} (../shared/data is absent): using full-size phantoms instead")
+    return args.phantom or not CASE.is_dir()
+
+
+def main() -> int:
+    parser = cache_benchmark_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5, help="timed calls per setting of the settings table")
-    parser.add_argument("--phantom", action="store_true", help="use the full-size phantom even if the case exists")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    if args.phantom or not CASE.is_dir():
-        if not args.phantom:
-            print(f"the real case is not at {CASE} (../shared/data is absent): using a full-size phantom instead")
+    if use_phantom(args):
         image, label = phantom_case()
         name = "phantom (2 channels)"
     else:

@@ -544,7 +544,9 @@ def run_one(arm: str, args: argparse.Namespace, data: dict[str, Any], out: Path)
         "epochs": epochs,
         **figures,
         "synthesis_s_per_sample": synthesis,
-        "synthesis_s_per_sample_total": sum(synthesis.values()) if synthesis else (0.0 if arm == "tf" else None),
+        "synthesis_s_per_sample_total": sum(synthesis.values())
+        if synthesis
+        else (0.0 if ARMS[arm].get("synthetic") else None),
         "mas_s_per_epoch": sum(epoch_end) / max(epochs, 1) if mas_found else None,
         "mas_start_s": start_evals if mas_found else None,
         "mas_handler_s": {k: sum(v) for k, v in mas_times.items()} if mas_found else None,

@@ -409,26 +409,30 @@ def fabricate(
     """Fabricate a synthetic dataset of N cases: <out>/datalist.json, <out>/<case>/, the QC gallery
     <out>/gallery/index.html, the realism scores <out>/realism.json and the manifest <out>/fabricate.json.
 
-    dtss and carvemix draw offline from the real training cases with dtss_mas_seg's own training transforms;
-    case i is seeded by (seed, i), so a rerun with a larger --n adds only the missing cases and an interrupted
-    run finishes on rerun. tf_aug and tf train their stages first in <out>/work (the pipeline's resumable
-    stages; budgets from --config, default the demo pipeline's) and link their cases into <out>.
+    Methods that derive from real cases (DERIVED_METHODS) draw offline from the real training cases with
+    dtss_mas_seg's own training transforms; case i is seeded by (seed, i), so a rerun with a larger --n adds only
+    the missing cases and an interrupted run finishes on rerun. Methods on healthy scans (HEALTHY_METHODS) train
+    their stages first in <out>/work (the pipeline's resumable stages; budgets from --config, default the demo
+    pipeline's) and link their cases into <out>.
     Exits 1 naming the file on bad input or an output folder holding another dataset (--overwrite replaces it),
     130 when interrupted (rerun the same command to finish).
 
     Args:
-        method: tf, tf_aug, dtss or carvemix.
+        method: the synthesis method, one of METHOD_LINES.
         n: number of synthetic cases (at most: carvemix n_real (n_real - 1); dtss 50 per real training case;
-            tf / tf_aug 50 per healthy scan).
+            the methods on healthy scans 50 per healthy scan).
         real: real datalist (training cases with tumours; its validation section is held out for the realism
             scores) or a BraTS folder.
         out: output folder.
-        healthy: healthy scans for tf / tf_aug (folder or datalist; registered by prepare_healthy).
+        healthy: healthy scans for the methods on healthy scans (folder or datalist; registered by
+            prepare_healthy).
         format: monai (the datalist) or nnunet (also an nnU-Net raw dataset in <out>/nnunet).
         seed: global seed.
         overwrite: replace another dataset in <out> (only this command's outputs are removed).
-        config: pipeline YAML with the budgets of tf / tf_aug (default: custom_components/pipeline/demo.yaml).
-        modalities: comma-separated image channels (default: the real datalist's; tf / tf_aug: the config's).
+        config: pipeline YAML with the budgets of the methods on healthy scans (default:
+            custom_components/pipeline/demo.yaml).
+        modalities: comma-separated image channels (default: the real datalist's; methods on healthy scans: the
+            config's).
         frd: compute the Frechet Radiomics Distance in the realism scores (--nofrd skips it).
         bundles_dir: the folder of the bundles (dtss_mas_seg's transforms, the TF stages; default:
             $TUMORFAB_BUNDLES_DIR, else the installed copy, else the checkout's bundles/).
@@ -464,6 +468,19 @@ def fabricate(
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, StageError) as e:
         print(str(e).strip("'\""), file=sys.stderr)
         sys.exit(1)
+
+
+def _method_help(doc: str) -> str:
+    """``fabricate``'s help with the registered synthesis methods (custom_components.synthesis.methods)."""
+    from custom_components.synthesis.methods import METHODS
+
+    lines = "; ".join(f"{m.name} ({m.description})" for m in METHODS.values())
+    derived = ", ".join(m.name for m in METHODS.values() if m.derived)
+    healthy = ", ".join(m.name for m in METHODS.values() if not m.derived)
+    return doc.replace("METHOD_LINES", lines).replace("DERIVED_METHODS", derived).replace("HEALTHY_METHODS", healthy)
+
+
+fabricate.__doc__ = _method_help(fabricate.__doc__ or "")
 
 
 def export_nnunet(
@@ -557,6 +574,46 @@ def evaluate_labels(
         print(out)
 
 
+def results(
+    report: str | tuple[str, ...],
+    out: str = "docs/RESULTS.md",
+    command: str | tuple[str, ...] | None = None,
+    measurements: str | None = None,
+) -> None:
+    """Write the results file (docs/RESULTS.md): each report's Dice and realism tables with the commit(s) and command
+    that made it, then the measurements file's figures as a table, under the command that regenerates it.
+
+    Args:
+        report: report folder(s) (<workdir>/report); several comma-separated or as a list: --report "['a','b']".
+        out: Markdown file to write (atomic).
+        command: the command that made each report, a list in the order of --report ('' for the default
+            python -m custom_components pipeline --config <the config report.md names>).
+        measurements: JSON list of other measured figures, each {what, value, commit, command, machine}.
+    """
+    import json
+    import shlex
+
+    from custom_components.pipeline.results_file import write_results_file
+
+    reports = report.split(",") if isinstance(report, str) else [str(r) for r in report]
+    commands = None if command is None else [command] if isinstance(command, str) else [str(c) for c in command]
+    argv = ["python", "-m", "custom_components", "results", "--report", ",".join(reports)]
+    argv += [] if commands is None else ["--command", json.dumps(commands)]
+    argv += ([] if measurements is None else ["--measurements", measurements]) + ["--out", out]
+    try:
+        path = write_results_file(
+            [Path(r) for r in reports],
+            Path(out),
+            measurements=None if measurements is None else Path(measurements),
+            commands=commands,
+            regenerate=shlex.join(argv),
+        )
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    print(path)
+
+
 COMMANDS = {
     "validate-datalist": validate_datalist,
     "make-datalist": make_datalist,
@@ -570,6 +627,7 @@ COMMANDS = {
     "fabricate": fabricate,
     "export-nnunet": export_nnunet,
     "evaluate-labels": evaluate_labels,
+    "results": results,
 }
 
 

@@ -31,3 +31,29 @@ def test_epoch_metrics_writer_keeps_rows_across_a_resume(tmp_path: Path) -> None
     resumed.run([0], max_epochs=4)
     rows = read_epoch_metrics(tmp_path / "models" / "epoch_metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_epoch_metrics_writer_keeps_rows_when_the_checkpoint_loader_comes_after_it(tmp_path: Path) -> None:
+    """The bundles attach their CheckpointLoader after the training handlers: the epoch it restores at STARTED
+    still decides which earlier rows a resumed run keeps."""
+    from monai.handlers import CheckpointLoader, CheckpointSaver
+
+    def step(engine: Engine, batch: object) -> None:
+        engine.state.metrics["loss"] = 1.0 / engine.state.epoch
+
+    first = Engine(step)
+    EpochMetricsWriter(tmp_path).attach(first)
+    CheckpointSaver(str(tmp_path), {"trainer": first}, save_final=True, final_filename="final.pt").attach(first)
+    first.run([0], max_epochs=2)
+    resumed = Engine(step)
+    EpochMetricsWriter(tmp_path).attach(resumed)
+    CheckpointLoader(str(tmp_path / "final.pt"), {"trainer": resumed}).attach(resumed)
+    resumed.run([0], max_epochs=3)
+    rows = read_epoch_metrics(tmp_path / "epoch_metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["loss"] for r in rows] == pytest.approx([1.0, 0.5, 1 / 3])
+    # a fresh run into the folder (overwrite) starts a new file
+    fresh = Engine(step)
+    EpochMetricsWriter(tmp_path).attach(fresh)
+    fresh.run([0], max_epochs=1)
+    assert [r["epoch"] for r in read_epoch_metrics(tmp_path / "epoch_metrics.csv")] == [1]

@@ -7,7 +7,9 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -18,8 +20,12 @@ from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.demo import make_demo_data
 from custom_components.data.loader import load_datalist
 from custom_components.data.validation import validate_datalist
+from custom_components.handlers import EpochMetricsWriter, read_epoch_metrics
 from custom_components.pipeline import fabricate as fab
-from custom_components.synthesis.offline import MAX_PER_SOURCE, OfflineCaseWriter, max_cases, plan_offline
+from custom_components.pipeline.experiment import Experiment
+from custom_components.pipeline.summary import _montages
+from custom_components.synthesis.methods import MAX_PER_SOURCE, get_method
+from custom_components.synthesis.offline import OfflineCaseWriter, plan_offline
 from custom_components.synthesis.tf_aug import case_seed, mask_source_cases
 
 
@@ -55,9 +61,10 @@ def _case_files(out: Path) -> dict[str, bytes]:
 
 
 def test_limits() -> None:
-    assert max_cases("carvemix", 4) == 12
-    assert max_cases("dtss", 4) == 4 * MAX_PER_SOURCE
-    assert max_cases("tf", 8, n_healthy=3) == 3 * MAX_PER_SOURCE
+    assert get_method("carvemix").max_cases(4) == 12
+    assert get_method("dtss").max_cases(4) == 4 * MAX_PER_SOURCE
+    assert get_method("tf").max_cases(8, n_healthy=3) == 3 * MAX_PER_SOURCE
+    assert get_method("pix2pix").max_cases(8, n_healthy=3000) == 99999
     items = [{"case_id": f"c{i}", "image": [f"c{i}.nii"], "label": f"c{i}_seg.nii"} for i in range(4)]
     pairs = [(c["target"]["case_id"], c["source"]["case_id"]) for c in plan_offline("carvemix", items, 12, seed=3)]
     assert len(set(pairs)) == 12 and all(t != s for t, s in pairs)
@@ -253,29 +260,43 @@ def test_progress_lines_and_bar() -> None:
 
 
 def test_epoch_watcher_reports_training_stages(tmp_path) -> None:
+    """Progress comes from the epoch-metrics CSV a stage's training writes below <work>/<stage> (no log lines)."""
     work = tmp_path / "work"
-    (work / "logs").mkdir(parents=True)
-    (work / "overrides").mkdir()
+    (work / "overrides").mkdir(parents=True)
     (work / "overrides" / "train.json").write_text(json.dumps({"max_epochs": 4}))
     (work / "overrides" / "refine.json").write_text(json.dumps({"num_cases": 2}))  # not a training stage
-    old = work / "logs" / "old.log"  # a log of an earlier run is not reported
     (work / "overrides" / "old.json").write_text(json.dumps({"max_epochs": 9}))
-    old.write_text("Epoch[3] Complete. Time taken: 00:00:01\n")
-    os.utime(old, (1, 1))
+    old = EpochMetricsWriter(work / "old" / "models")  # the file of an earlier run is not reported
+    for epoch in (1, 2, 3):
+        old.epoch_completed(_epoch_done(epoch))
+    os.utime(old.path, (1, 1))
     lines: list[str] = []
     watcher = fab.EpochWatcher(work, lines.append, io.StringIO(), every_s=0.0)
-    log = work / "logs" / "train.log"
-    log.write_text("x - INFO - Epoch[1] Complete. Time taken: 00:00:01.5\n")
-    (work / "logs" / "refine.log").write_text("Epoch[1] Complete.\n")
+    time.sleep(0.05)  # file times may lag time.time() by a clock tick
+    EpochMetricsWriter(work / "refine").epoch_completed(_epoch_done(1))
+    train = EpochMetricsWriter(work / "train" / "models")
+    train.path.parent.mkdir(parents=True)
+    for damaged in ("", "epoch,loss\nx,y\n", "epoch,loss\n1,0.5,7\n", "loss\n0.5\n"):  # no progress, no error
+        train.path.write_text(damaged)
+        watcher.poll()
+    assert lines == []
+    train.path.unlink()
+    train.epoch_completed(_epoch_done(1))
     watcher.poll()
     watcher.poll()  # nothing new: no line
-    with open(log, "a") as fh:
-        fh.write("Epoch[2] Metrics -- loss: 1\nx - INFO - Epoch[4] Complete. Time taken: 00:00:01.5\n")
+    for epoch in (2, 3, 4):
+        train.epoch_completed(_epoch_done(epoch))
     watcher.poll()
+    assert [r["epoch"] for r in read_epoch_metrics(train.path)] == [1, 2, 3, 4]
     assert [line.split(" ...")[0] for line in lines] == ["train: epoch 1/4", "train: epoch 4/4"]
     assert lines[-1].endswith("ETA 0 s")
     with watcher:  # the thread starts and stops cleanly
         pass
+
+
+def _epoch_done(epoch: int) -> SimpleNamespace:
+    """What EpochMetricsWriter reads of a trainer at the end of ``epoch``."""
+    return SimpleNamespace(state=SimpleNamespace(epoch=epoch, metrics={"loss": 1.0 / epoch}))
 
 
 def test_nnunet_format(demo, tmp_path) -> None:
@@ -354,6 +375,10 @@ def test_tf_end_to_end_tiny(demo, tmp_path) -> None:
         "tf_gan_train_s0",
         "tf_gan_refine_s0",
     ]
+    # the pipeline report draws the first seed's TF cases as fabricate's gallery does (one function)
+    cfg = fab._tf_config("tf", 2, demo["tumour"], demo["healthy"], out, 0, config, len(real_items))
+    drawn = _montages(Experiment(cfg), tmp_path / "qc", get_method("tf"), 2, False)
+    assert [p.read_bytes() for p in drawn] == [(out / "gallery" / f"tfaug-0000{i}.png").read_bytes() for i in (0, 1)]
     lines.clear()
     fab.fabricate("tf", 2, demo["tumour"], out, healthy=demo["healthy"], config=config, frd=False, log=lines.append)
     assert sum("up to date, skipped" in line for line in lines) == 6
@@ -393,4 +418,4 @@ def test_cli_refusal(demo, tmp_path, capsys) -> None:
     assert last.endswith("at most 12 (4 real training cases give 4 x 3 ordered (target, source) pairs)")
     with pytest.raises(SystemExit):
         cli_fabricate("gan", 1, str(demo["tumour"]), str(tmp_path / "out"))
-    assert "--method must be one of tf, tf_aug, dtss, carvemix" in capsys.readouterr().err
+    assert "--method must be one of dtss, carvemix, tf_aug, tf, pix2pix" in capsys.readouterr().err

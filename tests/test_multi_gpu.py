@@ -170,6 +170,8 @@ def test_dtss_mas_seg_ddp_training_shares_mas_statistics(tmp_path: Path) -> None
     assert not any(k.startswith("module.") for k in full["model"])
     for name in ("checkpoint_final.pt", "model.pt"):
         assert (out / "models" / name).is_file()
+    # one row per epoch, written by rank 0 alone
+    assert [r["epoch"] for r in read_epoch_metrics(out / "models" / "epoch_metrics.csv")] == [1, 2]
     assert f"saved final checkpoint: {out / 'models' / 'checkpoint_final.pt'}" in logs[0]
     assert "saved final checkpoint" not in logs[1]  # rank 1 writes nothing
 

@@ -21,6 +21,7 @@ from ignite.engine import Engine, Events
 
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.demo import make_demo_data
+from custom_components.handlers import EPOCH_METRICS_FILE, read_epoch_metrics
 from custom_components.handlers.mas import mas_weight
 from custom_components.networks import FrozenEncoder
 from tests.bundle_utils import REPO, bundle_dir, run_workflow, validate_metadata, workflow
@@ -140,6 +141,10 @@ def test_training_outputs(trained: Path) -> None:
             assert float(r["weight"]) == pytest.approx(mas_weight(float(r["dice"]), eta, theta, 0.1), abs=1e-5)
     # the learning rate dropped to lr_phase2 for phase 2
     assert full["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5)
+    # one row per epoch (the pipeline's training progress): the phase, and from phase 2 MAS's statistics
+    rows = read_epoch_metrics(models / EPOCH_METRICS_FILE)
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["phase"] for r in rows] == [1, 2]
+    assert "mas_eta_applied" in rows[1]
 
 
 @pytest.mark.slow
@@ -167,6 +172,8 @@ def test_resume_continues_run(demo: Path, trained: Path, tmp_path: Path) -> None
     # the MAS statistics of epoch 2 came back with the checkpoint and weighted epoch 3
     assert "mas_eta_applied" in trainer.state.metrics and trainer.state.metrics["phase"] == 2
     assert (out / "mas" / "epoch_0003.csv").is_file()
+    # the epoch rows of the first run are kept, epoch 3 added
+    assert [r["epoch"] for r in read_epoch_metrics(out / "models" / EPOCH_METRICS_FILE)] == [1, 2, 3]
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from custom_components.data.datalist import read_datalist
 from custom_components.data.demo import make_demo_data
-from custom_components.handlers import OutputExistsError
+from custom_components.handlers import EPOCH_METRICS_FILE, OutputExistsError, read_epoch_metrics
 from custom_components.networks import build_segmentation_network
 from custom_components.synthesis.healthy_prep import prepare_healthy
 from custom_components.synthesis.tf_aug import case_seed
@@ -122,6 +122,12 @@ def test_training_writes_learned_parameters(trained):
     state = torch.load(models / "intensity.pt", weights_only=True)
     assert state["b"][2, 0].item() == pytest.approx(params["ET"]["b"][0])
     assert (models / "checkpoint_final.pt").is_file()
+    # one row per epoch (the pipeline's training progress): the epoch's mean loss and a, b after the epoch
+    rows = read_epoch_metrics(models / EPOCH_METRICS_FILE)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["epoch_loss"]) for r in rows)
+    assert rows[-1]["a_ET_t1n"] == pytest.approx(params["ET"]["a"][0], rel=1e-5)
+    assert rows[-1]["b_ET_t1n"] == pytest.approx(params["ET"]["b"][0], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.slow
@@ -144,6 +150,8 @@ def test_training_rerun_is_refused_unless_resumed(trained, tmp_path):
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 3
     assert sorted(p.name for p in models.glob("*_epoch=*.pt")) == ["checkpoint_epoch=3.pt"]
+    # the epoch rows of the first run are kept, epoch 3 added
+    assert [r["epoch"] for r in read_epoch_metrics(models / EPOCH_METRICS_FILE)] == [1, 2, 3]
 
 
 @pytest.mark.slow

@@ -152,6 +152,8 @@ def test_tf_gan_train_resume_refine(data: dict[str, Path], tmp_path: Path) -> No
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert (trainer.state.epoch, trainer.state.iteration) == (3, 6)
     assert trainer.state.lambda_c == 1.0
+    # the epoch rows of the first run are kept, epoch 3 added
+    assert [r["epoch"] for r in read_epoch_metrics(models / EPOCH_METRICS_FILE)] == [1, 2, 3]
 
     # refine the coarse datalist
     infer = tiny(data, tmp_path)
@@ -256,6 +258,9 @@ def test_pix2pix_train_and_synthesise(data: dict[str, Path], tmp_path: Path) -> 
     assert trainer.state.iteration == 2 and {"g_l1", "g_adv_patch", "d_loss"} <= set(terms)
     assert terms["g_adv_global"] == 0.0  # PatchDiscriminator: no global head
     assert (tmp_path / "models_p2p" / "model.pt").is_file()
+    # Pix2Pix's own epoch rows beside its checkpoints (the pipeline's training progress)
+    rows = read_epoch_metrics(tmp_path / "models_p2p" / EPOCH_METRICS_FILE)
+    assert [r["epoch"] for r in rows] == [1] and "epoch_g_l1" in rows[0]
 
     wf = run_workflow(BUNDLE, INFER_P2P, "infer", **tiny(data, tmp_path, max_coarse_cases=1))
     assert wf.check_properties() == []

@@ -49,6 +49,11 @@ class TwoPhaseLRLambda:
     added epochs of a run resumed with a larger ``max_epochs`` (``LambdaLR`` restores this object's attributes,
     ``max_epochs`` included, from the checkpoint). A picklable callable (checkpoints).
 
+    The scheduler is torch's ``LambdaLR``; this is only its factor. torch has no two-phase schedule of this form:
+    ``MultiStepLR(milestones=[phase2_start_epoch], gamma=lr_phase2 / lr_phase1)`` is the ``"step"`` schedule but
+    cannot decay, and ``SequentialLR`` of two ``PolynomialLR`` restarts phase 2 at the optimizer's initial rate
+    (their closed form scales ``base_lrs``) instead of ``lr_phase2``.
+
     Args:
         phase2_start_epoch: number of phase-1 epochs.
         lr_phase1: learning rate of phase 1 (the optimizer's initial lr).

@@ -24,7 +24,8 @@ def read_epoch_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
 
 class EpochMetricsWriter:
     """Append ``engine.state.metrics`` (numbers only) as one row per epoch to ``<save_dir>/epoch_metrics.csv``,
-    rewritten atomically after every epoch; a resumed run keeps the rows of the epochs it does not redo.
+    rewritten atomically after every epoch; a resumed run keeps the rows of the epochs it does not redo (read at
+    its first completed epoch, so a ``CheckpointLoader`` attached after this handler has restored the epoch).
 
     Args:
         save_dir: folder of the file (the run's models folder).
@@ -33,18 +34,21 @@ class EpochMetricsWriter:
 
     def __init__(self, save_dir: str | os.PathLike, filename: str = EPOCH_METRICS_FILE) -> None:
         self.path = Path(save_dir) / filename
-        self.rows: list[dict[str, float]] = []
+        # None: the earlier rows are not read yet (see epoch_completed)
+        self.rows: list[dict[str, float]] | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def started(self, engine: Engine) -> None:
-        """Keep the earlier rows of a resumed run (epochs up to the one it resumes after)."""
-        done = engine.state.epoch
-        self.rows = [r for r in read_epoch_metrics(self.path) if r["epoch"] <= done] if self.path.is_file() else []
+        """Read the file again at the first completed epoch of this run."""
+        self.rows = None
 
     def epoch_completed(self, engine: Engine) -> None:
+        if self.rows is None:  # a resumed run keeps the rows of the epochs before the first one it runs
+            first = engine.state.epoch
+            self.rows = [r for r in read_epoch_metrics(self.path) if r["epoch"] < first] if self.path.is_file() else []
         row = {"epoch": float(engine.state.epoch)}
         row.update({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
         self.rows.append(row)

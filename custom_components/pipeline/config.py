@@ -10,31 +10,7 @@ from typing import Any
 import yaml
 
 from custom_components.engines import SAMPLING
-
-# Comparison arms of the two papers. How an arm trains follows the experiment's protocol (PROTOCOLS).
-ARMS: dict[str, str] = {
-    "baseline": "real data only",
-    # the control of the synthetic arms' compute (docs: pipeline section of the bundle README and experiment.py)
-    "real_matched": "real data only, a second augmented real crop per index: the synthetic arms' samples per step",
-    "carvemix": "+ CarveMix (online)",
-    "pix2pix": "+ Pix2Pix synthetic cases",
-    "tf_aug": "+ TF-Aug coarse synthetic cases",
-    "tf": "+ TF (TF-Aug + TF-GAN) synthetic cases",
-    "dtss": "+ DTSS (online)",
-    "dtss_mas": "+ DTSS + MAS",
-    "tf_mas": "+ TF synthetic cases weighted by MAS",
-    # beyond both papers: the same methods with mass effect (custom_components.transforms.MassEffectd)
-    "tf_aug+mass": "+ TF-Aug coarse cases with mass effect (healthy tissue displaced before painting)",
-    "dtss+mass": "+ DTSS (online) with mass effect (growth pushes the surroundings)",
-    "dtss_mas+mass": "+ DTSS with mass effect + MAS",
-}
-# arms that need TF-Aug cases synthesised with mass effect
-MASS_TF_AUG_ARMS: tuple[str, ...] = ("tf_aug+mass",)
-# arms on real data only; every other arm is a synthetic arm
-REAL_ARMS: tuple[str, ...] = ("baseline", "real_matched")
-# arms whose synthetic cases are derived from each real case every epoch (online): they always train with
-# companion sampling, whatever synthetic_sampling says (there is no fixed set of synthetic cases to draw from)
-ONLINE_ARMS: tuple[str, ...] = ("carvemix", "dtss", "dtss_mas", "dtss+mass", "dtss_mas+mass")
+from custom_components.pipeline.arms import ARMS, BASELINE, CONTROL, get_arm
 
 # How the synthetic arms train the segmentation model (per experiment):
 PROTOCOLS: dict[str, str] = {
@@ -82,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     # dsma | tf: see PROTOCOLS
     "protocol": "dsma",
     # null (the protocol's: PROTOCOL_SAMPLING) | companion | union: see PROTOCOL_SAMPLING; online arms
-    # (ONLINE_ARMS) always use companion
+    # (Arm.online: DTSS, CarveMix) always use companion
     "synthetic_sampling": None,
     # draws | train: see SYNTHESIS_PER_SEED (seed s's arms train with seed s's synthetic cases either way)
     "synthesis_per_seed": "draws",
@@ -131,7 +107,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def _resolve_sampling_and_control(cfg: dict[str, Any], path: Path) -> None:
     """Check ``synthetic_sampling`` and ``control_arm``; set the protocol's sampling where it is null; put
     ``real_matched`` right after the baseline (the order of the stages and the report) where it is listed, and add
-    it (with ``control_arm``) to every experiment with a synthetic arm, the synthetic-volume ablation's included."""
+    it (with ``control_arm``) to every experiment with a synthetic arm, the synthetic-volume ablation's included
+    (arm roles: :mod:`custom_components.pipeline.arms`)."""
     if cfg["synthetic_sampling"] not in (None, *SAMPLING):
         raise ValueError(
             f"{path}: synthetic_sampling must be null (the protocol's) or one of {list(SAMPLING)}, "
@@ -140,10 +117,10 @@ def _resolve_sampling_and_control(cfg: dict[str, Any], path: Path) -> None:
     cfg["synthetic_sampling"] = cfg["synthetic_sampling"] or PROTOCOL_SAMPLING[cfg["protocol"]]
     if not isinstance(cfg["control_arm"], bool):
         raise ValueError(f"{path}: control_arm must be true or false, got {cfg['control_arm']!r}")
-    synthetic = bool(set(cfg["arms"]) - set(REAL_ARMS) or cfg["synthetic_per_real"])
-    arms = [a for a in cfg["arms"] if a != "real_matched"]
-    if (cfg["control_arm"] and synthetic) or "real_matched" in cfg["arms"]:
-        arms.insert(arms.index("baseline") + 1, "real_matched")
+    synthetic = any(get_arm(a).role == "synthetic" for a in cfg["arms"]) or bool(cfg["synthetic_per_real"])
+    arms = [a for a in cfg["arms"] if a != CONTROL]
+    if (cfg["control_arm"] and synthetic) or CONTROL in cfg["arms"]:
+        arms.insert(arms.index(BASELINE) + 1, CONTROL)
     cfg["arms"] = arms
 
 
@@ -173,8 +150,8 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
     bad = [a for a in cfg["arms"] if a not in ARMS]
     if bad:
         raise ValueError(f"{path}: unknown arms {bad}; known: {list(ARMS)}")
-    if "baseline" not in cfg["arms"]:
-        raise ValueError(f"{path}: the arms must include 'baseline' (the reference of the comparison)")
+    if BASELINE not in cfg["arms"]:
+        raise ValueError(f"{path}: the arms must include {BASELINE!r} (the reference of the comparison)")
     if not cfg["seeds"]:
         raise ValueError(f"{path}: 'seeds' is empty")
     if cfg["protocol"] not in PROTOCOLS:

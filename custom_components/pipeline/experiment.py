@@ -40,14 +40,16 @@ from typing import Any
 from custom_components.data.atomic import atomic_write_text
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.loader import load_datalist
-from custom_components.pipeline.config import ARMS, MASS_TF_AUG_ARMS, ONLINE_ARMS, PROTOCOLS
+from custom_components.pipeline.arms import BASELINE, get_arm
+from custom_components.pipeline.config import PROTOCOLS
 from custom_components.pipeline.runner import Stage, bundle_command, run_stages, workdir_lock
 from custom_components.pipeline.summary import write_experiment_report
+from custom_components.synthesis.methods import SynthesisMethod
 
 # the stage of a forced run (--from), kept until the run completes
 FORCED_RECORD = "forced_from.json"
-
-TF_ARMS = ("tf", "tf_mas")
+# the model parts of the synthesis on healthy scans (SynthesisMethod.parts), and TF-Aug's cases with mass effect
+PARTS: tuple[str, ...] = ("tf_aug", "tf_gan", "pix2pix", "tf_aug_mass")
 
 
 def _device(cfg: dict[str, Any]) -> str:
@@ -153,8 +155,20 @@ class Experiment:
         synthesises more) the first ``base_ratio`` per real case, so every synthetic arm gets the same amount."""
         if self.cfg["synthetic_per_real"]:
             return self.subset_datalist(self.base_ratio, kind, seed)
+        return self.cases_datalist(kind, seed)
+
+    def cases_datalist(self, kind: str, seed: int) -> Path:
+        """All of a seed's cases of a kind (a method's ``cases``: ``coarse``, ``refined`` or ``pix2pix``)."""
         full = {"coarse": self.coarse_datalist, "refined": self.refined_datalist, "pix2pix": self.pix2pix_datalist}
         return full[kind](seed)
+
+    def method_datalist(self, method: SynthesisMethod, seed: int, mass_effect: bool = False) -> Path:
+        """The datalist a synthetic arm of a method on healthy scans trains with (:meth:`synthetic_datalist`); with
+        ``mass_effect`` the seed's TF-Aug cases with mass effect (TF-Aug's is the only such option of the methods
+        on healthy scans: :class:`~custom_components.pipeline.arms.Arm` checks it)."""
+        if mass_effect:
+            return self.mass_coarse_datalist(seed)
+        return self.synthetic_datalist(str(method.cases), seed)
 
     def metrics(self, arm: str, seed: int) -> Path:
         return self.stage_dir(f"evaluate_{arm}_s{seed}") / "metrics.json"
@@ -165,16 +179,10 @@ class Experiment:
         return list(self.cfg["arms"]) + [f"tf_syn{float(r):g}" for r in self.cfg["synthetic_per_real"]]
 
     def needs(self, part: str) -> bool:
-        arms = set(self.arms)
-        if part == "tf_gan":
-            return bool(arms & {*TF_ARMS}) or bool(self.cfg["synthetic_per_real"])
-        if part == "pix2pix":
-            return "pix2pix" in arms
-        if part == "tf_aug_mass":
-            return bool(arms & set(MASS_TF_AUG_ARMS))
-        if part == "tf_aug":
-            return self.needs("tf_gan") or self.needs("pix2pix") or "tf_aug" in arms or self.needs("tf_aug_mass")
-        raise ValueError(part)
+        """Whether an arm needs a model part (:data:`PARTS`): the union of the arms' ``parts``."""
+        if part not in PARTS:
+            raise ValueError(f"unknown part {part!r}; known: {PARTS}")
+        return any(part in get_arm(a).parts for a in self.arms)
 
     def n_real(self) -> int:
         """Real training cases every arm sees (``n_real``, else the whole training section)."""
@@ -195,18 +203,22 @@ class Experiment:
         """Whether the ``real_matched`` arm is the baseline itself: under union sampling without online arms every
         synthetic arm sees the baseline's samples per step, so the control matched in data source, steps and
         samples per step is the baseline (same seed, same data, same compute) and is not trained again. Online
-        arms (``ONLINE_ARMS``: DTSS, CarveMix) always use companion sampling; with one of them ``real_matched``
-        trains with a second real crop per index, their control."""
-        return self.cfg["synthetic_sampling"] == "union" and not set(self.arms) & set(ONLINE_ARMS)
+        arms (DTSS, CarveMix: :attr:`~custom_components.pipeline.arms.Arm.online`) always use companion sampling;
+        with one of them ``real_matched`` trains with a second real crop per index, their control."""
+        return self.cfg["synthetic_sampling"] == "union" and not any(get_arm(a).online for a in self.arms)
+
+    def reuses_baseline(self, arm: str) -> bool:
+        """Whether an arm's model is the baseline's: the control arm where :attr:`control_is_baseline`."""
+        return get_arm(arm).role == "control" and self.control_is_baseline
 
     def arm_epochs(self, arm: str) -> int:
         """Epochs an arm's own training stage runs (0: its model is another's: the phase-1 model, tf protocol's
         baseline, or the baseline's for ``real_matched`` where :attr:`control_is_baseline`)."""
         seg = self.cfg["seg"]
-        if arm == "real_matched" and self.control_is_baseline:
+        if self.reuses_baseline(arm):
             return 0
         if self.cfg["protocol"] == "tf":
-            return 0 if arm == "baseline" else int(seg["phase1_epochs"])
+            return 0 if get_arm(arm).role == "baseline" else int(seg["phase1_epochs"])
         return int(seg["phase2_epochs"])
 
     def arm_iterations(self, arm: str) -> int:
@@ -218,8 +230,8 @@ class Experiment:
 
     def arm_model(self, arm: str, seed: int) -> Path:
         """The model an arm's evaluation reads."""
-        if arm == "real_matched" and self.control_is_baseline:
-            return self.arm_model("baseline", seed)
+        if self.reuses_baseline(arm):
+            return self.arm_model(BASELINE, seed)
         if self.arm_epochs(arm) == 0:
             return self.phase1_model(seed)
         return self.stage_dir(f"seg_{arm}_s{seed}") / "models" / "model.pt"
@@ -462,24 +474,36 @@ class Experiment:
             run_id="training",
         )
 
-    def tf_gan_refine_stage(self, seed: int) -> Stage:
-        """TF's cases of seed ``seed``: its coarse cases refined by the generator of its model seed."""
-        name = f"tf_gan_refine_s{seed}"
-        generator = self.tf_gan_generator(self.model_seed(seed))
+    def _generator_stage(
+        self, name: str, seed: int, configs: list[str], generator: Path, folder_key: str, output: Path, what: str
+    ) -> Stage:
+        """A tf_gan bundle stage that applies a trained generator to seed ``seed``'s coarse cases, writing them to
+        ``output`` (the datalist in the folder that ``folder_key`` names)."""
         return self._bundle_stage(
             name,
             "tf_gan",
-            ["common.yaml", "inference.yaml"],
+            configs,
             {
                 **self._gan_common(seed),
                 "output_dir": str(self.stage_dir(name)),
                 "generator_checkpoint": str(generator),
-                "refined_dir": str(self.stage_dir(name) / "refined"),
+                folder_key: str(output.parent),
             },
             inputs=[self.coarse_datalist(seed), generator],
-            outputs=[self.refined_datalist(seed)],
-            description=f"tf_gan: refine every coarse case of seed {seed} (sliding window, Gaussian blending; "
-            f"generator of seed {self.model_seed(seed)})",
+            outputs=[output],
+            description=f"{what} (generator of seed {self.model_seed(seed)})",
+        )
+
+    def tf_gan_refine_stage(self, seed: int) -> Stage:
+        """TF's cases of seed ``seed``: its coarse cases refined by the generator of its model seed."""
+        return self._generator_stage(
+            f"tf_gan_refine_s{seed}",
+            seed,
+            ["common.yaml", "inference.yaml"],
+            self.tf_gan_generator(self.model_seed(seed)),
+            "refined_dir",
+            self.refined_datalist(seed),
+            f"tf_gan: refine every coarse case of seed {seed} (sliding window, Gaussian blending)",
         )
 
     def tf_gan_stages(self) -> list[Stage]:
@@ -500,21 +524,15 @@ class Experiment:
         )
 
     def pix2pix_synthesis_stage(self, seed: int) -> Stage:
-        name = f"pix2pix_synthesise_s{seed}"
-        generator = self.pix2pix_generator(self.model_seed(seed))
-        return self._bundle_stage(
-            name,
-            "tf_gan",
+        """Pix2Pix's cases of seed ``seed``: images for its coarse cases' masks by the generator of its model seed."""
+        return self._generator_stage(
+            f"pix2pix_synthesise_s{seed}",
+            seed,
             ["inference.yaml", "inference_pix2pix.yaml"],
-            {
-                **self._gan_common(seed),
-                "output_dir": str(self.stage_dir(name)),
-                "generator_checkpoint": str(generator),
-                "synthetic_dir": str(self.stage_dir(name) / "pix2pix"),
-            },
-            inputs=[self.coarse_datalist(seed), generator],
-            outputs=[self.pix2pix_datalist(seed)],
-            description=f"Pix2Pix baseline: images for the augmented masks of seed {seed}",
+            self.pix2pix_generator(self.model_seed(seed)),
+            "synthetic_dir",
+            self.pix2pix_datalist(seed),
+            f"Pix2Pix baseline: images for the augmented masks of seed {seed}",
         )
 
     def pix2pix_stages(self) -> list[Stage]:
@@ -550,48 +568,8 @@ class Experiment:
 
     def arm_overrides(self, arm: str, seed: int) -> dict[str, Any]:
         """dtss_mas_seg phase-2 settings that define an arm of a seed (which data: the seed's synthetic cases; the
-        protocol is in :meth:`arm_stages`)."""
-        off = {"use_dtss": False, "use_mas": False, "synthetic_datalists": [], "use_carvemix": False}
-        # online arms and real-only arms add no synthetic datalist: companion sampling (see control_is_baseline)
-        off |= {"real_per_case": 0, "synthetic_sampling": "companion"}
-        syn = {"synthetic_per_case": self.base_ratio, "synthetic_sampling": self.cfg["synthetic_sampling"]}
-        if arm == "baseline" or (arm == "real_matched" and self.control_is_baseline):
-            return off
-        if arm == "real_matched":
-            # a second, independently augmented real crop where a synthetic arm has a companion (base_ratio per
-            # index; DTSS and CarveMix give 1 per index, base_ratio's default)
-            return {**off, "real_per_case": self.base_ratio}
-        if arm == "carvemix":
-            return {**off, "use_carvemix": True}
-        if arm == "dtss":
-            return {**off, "use_dtss": True}
-        if arm == "dtss_mas":
-            return {**off, "use_dtss": True, "use_mas": True}
-        if arm == "tf_aug":
-            return {**off, **syn, "synthetic_datalists": [str(self.synthetic_datalist("coarse", seed))]}
-        if arm == "tf_aug+mass":
-            return {**off, **syn, "synthetic_datalists": [str(self.mass_coarse_datalist(seed))]}
-        if arm in ("dtss+mass", "dtss_mas+mass"):
-            return {**self.arm_overrides(arm[: -len("+mass")], seed), "dtss_mass_effect": True}
-        if arm == "pix2pix":
-            return {**off, **syn, "synthetic_datalists": [str(self.synthetic_datalist("pix2pix", seed))]}
-        if arm == "tf":
-            return {**off, **syn, "synthetic_datalists": [str(self.synthetic_datalist("refined", seed))]}
-        if arm == "tf_mas":
-            refined = str(self.synthetic_datalist("refined", seed))
-            return {**off, **syn, "synthetic_datalists": [refined], "use_mas": True, "synthetic_mas": True}
-        if arm.startswith("tf_syn"):
-            # r synthetic cases per real case: the subset has round(r n_real) cases; companion sampling uses
-            # floor(r n_real) of them per epoch beside the n_real real samples, union sampling draws the batches
-            # from the n_real + round(r n_real) cases (the TF paper's ablation)
-            r = float(arm[len("tf_syn") :])
-            return {
-                **off,
-                **syn,
-                "synthetic_per_case": r,
-                "synthetic_datalists": [str(self.subset_datalist(r, "refined", seed))],
-            }
-        raise ValueError(f"unknown arm {arm!r}")
+        protocol is in :meth:`arm_stages`): :meth:`custom_components.pipeline.arms.Arm.overrides`."""
+        return get_arm(arm).overrides(self, seed)
 
     def arm_train_overrides(self, arm: str, seed: int) -> dict[str, Any]:
         """dtss_mas_seg overrides of an arm's training stage under the experiment's protocol."""
@@ -629,15 +607,17 @@ class Experiment:
                     overrides,
                     inputs=[self.real_datalist, *init, *map(Path, overrides["synthetic_datalists"])],
                     outputs=[model],
-                    description=f"dtss_mas_seg arm {arm} ({ARMS.get(arm, 'synthetic-volume ablation')}), seed {seed}: "
-                    f"{how}",
+                    description=f"dtss_mas_seg arm {arm} ({get_arm(arm).description}), seed {seed}: {how}",
                     run_id="training",
                 )
             )
         eval_name = f"evaluate_{arm}_s{seed}"
-        same = arm == "real_matched" and self.control_is_baseline
-        # real_matched under union sampling: the baseline's model, evaluated under the control's name
-        reused = " (the baseline's model: under union sampling every arm sees its samples per step)" if same else ""
+        # the control under union sampling: the baseline's model, evaluated under the control's name
+        reused = (
+            " (the baseline's model: under union sampling every arm sees its samples per step)"
+            if self.reuses_baseline(arm)
+            else ""
+        )
         evaluate = self._bundle_stage(
             eval_name,
             "dtss_mas_seg",

@@ -50,19 +50,15 @@ from typing import Any, TextIO
 from custom_components.data.atomic import atomic_path, atomic_write_text
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.loader import load_datalist
-from custom_components.synthesis.offline import (
-    METHODS as OFFLINE_METHODS,
-)
-from custom_components.synthesis.offline import (
-    OfflineCaseWriter,
-    TrainingTransforms,
-    limit_reason,
-    max_cases,
-    plan_offline,
-)
+from custom_components.quality.gallery import synthetic_case_montage
+from custom_components.synthesis.methods import METHODS as REGISTRY
+from custom_components.synthesis.methods import SynthesisMethod, get_method
+from custom_components.synthesis.offline import METHODS as OFFLINE_METHODS
+from custom_components.synthesis.offline import OfflineCaseWriter, TrainingTransforms, plan_offline
 from custom_components.synthesis.tf_aug import mask_source_cases
 
-METHODS: tuple[str, ...] = ("tf", "tf_aug", *OFFLINE_METHODS)
+# every registered synthesis method (custom_components.synthesis.methods)
+METHODS: tuple[str, ...] = tuple(REGISTRY)
 FORMATS: tuple[str, ...] = ("monai", "nnunet")
 MANIFEST = "fabricate.json"
 WORK = "work"
@@ -74,7 +70,7 @@ MANIFEST_VERSION = 1
 # what the manifest's identity holds: a folder is reused only when all of these agree
 IDENTITY_KEYS: tuple[str, ...] = ("method", "seed", "real", "settings")
 # folders of cases this command writes (offline ids, TF-Aug's ids)
-CASE_FOLDER = re.compile(r"^(dtss|carvemix|tfaug)-\d{5,}$")
+CASE_FOLDER = re.compile(rf"^({'|'.join([*OFFLINE_METHODS, 'tfaug'])})-\d{{5,}}$")
 BRATS_MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "pipeline" / "demo.yaml"
 
@@ -139,16 +135,16 @@ class Progress:
         self.close()
 
 
-_EPOCH_DONE = re.compile(r"Epoch\[(\d+)\] Complete")
-
-
 class EpochWatcher:
-    """Progress of the training stages the pipeline runs in subprocesses, read from their logs.
+    """Progress of the training stages the pipeline runs in subprocesses, read from their epoch-metrics files.
 
-    While active, a thread polls ``<work>/logs/<stage>.log`` of every stage with ``max_epochs`` in
-    ``<work>/overrides/<stage>.json`` (logs written after the watcher started) for Ignite's ``Epoch[k] Complete``
-    lines, and reports ``<stage>: epoch k/max ... ETA``: a tqdm bar per stage on a terminal, else a line at most
-    every ``every_s`` seconds (and at the last epoch).
+    Every bundle training attaches :class:`~custom_components.handlers.EpochMetricsWriter`, which rewrites
+    ``<models_dir>/epoch_metrics.csv`` (one row per epoch, atomically) after every epoch; no log format is read.
+    While active, a thread polls every stage with ``max_epochs`` in ``<work>/overrides/<stage>.json``: the newest
+    ``epoch_metrics.csv`` below the stage's output folder ``<work>/<stage>`` written since the watcher started
+    gives the epochs done (its largest ``epoch``), reported as ``<stage>: epoch k/max ... ETA``: a tqdm bar per
+    stage on a terminal, else a line at most every ``every_s`` seconds (and at the last epoch). A file that
+    cannot be read counts as no progress until a later poll.
 
     Args:
         work: the pipeline's work folder.
@@ -177,20 +173,22 @@ class EpochWatcher:
         self._thread = threading.Thread(target=self._run, name="fabricate-epochs", daemon=True)
 
     def _epochs(self, stage: str) -> tuple[int, int] | None:
-        """(epochs done, max_epochs) of a stage whose log was written since the start, else None."""
-        log_file = self.work / "logs" / f"{stage}.log"
-        overrides = self.work / "overrides" / f"{stage}.json"
-        if not log_file.is_file() or log_file.stat().st_mtime < self.started:
-            return None
+        """(epochs done, max_epochs) of a training stage whose epoch-metrics file was written since the start,
+        else None."""
+        from custom_components.handlers.epoch_log import EPOCH_METRICS_FILE, read_epoch_metrics
+
         try:
-            total = int(json.loads(overrides.read_text()).get("max_epochs", 0))
-            with open(log_file, "rb") as fh:
-                fh.seek(max(0, log_file.stat().st_size - 65536))
-                tail = fh.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
+            total = int(json.loads((self.work / "overrides" / f"{stage}.json").read_text()).get("max_epochs") or 0)
+            if total <= 0:
+                return None
+            fresh = [(f.stat().st_mtime, f) for f in (self.work / stage).rglob(EPOCH_METRICS_FILE)]
+            fresh = [(mtime, f) for mtime, f in fresh if mtime >= self.started]
+            if not fresh:
+                return None
+            rows = read_epoch_metrics(max(fresh)[1])
+            return max((int(r["epoch"]) for r in rows if "epoch" in r), default=0), total
+        except Exception:  # a file being replaced, a partial or foreign file: no progress this time
             return None
-        done = [int(k) for k in _EPOCH_DONE.findall(tail)]
-        return (max(done) if done else 0, total) if total > 0 else None
 
     def poll(self) -> None:
         """Report the epochs of every training stage that progressed since the last poll."""
@@ -460,7 +458,7 @@ def _tf_config(
 
 
 def _tf_cases(
-    method: str,
+    spec: SynthesisMethod,
     n: int,
     cfg: dict[str, Any],
     out: Path,
@@ -475,12 +473,15 @@ def _tf_cases(
         raise RuntimeError(f"the TF-Aug plan would make {exp.num_synthetic()} cases, not {n}")
     seed = exp.encoder_seed
     stages = [*exp.data_stages(), exp.phase1_stage(seed), *exp.tf_aug_stages()]
-    if method == "tf":
+    if exp.needs("tf_gan"):
         stages += exp.tf_gan_stages()
+    if exp.needs("pix2pix"):
+        stages += exp.pix2pix_stages()
+    method = spec.name
     log(f"{method}: {len(stages)} pipeline stages in {exp.work} (finished ones are skipped)")
     with EpochWatcher(exp.work, log, stream):
         run_stages(stages, exp.work, log=log)
-    produced = exp.refined_datalist(seed) if method == "tf" else exp.coarse_datalist(seed)
+    produced = exp.cases_datalist(str(spec.cases), seed)
     items = read_datalist(produced)["training"][:n]
     if len(items) != n:
         raise RuntimeError(f"{produced}: {len(items)} cases, expected {n}")
@@ -489,7 +490,8 @@ def _tf_cases(
         "modalities": list(cfg["modalities"]),
         "seg": cfg["seg"],
         "tf_aug": cfg["tf_aug"],
-        **({"tf_gan": cfg["tf_gan"]} if method == "tf" else {}),
+        # TF-GAN's budgets train TF-GAN and Pix2Pix
+        **({"tf_gan": cfg["tf_gan"]} if {"tf_gan", "pix2pix"} & set(spec.parts) else {}),
     }
     # the real cases whose masks TF-Aug drew from (its mask pool: the training labels of the stages' real datalist)
     real_items = load_datalist(exp.real_datalist, "training", require=["label"], check="none")
@@ -524,23 +526,8 @@ def _tf_cases(
                 "parameters": parameters,
                 "pipeline": stage_prov,
             }
-            from custom_components.quality.gallery import case_montage
-
-            what = "TF-Aug + TF-GAN" if method == "tf" else "TF-Aug"
-            case_montage(
-                out / GALLERY / f"{cid}.png",
-                new["image"][0],
-                new["label"],
-                source=healthy_image,
-                source_label=new["label"],
-                title=f"{cid}: {what} on healthy scan {tf_aug_prov.get('healthy_case_id')} "
-                f"(seed {tf_aug_prov.get('seed')})",
-                row_titles=[
-                    f"synthetic ({cfg['modalities'][0]})",
-                    f"healthy {tf_aug_prov.get('healthy_case_id')}",
-                    "|synthetic - healthy|",
-                ],
-            )
+            # drawn from the stage's item, as the pipeline report draws it
+            synthetic_case_montage(out / GALLERY / f"{cid}.png", item, method)
             result.append(new)
             progress.step(cid)
     return result
@@ -617,6 +604,22 @@ def _gallery(
     )
 
 
+def _check_arguments(method: str, n: int, fmt: str, healthy: str | os.PathLike | None) -> SynthesisMethod:
+    """The registered method of ``--method``, after checking the arguments (FabricateError otherwise)."""
+    if method not in METHODS:
+        raise FabricateError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if fmt not in FORMATS:
+        raise FabricateError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise FabricateError(f"--n must be a whole number >= 1, got {n!r}")
+    if fmt == "nnunet" and importlib.util.find_spec("custom_components.export.nnunet") is None:
+        raise FabricateError("--format nnunet needs custom_components.export.nnunet, which this installation lacks")
+    spec = get_method(method)
+    if not spec.derived and healthy is None:
+        raise FabricateError(f"--method {method} needs --healthy (a folder of healthy scans or a healthy datalist)")
+    return spec
+
+
 # ---- the command -------------------------------------------------------------------------------------------
 def fabricate(
     method: str,
@@ -653,18 +656,9 @@ def fabricate(
     Raises:
         FabricateError / FileNotFoundError / ValueError naming the file, before anything is written.
     """
-    if method not in METHODS:
-        raise FabricateError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if fmt not in FORMATS:
-        raise FabricateError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise FabricateError(f"--n must be a whole number >= 1, got {n!r}")
-    if fmt == "nnunet" and importlib.util.find_spec("custom_components.export.nnunet") is None:
-        raise FabricateError("--format nnunet needs custom_components.export.nnunet, which this installation lacks")
+    spec = _check_arguments(method, n, fmt, healthy)
     out = Path(out)
-    tf = method in ("tf", "tf_aug")
-    if tf and healthy is None:
-        raise FabricateError(f"--method {method} needs --healthy (a folder of healthy scans or a healthy datalist)")
+    tf = not spec.derived  # a method on healthy scans: the pipeline's stages
     start = time.perf_counter()
     with _real_datalist(real, modalities) as (real_path, real_identity):
         if tf:
@@ -687,11 +681,11 @@ def fabricate(
         )
         if _has_section(real_path, "validation"):
             load_datalist(real_path, "validation", mods, require=["label"], keys=["label", "brain_mask"])
-        limit = max_cases(method, len(real_items), n_healthy)
+        limit = spec.max_cases(len(real_items), n_healthy)
         if n > limit:
             raise FabricateError(
                 f"{real_identity['path']}: --n {n} is more than {method} can make: at most {limit} "
-                f"({limit_reason(method, len(real_items), n_healthy)})"
+                f"({spec.limit_reason(len(real_items), n_healthy)})"
             )
         if tf:
             cfg = _tf_config(method, n, real_path, Path(healthy), out, seed, config, len(real_items))
@@ -718,7 +712,7 @@ def fabricate(
                 cfg["real_datalist"] = str(kept.resolve())
         if tf:
             _write_manifest(out / WORK / MANIFEST, identity, n, fmt)
-            items = _tf_cases(method, n, cfg, out, log, stream)
+            items = _tf_cases(spec, n, cfg, out, log, stream)
             _write_manifest(out / MANIFEST, identity, n, fmt)
             datalist = _write_dataset_datalist(out, items, method, mods, real_identity)
         else:

@@ -75,6 +75,15 @@ class ArmSummary:
         return {**asdict(self), "seeds": list(self.seeds), "n_seeds": len(self.seeds)}
 
 
+def _save_figure(fig: Any, out_png: str | os.PathLike) -> Path:
+    """Lay out a Matplotlib figure, write it as a PNG atomically and close it."""
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(out_png)
+
+
 def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
     """The smallest true mean paired difference a two-sided paired t-test at ``alpha`` detects with ``power``,
     given the standard deviation of the paired differences and their number (None below two).
@@ -223,11 +232,7 @@ def plot_dice(results: Sequence[ArmResult], out_png: str | os.PathLike) -> Path:
     ax.set_ylabel("Dice")
     ax.set_ylim(0, 1)
     ax.legend(ncol=4, fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
+    return _save_figure(fig, out_png)
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -335,11 +340,7 @@ def plot_realism(realism: Mapping[str, Mapping], out_png: str | os.PathLike) -> 
             ax.axhline(1.0, color="k", ls="--", lw=1)
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
         ax.set_title(name, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
+    return _save_figure(fig, out_png)
 
 
 REFINEMENT_NOTE = (
@@ -415,11 +416,7 @@ def plot_gan_curves(curves: Sequence[Mapping[str, float]], out_png: str | os.Pat
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
+    return _save_figure(fig, out_png)
 
 
 PROVENANCE_NOTE = (

@@ -8,18 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import nibabel as nib
 import numpy as np
 
 from custom_components.data.atomic import atomic_write_text
-from custom_components.data.datalist import label_convention_of, read_datalist
+from custom_components.data.datalist import read_datalist
 from custom_components.data.labels import REGION_NAMES
 from custom_components.data.loader import load_datalist
 from custom_components.handlers.epoch_log import EPOCH_METRICS_FILE, read_epoch_metrics
-from custom_components.pipeline.config import ARMS, SYNTHESIS_PER_SEED
+from custom_components.pipeline.arms import get_arm
+from custom_components.pipeline.config import SYNTHESIS_PER_SEED
 from custom_components.pipeline.report import ALPHA, POWER, ArmResult, summarise, write_report
 from custom_components.pipeline.runner import code_commit, code_record, stage_provenance
-from custom_components.quality.qc import save_montage
+from custom_components.synthesis.methods import METHODS, SynthesisMethod
 from custom_components.synthesis.tf_gan import summarise_change
 
 
@@ -44,6 +44,8 @@ class Experiment(Protocol):
     def coarse_datalist(self, seed: int) -> Path: ...
 
     def mass_coarse_datalist(self, seed: int) -> Path: ...
+
+    def cases_datalist(self, kind: str, seed: int) -> Path: ...
 
     def refined_datalist(self, seed: int) -> Path: ...
 
@@ -77,17 +79,6 @@ def mean_dice_by_arm(results_json: Path) -> dict[str, float]:
     """Mean Dice (average of ET, TC, WT) of every arm over its seeds, from a report's ``results.json``."""
     arms = json.loads(Path(results_json).read_text())["arms"]
     return {str(a["arm"]): float(a["mean"]["Mean"]) for a in arms}
-
-
-def _source_image(item: dict[str, Any]) -> tuple[str | None, str]:
-    """The image a synthetic case was derived from (first modality) and its row name, from provenance."""
-    prov = item.get("provenance") or {}
-    if prov.get("coarse_image"):  # TF-GAN refined: its coarse TF-Aug input
-        return prov["coarse_image"][0], "coarse input"
-    if prov.get("stage") == "tf_aug" and prov.get("healthy"):
-        healthy = prov["healthy"]
-        return (healthy[0] if isinstance(healthy, list) else healthy), "healthy input"
-    return None, ""  # Pix2Pix: generated from the label alone
 
 
 def mas_summaries(exp: Experiment) -> dict[tuple[str, int], dict[str, Any]]:
@@ -140,83 +131,61 @@ def mas_lines(summaries: dict[tuple[str, int], dict[str, Any]]) -> tuple[list[st
     return notes, warnings
 
 
-def _datalist_montages(datalist: Path, out_dir: Path, name: str, n: int) -> list[Path]:
-    items = load_datalist(datalist, require=["label"], check="none", max_items=n)
-    pngs = []
-    for item in items:
-        image = item["image"][0]
-        source, source_name = _source_image(item)
-        if source is not None and not Path(source).is_file():
-            source = None
-        png = out_dir / f"{name}_{item['case_id']}.png"
-        titles = [name] + ([source_name, f"|{name} - {source_name}|"] if source is not None else [])
-        pngs.append(
-            save_montage(
-                image, item["label"], png, title=f"{name}: {item['case_id']}", source=source, row_titles=titles
-            )
-        )
-    return pngs
+def method_variants(exp: Experiment) -> list[tuple[SynthesisMethod, bool]]:
+    """The synthesis methods of the experiment's arms, each with or without its mass effect, and every method on
+    healthy scans whose model stages the experiment runs (TF's coarse TF-Aug input beside TF), in the order of the
+    methods' registry (the report's montages and realism rows)."""
+    used = {(get_arm(a).method, get_arm(a).mass_effect) for a in exp.arms if get_arm(a).method is not None}
+    used |= {(m.name, False) for m in METHODS.values() if m.parts and all(exp.needs(p) for p in m.parts)}
+    return [(spec, mass) for spec in METHODS.values() for mass in (False, True) if (spec.name, mass) in used]
 
 
-def _online_derived(
-    exp: Experiment, method: str, n: int | None, mass_effect: bool = False
-) -> Iterator[tuple[Any, ...]]:
-    """Apply an online method (DTSS or CarveMix) to the first ``n`` real training cases (all modalities of
-    the experiment, seeded by case index), followed by the mass effect of the new tumour when ``mass_effect``
-    (as dtss_mas_seg's ``dtss_mass_effect``); yields ``(item, real_img, real_lab, new_img, new_lab, affine)``."""
-    from custom_components.data.labels import to_internal
-    from custom_components.transforms import MassEffect
-    from custom_components.transforms.carvemix import CarveMix
-    from custom_components.transforms.dtss import DeformationTumorSynthesis
-    from custom_components.transforms.intensity import RescaleBrainIntensity
-
-    convention = label_convention_of(exp.real_datalist)
-    # the configured modalities of each real case (one loader, one case-id rule)
-    items = load_datalist(exp.real_datalist, modalities=exp.cfg["modalities"], require=["label"], check="none")
-
-    def load(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        files = item["image"]
-        images = [nib.as_closest_canonical(nib.load(f)) for f in files]
-        label = nib.as_closest_canonical(nib.load(item["label"]))
-        brain = None
-        if item.get("brain_mask"):  # the item's brain mask wins over the inferred one
-            brain = np.asarray(nib.as_closest_canonical(nib.load(item["brain_mask"])).dataobj)[None] > 0
-        img = RescaleBrainIntensity()(np.stack([i.get_fdata(dtype=np.float32) for i in images]), brain)
-        return np.asarray(img), to_internal(np.asarray(label.dataobj), convention)[None], images[0].affine
-
-    for k, item in enumerate(items[:n] if n else items):
-        img, lab, affine = load(item)
-        if method == "dtss":
-            new_img, new_lab = DeformationTumorSynthesis().set_random_state(seed=k)(img, lab)
-        else:
-            src_img, src_lab, _ = load(items[(k + 1) % len(items)])
-            new_img, new_lab, _ = CarveMix().set_random_state(seed=k)(img, lab, src_img, src_lab)
-        new_img, new_lab = np.asarray(new_img), np.asarray(new_lab)
-        if mass_effect:
-            mass = MassEffect(spacing=_zooms(affine))
-            field = mass.field(new_img, new_lab)
-            new_img, new_lab = mass.apply(new_img, field), mass.apply(new_lab, field, "nearest")
-        yield item, img, lab, new_img, new_lab, affine
+def variant_name(spec: SynthesisMethod, mass_effect: bool) -> str:
+    """A method's name in the realism table (``DTSS``, ``DTSS+mass``)."""
+    return f"{spec.title}{'+mass' if mass_effect else ''}"
 
 
-def _online_montages(exp: Experiment, out_dir: Path, method: str, n: int, mass_effect: bool = False) -> list[Path]:
-    """Before/after montages of an online method on real training cases (first modality)."""
-    pngs = []
-    for item, img, lab, new_img, new_lab, affine in _online_derived(exp, method, n, mass_effect):
-        png = out_dir / f"{method}{'+mass' if mass_effect else ''}_{item['case_id']}.png"
-        pngs.append(
-            save_montage(
-                new_img[0],
-                new_lab[0],
-                png,
-                title=f"{method} on {item['case_id']}",
-                source=img[0],
-                source_label=lab[0],
-                row_titles=[method, f"real {item['case_id']}", f"|{method} - real|"],
-                affine=affine,
-            )
-        )
-    return pngs
+def method_cases(exp: Experiment, spec: SynthesisMethod, seed: int, mass_effect: bool = False) -> Path:
+    """All of a seed's cases of a method on healthy scans (TF-Aug's with mass effect where ``mass_effect``)."""
+    return exp.mass_coarse_datalist(seed) if mass_effect else exp.cases_datalist(str(spec.cases), seed)
+
+
+def derived_cases(
+    exp: Experiment, spec: SynthesisMethod, n: int | None, mass_effect: bool = False
+) -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """A method that derives from real cases (DTSS, CarveMix) applied as ``fabricate --seed <first seed>`` applies
+    it: the case plan of :func:`~custom_components.synthesis.offline.plan_offline` over the real training cases
+    (one case per real case, at most ``n``) and dtss_mas_seg's transforms with the pipeline's ``seg.overrides``
+    (and the method's mass effect where ``mass_effect``); yields ``(case, real, derived)``."""
+    from custom_components.synthesis.offline import TrainingTransforms, plan_offline
+
+    mods = list(exp.cfg["modalities"])
+    items = load_datalist(exp.real_datalist, "training", mods, require=["label"], check="none")
+    overrides = dict(exp.cfg["seg"]["overrides"])
+    if spec.mass_effect_key is not None:
+        overrides[spec.mass_effect_key] = mass_effect
+    transforms = TrainingTransforms(spec.name, exp.real_datalist, mods, overrides=overrides)
+    count = min(len(items), n or len(items), spec.max_cases(len(items)))
+    for case in plan_offline(spec.name, items, count, exp.encoder_seed):
+        yield (case, *transforms.derive(case))
+
+
+def _montages(exp: Experiment, out_dir: Path, spec: SynthesisMethod, n: int, mass_effect: bool) -> list[Path]:
+    """QC montages of the first seed's cases of a method, drawn as ``fabricate`` draws them."""
+    from custom_components.quality.gallery import synthetic_case_montage
+    from custom_components.synthesis.offline import draw_derived
+
+    stem = f"{spec.name}{'+mass' if mass_effect else ''}"
+    if spec.derived:
+        mod = str(exp.cfg["modalities"][0])
+        return [
+            draw_derived(spec, case, real, derived, out_dir / f"{stem}_{case['case_id']}.png", mod)
+            for case, real, derived in derived_cases(exp, spec, n, mass_effect)
+        ]
+    items = load_datalist(
+        method_cases(exp, spec, exp.encoder_seed, mass_effect), require=["label"], check="none", max_items=n
+    )
+    return [synthetic_case_montage(out_dir / f"{stem}_{i['case_id']}.png", i, stem) for i in items]
 
 
 REALISM_MAX_CASES = 50  # synthetic cases per method scored (the first ones; loading is the cost)
@@ -247,32 +216,19 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
     encoder = FrozenEncoder.from_checkpoint(
         exp.phase1_model(exp.encoder_seed), 3, seg["network_name"], len(mods), 4, tuple(seg["filters"])
     )
-    arms, first = set(exp.arms), exp.encoder_seed
+    from custom_components.synthesis.offline import derived_arrays
+
     sets: dict[str, list[RealismCase]] = {}
-    if exp.needs("tf_aug"):
-        sets["TF-Aug"] = load_cases(exp.coarse_datalist(first), mods, max_cases=REALISM_MAX_CASES)[0]
-    if exp.needs("tf_gan"):
-        sets["TF"] = load_cases(exp.refined_datalist(first), mods, max_cases=REALISM_MAX_CASES)[0]
-    if exp.needs("pix2pix"):
-        sets["Pix2Pix"] = load_cases(exp.pix2pix_datalist(first), mods, max_cases=REALISM_MAX_CASES)[0]
-    if exp.needs("tf_aug_mass"):
-        sets["TF-Aug+mass"] = load_cases(exp.mass_coarse_datalist(first), mods, max_cases=REALISM_MAX_CASES)[0]
-    online = (
-        ("dtss", "DTSS", {"dtss", "dtss_mas"}, False),
-        ("dtss", "DTSS+mass", {"dtss+mass", "dtss_mas+mass"}, True),
-        ("carvemix", "CarveMix", {"carvemix"}, False),
-    )
-    for method, name, wanted, mass in online:
-        if arms & wanted:
-            sets[name] = [
-                RealismCase(
-                    f"{method}_{item['case_id']}",
-                    new_img.astype(np.float32),
-                    new_lab[0].astype(np.uint8),
-                    _zooms(affine),
-                )
-                for item, _, _, new_img, new_lab, affine in _online_derived(exp, method, REALISM_MAX_CASES, mass)
-            ]
+    for spec, mass in method_variants(exp):
+        if spec.derived:
+            cases = []
+            for case, _, derived in derived_cases(exp, spec, REALISM_MAX_CASES, mass):
+                image, label, affine = derived_arrays(derived)
+                cases.append(RealismCase(case["case_id"], image, label, _zooms(affine)))
+        else:
+            datalist = method_cases(exp, spec, exp.encoder_seed, mass)
+            cases = load_cases(datalist, mods, max_cases=REALISM_MAX_CASES)[0]
+        sets[variant_name(spec, mass)] = cases
     return {
         name: realism_scores(cases, held_out, mods, encoder, levels=3, null_real=null_real)
         for name, cases in sets.items()
@@ -292,7 +248,7 @@ def synthesis_note(exp: Experiment) -> str | None:
             f"{how}: each seed's arms train with that seed's cases; the realism table, QC montages and "
             f"refinement table show seed {first}'s cases"
         )
-    if any(a.startswith(("dtss", "carvemix")) for a in exp.arms):
+    if any(get_arm(a).online for a in exp.arms):
         parts.append("DTSS / CarveMix draw online from each segmentation run's seed")
     return f"Synthesis: {'; '.join(parts)}." if parts else None
 
@@ -392,24 +348,13 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     out = exp.stage_dir("report")
     qc = out / "qc"
     n = int(cfg["qc_cases"])
-    arms, first = set(exp.arms), exp.encoder_seed  # the montages and the refinement table: the first seed's cases
-    montages: dict[str, list[Path]] = {}
-    if exp.needs("tf_aug"):
-        montages["TF-Aug (coarse)"] = _datalist_montages(exp.coarse_datalist(first), qc, "tf_aug", n)
-    if exp.needs("tf_gan"):
-        montages["TF (TF-Aug + TF-GAN, refined)"] = _datalist_montages(exp.refined_datalist(first), qc, "tf", n)
-    if exp.needs("pix2pix"):
-        montages["Pix2Pix"] = _datalist_montages(exp.pix2pix_datalist(first), qc, "pix2pix", n)
-    if arms & {"dtss", "dtss_mas"}:
-        montages["DTSS (online)"] = _online_montages(exp, qc, "dtss", n)
-    if arms & {"dtss+mass", "dtss_mas+mass"}:
-        montages["DTSS with mass effect (online)"] = _online_montages(exp, qc, "dtss", n, mass_effect=True)
-    if exp.needs("tf_aug_mass"):
-        montages["TF-Aug with mass effect (coarse)"] = _datalist_montages(
-            exp.mass_coarse_datalist(first), qc, "tf_aug+mass", n
+    # the montages and the refinement table: the first seed's cases
+    montages = {
+        f"{spec.title}{' with mass effect' if mass else ''}{' (online)' if spec.derived else ''}": _montages(
+            exp, qc, spec, n, mass
         )
-    if "carvemix" in arms:
-        montages["CarveMix (online)"] = _online_montages(exp, qc, "carvemix", n)
+        for spec, mass in method_variants(exp)
+    }
     results = read_results(exp)
     data = "demo data (PHANTOM tumours, deformed MNI152 healthy scans)" if cfg["demo"] else str(exp.real_datalist)
     seg = cfg["seg"]
@@ -431,7 +376,7 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         f"Data: {data}; {exp.n_real()} real training cases; evaluation on section '{cfg['eval_section']}'.",
         f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, batch "
         f"{seg['batch_size']} real samples (+ their synthetic companions); {schedule}",
-        "Arms: " + "; ".join(f"{a}: {ARMS.get(a, 'TF refined cases, synthetic-volume ablation')}" for a in exp.arms),
+        "Arms: " + "; ".join(f"{a}: {get_arm(a).description}" for a in exp.arms),
         *filter(None, [synthesis_note(exp)]),
     ]
     curves = gan_curves(exp)
@@ -458,7 +403,7 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         montages=montages,
         realism=realism,
         warnings=warnings,
-        refinement=summarise_change(read_datalist(exp.refined_datalist(first))["training"])
+        refinement=summarise_change(read_datalist(exp.refined_datalist(exp.encoder_seed))["training"])
         if exp.needs("tf_gan")
         else None,
         provenance=provenance,

@@ -71,6 +71,37 @@ def case_montage(
     )
 
 
+def montage_source(item: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The image a synthetic case on a healthy scan was made from (first channel) and its row name, from provenance:
+    TF-GAN's coarse input, TF-Aug's healthy scan; ``(None, "")`` for Pix2Pix (generated from the label alone) or
+    when the file is gone."""
+    prov = item.get("provenance") or {}
+    if prov.get("coarse_image"):
+        source, name = prov["coarse_image"][0], "coarse input"
+    elif prov.get("stage") == "tf_aug" and prov.get("healthy"):
+        healthy = prov["healthy"]
+        source, name = (healthy[0] if isinstance(healthy, list) else healthy), "healthy input"
+    else:
+        return None, ""
+    return (source, name) if Path(source).is_file() else (None, "")
+
+
+def synthetic_case_montage(png: str | os.PathLike, item: Mapping[str, Any], name: str) -> Path:
+    """The montage of a synthetic case from its datalist item: the image (first channel) with its label, and the
+    input it was made from (:func:`montage_source`) with the difference. ``fabricate``'s gallery and the pipeline
+    report draw the cases of the methods on healthy scans with it.
+
+    Args:
+        png: PNG to write.
+        item: the case's datalist item (``case_id``, ``image``, ``label``, ``provenance``; absolute paths).
+        name: the method's name (row and title).
+    """
+    image = item["image"][0] if isinstance(item["image"], list) else item["image"]
+    source, source_name = montage_source(item)
+    titles = [name] + ([source_name, f"|{name} - {source_name}|"] if source is not None else [])
+    return case_montage(png, image, item["label"], source=source, title=f"{name}: {item['case_id']}", row_titles=titles)
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"

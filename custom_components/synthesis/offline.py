@@ -9,9 +9,10 @@ intensities rescaled in the brain to [-1, 1], then the synthesis transform seede
 The case plan (:func:`plan_offline`) makes every case independent of the others and of the number requested:
 
 * case ``i`` has the seed ``case_seed(seed, i)`` (:func:`custom_components.synthesis.tf_aug.case_seed`);
-* ``dtss``: case ``i`` deforms real training case ``i mod n`` (round robin, each case used equally often);
-  at most :data:`MAX_PER_SOURCE` cases per real case (:func:`max_cases`);
-* ``carvemix``: case ``i`` carves the lesion of one real case into another by the ``i``-th ordered
+* a method without a second source (DTSS): case ``i`` derives from real training case ``i mod n`` (round robin,
+  each case used equally often); at most :data:`~custom_components.synthesis.methods.MAX_PER_SOURCE` cases per
+  real case;
+* a method that carves from a second case (``needs_source``: CarveMix): case ``i`` carves the lesion of one real case into another by the ``i``-th ordered
   (target, source) pair of a permutation of all ``n (n - 1)`` pairs of distinct real training cases, drawn from
   the global seed alone; so no two cases share a pair and at most ``n (n - 1)`` cases exist.
 
@@ -36,17 +37,16 @@ from monai.utils import convert_to_numpy
 
 from custom_components.data.atomic import atomic_write_text, save_nifti
 from custom_components.data.keys import SynthesisKeys
+from custom_components.synthesis.methods import METHODS as REGISTRY
+from custom_components.synthesis.methods import SynthesisMethod, get_method
 from custom_components.synthesis.tf_aug import case_seed, synthetic_item
 
-METHODS: tuple[str, ...] = ("dtss", "carvemix")
-# the most derived cases per source scan (a real case for DTSS, a healthy scan for TF / TF-Aug): every derived
-# case of one source shares its anatomy, and beyond this many draws a dataset mostly repeats its sources
-MAX_PER_SOURCE = 50
+# the registered methods that derive cases from real ones with dtss_mas_seg's transforms
+METHODS: tuple[str, ...] = tuple(name for name, m in REGISTRY.items() if m.derived)
 RECORD_VERSION = 1
 # dtss_mas_seg's configs: the loading and the online synthesis of its training
 TRAIN_CONFIGS: tuple[str, ...] = ("common.yaml", "train.yaml")
-# the config id of each method's transform in train.yaml, and keys set by training code rather than settings
-CONFIG_IDS: dict[str, str] = {"dtss": "train#dtss", "carvemix": "train#carvemix"}
+# keys of a method's transform set by training code rather than settings
 _NOT_SETTINGS = {"source", "loader"}
 # the stream of the global seed that orders CarveMix's pairs (case seeds use (seed, i))
 _PAIR_STREAM = 7919
@@ -56,64 +56,39 @@ def _json_ready(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def max_cases(method: str, n_real: int, n_healthy: int = 0) -> int:
-    """The most cases ``method`` can make from ``n_real`` real training cases (and ``n_healthy`` healthy scans).
-
-    * ``carvemix``: ``n_real (n_real - 1)``, the ordered (target, source) pairs of distinct real cases;
-    * ``dtss``: ``MAX_PER_SOURCE`` per real case;
-    * ``tf`` / ``tf_aug``: ``MAX_PER_SOURCE`` per healthy scan (TF-Aug's case plan pairs case ``i`` with healthy
-      scan ``i mod n_healthy``) and at most 99999 (its five-digit case ids).
-
-    Args:
-        method: ``dtss``, ``carvemix``, ``tf`` or ``tf_aug``.
-        n_real: real training cases.
-        n_healthy: healthy scans (TF methods).
-    """
-    if method == "carvemix":
-        return n_real * (n_real - 1)
-    if method == "dtss":
-        return MAX_PER_SOURCE * n_real
-    if method in ("tf", "tf_aug"):
-        return min(MAX_PER_SOURCE * n_healthy, 99999)
-    raise ValueError(f"unknown method {method!r}")
-
-
-def limit_reason(method: str, n_real: int, n_healthy: int = 0) -> str:
-    """Why :func:`max_cases` is what it is, in words (for the error message)."""
-    if method == "carvemix":
-        return f"{n_real} real training cases give {n_real} x {n_real - 1} ordered (target, source) pairs"
-    if method == "dtss":
-        return f"at most {MAX_PER_SOURCE} DTSS cases per real training case, {n_real} cases"
-    return f"at most {MAX_PER_SOURCE} cases per healthy scan (TF-Aug pairs case i with scan i mod n), {n_healthy} scans"
+def _derived_method(name: str) -> SynthesisMethod:
+    spec = get_method(name)
+    if not spec.derived:
+        raise ValueError(f"offline method must be one of {METHODS}, got {name!r}")
+    return spec
 
 
 def plan_offline(method: str, real: Sequence[Mapping[str, Any]], num_cases: int, seed: int = 0) -> list[dict[str, Any]]:
     """The offline cases to make: id, index, seed and source case(s) of each (see the module docstring).
 
     Args:
-        method: ``dtss`` or ``carvemix``.
+        method: a registered method that derives from real cases (:data:`METHODS`).
         real: real training items (``case_id``, ``image``, ``label``), in datalist order.
-        num_cases: number of cases (1 .. :func:`max_cases`).
+        num_cases: number of cases (1 .. the method's ``max_cases``).
         seed: global seed.
 
     Returns:
         cases ``{"case_id": "<method>-<i:05d>", "case_index", "seed", "global_seed", "target", "source"}`` where
         ``target`` is the real item the case starts from and ``source`` the item carved from (CarveMix) or None.
     """
-    if method not in METHODS:
-        raise ValueError(f"offline method must be one of {METHODS}, got {method!r}")
+    spec = _derived_method(method)
     n = len(real)
-    limit = max_cases(method, n)
+    limit = spec.max_cases(n)
     if not 1 <= int(num_cases) <= limit:
-        raise ValueError(f"{method}: {num_cases} cases requested; 1 .. {limit} possible ({limit_reason(method, n)})")
+        raise ValueError(f"{method}: {num_cases} cases requested; 1 .. {limit} possible ({spec.limit_reason(n)})")
     pairs: list[tuple[int, int]] = []
-    if method == "carvemix":
+    if spec.needs_source:
         ordered = [(t, s) for t in range(n) for s in range(n) if s != t]
         order = np.random.default_rng(np.random.SeedSequence([int(seed), _PAIR_STREAM])).permutation(len(ordered))
         pairs = [ordered[k] for k in order]
     cases = []
     for i in range(int(num_cases)):
-        target, source = (i % n, None) if method == "dtss" else pairs[i]
+        target, source = pairs[i] if spec.needs_source else (i % n, None)
         cases.append(
             {
                 "case_id": f"{method}-{i:05d}",
@@ -131,10 +106,12 @@ class TrainingTransforms:
     """The loading and the synthesis transform of dtss_mas_seg's training, built from its own configs.
 
     Args:
-        method: ``dtss`` or ``carvemix``.
+        method: a registered method that derives from real cases (:data:`METHODS`).
         datalist: the real datalist (its ``labels`` picks the label mapping, as in training).
         modalities: image channels by name.
         bundle_root: the dtss_mas_seg bundle folder (default: the one in :func:`find_bundles_dir`).
+        overrides: config values set over the bundle's (e.g. the pipeline's ``seg.overrides``, or the method's
+            ``mass_effect_key: true``), as a training run with the same overrides would use them.
     """
 
     def __init__(
@@ -143,23 +120,30 @@ class TrainingTransforms:
         datalist: str | os.PathLike,
         modalities: Sequence[str],
         bundle_root: str | os.PathLike | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         from monai.bundle import ConfigParser
 
         from custom_components.export.zoo_bundle import find_bundles_dir
 
-        if method not in METHODS:
-            raise ValueError(f"offline method must be one of {METHODS}, got {method!r}")
+        self.spec = _derived_method(method)
         root = Path(bundle_root) if bundle_root is not None else find_bundles_dir() / "dtss_mas_seg"
         self.method = method
         self.configs = [root / "configs" / name for name in TRAIN_CONFIGS]
         parser = ConfigParser()
         parser.read_config([str(c) for c in self.configs])
-        parser.update({"datalist": str(datalist), "modalities": list(modalities), "bundle_root": str(root)})
+        parser.update(
+            {
+                **dict(overrides or {}),
+                "datalist": str(datalist),
+                "modalities": list(modalities),
+                "bundle_root": str(root),
+            }
+        )
         self.parser = parser
         self.load = Compose(parser.get_parsed_content("load_transforms"))
         self.load_names = [type(t).__name__ for t in self.load.transforms]
-        config_id = CONFIG_IDS[method]
+        config_id = str(self.spec.config_id)
         raw = parser.get(config_id)
         self.target = raw["_target_"]
         self.kwargs = {
@@ -167,7 +151,8 @@ class TrainingTransforms:
             for k in raw
             if not k.startswith("_") and k not in _NOT_SETTINGS
         }
-        self.mass_effect = method == "dtss" and bool(parser.get_parsed_content("dtss_mass_effect"))
+        key = self.spec.mass_effect_key
+        self.mass_effect = key is not None and bool(parser.get_parsed_content(key))
 
     def settings(self) -> dict[str, Any]:
         """JSON-ready settings of the loading and the synthesis (recorded, compared on a rerun)."""
@@ -178,7 +163,7 @@ class TrainingTransforms:
             "transform": self.target.rsplit(".", 1)[-1],
             "parameters": _json_ready(self.kwargs),
         }
-        if self.method == "dtss":
+        if self.spec.mass_effect_key is not None:
             out["mass_effect"] = self.mass_effect
             if self.mass_effect:
                 raw = self.parser.get("train#mass_effect")
@@ -188,15 +173,36 @@ class TrainingTransforms:
         return out
 
     def synthesis(self, source: Mapping[str, Any] | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        """A fresh synthesis transform (``train#dtss_online``, or ``train#carvemix`` carving from ``source``)."""
-        if self.method == "dtss":
-            return self.parser.get_parsed_content("train#dtss_online", lazy=False)
+        """A fresh synthesis transform: the method's training transform with its options (DTSS: ``train#dtss_online``,
+        with the mass effect when on), or for a method that carves from a second case (CarveMix) one built from its
+        settings carving from ``source``."""
+        if not self.spec.needs_source:
+            return self.parser.get_parsed_content(self.spec.transform_id or str(self.spec.config_id), lazy=False)
         from pydoc import locate
 
         if source is None:
-            raise ValueError("CarveMix needs a source case")
+            raise ValueError(f"{self.spec.title} needs a source case")
         cls = locate(self.target)
         return cls(source=[dict(source)], loader=self.load, **copy.deepcopy(self.kwargs))
+
+    def derive(self, case: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Apply the method to one planned case (:func:`plan_offline`): its real ``target`` loaded as training loads
+        it, and the synthesis seeded by the case's seed. The one way a case is made: ``fabricate``, the offline
+        writer and the pipeline report's montages and realism sets all call it.
+
+        Returns:
+            ``(target, derived)``: the loaded real case and the synthesised one (keys ``image``, ``label``).
+        """
+        from custom_components.transforms.seeded import ApplySeeded
+
+        target = self.load_case(case["target"])
+        derived = ApplySeeded(self.synthesis(case["source"]))(copy.deepcopy(target), int(case["seed"]))
+        if not derived.get(SynthesisKeys.SYNTHETIC, False):
+            raise RuntimeError(
+                f"{self.configs[-1]}: {self.target} left case {case['case_id']} unchanged "
+                f"(its prob is below 1?); offline synthesis needs prob 1"
+            )
+        return target, derived
 
     def load_case(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """A real item loaded as training loads it (keys ``image``, ``label``, MetaTensors with the RAS affine)."""
@@ -304,46 +310,18 @@ class OfflineCaseWriter:
 
     def make(self, case: Mapping[str, Any]) -> dict[str, Any]:
         """Synthesise one case with the training transforms, write it (atomically, record last), return its item."""
-        from custom_components.quality.qc import save_montage
-        from custom_components.transforms.seeded import ApplySeeded
-
-        target = self.transforms.load_case(case["target"])
-        synthesis = self.transforms.synthesis(case["source"])
-        out = ApplySeeded(synthesis)(copy.deepcopy(target), int(case["seed"]))
-        if not out.get(SynthesisKeys.SYNTHETIC, False):
-            raise RuntimeError(
-                f"{self.transforms.configs[-1]}: {self.transforms.target} left case {case['case_id']} unchanged "
-                f"(its prob is below 1?); offline synthesis needs prob 1"
-            )
-        image = convert_to_numpy(out["image"]).astype(np.float32)
-        label = convert_to_numpy(out["label"]).reshape(image.shape[1:]).astype(np.uint8)
+        target, out = self.transforms.derive(case)
+        image, label, affine = derived_arrays(out)
         if not (label > 0).any():
             raise RuntimeError(f"case {case['case_id']}: the synthesised label has no tumour voxels")
-        affine = np.asarray(convert_to_numpy(out["image"].affine), dtype=np.float64)
         brain = ((image > -1.0).any(axis=0) | (label > 0)).astype(np.uint8)
         paths = self.case_paths(case)
         for c, path in enumerate(paths["image"]):
             save_nifti(image[c], affine, path, dtype=np.float32)
         save_nifti(label, affine, paths["label"], dtype=np.uint8)
         save_nifti(brain, affine, paths["brain_mask"], dtype=np.uint8)
-        src_image = convert_to_numpy(target["image"]).astype(np.float32)
-        src_label = convert_to_numpy(target["label"]).reshape(image.shape[1:]).astype(np.uint8)
-        tgt_id = case["target"]["case_id"]
-        what = (
-            f"DTSS of {tgt_id}"
-            if case["source"] is None
-            else f"CarveMix: lesion of {case['source']['case_id']} carved into {tgt_id}"
-        )
-        save_montage(
-            image,
-            label,
-            paths["montage"],
-            title=f"{case['case_id']}: {what} (seed {case['seed']})",
-            source=src_image,
-            source_label=src_label,
-            affine=affine,
-            row_titles=[f"synthetic ({self.modalities[0]})", f"source {tgt_id}", "|synthetic - source|"],
-        )
+        draw_derived(self.transforms.spec, case, target, out, paths["montage"], self.modalities[0])
+        src_label = derived_arrays(target)[1]
         sources = [case["target"]] + ([case["source"]] if case["source"] is not None else [])
         provenance = {
             "stage": "fabricate",
@@ -365,3 +343,44 @@ class OfflineCaseWriter:
         }
         atomic_write_text(paths["record"], json.dumps(record, indent=2) + "\n")
         return self.item(case, provenance)
+
+
+def derived_arrays(case: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image (C, X, Y, Z) float32, label (X, Y, Z) uint8, affine)`` of a loaded or derived case."""
+    image = convert_to_numpy(case["image"]).astype(np.float32)
+    label = convert_to_numpy(case["label"]).reshape(image.shape[1:]).astype(np.uint8)
+    return image, label, np.asarray(convert_to_numpy(case["image"].affine), dtype=np.float64)
+
+
+def draw_derived(
+    spec: SynthesisMethod,
+    case: Mapping[str, Any],
+    target: Mapping[str, Any],
+    derived: Mapping[str, Any],
+    png: str | os.PathLike,
+    modality: str,
+) -> Path:
+    """The QC montage of a derived case (:meth:`TrainingTransforms.derive`): the synthetic case, its real source and
+    their difference, first channel. ``fabricate``'s gallery and the pipeline report draw with it.
+
+    Returns:
+        the montage's path.
+    """
+    from custom_components.quality.qc import save_montage
+
+    image, label, affine = derived_arrays(derived)
+    src_image, src_label, _ = derived_arrays(target)
+    tgt_id = case["target"]["case_id"]
+    what = (
+        f"lesion of {case['source']['case_id']} carved into {tgt_id}" if spec.needs_source else f"derived from {tgt_id}"
+    )
+    return save_montage(
+        image,
+        label,
+        png,
+        title=f"{case['case_id']}: {spec.title}, {what} (seed {case['seed']})",
+        source=src_image,
+        source_label=src_label,
+        affine=affine,
+        row_titles=[f"synthetic ({modality})", f"source {tgt_id}", "|synthetic - source|"],
+    )
