@@ -15,7 +15,7 @@ import yaml
 from custom_components.data.demo import make_demo_data
 from custom_components.pipeline import fabricate as fab
 from custom_components.pipeline import summary
-from custom_components.pipeline.arms import ARMS, BASELINE, CONTROL, Arm, ablation_arm, get_arm
+from custom_components.pipeline.arms import ARMS, BASELINE, CONTROL, Arm, ablation_arm, get_arm, method_arm
 from custom_components.pipeline.config import load_config
 from custom_components.pipeline.experiment import Experiment
 from custom_components.synthesis.methods import METHODS, get_method
@@ -86,7 +86,8 @@ def test_every_method_is_offered_by_fabricate_and_usable_as_an_arm(tmp_path: Pat
     exp = Experiment(load_config(config))
     assert exp.arms[:2] == [BASELINE, CONTROL] and exp.arms[-1] == "tf_syn2"
     for name, spec in METHODS.items():
-        arm = next(a for a in ARMS.values() if a.method == name and not a.mas and not a.mass_effect)
+        arm = method_arm(name)
+        assert arm.method == name and not (arm.mas or arm.mass_effect)
         o = exp.arm_overrides(arm.name, 3)
         if spec.derived:  # drawn online: its switch on, no datalist, companion sampling
             assert o[str(spec.online_switch)] is True and o["synthetic_datalists"] == []

@@ -182,6 +182,14 @@ def ablation_arm(ratio: float) -> Arm:
     )
 
 
+def method_arm(method: str) -> Arm:
+    """The arm that trains with a method's cases alone (no MAS, no mass effect): ``fabricate``'s arm."""
+    for arm in ARMS.values():
+        if arm.method == method and not arm.mas and not arm.mass_effect and arm.synthetic_per_real is None:
+            return arm
+    raise ValueError(f"no arm trains with {method!r} alone; add one to ARMS")
+
+
 def get_arm(name: str) -> Arm:
     """The registered arm ``name``, or the ablation's ``tf_syn<r>``; a ValueError listing the arms otherwise."""
     if name in ARMS:
@@ -194,4 +202,4 @@ def get_arm(name: str) -> Arm:
     raise ValueError(f"unknown arm {name!r}; known: {', '.join(ARMS)} and {ABLATION_PREFIX}<r>")
 
 
-__all__ = ["ARMS", "BASELINE", "CONTROL", "ROLES", "Arm", "ablation_arm", "get_arm"]
+__all__ = ["ARMS", "BASELINE", "CONTROL", "ROLES", "Arm", "ablation_arm", "get_arm", "method_arm"]

@@ -50,6 +50,7 @@ from typing import Any, TextIO
 from custom_components.data.atomic import atomic_path, atomic_write_text
 from custom_components.data.datalist import read_datalist, write_datalist
 from custom_components.data.loader import load_datalist
+from custom_components.pipeline.arms import BASELINE, method_arm
 from custom_components.quality.gallery import synthetic_case_montage
 from custom_components.synthesis.methods import METHODS as REGISTRY
 from custom_components.synthesis.methods import SynthesisMethod, get_method
@@ -447,7 +448,7 @@ def _tf_config(
         healthy=str(healthy.resolve()),
         n_real=None,
         seeds=[int(seed)],
-        arms=["baseline", method],
+        arms=[BASELINE, method_arm(method).name],
         synthetic_per_real=[],
     )
     cfg["tf_aug"] = {**cfg["tf_aug"], "synthetic_per_real": n / n_real}

@@ -21,6 +21,7 @@ from scipy import optimize, stats  # noqa: E402
 
 from custom_components.data.atomic import atomic_path, atomic_write_text  # noqa: E402
 from custom_components.data.labels import REGION_NAMES  # noqa: E402
+from custom_components.pipeline.arms import BASELINE, CONTROL  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,10 @@ class ArmResult:
         return float(np.mean([self.dice[r] for r in REGION_NAMES]))
 
 
-REFERENCE_ARMS: tuple[str, ...] = ("baseline", "real_matched")
-# the compute-matched control: real data only, as many samples per step as the synthetic arms
-CONTROL_ARM = "real_matched"
+# every arm is compared with the baseline and the compute-matched control (real data only, as many samples per step
+# as the synthetic arms), both from the arms' registry
+REFERENCE_ARMS: tuple[str, ...] = (BASELINE, CONTROL)
+CONTROL_ARM = CONTROL
 ALPHA = 0.05  # two-sided significance level of the intervals, tests and minimum detectable effects
 POWER = 0.8  # power at which the minimum detectable effect is detected
 ONE_SEED = "one seed: no interval"
