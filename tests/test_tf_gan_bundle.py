@@ -201,7 +201,46 @@ def test_tf_gan_train_resume_refine(data: dict[str, Path], tmp_path: Path) -> No
     assert not np.array_equal(vol[m_roi], coarse_vol[m_roi])
 
 
-@pytest.mark.slow
+def _real_crops(data: dict[str, Path], out: Path, resample: bool, seed: int) -> list[dict[str, Any]]:
+    """The real cases' crops as TF-GAN's real loader prepares them (``real_resample`` on or off)."""
+    from custom_components.synthesis.tf_gan import dataset_items
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle_dir(BUNDLE) / "configs" / c) for c in TRAIN])
+    parser.update({**train_overrides(data, out), "real_resample": resample})
+    preprocessing = parser.get_parsed_content("train#real_preprocessing")
+    preprocessing.set_random_state(seed=seed)
+    # one crop per case (num_samples 1): a list of one
+    return [preprocessing(item)[0] for item in dataset_items(parser.get_parsed_content("real_items"))]
+
+
+def _high_pass_sd(image: Any, brain: np.ndarray) -> float:
+    from scipy import ndimage
+
+    x = np.asarray(image)[0]
+    return float((x - ndimage.gaussian_filter(x, 1.0))[brain].std())
+
+
+def test_real_resample_smooths_the_real_crops_as_registration_smooths_the_healthy_scans(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    from scipy import ndimage
+
+    plain = _real_crops(data, tmp_path, False, seed=0)
+    resampled = _real_crops(data, tmp_path, True, seed=0)
+    again = _real_crops(data, tmp_path, True, seed=0)
+    for p, r, a in zip(plain, resampled, again, strict=True):
+        assert np.array_equal(r["image"], a["image"]) and np.array_equal(r["label"], a["label"])  # seeded
+        assert r["image"].shape == p["image"].shape == (1, 64, 64, 64)
+        assert set(np.unique(np.asarray(r["label"]))) <= {0, 1, 2, 3}
+        inner = ndimage.binary_erosion(np.asarray(p["image"])[0] > -1, iterations=4)
+        # linear interpolation at sub-voxel offsets removes fine texture, as prepare_healthy's resampling does
+        assert _high_pass_sd(r["image"], inner) < 0.9 * _high_pass_sd(p["image"], inner)
+        # the same crop (the resampling comes last: every earlier draw is the default's), moved by at most a
+        # rigid 2 degrees and 1 voxel: the tumour keeps its size within the nearest-neighbour relabelling's error
+        assert abs(int((np.asarray(r["label"]) > 0).sum()) / int((np.asarray(p["label"]) > 0).sum()) - 1) < 0.1
+
+
 def test_noise_input_training_curves_and_seeded_refinement(data: dict[str, Path], tmp_path: Path) -> None:
     """noise_channels 1, tumour-centred crops and a spectral-norm D: the per-epoch curves are written, refinement
     is the same for the same seed and another for another seed, and a refined case keeps its label, ROI and brain
