@@ -340,6 +340,20 @@ class TFGANTrainer(Trainer):
             scaler.step(optimizer)
             scaler.update()
 
+    def _output(
+        self, image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, loss: torch.Tensor, **terms: Any
+    ) -> dict[str, Any]:
+        """An iteration's output: the batch's image and label, the generated image (detached, float) as ``pred``,
+        the G loss as ``loss`` and every other term as a number."""
+        numbers = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in terms.items()}
+        return {
+            self.image_key: image,
+            self.label_key: label,
+            "pred": pred.detach().float(),
+            "loss": loss.item(),
+            **numbers,
+        }
+
     def _discriminator_step(self, real_in: torch.Tensor, fake_in: torch.Tensor) -> dict[str, float]:
         self.d_optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         with self._autocast():
@@ -405,19 +419,19 @@ class TFGANTrainer(Trainer):
             self.fire_event(IterationEvents.LOSS_COMPLETED)
             self._step(g_loss, self.g_optimizer, self.g_scaler)
         self.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        return {
-            self.image_key: coarse,
-            self.label_key: label,
-            "pred": refined.detach().float(),
-            "loss": g_loss.item(),
-            "g_adv_patch": adv_patch.item(),
-            "g_adv_global": adv_global.item(),
-            "g_hinge": hinge.item(),
-            "g_perceptual": percep.item(),
-            "lambda_c": lambda_c,
+        return self._output(
+            coarse,
+            label,
+            refined,
+            g_loss,
+            g_adv_patch=adv_patch,
+            g_adv_global=adv_global,
+            g_hinge=hinge,
+            g_perceptual=percep,
+            lambda_c=lambda_c,
             **d_terms,
             **training_change(refined, coarse, roi),
-        }
+        )
 
 
 class Pix2PixTrainer(TFGANTrainer):
@@ -467,13 +481,6 @@ class Pix2PixTrainer(TFGANTrainer):
             self.fire_event(IterationEvents.LOSS_COMPLETED)
             self._step(g_loss, self.g_optimizer, self.g_scaler)
         self.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        return {
-            self.image_key: real,
-            self.label_key: label,
-            "pred": fake.detach().float(),
-            "loss": g_loss.item(),
-            "g_adv_patch": adv_patch.item(),
-            "g_adv_global": adv_global.item(),
-            "g_l1": l1.item(),
-            **d_terms,
-        }
+        return self._output(
+            real, label, fake, g_loss, g_adv_patch=adv_patch, g_adv_global=adv_global, g_l1=l1, **d_terms
+        )

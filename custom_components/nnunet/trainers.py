@@ -212,6 +212,8 @@ class SampleWeightedLoss(torch.nn.Module):
 class nnUNetTrainerDTSSMAS(nnUNetTrainerDTSS):
     """:class:`nnUNetTrainerDTSS` with MAS loss weights (module docstring)."""
 
+    # the arguments spelled out, not *args: nnUNetTrainer.__init__ records them from this signature
+    # (inspect.signature(self.__init__) read back from its locals) for its checkpoints
     def __init__(
         self,
         plans: dict,

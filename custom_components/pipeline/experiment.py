@@ -162,13 +162,17 @@ class Experiment:
         full = {"coarse": self.coarse_datalist, "refined": self.refined_datalist, "pix2pix": self.pix2pix_datalist}
         return full[kind](seed)
 
+    def method_cases(self, method: SynthesisMethod, seed: int, mass_effect: bool = False) -> Path:
+        """All of a seed's cases of a method on healthy scans; with ``mass_effect`` the seed's TF-Aug cases with mass
+        effect (TF-Aug's is the only such option of the methods on healthy scans: ``Arm`` checks it)."""
+        return self.mass_coarse_datalist(seed) if mass_effect else self.cases_datalist(str(method.cases), seed)
+
     def method_datalist(self, method: SynthesisMethod, seed: int, mass_effect: bool = False) -> Path:
-        """The datalist a synthetic arm of a method on healthy scans trains with (:meth:`synthetic_datalist`); with
-        ``mass_effect`` the seed's TF-Aug cases with mass effect (TF-Aug's is the only such option of the methods
-        on healthy scans: :class:`~custom_components.pipeline.arms.Arm` checks it)."""
-        if mass_effect:
-            return self.mass_coarse_datalist(seed)
-        return self.synthetic_datalist(str(method.cases), seed)
+        """The datalist a synthetic arm of a method on healthy scans trains with: :meth:`method_cases`, or with the
+        synthetic-volume ablation (which synthesises more) the first ``base_ratio`` per real case."""
+        if mass_effect or not self.cfg["synthetic_per_real"]:
+            return self.method_cases(method, seed, mass_effect)
+        return self.subset_datalist(self.base_ratio, str(method.cases), seed)
 
     def metrics(self, arm: str, seed: int) -> Path:
         return self.stage_dir(f"evaluate_{arm}_s{seed}") / "metrics.json"

@@ -34,6 +34,7 @@ the work folder (with the QC PNGs) in ``<out>``.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import importlib.util
 import json
@@ -188,7 +189,7 @@ class EpochWatcher:
                 return None
             rows = read_epoch_metrics(max(fresh)[1])
             return max((int(r["epoch"]) for r in rows if "epoch" in r), default=0), total
-        except Exception:  # a file being replaced, a partial or foreign file: no progress this time
+        except (OSError, ValueError, TypeError, KeyError, csv.Error):  # being replaced, partial or foreign: not now
             return None
 
     def poll(self) -> None:
@@ -482,7 +483,7 @@ def _tf_cases(
     log(f"{method}: {len(stages)} pipeline stages in {exp.work} (finished ones are skipped)")
     with EpochWatcher(exp.work, log, stream):
         run_stages(stages, exp.work, log=log)
-    produced = exp.cases_datalist(str(spec.cases), seed)
+    produced = exp.method_cases(spec, seed)
     items = read_datalist(produced)["training"][:n]
     if len(items) != n:
         raise RuntimeError(f"{produced}: {len(items)} cases, expected {n}")

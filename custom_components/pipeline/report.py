@@ -454,7 +454,8 @@ def provenance_rows(provenance: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def _md_table(rows: Sequence[Sequence[str]]) -> list[str]:
+def md_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines: the first row is the header."""
     return [
         "| " + " | ".join(rows[0]) + " |",
         "|" + "---|" * len(rows[0]),
@@ -479,10 +480,10 @@ def _refinement_section(
         md += ["## Refinement: what TF-GAN changed", ""]
         parts += ["<h2>Refinement: what TF-GAN changed</h2>"]
     if refinement:
-        md += [REFINEMENT_NOTE, "", *_md_table(refinement_rows(refinement)), ""]
+        md += [REFINEMENT_NOTE, "", *md_table(refinement_rows(refinement)), ""]
         parts += [f"<p>{html.escape(REFINEMENT_NOTE)}</p>", _html_table(refinement_rows(refinement))]
     if gan_curves:
-        md += [GAN_CURVES_NOTE, "", *_md_table(gan_curve_rows(gan_curves)), ""]
+        md += [GAN_CURVES_NOTE, "", *md_table(gan_curve_rows(gan_curves)), ""]
         parts += [f"<p>{html.escape(GAN_CURVES_NOTE)}</p>", _html_table(gan_curve_rows(gan_curves))]
         if curves_png:
             md += [f"![TF-GAN training]({curves_png})", ""]
@@ -537,7 +538,7 @@ def write_report(
     md = [f"# {title}", "", *(f"{n}\n" for n in notes)]
     if warnings:
         md += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
-    md += _md_table(rows)
+    md += md_table(rows)
     md += [
         "",
         comparison_note(summaries),
@@ -551,7 +552,7 @@ def write_report(
         paths_extra["realism_plot"] = rplot
         rrows = realism_rows(realism)
         md += ["## Realism: which method's tumours look most like real ones", "", REALISM_NOTE, ""]
-        md += _md_table(rrows)
+        md += md_table(rrows)
         md += ["", *(f"- {line}" for line in realism_floor_notes(realism))]
         md += ["", f"![Realism per method]({rel(rplot)})", ""]
     curves_png = plot_gan_curves(gan_curves, out / "tf_gan_curves.png") if gan_curves else None
@@ -562,7 +563,7 @@ def write_report(
     for method, pngs in montages.items():
         md += [f"## QC: {method}", ""] + [f"![{method}]({rel(p)})" for p in pngs] + [""]
     if provenance:
-        md += [f"## {provenance_heading(provenance)}", "", PROVENANCE_NOTE, "", *_md_table(provenance_rows(provenance))]
+        md += [f"## {provenance_heading(provenance)}", "", PROVENANCE_NOTE, "", *md_table(provenance_rows(provenance))]
     md_path = out / "report.md"
     atomic_write_text(md_path, "\n".join(md))
 

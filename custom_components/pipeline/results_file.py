@@ -17,8 +17,8 @@ from custom_components.data.atomic import atomic_write_text
 from custom_components.pipeline.report import (
     ArmSummary,
     PairedComparison,
-    _md_table,
     comparison_note,
+    md_table,
     realism_floor_notes,
     realism_rows,
     table_rows,
@@ -103,13 +103,13 @@ def report_section(report: Path, command: str | None = None) -> list[str]:
     lines.append(f"- report: `{report}`; protocol `{results['protocol']}`")
     lines += [f"- {note}" for note in report_setup(report / "report.md")]
     commits = sorted({str(p["commit"]) for p in results["provenance"]})
-    lines += [f"- commit: {', '.join(commits)}", "", *_md_table(provenance_summary_rows(results["provenance"])), ""]
+    lines += [f"- commit: {', '.join(commits)}", "", *md_table(provenance_summary_rows(results["provenance"])), ""]
     summaries = arm_summaries(results)
-    lines += ["### Held-out Dice", "", *_md_table(table_rows(summaries)), "", comparison_note(summaries), ""]
+    lines += ["### Held-out Dice", "", *md_table(table_rows(summaries)), "", comparison_note(summaries), ""]
     realism_json = report / "realism.json"
     realism = json.loads(realism_json.read_text()) if realism_json.is_file() else {}
     if realism:
-        lines += ["### Realism against the held-out real cases", "", *_md_table(realism_rows(realism)), ""]
+        lines += ["### Realism against the held-out real cases", "", *md_table(realism_rows(realism)), ""]
         lines += [f"- {note}" for note in realism_floor_notes(realism)]
         lines.append("")
     return lines
@@ -133,7 +133,7 @@ def measurement_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     rows = [list(MEASUREMENT_KEYS)]
     for e in entries:
         rows.append([_cell(e["what"]), _cell(e["value"]), _cell(e["commit"]), _code(e["command"]), _cell(e["machine"])])
-    return ["## Other measurements", "", *_md_table(rows), ""]
+    return ["## Other measurements", "", *md_table(rows), ""]
 
 
 def write_results_file(

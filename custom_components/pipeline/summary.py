@@ -45,7 +45,7 @@ class Experiment(Protocol):
 
     def mass_coarse_datalist(self, seed: int) -> Path: ...
 
-    def cases_datalist(self, kind: str, seed: int) -> Path: ...
+    def method_cases(self, method: SynthesisMethod, seed: int, mass_effect: bool = False) -> Path: ...
 
     def refined_datalist(self, seed: int) -> Path: ...
 
@@ -145,11 +145,6 @@ def variant_name(spec: SynthesisMethod, mass_effect: bool) -> str:
     return f"{spec.title}{'+mass' if mass_effect else ''}"
 
 
-def method_cases(exp: Experiment, spec: SynthesisMethod, seed: int, mass_effect: bool = False) -> Path:
-    """All of a seed's cases of a method on healthy scans (TF-Aug's with mass effect where ``mass_effect``)."""
-    return exp.mass_coarse_datalist(seed) if mass_effect else exp.cases_datalist(str(spec.cases), seed)
-
-
 def derived_cases(
     exp: Experiment, spec: SynthesisMethod, n: int | None, mass_effect: bool = False
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
@@ -183,7 +178,7 @@ def _montages(exp: Experiment, out_dir: Path, spec: SynthesisMethod, n: int, mas
             for case, real, derived in derived_cases(exp, spec, n, mass_effect)
         ]
     items = load_datalist(
-        method_cases(exp, spec, exp.encoder_seed, mass_effect), require=["label"], check="none", max_items=n
+        exp.method_cases(spec, exp.encoder_seed, mass_effect), require=["label"], check="none", max_items=n
     )
     return [synthetic_case_montage(out_dir / f"{stem}_{i['case_id']}.png", i, stem) for i in items]
 
@@ -226,7 +221,7 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
                 image, label, affine = derived_arrays(derived)
                 cases.append(RealismCase(case["case_id"], image, label, _zooms(affine)))
         else:
-            datalist = method_cases(exp, spec, exp.encoder_seed, mass)
+            datalist = exp.method_cases(spec, exp.encoder_seed, mass)
             cases = load_cases(datalist, mods, max_cases=REALISM_MAX_CASES)[0]
         sets[variant_name(spec, mass)] = cases
     return {
