@@ -10,7 +10,7 @@ overrides the iteration and the terms it reports.
 
 One TF-GAN iteration (:class:`TFGANTrainer`):
 
-1. ``x_s = G([x_s', onehot(m_s)])``.
+1. ``x_s = G([x_s', onehot(m_s)])`` (with ``paste_outside_roi``, ``x_s'`` outside ``m_roi``).
 2. D step: ``lambda_a * L_D^patch + lambda_b * L_D^global`` with ``(x_r, onehot(m_r))`` as real and
    ``(x_s.detach(), onehot(m_s))`` as fake.
 3. G step (eq. 5): ``lambda_a * L_adv^patch + lambda_b * L_adv^global + lambda_c * L_hinge + lambda_d * L_percep``,
@@ -53,7 +53,7 @@ from custom_components.data.labels import TUMOUR_CLASSES
 from custom_components.handlers.checkpoints import guard_loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, split_logits
 from custom_components.losses.hinge_l1 import HingeL1Loss, refinement_change
-from custom_components.networks.tf_gan import condition_channels, roi_noise
+from custom_components.networks.tf_gan import condition_channels, keep_coarse_outside_roi, roi_noise
 
 LOSS_KEYS: tuple[str, ...] = (
     "loss",
@@ -175,6 +175,9 @@ class TFGANTrainer(Trainer):
         noise_channels: noise channels appended to G's input (:func:`roi_noise`: standard normal inside
             ``m_roi``, drawn from torch's global generator each iteration); the generator must be built with as
             many. 0: the paper's G.
+        paste_outside_roi: keep the coarse image outside ``m_roi`` in G's output before D and the losses see it
+            (:func:`~custom_components.networks.tf_gan.keep_coarse_outside_roi`; the hinge term is then 0). False:
+            the paper's G, held back outside ``m_roi`` by the hinge loss alone.
         classes: tumour label values turned into one-hot channels (internal convention).
         image_key, label_key, roi_key: batch keys.
         epoch_length: iterations per epoch (default ``len(train_data_loader)``).
@@ -214,6 +217,7 @@ class TFGANTrainer(Trainer):
         lambda_hinge: float = 10.0,
         lambda_perceptual: float = 1.0,
         noise_channels: int = 0,
+        paste_outside_roi: bool = False,
         classes: Sequence[int] = TUMOUR_CLASSES,
         image_key: str = "image",
         label_key: str = "label",
@@ -263,6 +267,7 @@ class TFGANTrainer(Trainer):
         self.lambda_hinge = float(lambda_hinge)
         self.lambda_perceptual = float(lambda_perceptual)
         self.noise_channels = int(noise_channels)
+        self.paste_outside_roi = bool(paste_outside_roi)
         self.checkpoint_dir = None if checkpoint_dir is None else str(checkpoint_dir)
         self.classes = tuple(int(c) for c in classes)
         self.image_key, self.label_key, self.roi_key = image_key, label_key, roi_key
@@ -396,6 +401,8 @@ class TFGANTrainer(Trainer):
         self.d_network.train()
         with self._autocast():
             refined = self.g_inferer(torch.cat([coarse, cond_s, *noise], dim=1), self.g_network)
+        if self.paste_outside_roi:
+            refined = keep_coarse_outside_roi(refined, coarse, roi)
         self.fire_event(IterationEvents.FORWARD_COMPLETED)
 
         d_terms = self._discriminator_step(torch.cat([real, cond_r], 1), torch.cat([refined.detach(), cond_s], 1))
@@ -442,7 +449,7 @@ class Pix2PixTrainer(TFGANTrainer):
     Args:
         args: :class:`TFGANTrainer`'s arguments; ``train_data_loader`` holds paired real cases (keys image, label,
             brain_mask). Its TF-GAN-only arguments (``real_data_loader``, ``hinge_loss``, ``perceptual_loss``,
-            ``lambda_hinge``, ``lambda_perceptual``, ``noise_channels``, ``roi_key``) are accepted, so that the
+            ``lambda_hinge``, ``lambda_perceptual``, ``noise_channels``, ``paste_outside_roi``, ``roi_key``) are accepted, so that the
             bundle's Pix2Pix config stays an override of the TF-GAN one, and unused.
         lambda_l1: weight of the L1 term (100 as in Pix2Pix).
         brain_key: batch key of the brain mask (the label map's "brain" channel).

@@ -10,6 +10,7 @@ from custom_components.networks.tf_gan import (
     TFGANGenerator,
     check_spatial_size,
     condition_channels,
+    keep_coarse_outside_roi,
     roi_noise,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "build_segmentation_network",
     "check_spatial_size",
     "condition_channels",
+    "keep_coarse_outside_roi",
     "load_network_weights",
     "roi_noise",
 ]

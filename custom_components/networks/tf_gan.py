@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.config import NdarrayOrTensor
 from monai.networks.blocks import Convolution, UpSample
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetResBlock
+from monai.transforms.utils_pytorch_numpy_unification import where
 from torch import nn
 
 from custom_components.data.labels import TUMOUR_CLASSES
@@ -65,6 +67,24 @@ def roi_noise(roi: torch.Tensor, channels: int, generator: torch.Generator | Non
     shape = (roi.shape[0], int(channels), *roi.shape[2:])
     noise = torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu" if generator else roi.device)
     return noise.to(roi.device) * (roi > 0).to(torch.float32)
+
+
+def keep_coarse_outside_roi(refined: NdarrayOrTensor, coarse: NdarrayOrTensor, roi: NdarrayOrTensor) -> NdarrayOrTensor:
+    """The refined image inside ``m_roi`` and the coarse one outside it (``paste_outside_roi``, this project's optional
+    deviation from the paper, whose G may change every voxel and is held back outside ``m_roi`` by the hinge loss of
+    eq. 2 alone). Applied to G's output in training, D and the losses see the coarse anatomy unchanged, so G can
+    win only by refining the tumour; applied at refinement, the written case keeps it exactly.
+
+    Args:
+        refined: generator output ``(B, C, *spatial)`` or ``(C, *spatial)`` (tensor or array).
+        coarse: the coarse input, same shape and type.
+        roi: ``m_roi`` (non-zero inside) with one channel, ``(B, 1, *spatial)`` or ``(1, *spatial)``.
+    """
+    if refined.shape != coarse.shape:
+        raise ValueError(f"refined {tuple(refined.shape)} and coarse {tuple(coarse.shape)} shapes differ")
+    if roi.ndim != refined.ndim or roi.shape[-3:] != refined.shape[-3:] or roi.shape[-4] != 1:
+        raise ValueError(f"roi {tuple(roi.shape)} must be one channel of the image's shape {tuple(refined.shape)}")
+    return where(roi > 0, refined, coarse)
 
 
 def check_spatial_size(owner: str, shape: Sequence[int], divisor: int) -> None:

@@ -31,7 +31,7 @@ from custom_components.data.brain_mask import infer_brain_mask
 from custom_components.data.datalist import write_datalist
 from custom_components.data.labels import TUMOUR_CLASSES, check_convention, to_internal
 from custom_components.losses.hinge_l1 import DEFAULT_HINGE_MARGIN, refinement_change
-from custom_components.networks.tf_gan import condition_channels, roi_noise
+from custom_components.networks.tf_gan import condition_channels, keep_coarse_outside_roi, roi_noise
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class SyntheticDatalistWriter:
         if self.paste_outside_roi:
             if roi is None:
                 raise ValueError(f"{item['case_id']}: paste_outside_roi needs the {self.roi_key!r} mask in the batch")
-            out = np.where(roi.reshape((1, *shape)) > 0, out, coarse)
+            out = keep_coarse_outside_roi(out, coarse, roi.reshape((1, *shape)))
         if self.mask_background:
             out = np.where(self._brain(item, shape, brain, coarse)[None], out, np.float32(self.background))
         return out.astype(np.float32)
