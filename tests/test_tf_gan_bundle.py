@@ -113,6 +113,16 @@ def test_train_properties(data: dict[str, Path], tmp_path: Path, configs: list[s
     assert wf.check_properties() == []
 
 
+def test_paste_outside_roi_reaches_the_trainer_and_the_writer(data: dict[str, Path], tmp_path: Path) -> None:
+    """One key, common.yaml's, for training and refinement (off by default, the paper's G)."""
+    for paste in (None, True):
+        extra = {} if paste is None else {"paste_outside_roi": paste}
+        train = workflow(BUNDLE, TRAIN, "train", **train_overrides(data, tmp_path, **extra))
+        infer = workflow(BUNDLE, INFER, "infer", **tiny(data, tmp_path, **extra))
+        assert train.parser.get_parsed_content("train#trainer").paste_outside_roi is bool(paste)
+        assert infer.parser.get_parsed_content("writer").paste_outside_roi is bool(paste)
+
+
 @pytest.mark.slow
 def test_tf_gan_train_resume_refine(data: dict[str, Path], tmp_path: Path) -> None:
     from monai.handlers import from_engine

@@ -30,7 +30,13 @@ from custom_components.losses.adversarial import DualHeadAdversarialLoss, bce_wi
 from custom_components.losses.classwise_perceptual import ClasswisePerceptualLoss
 from custom_components.networks.frozen_encoder import FrozenEncoder
 from custom_components.networks.segmentation import build_segmentation_network
-from custom_components.networks.tf_gan import DualHeadDiscriminator, TFGANGenerator, condition_channels, roi_noise
+from custom_components.networks.tf_gan import (
+    DualHeadDiscriminator,
+    TFGANGenerator,
+    condition_channels,
+    keep_coarse_outside_roi,
+    roi_noise,
+)
 from custom_components.synthesis.tf_gan import GeneratorInputs, case_noise_seed, check_outputs
 from custom_components.transforms import BrainMaskd, RoiMaskd, roi_mask
 
@@ -414,6 +420,71 @@ def test_trainer_iteration_composes_eq5() -> None:
     assert trainer.state.output[0]["pred"].shape == (1, 64, 64, 64)
     with pytest.raises(ValueError, match="real_data_loader"):
         TFGANTrainer("cpu", 1, coarse, g, trainer.g_optimizer, d, trainer.d_optimizer)
+
+
+def test_keep_coarse_outside_roi_hand_case_for_arrays_and_tensors() -> None:
+    refined = np.array([[[[0.5, 0.6], [0.7, 0.8]]], [[[-0.5, -0.6], [-0.7, -0.8]]]], np.float32)  # (2, 1, 2, 2)
+    coarse = np.zeros_like(refined)
+    roi = np.array([[[[1, 0], [0, 2]]]], np.uint8)  # (1, 1, 2, 2): one channel, every image channel follows it
+    expected = np.array([[[[0.5, 0.0], [0.0, 0.8]]], [[[-0.5, 0.0], [0.0, -0.8]]]], np.float32)
+    np.testing.assert_array_equal(keep_coarse_outside_roi(refined, coarse, roi), expected)
+    batch = keep_coarse_outside_roi(
+        torch.from_numpy(refined)[None], torch.from_numpy(coarse)[None], torch.tensor(roi)[None]
+    )
+    assert isinstance(batch, torch.Tensor)
+    np.testing.assert_array_equal(batch[0].numpy(), expected)
+    with pytest.raises(ValueError, match="shapes differ"):
+        keep_coarse_outside_roi(refined, coarse[:1], roi)
+    with pytest.raises(ValueError, match="one channel"):
+        keep_coarse_outside_roi(refined, coarse, np.ones_like(refined))
+
+
+@pytest.mark.parametrize("paste", [False, True])
+def test_trainer_paste_outside_roi_keeps_the_coarse_anatomy_from_d_and_the_losses(paste: bool) -> None:
+    """A residual G that adds 0.3 everywhere: without paste_outside_roi the hinge term sees the change outside m_roi
+    (mean max(0, 0.3 - 0.05) over the voxels outside it) and moves G; with it G's output outside m_roi is the coarse
+    image, the hinge term and the change outside are 0, the change inside is still 0.3, and a loss of the hinge term
+    alone leaves G's weights unchanged (no gradient reaches them)."""
+    torch.manual_seed(0)
+    g = TFGANGenerator(1, 1, 3, WIDTHS, residual=True)
+    nn.init.constant_(g.head.conv.conv.bias, 0.3)
+    d = DualHeadDiscriminator(4, (8, 8, 8, 8, 8))
+    batch = _batch(0)
+    batch["image"] = batch["image"] * 0.5  # in [-0.5, 0.5]: + 0.3 is not clamped
+    g0 = [p.detach().clone() for p in g.parameters()]
+    real = DataLoader([{k: v for k, v in _batch(1).items() if k != "roi"}], batch_size=1)
+    trainer = TFGANTrainer(
+        device="cpu",
+        max_epochs=1,
+        epoch_length=1,
+        train_data_loader=DataLoader([batch], batch_size=1),
+        real_data_loader=real,
+        g_network=g,
+        g_optimizer=torch.optim.Adam(g.parameters(), 1e-2),
+        d_network=d,
+        d_optimizer=torch.optim.Adam(d.parameters(), 1e-4),
+        perceptual_loss=None,
+        lambda_patch=0.0,
+        lambda_global=0.0,
+        lambda_hinge=1.0,
+        lambda_perceptual=0.0,
+        paste_outside_roi=paste,
+    )
+    trainer.run()
+    (out,) = trainer.state.output
+    roi = batch["roi"][0] > 0
+    pred, coarse = out["pred"][0], batch["image"][0]
+    np.testing.assert_allclose((pred - coarse)[roi].numpy(), 0.3, atol=1e-6)
+    assert out["change_roi"] == pytest.approx(0.3, abs=1e-6)
+    unchanged = all(torch.equal(a, b) for a, b in zip(g0, g.parameters(), strict=True))
+    if paste:
+        assert torch.equal(pred[~roi], coarse[~roi])
+        assert out["g_hinge"] == 0.0 and out["change_outside"] == 0.0
+        assert unchanged
+    else:
+        outside = float((~roi).float().mean())
+        assert out["g_hinge"] == pytest.approx(0.25 * outside, rel=1e-4)
+        assert not unchanged
 
 
 def test_pix2pix_trainer_is_the_paired_variant() -> None:
