@@ -251,6 +251,30 @@ def test_write_report_with_realism_table(tmp_path):
     assert "<td>TF-Aug</td><td>0.97 [0.91, 1.00]</td>" in html_text and "TF: Frechet 0.5 is below" in html_text
 
 
+def test_refinement_c2st_verdict_compares_the_drop_with_the_half_widths(tmp_path):
+    """TF refines TF-Aug (the registry's ``refines``): its AUC drop is compared with the sum of the two intervals'
+    half-widths. Hand case: TF-Aug 0.93 [0.83, 0.97] (half-width 0.07), TF 0.70 [0.60, 0.80] (0.10): drop 0.23 >
+    0.17, measurably more real; TF 0.80 [0.65, 0.95] (0.15): drop 0.13 < 0.22, not; a TF above TF-Aug is higher."""
+    from custom_components.pipeline.report import refinement_c2st_notes
+
+    def entry(auc: float, low: float, high: float) -> dict:
+        return {"summary": {}, "c2st": {"auc": auc, "ci_low": low, "ci_high": high}}
+
+    tf_aug = entry(0.93, 0.83, 0.97)
+    (line,) = refinement_c2st_notes({"TF-Aug": tf_aug, "TF": entry(0.70, 0.60, 0.80), "DTSS": entry(0.5, 0.4, 0.6)})
+    assert line == (
+        "TF against its input TF-Aug: C2ST AUC 0.70 [0.60, 0.80] against 0.93 [0.83, 0.97], 0.23 lower; the "
+        "intervals' half-widths add up to 0.17: the refinement is measurably more real"
+    )
+    (line,) = refinement_c2st_notes({"TF-Aug": tf_aug, "TF": entry(0.80, 0.65, 0.95)})
+    assert "0.13 lower" in line and "add up to 0.22" in line and line.endswith("is not measurably more real")
+    (line,) = refinement_c2st_notes({"TF-Aug": tf_aug, "TF": entry(0.97, 0.90, 1.0)})
+    assert "0.04 higher" in line and line.endswith("is not measurably more real")
+    # no input in the table, or no C2ST: no line
+    assert refinement_c2st_notes({"TF": entry(0.7, 0.6, 0.8)}) == []
+    assert refinement_c2st_notes({"TF-Aug": tf_aug, "TF": {"summary": {}, "c2st": None}}) == []
+
+
 def test_refinement_change_figures_hand_computed_and_in_the_report(tmp_path):
     from custom_components.synthesis.tf_gan import refinement_change, summarise_change
 

@@ -301,6 +301,38 @@ def realism_floor_notes(realism: Mapping[str, Mapping]) -> list[str]:
     return [f"{method}: {line}" for method, res in realism.items() for line in below_floor(dict(res))]
 
 
+def refinement_c2st_notes(realism: Mapping[str, Mapping]) -> list[str]:
+    """One line per method in ``realism`` that refines another one there (:attr:`SynthesisMethod.refines`, TF of
+    TF-Aug) and has both C2ST AUCs: whether its AUC is below its input's by more than the two 95 % intervals'
+    half-widths (half of each interval's width), i.e. whether the refinement made the tumours measurably more
+    real. ``realism`` is keyed by the methods' report titles."""
+    from custom_components.synthesis.methods import METHODS
+
+    titles = {m.name: m.title for m in METHODS.values()}
+    lines = []
+    for method in METHODS.values():
+        source = titles.get(method.refines or "")
+        if method.title not in realism or source not in realism:
+            continue
+        out, src = (realism[t].get("c2st") or {} for t in (method.title, source))
+        if out.get("auc") is None or src.get("auc") is None:
+            continue
+        drop = src["auc"] - out["auc"]
+        margin = (out["ci_high"] - out["ci_low"]) / 2 + (src["ci_high"] - src["ci_low"]) / 2
+        verdict = "measurably more real" if drop > margin else "not measurably more real"
+        lines.append(
+            f"{method.title} against its input {source}: C2ST AUC {_auc_cell(out)} against {_auc_cell(src)}, "
+            f"{abs(drop):.2f} {'lower' if drop >= 0 else 'higher'}; the intervals' half-widths add up to "
+            f"{margin:.2f}: the refinement is {verdict}"
+        )
+    return lines
+
+
+def realism_notes(realism: Mapping[str, Mapping]) -> list[str]:
+    """The lines under the realism table: each refinement's C2ST verdict, then each distance below its floor."""
+    return [*refinement_c2st_notes(realism), *realism_floor_notes(realism)]
+
+
 REALISM_NOTE = (
     "Realism against held-out real cases that no synthesis stage used. C2ST (first): cross-validated AUC of a "
     "logistic regression telling the method's tumour patches (8^3 voxels, local texture statistics) from real ones, "
@@ -553,7 +585,7 @@ def write_report(
         rrows = realism_rows(realism)
         md += ["## Realism: which method's tumours look most like real ones", "", REALISM_NOTE, ""]
         md += md_table(rrows)
-        md += ["", *(f"- {line}" for line in realism_floor_notes(realism))]
+        md += ["", *(f"- {line}" for line in realism_notes(realism))]
         md += ["", f"![Realism per method]({rel(rplot)})", ""]
     curves_png = plot_gan_curves(gan_curves, out / "tf_gan_curves.png") if gan_curves else None
     if curves_png is not None:
@@ -587,7 +619,7 @@ def write_report(
             "<h2>Realism: which method's tumours look most like real ones</h2>",
             f"<p>{html.escape(REALISM_NOTE)}</p>",
             _html_table(realism_rows(realism)),
-            *(f"<p>{html.escape(line)}</p>" for line in realism_floor_notes(realism)),
+            *(f"<p>{html.escape(line)}</p>" for line in realism_notes(realism)),
             f"<img src='{html.escape(rel(paths_extra['realism_plot']))}' alt='Realism per method'>",
         ]
     parts += refinement_html

@@ -19,7 +19,7 @@ from custom_components.pipeline.report import (
     PairedComparison,
     comparison_note,
     md_table,
-    realism_floor_notes,
+    realism_notes,
     realism_rows,
     table_rows,
 )
@@ -110,7 +110,7 @@ def report_section(report: Path, command: str | None = None) -> list[str]:
     realism = json.loads(realism_json.read_text()) if realism_json.is_file() else {}
     if realism:
         lines += ["### Realism against the held-out real cases", "", *md_table(realism_rows(realism)), ""]
-        lines += [f"- {note}" for note in realism_floor_notes(realism)]
+        lines += [f"- {note}" for note in realism_notes(realism)]
         lines.append("")
     return lines
 

@@ -63,6 +63,8 @@ class SynthesisMethod:
         cases: which of the pipeline's datalists holds its cases (``coarse``, ``refined``, ``pix2pix``).
         mass_effect_key: the bundle key of its mass-effect option (dtss_mas_seg's for ``real`` methods, tf_aug's
             inference for ``healthy`` ones); None: no such option.
+        refines: the method whose cases this one refines, image and label (TF refines TF-Aug's): the report says
+            whether the refinement made them measurably more real; None: not a refinement.
     """
 
     name: str
@@ -77,6 +79,7 @@ class SynthesisMethod:
     parts: tuple[str, ...] = ()
     cases: str | None = None
     mass_effect_key: str | None = None
+    refines: str | None = None
 
     @property
     def derived(self) -> bool:
@@ -134,6 +137,7 @@ METHODS: dict[str, SynthesisMethod] = {
             _per_healthy,
             parts=("tf_aug", "tf_gan"),
             cases="refined",
+            refines="tf_aug",
         ),
         SynthesisMethod(
             "pix2pix",
