@@ -270,6 +270,8 @@ def test_refinement_c2st_verdict_compares_the_drop_with_the_half_widths(tmp_path
     assert "0.13 lower" in line and "add up to 0.22" in line and line.endswith("is not measurably more real")
     (line,) = refinement_c2st_notes({"TF-Aug": tf_aug, "TF": entry(0.97, 0.90, 1.0)})
     assert "0.04 higher" in line and line.endswith("is not measurably more real")
+    (line,) = refinement_c2st_notes({"TF-Aug": tf_aug, "TF": entry(0.9304, 0.83, 0.97)})
+    assert "0.97], the same to two digits;" in line
     # no input in the table, or no C2ST: no line
     assert refinement_c2st_notes({"TF": entry(0.7, 0.6, 0.8)}) == []
     assert refinement_c2st_notes({"TF-Aug": tf_aug, "TF": {"summary": {}, "c2st": None}}) == []

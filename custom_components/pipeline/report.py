@@ -301,6 +301,12 @@ def realism_floor_notes(realism: Mapping[str, Mapping]) -> list[str]:
     return [f"{method}: {line}" for method, res in realism.items() for line in below_floor(dict(res))]
 
 
+def _difference(drop: float) -> str:
+    if round(abs(drop), 2) == 0:
+        return "the same to two digits"
+    return f"{abs(drop):.2f} {'lower' if drop > 0 else 'higher'}"
+
+
 def refinement_c2st_notes(realism: Mapping[str, Mapping]) -> list[str]:
     """One line per method in ``realism`` that refines another one there (:attr:`SynthesisMethod.refines`, TF of
     TF-Aug) and has both C2ST AUCs: whether its AUC is below its input's by more than the two 95 % intervals'
@@ -322,7 +328,7 @@ def refinement_c2st_notes(realism: Mapping[str, Mapping]) -> list[str]:
         verdict = "measurably more real" if drop > margin else "not measurably more real"
         lines.append(
             f"{method.title} against its input {source}: C2ST AUC {_auc_cell(out)} against {_auc_cell(src)}, "
-            f"{abs(drop):.2f} {'lower' if drop >= 0 else 'higher'}; the intervals' half-widths add up to "
+            f"{_difference(drop)}; the intervals' half-widths add up to "
             f"{margin:.2f}: the refinement is {verdict}"
         )
     return lines
