@@ -314,10 +314,9 @@ def refinement_c2st_notes(realism: Mapping[str, Mapping]) -> list[str]:
     real. ``realism`` is keyed by the methods' report titles."""
     from custom_components.synthesis.methods import METHODS
 
-    titles = {m.name: m.title for m in METHODS.values()}
     lines = []
     for method in METHODS.values():
-        source = titles.get(method.refines or "")
+        source = METHODS[method.refines].title if method.refines else None
         if method.title not in realism or source not in realism:
             continue
         out, src = (realism[t].get("c2st") or {} for t in (method.title, source))
