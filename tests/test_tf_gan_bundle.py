@@ -58,7 +58,7 @@ def test_bundle_files() -> None:
     root = bundle_dir(BUNDLE)
     assert "Apache License" in (root / "LICENSE").read_text()
     readme = (root / "docs" / "README.md").read_text()
-    for key in ("hinge_margin", "roi_margin", "lambda_schedule", "sw_overlap", "paste_outside_roi"):
+    for key in ("hinge_margin", "roi_margin", "lambda_schedule", "sw_overlap", "paste_outside_roi", "upsample"):
         assert key in readme
     assert "encoder_checkpoint" in readme
 
@@ -121,6 +121,19 @@ def test_paste_outside_roi_reaches_the_trainer_and_the_writer(data: dict[str, Pa
         infer = workflow(BUNDLE, INFER, "infer", **tiny(data, tmp_path, **extra))
         assert train.parser.get_parsed_content("train#trainer").paste_outside_roi is bool(paste)
         assert infer.parser.get_parsed_content("writer").paste_outside_roi is bool(paste)
+
+
+def test_upsample_reaches_the_generator_in_training_and_refinement(data: dict[str, Path], tmp_path: Path) -> None:
+    """One key, the same in common.yaml and inference.yaml (nearest by default, the paper's G), and in the provenance
+    of the refined cases; the Pix2Pix generator keeps the paper's nearest neighbour."""
+    for mode in (None, "trilinear"):
+        extra = {} if mode is None else {"upsample": mode}
+        train = workflow(BUNDLE, TRAIN, "train", **train_overrides(data, tmp_path, **extra))
+        infer = workflow(BUNDLE, INFER, "infer", **tiny(data, tmp_path, **extra))
+        for wf in (train, infer):
+            assert wf.parser.get_parsed_content("network").upsample == (mode or "nearest")
+        assert infer.parser.get_parsed_content("writer").parameters["upsample"] == (mode or "nearest")
+        assert train.parser.get_parsed_content("pix2pix_network_def").upsample == "nearest"
 
 
 @pytest.mark.slow

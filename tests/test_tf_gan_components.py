@@ -116,16 +116,16 @@ def test_noise_input_keeps_an_untrained_residual_generator_at_the_identity() -> 
 
 
 def test_generator_checkpoints_load_only_with_their_output_form(tmp_path: Path) -> None:
-    # a checkpoint written before the residual option: no residual_output entry, direct output
+    # a checkpoint written before the residual and upsample options: no such entries, direct output, nearest
     old = TFGANGenerator(1, 1, 3, WIDTHS)
-    old_state = {k: v for k, v in old.state_dict().items() if k != "residual_output"}
+    old_state = {k: v for k, v in old.state_dict().items() if k not in ("residual_output", "upsample_trilinear")}
     torch.save({"generator": old_state}, tmp_path / "old.pt")
     loaded = TFGANGenerator(1, 1, 3, WIDTHS)
     CheckpointLoader(str(tmp_path / "old.pt"), {"generator": loaded}).attach(engine := Engine(lambda e, b: None))
     engine.run([0])
     x = torch.rand(1, 4, 64, 64, 64)
     assert torch.equal(loaded(x), old(x))
-    with pytest.raises(RuntimeError, match=r"residual=False \(a checkpoint from before the residual option\)"):
+    with pytest.raises(RuntimeError, match=r"residual=false \(a checkpoint from before the residual option\)"):
         TFGANGenerator(1, 1, 3, WIDTHS, residual=True).load_state_dict(old_state)
     # a residual checkpoint loads only into a residual generator, and the refusal leaves the flag as built
     residual = TFGANGenerator(1, 1, 3, WIDTHS, residual=True)
@@ -134,6 +134,30 @@ def test_generator_checkpoints_load_only_with_their_output_form(tmp_path: Path) 
         direct.load_state_dict(residual.state_dict())
     assert direct.residual_output.item() is False
     TFGANGenerator(1, 1, 3, WIDTHS, residual=True).load_state_dict(residual.state_dict())
+    # the same for the upsampling: a checkpoint without the entry is a nearest-neighbour one
+    with pytest.raises(RuntimeError, match=r"upsample=nearest \(a checkpoint from before the upsample option\)"):
+        TFGANGenerator(1, 1, 3, WIDTHS, upsample="trilinear").load_state_dict(old_state)
+    linear = TFGANGenerator(1, 1, 3, WIDTHS, residual=True, upsample="trilinear")
+    with pytest.raises(RuntimeError, match=r"set `upsample: trilinear`"):
+        residual.load_state_dict(linear.state_dict())
+    assert residual.upsample_trilinear.item() is False
+    TFGANGenerator(1, 1, 3, WIDTHS, residual=True, upsample="trilinear").load_state_dict(linear.state_dict())
+
+
+def test_generator_upsampling_is_nearest_or_trilinear() -> None:
+    # one decoder upsampling of a 2x2x2 map with values 0 and 1 along the first axis: nearest copies each value
+    # into a 2-voxel block (a step between voxels 1 and 2), trilinear (align_corners False) ramps 0, 0.25, 0.75, 1
+    x = torch.zeros(1, WIDTHS[1], 2, 2, 2)
+    x[:, :, 1] = 1.0
+    expected = {"nearest": [0.0, 0.0, 1.0, 1.0], "trilinear": [0.0, 0.25, 0.75, 1.0]}
+    for mode, profile in expected.items():
+        g = TFGANGenerator(1, 1, 3, WIDTHS, upsample=mode)
+        up = g.upsamples[-1]
+        interpolated = up.upsample_non_trainable(x)
+        assert torch.allclose(interpolated[0, 0, :, 0, 0], torch.tensor(profile))
+        assert g(torch.zeros(1, 4, 64, 64, 64)).shape == (1, 1, 64, 64, 64)
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        TFGANGenerator(1, 1, 3, WIDTHS, upsample="bilinear")
 
 
 def test_discriminator_accuracy_counts_right_decisions_per_head() -> None:

@@ -22,6 +22,13 @@ from torch import nn
 from custom_components.data.labels import TUMOUR_CLASSES
 
 BRAIN_CHANNEL: str = "brain"
+UPSAMPLE_MODES: tuple[str, ...] = ("nearest", "trilinear")
+# TFGANGenerator's options that are stored with its weights: buffer -> (config key, value of a checkpoint without the
+# buffer, the key's value names for False and True)
+_ARCHITECTURE_OPTIONS: dict[str, tuple[str, bool, tuple[str, str]]] = {
+    "residual_output": ("residual", False, ("false", "true")),
+    "upsample_trilinear": ("upsample", False, ("nearest", "trilinear")),
+}
 
 
 def condition_channels(
@@ -112,9 +119,10 @@ class TFGANGenerator(nn.Module):
     """3D U-Net generator with six resolution levels and interpolation upsampling (no transposed convolutions).
 
     Encoder: one block of two 3x3x3 convolutions (instance norm, LeakyReLU) per level, the first convolution
-    of levels 2-6 with stride 2. Decoder: nearest-neighbour upsampling by 2 followed by a 3x3x3 convolution
-    (MONAI ``UpSample(mode="nontrainable", interp_mode="nearest", post_conv=...)``, the paper's remedy for
-    checkerboard artefacts), concatenation with the skip connection and a block of two convolutions.
+    of levels 2-6 with stride 2. Decoder: interpolation upsampling by 2 followed by a 3x3x3 convolution
+    (MONAI ``UpSample(mode="nontrainable", post_conv=...)``, the paper's remedy for checkerboard artefacts; nearest
+    neighbour by default, trilinear with ``upsample="trilinear"``), concatenation with the skip connection and a
+    block of two convolutions.
     The output is a 1x1x1 convolution ``h``. With ``residual=False`` the image is ``tanh(h)`` (the network predicts
     the image directly, in [-1, 1]); with ``residual=True`` it is ``clamp(x_img + h, -1, 1)``: the input image plus
     a correction, with ``h``'s convolution initialised to zero so that an untrained generator returns its input
@@ -122,9 +130,10 @@ class TFGANGenerator(nn.Module):
     residual form makes short trainings safe, because the hinge loss outside the ROI starts at 0 instead of at the
     distance between noise and the anatomy.
 
-    Whether the output is residual is part of the weights (the buffer ``residual_output``): a checkpoint loads only
-    into a generator built the same way, and a checkpoint written before the option existed (no such entry) is a
-    direct-output one, loadable with ``residual=False``.
+    Whether the output is residual and how the decoder upsamples are part of the weights (the buffers
+    ``residual_output`` and ``upsample_trilinear``): a checkpoint loads only into a generator built the same way, and a
+    checkpoint written before an option existed (no such entry) has that option's old value (direct output, nearest
+    neighbour).
 
     The input tensor holds ``in_channels`` image channels followed by ``num_classes`` one-hot mask channels
     (see :func:`condition_channels`) and ``noise_channels`` noise channels (:func:`roi_noise`); ``in_channels``
@@ -143,6 +152,8 @@ class TFGANGenerator(nn.Module):
         residual: output ``clamp(input image + h, -1, 1)`` with a zero-initialised output layer (needs
             ``in_channels == out_channels``) instead of ``tanh(h)``.
         noise_channels: noise channels appended to the input (0: the paper's G).
+        upsample: the decoder's interpolation, ``"nearest"`` (the paper's nearest-neighbour upsampling) or
+            ``"trilinear"`` (smooth: a deep feature's value no longer stops at its block's edge).
     """
 
     def __init__(
@@ -156,9 +167,12 @@ class TFGANGenerator(nn.Module):
         res_block: bool = False,
         residual: bool = False,
         noise_channels: int = 0,
+        upsample: str = "nearest",
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
         if noise_channels < 0:
             raise ValueError(f"noise_channels must be >= 0, got {noise_channels}")
         if len(channels) < 2:
@@ -204,8 +218,8 @@ class TFGANGenerator(nn.Module):
                     mode="nontrainable",
                     pre_conv=None,
                     post_conv=post_conv,
-                    interp_mode="nearest",
-                    align_corners=None,
+                    interp_mode=upsample,
+                    align_corners=None if upsample == "nearest" else False,
                 )
             )
             self.decoder.append(
@@ -215,7 +229,9 @@ class TFGANGenerator(nn.Module):
         if self.residual:
             nn.init.zeros_(self.head.conv.conv.weight)
             nn.init.zeros_(self.head.conv.conv.bias)
+        self.upsample = upsample
         self.register_buffer("residual_output", torch.tensor(self.residual))
+        self.register_buffer("upsample_trilinear", torch.tensor(upsample == "trilinear"))
 
     def _load_from_state_dict(
         self,
@@ -227,21 +243,24 @@ class TFGANGenerator(nn.Module):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
-        """Refuse weights trained with the other output form; read a checkpoint without ``residual_output`` (written
-        before the option existed) as a direct-output generator."""
-        key = prefix + "residual_output"
-        saved = bool(state_dict[key]) if key in state_dict else False
-        if saved != self.residual:
-            origin = "" if key in state_dict else " (a checkpoint from before the residual option)"
-            error_msgs.append(
-                f"the weights were trained with residual={saved}{origin}, the generator is built with "
-                f"residual={self.residual}: set `residual: {str(saved).lower()}` in the config"
-            )
-        state_dict.setdefault(key, torch.tensor(saved))
+        """Refuse weights trained with another output form or upsampling; read a checkpoint without such an entry
+        (written before the option existed) as one with the option's old value (direct output, nearest neighbour)."""
+        built = {"residual_output": self.residual, "upsample_trilinear": self.upsample == "trilinear"}
+        for buffer, (option, old_value, value_names) in _ARCHITECTURE_OPTIONS.items():
+            key = prefix + buffer
+            saved = bool(state_dict[key]) if key in state_dict else old_value
+            if saved != built[buffer]:
+                origin = "" if key in state_dict else f" (a checkpoint from before the {option} option)"
+                error_msgs.append(
+                    f"the weights were trained with {option}={value_names[saved]}{origin}, the generator is built "
+                    f"with {option}={value_names[built[buffer]]}: set `{option}: {value_names[saved]}` in the config"
+                )
+            state_dict.setdefault(key, torch.tensor(saved))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        self.residual_output.fill_(self.residual)  # the flag describes this network, whatever was read
+        for buffer, value in built.items():  # the flags describe this network, whatever was read
+            getattr(self, buffer).fill_(value)
 
     @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
