@@ -18,11 +18,13 @@ from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 from custom_components.engines.gan_trainer import (
+    NanSkippingAverage,
     Pix2PixTrainer,
     TFGANTrainer,
     discriminator_accuracy,
     loss_terms,
     training_change,
+    tumour_texture,
 )
 from custom_components.handlers.checkpoints import latest_checkpoint
 from custom_components.losses import HingeL1Loss
@@ -37,6 +39,7 @@ from custom_components.networks.tf_gan import (
     keep_coarse_outside_roi,
     roi_noise,
 )
+from custom_components.quality.texture import highpass, masked_highpass_std
 from custom_components.synthesis.tf_gan import GeneratorInputs, case_noise_seed, check_outputs
 from custom_components.transforms import BrainMaskd, RoiMaskd, roi_mask
 
@@ -500,6 +503,17 @@ def test_trainer_paste_outside_roi_keeps_the_coarse_anatomy_from_d_and_the_losse
     pred, coarse = out["pred"][0], batch["image"][0]
     np.testing.assert_allclose((pred - coarse)[roi].numpy(), 0.3, atol=1e-6)
     assert out["change_roi"] == pytest.approx(0.3, abs=1e-6)
+    # the texture terms: the real batch's, and the refined tumour's, which a shift of every voxel leaves as the coarse
+    # one's, while a shift of m_roi alone (here m_roi = the tumour) adds a step at its edge
+    real_case = real.dataset[0]
+    assert out["texture_real"] == pytest.approx(tumour_texture(real_case["image"][None], real_case["label"][None]))
+    coarse_texture = tumour_texture(batch["image"][None], batch["label"][None])
+    if paste:
+        stepped = tumour_texture((batch["image"] + 0.3 * batch["roi"])[None], batch["label"][None])
+        assert out["texture_refined"] == pytest.approx(stepped, rel=1e-4) and stepped > coarse_texture
+    else:
+        assert out["texture_refined"] == pytest.approx(coarse_texture, rel=1e-4)
+    assert set(trainer.state.metrics) >= {"epoch_texture_refined", "epoch_texture_real"}
     unchanged = all(torch.equal(a, b) for a, b in zip(g0, g.parameters(), strict=True))
     if paste:
         assert torch.equal(pred[~roi], coarse[~roi])
@@ -537,7 +551,7 @@ def test_pix2pix_trainer_is_the_paired_variant() -> None:
     assert {"g_hinge", "lambda_c", "change_roi"} <= set(TFGANTrainer.terms) and "g_l1" not in TFGANTrainer.terms
     assert terms["loss"] == pytest.approx(2.0 * terms["g_l1"], rel=1e-5) and terms["d_loss"] == 0.0
     assert set(trainer.state.metrics) >= {f"epoch_{k}" for k in Pix2PixTrainer.terms}
-    assert not any(k in trainer.state.metrics for k in ("epoch_g_hinge", "epoch_change_roi"))
+    assert not any(k in trainer.state.metrics for k in ("epoch_g_hinge", "epoch_change_roi", "epoch_texture_real"))
     output = trainer.state.output[0]
     assert torch.equal(output["image"], batch["image"]) and output["pred"].shape == (1, 64, 64, 64)
 
@@ -583,6 +597,39 @@ def test_generator_inputs_noise_is_seeded_per_case() -> None:
     assert case_noise_seed(7, "a") == int.from_bytes(__import__("hashlib").sha256(b"7:a").digest()[:8], "little")
     with pytest.raises(KeyError, match="case_id"):
         prepare({k: v for k, v in batch.items() if k != "case_id"}, "cpu")
+
+
+def test_tumour_texture_is_the_high_pass_spread_inside_the_tumour() -> None:
+    """Hand cases: a linear ramp has no high-pass part away from the edges (a Gaussian keeps a linear function), a
+    constant shift none at all, a scaled image a scaled one; a batch combines its samples' variances weighted by their
+    tumour voxels, and a batch without tumour gives NaN."""
+    ramp = torch.linspace(-0.5, 0.5, 16).reshape(16, 1, 1).expand(16, 16, 16).reshape(1, 1, 16, 16, 16)
+    label = torch.zeros(1, 1, 16, 16, 16)
+    label[..., 4:12, 4:12, 4:12] = 2
+    assert tumour_texture(ramp, label) == pytest.approx(0.0, abs=1e-6)  # float32 rounding only
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 1, 16, 16, 16))).float()
+    inside = noise[0, 0].numpy().astype(np.float64)
+    expected = float(highpass(inside, 1.0)[label[0, 0].numpy() > 0].std())
+    assert tumour_texture(noise, label) == pytest.approx(expected, rel=1e-5)
+    assert tumour_texture(0.5 * noise + 0.3, label) == pytest.approx(0.5 * expected, rel=1e-5)
+    assert expected == pytest.approx(masked_highpass_std(inside[None], label[0, 0].numpy() > 0), rel=1e-12)
+    # two samples: 512 tumour voxels of texture t and 64 of texture 0 -> sqrt(512 t^2 / 576)
+    small = torch.zeros_like(label)
+    small[..., 6:10, 6:10, 6:10] = 1
+    batch = tumour_texture(torch.cat([noise, ramp]), torch.cat([label, small]))
+    assert batch == pytest.approx(expected * math.sqrt(512 / 576), rel=1e-5)
+    assert math.isnan(tumour_texture(noise, torch.zeros_like(label)))
+    with pytest.raises(ValueError, match="spatial shape"):
+        masked_highpass_std(inside[None], np.ones((4, 4, 4), bool))
+
+
+def test_nan_skipping_average_leaves_out_undefined_batches() -> None:
+    engine = Engine(lambda e, b: b)
+    NanSkippingAverage().attach(engine, "texture")
+    engine.run([0.2, float("nan"), 0.4], max_epochs=1)
+    assert engine.state.metrics["texture"] == pytest.approx(0.3)
+    engine.run([float("nan")] * 2, max_epochs=1)
+    assert math.isnan(engine.state.metrics["texture"])
 
 
 def test_training_change_inside_and_outside_the_roi() -> None:

@@ -1,7 +1,13 @@
 """Ignite engines and their data where MONAI's do not fit: TF-GAN / Pix2Pix and TF-Aug training, DSMA's
 two-phase segmentation training."""
 
-from custom_components.engines.gan_trainer import Pix2PixTrainer, TFGANTrainer, loss_terms
+from custom_components.engines.gan_trainer import (
+    NanSkippingAverage,
+    Pix2PixTrainer,
+    TFGANTrainer,
+    loss_terms,
+    tumour_texture,
+)
 from custom_components.engines.seg_data import SAMPLING, TwoPhaseDataset, load_synthetic_items
 from custom_components.engines.seg_trainer import (
     SegmentationTrainer,
@@ -13,6 +19,7 @@ from custom_components.engines.tf_aug_trainer import ClasswiseIntensitySaver, TF
 __all__ = [
     "SAMPLING",
     "ClasswiseIntensitySaver",
+    "NanSkippingAverage",
     "Pix2PixTrainer",
     "SegmentationTrainer",
     "TFAugTrainer",
@@ -22,4 +29,5 @@ __all__ = [
     "attach_handlers",
     "load_synthetic_items",
     "loss_terms",
+    "tumour_texture",
 ]

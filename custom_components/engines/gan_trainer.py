@@ -27,7 +27,9 @@ One Pix2Pix iteration (:class:`Pix2PixTrainer`, paired real data): ``c = onehot(
 discriminator's accuracy on the iteration's real and generated batches (:func:`discriminator_accuracy`). At the end of
 every epoch ``engine.state.metrics`` receives the epoch mean of every term (``epoch_<term>``, averaged over all
 ranks when training on several processes), the loss weight ``lambda_c`` of the last iteration and the learning
-rates ``lr_g`` / ``lr_d``, so the epoch-level log of ``--tracking mlflow`` records them.
+rates ``lr_g`` / ``lr_d``, so the epoch-level log of ``--tracking mlflow`` records them. TF-GAN also reports the
+texture of the refined and of the real tumours of each batch (``texture_refined``, ``texture_real``:
+:func:`tumour_texture`), whether G leaves the blobs flat, matches the real tumours or overshoots them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.exceptions import NotComputableError
 from ignite.metrics import Average, Metric
 from monai.engines.trainer import Trainer
 from monai.engines.utils import IterationEvents
@@ -54,6 +57,7 @@ from custom_components.handlers.checkpoints import guard_loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, split_logits
 from custom_components.losses.hinge_l1 import HingeL1Loss, refinement_change
 from custom_components.networks.tf_gan import condition_channels, keep_coarse_outside_roi, roi_noise
+from custom_components.quality.texture import masked_highpass_std
 
 LOSS_KEYS: tuple[str, ...] = (
     "loss",
@@ -71,9 +75,22 @@ LOSS_KEYS: tuple[str, ...] = (
     "d_acc_fake",
     "change_roi",
     "change_outside",
+    "texture_refined",
+    "texture_real",
 )
-# the terms only TF-GAN's iteration has (hinge, perceptual, their schedule, what a refinement changed)
-_TF_GAN_ONLY: tuple[str, ...] = ("g_hinge", "g_perceptual", "lambda_c", "change_roi", "change_outside")
+# the terms only TF-GAN's iteration has (hinge, perceptual, their schedule, what a refinement changed, the texture of
+# the refined and the real tumours)
+_TF_GAN_ONLY: tuple[str, ...] = (
+    "g_hinge",
+    "g_perceptual",
+    "lambda_c",
+    "change_roi",
+    "change_outside",
+    "texture_refined",
+    "texture_real",
+)
+# terms that are NaN on a batch without tumour voxels: their epoch mean skips such batches
+_TUMOUR_TERMS: tuple[str, ...] = ("texture_refined", "texture_real")
 
 
 def loss_terms(output: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> dict[str, float] | None:
@@ -134,6 +151,43 @@ def training_change(refined: torch.Tensor, coarse: torch.Tensor, roi: torch.Tens
         "change_roi": float(np.mean([ch["roi_mean_abs"] for ch in changes])),
         "change_outside": float(np.mean([ch["outside_roi_mean_abs"] for ch in changes])),
     }
+
+
+def tumour_texture(image: torch.Tensor, label: torch.Tensor, sigma: float = 1.0) -> float:
+    """Texture of a batch's tumours: the spread of the high-pass image (:func:`masked_highpass_std`, the C2ST's
+    ``highpass_std``) over the tumour voxels (label > 0) of each sample, combined as the root of the samples' variances
+    averaged with their voxel counts as weights; NaN when no sample has tumour voxels.
+
+    Args:
+        image: ``(B, C, *spatial)`` images.
+        label: ``(B, 1, *spatial)`` label maps.
+        sigma: Gaussian sigma in voxels of the smoothing the high-pass part removes.
+    """
+    x, lab = image.detach().float().cpu().numpy(), label.detach().cpu().numpy()
+    values, counts = [], []
+    for i in range(len(x)):
+        tumour = lab[i, 0] > 0
+        if tumour.any():
+            values.append(masked_highpass_std(x[i], tumour, sigma) ** 2)
+            counts.append(int(tumour.sum()) * x.shape[1])
+    if not counts:
+        return float("nan")
+    return float(np.sqrt(np.average(values, weights=counts)))
+
+
+class NanSkippingAverage(Average):
+    """Ignite's :class:`~ignite.metrics.Average` that leaves out NaN values (a term undefined on some batches) and
+    computes NaN when every value of the epoch was NaN."""
+
+    def update(self, output: Any) -> None:
+        if not np.isnan(float(output)):
+            super().update(output)
+
+    def compute(self) -> float:
+        try:
+            return float(super().compute())
+        except NotComputableError:
+            return float("nan")
 
 
 @contextlib.contextmanager
@@ -279,7 +333,8 @@ class TFGANTrainer(Trainer):
         self._real_passes = 0
         # epoch means of the loss terms: Ignite's Average (summed over all ranks under torchrun)
         for key in sorted(self.terms):
-            Average(output_transform=_term(key)).attach(self, f"epoch_{key}")
+            average = NanSkippingAverage if key in _TUMOUR_TERMS else Average
+            average(output_transform=_term(key)).attach(self, f"epoch_{key}")
         self.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_statistics)
         if train_handlers is not None:
             self._register_handlers(train_handlers)
@@ -438,6 +493,8 @@ class TFGANTrainer(Trainer):
             lambda_c=lambda_c,
             **d_terms,
             **training_change(refined, coarse, roi),
+            texture_refined=tumour_texture(refined, label),
+            texture_real=tumour_texture(real, real_label),
         )
 
 

@@ -412,7 +412,9 @@ GAN_CURVES_NOTE = (
     "TF-GAN's training, per epoch (epoch means, from the training's epoch_metrics.csv): the discriminator's accuracy "
     "on real patches (d_acc_real) and on refined ones (d_acc_fake), 0.5 on average being chance; the generator's "
     "adversarial (patch head), hinge and perceptual terms; and the mean |refined - coarse| of the training patches "
-    "inside m_roi and on brain voxels outside it (hinge margin 0.05)."
+    "inside m_roi and on brain voxels outside it (hinge margin 0.05); and the texture of the tumours of the refined "
+    "and of the real training patches (spread of the high-pass image inside the tumour, the C2ST's highpass_std): "
+    "refined below real is a blob still too flat, above it a generator that overshoots."
 )
 GAN_CURVE_KEYS: tuple[str, ...] = (
     "epoch_d_acc",
@@ -423,6 +425,8 @@ GAN_CURVE_KEYS: tuple[str, ...] = (
     "epoch_g_perceptual",
     "epoch_change_roi",
     "epoch_change_outside",
+    "epoch_texture_refined",
+    "epoch_texture_real",
 )
 
 
@@ -437,14 +441,16 @@ def gan_curve_rows(curves: Sequence[Mapping[str, float]], n: int = 6) -> list[li
 
 
 def plot_gan_curves(curves: Sequence[Mapping[str, float]], out_png: str | os.PathLike) -> Path:
-    """Three panels over the epochs: D's accuracy (real, refined, mean; chance dashed), G's loss terms, and the
-    mean change inside / outside m_roi (hinge margin dashed)."""
+    """Four panels over the epochs: D's accuracy (real, refined, mean; chance dashed), G's loss terms, the mean
+    change inside / outside m_roi (hinge margin dashed) and the texture of the refined and the real tumours (empty for
+    a training from before the texture terms)."""
     epochs = [r["epoch"] for r in curves]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 3.6))
     panels = (
         (("epoch_d_acc", "epoch_d_acc_real", "epoch_d_acc_fake"), "discriminator accuracy", 0.5),
         (("epoch_g_adv_patch", "epoch_g_hinge", "epoch_g_perceptual"), "generator terms", None),
         (("epoch_change_roi", "epoch_change_outside"), "mean |refined - coarse|", 0.05),
+        (("epoch_texture_refined", "epoch_texture_real"), "tumour texture (high-pass spread)", None),
     )
     for ax, (keys, title, line) in zip(axes, panels, strict=True):
         for key in keys:
@@ -454,7 +460,8 @@ def plot_gan_curves(curves: Sequence[Mapping[str, float]], out_png: str | os.Pat
             ax.axhline(line, color="k", ls="--", lw=1)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return _save_figure(fig, out_png)
 
 

@@ -68,6 +68,7 @@ from scipy import ndimage, stats
 from sklearn.linear_model import LogisticRegression
 
 from custom_components.data.labels import INTERNAL_CLASSES, TUMOUR_CLASSES
+from custom_components.quality.texture import highpass
 
 FEATURES: tuple[str, ...] = ("mean", "std", "p10", "p90", "highpass_std", "gradient")
 WHOLE_TUMOUR = "all"
@@ -162,16 +163,16 @@ def patch_features(
     centres = centres[rng.choice(len(centres), settings.n_patches, replace=len(centres) < settings.n_patches)]
     maps = []
     for channel in case.image[(slice(None), *box)].astype(np.float64):
-        highpass = channel - ndimage.gaussian_filter(channel, settings.sigma, mode="nearest")
+        high = highpass(channel, settings.sigma)
         gradient = np.sqrt(sum(g**2 for g in np.gradient(channel)))
-        maps.append((channel, highpass, gradient))
+        maps.append((channel, high, gradient))
     rows = []
     for c in centres:
         cube = tuple(slice(int(a) - settings.patch // 2, int(a) - settings.patch // 2 + settings.patch) for a in c)
         voxels = inside[cube]
         row = []
-        for channel, highpass, gradient in maps:
-            v, hp, grad = channel[cube][voxels], highpass[cube][voxels], gradient[cube][voxels]
+        for channel, high, gradient in maps:
+            v, hp, grad = channel[cube][voxels], high[cube][voxels], gradient[cube][voxels]
             row += [v.mean(), v.std(), *np.percentile(v, (10, 90)), hp.std(), grad.mean()]
         rows.append(row)
     return np.asarray(rows)
