@@ -22,7 +22,7 @@ from custom_components.quality import (
     split_half_test,
     two_sample_test,
 )
-from custom_components.quality.c2st import FEATURES, auc, patch_centres
+from custom_components.quality.c2st import FEATURES, auc, case_averaged_means, group_features, patch_centres
 from custom_components.quality.realism import RealismCase
 
 N = 24
@@ -135,6 +135,14 @@ def test_one_distribution_gives_chance_and_flat_blobs_give_one() -> None:
     # classes without patches: None and why
     assert far["per_class"]["ET"]["auc"] is None and "needs 2 cases with patches" in far["per_class"]["ET"]["reason"]
     assert far["features"] == [f"t1 {f}" for f in FEATURES] and far["settings"]["n_perm"] == 30
+    # what it sees: the case-averaged feature means of each side (the whole tumour's patches, stream 0 / 1); the
+    # flat blobs have less than half the real high-pass spread
+    means, hp = far["feature_means"], FEATURES.index("highpass_std")
+    real_feats = group_features(textured[6:], None, FAST, 1)
+    assert means["real"] == pytest.approx(np.mean([f.mean(0) for f in real_feats], axis=0).tolist())
+    assert means["synthetic"][hp] < 0.5 * means["real"][hp]
+    assert case_averaged_means([np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[5.0, 0.0]])]) == [3.5, 1.5]
+    assert case_averaged_means([]) is None
     every = c2st_scores(
         flat, textured[6:], ["t1"], (2,), textured[:6], dataclasses.replace(FAST, per_class_intervals=True)
     )

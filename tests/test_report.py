@@ -231,6 +231,8 @@ def test_write_report_with_realism_table(tmp_path):
     old = {k: v for k, v in summary.items() if not k.startswith("frd")} | {"frechet": 0.5}
     c2st = {"auc": 0.974, "ci_low": 0.912, "ci_high": 1.0, "p_value": 0.0099, "n_cases_per_side": 4}
     c2st["null"] = {"auc": 0.52, "ci_low": 0.2, "ci_high": 0.81, "p_value": 0.5, "n_cases_per_side": 2}
+    c2st["features"] = ["t1n mean", "t1n highpass_std"]
+    c2st["feature_means"] = {"synthetic": [0.01, 0.0712], "real": [-0.0251, 0.1204]}
     realism = {
         "TF-Aug": {"summary": summary, "n_synthetic": 4, "n_real": 2, "set_sizes": [1, 1], "c2st": c2st},
         "TF": {"summary": old, "n_synthetic": 3, "n_real": 2},
@@ -247,6 +249,9 @@ def test_write_report_with_realism_table(tmp_path):
     assert "- TF: Frechet 0.5 is below its floor 1 (sets of 3 vs 2 cases)" in md and "- TF-Aug:" not in md
     assert "FRD: Frechet Radiomics Distance" in md and "frd-score 1.0.1" in md and "C2ST (first)" in md
     assert paths["realism_plot"].is_file() and "realism.png" in md
+    # what the classifier sees: the real row first, then each method with feature means (TF has none: no row)
+    assert "| tumours | t1n mean | t1n highpass_std |" in md
+    assert "| real (held-out) | -0.025 | 0.120 |\n| TF-Aug | 0.010 | 0.071 |\n\n" in md
     html_text = paths["html"].read_text()
     assert "<td>TF-Aug</td><td>0.97 [0.91, 1.00]</td>" in html_text and "TF: Frechet 0.5 is below" in html_text
 

@@ -333,6 +333,32 @@ def refinement_c2st_notes(realism: Mapping[str, Mapping]) -> list[str]:
     return lines
 
 
+C2ST_FEATURES_NOTE = (
+    "What the C2ST's classifier sees: each texture statistic of the 8^3-voxel tumour patches (whole tumour, "
+    "brain-normalised image), averaged over a case's patches and then over the cases; the held-out real tumours "
+    "first. A method far from the real row in a column is told apart by it: a high-pass spread below the real one "
+    "is a tumour too flat, above it one that overshoots."
+)
+
+
+def c2st_feature_rows(realism: Mapping[str, Mapping]) -> list[list[str]]:
+    """Rows (header first) of the C2ST's feature means (``c2st.feature_means``, whole tumour): the held-out real
+    tumours (the same patches for every method; the first method's copy) then one row per method; no rows (``[]``)
+    when no result has them (results from before the field)."""
+    entries = {m: (r.get("c2st") or {}) for m, r in realism.items()}
+    entries = {m: c for m, c in entries.items() if (c.get("feature_means") or {}).get("real")}
+    if not entries:
+        return []
+    first = next(iter(entries.values()))
+    rows = [["tumours", *first["features"]], ["real (held-out)", *(f"{v:.3f}" for v in first["feature_means"]["real"])]]
+    for method, c2st in entries.items():
+        synthetic = c2st["feature_means"]["synthetic"]
+        rows.append(
+            [method, *(["-"] * len(first["features"]) if synthetic is None else [f"{v:.3f}" for v in synthetic])]
+        )
+    return rows
+
+
 def realism_notes(realism: Mapping[str, Mapping]) -> list[str]:
     """The lines under the realism table: each refinement's C2ST verdict, then each distance below its floor."""
     return [*refinement_c2st_notes(realism), *realism_floor_notes(realism)]
@@ -598,6 +624,8 @@ def write_report(
         md += ["## Realism: which method's tumours look most like real ones", "", REALISM_NOTE, ""]
         md += md_table(rrows)
         md += ["", *(f"- {line}" for line in realism_notes(realism))]
+        if frows := c2st_feature_rows(realism):
+            md += ["", C2ST_FEATURES_NOTE, "", *md_table(frows)]
         md += ["", f"![Realism per method]({rel(rplot)})", ""]
     curves_png = plot_gan_curves(gan_curves, out / "tf_gan_curves.png") if gan_curves else None
     if curves_png is not None:
@@ -632,6 +660,11 @@ def write_report(
             f"<p>{html.escape(REALISM_NOTE)}</p>",
             _html_table(realism_rows(realism)),
             *(f"<p>{html.escape(line)}</p>" for line in realism_notes(realism)),
+            *(
+                [f"<p>{html.escape(C2ST_FEATURES_NOTE)}</p>", _html_table(frows)]
+                if (frows := c2st_feature_rows(realism))
+                else []
+            ),
             f"<img src='{html.escape(rel(paths_extra['realism_plot']))}' alt='Realism per method'>",
         ]
     parts += refinement_html

@@ -190,6 +190,18 @@ def group_features(
     return [f for f in feats if len(f)]
 
 
+def case_averaged_means(features: Sequence[np.ndarray]) -> list[float] | None:
+    """Each feature's mean over a case's patches, averaged over the cases (every case weighs the same); None without
+    cases.
+
+    Args:
+        features: per case, its patches' features ``(n_patches, n_features)`` (:func:`group_features`).
+    """
+    if not features:
+        return None
+    return [float(v) for v in np.mean([f.mean(0) for f in features], axis=0)]
+
+
 # ---- the test ---------------------------------------------------------------------------------------
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC of ``scores`` for ``labels`` (1 positive, 0 negative), ties counted half (Mann-Whitney U)."""
@@ -386,8 +398,10 @@ def c2st_scores(
     """The C2ST of ``synthetic`` against ``real`` per class group, each with its real-vs-real null, as a JSON-ready
     dict: the whole tumour's test at the top level (``auc``, ``ci_low``, ``ci_high``, ``p_value``,
     ``n_cases_per_side``, ``n_patches_per_case``, ``reason``, ``null``: the same keys), ``per_class``: {class name:
-    the same}, ``features``, ``settings``, ``null_pool`` (``"real"`` or ``"null_real"``), ``n_null_pool`` and
-    ``note`` (None, or why the null is smaller than the comparison).
+    the same}, ``features``, ``feature_means`` (what the classifier sees: each feature's mean over the whole tumour's
+    patches, averaged over the cases of each side, ``{"synthetic": [...], "real": [...]}`` in the order of
+    ``features``; None for a side without patches), ``settings``, ``null_pool`` (``"real"`` or ``"null_real"``),
+    ``n_null_pool`` and ``note`` (None, or why the null is smaller than the comparison).
 
     Args:
         synthetic, real: the cases (brain-normalised images, internal labels).
@@ -399,11 +413,14 @@ def c2st_scores(
     groups = [(WHOLE_TUMOUR, None)] + [(INTERNAL_CLASSES.get(c, str(c)), (c,)) for c in classes]
     pool = real if null_real is None else null_real
     entries = {}
+    means: dict[str, list[float] | None] = {}
     for g, (name, values) in enumerate(groups):
         full = g == 0 or settings.per_class_intervals
         test_settings = settings if full else replace(settings, n_boot=0, n_perm=0)
         fs = group_features(synthetic, values, settings, 3 * g)
         fr = group_features(real, values, settings, 3 * g + 1)
+        if g == 0:
+            means = {"synthetic": case_averaged_means(fs), "real": case_averaged_means(fr)}
         fp = fr if null_real is None else group_features(pool, values, settings, 3 * g + 2)
         entry = two_sample_test(fs, fr, test_settings, stream=g)
         entry["null"] = cached_split_half_test(fp, max(entry["n_cases_per_side"], 2), test_settings, stream=g)
@@ -420,6 +437,7 @@ def c2st_scores(
         **head,
         "per_class": entries,
         "features": feature_names(modalities),
+        "feature_means": means,
         "settings": asdict(settings),
         "null_pool": "real" if null_real is None else "null_real",
         "n_null_pool": len(pool),

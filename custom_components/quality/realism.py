@@ -627,6 +627,13 @@ def c2st_lines(c2st: dict[str, Any] | None) -> list[str]:
             f"  {name}: {_c2st_cell(entry)} at {entry['n_cases_per_side']} cases per side; real vs real "
             f"{_c2st_cell(null)} at {null['n_cases_per_side']}"
         )
+    means = c2st.get("feature_means") or {}
+    if means.get("synthetic") and means.get("real"):
+        pairs = ", ".join(
+            f"{f} {a:.3f} / {b:.3f}"
+            for f, a, b in zip(c2st["features"], means["synthetic"], means["real"], strict=True)
+        )
+        lines.append(f"  what it sees (whole tumour, case-averaged feature means, synthetic / real): {pairs}")
     if c2st.get("note"):
         lines.append(f"  note: {c2st['note']}")
     return lines
