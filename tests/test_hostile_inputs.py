@@ -630,6 +630,21 @@ def test_safe_checkpoint_saver_prunes_old_epochs_and_refuses_nan(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "model.pt"]
 
 
+@pytest.mark.parametrize(("n_saved", "kept"), [(2, [5, 6]), (None, [3, 4, 5, 6])])
+def test_safe_checkpoint_saver_keeps_the_newest_n_saved(tmp_path: Path, n_saved: int | None, kept: list[int]) -> None:
+    """n_saved 2: the two newest epochs, one of them left by the run before a resume counted too; None: every one
+    (tf_gan's keep_checkpoints: null, snapshots of a GAN's trajectory)."""
+    from custom_components.handlers.checkpoints import SafeCheckpointSaver
+
+    for epoch in (3, 4):
+        (tmp_path / f"checkpoint_epoch={epoch}.pt").write_bytes(b"from the run before the resume")
+    objects = {"model": torch.nn.Linear(2, 1), "head": torch.nn.Linear(1, 1)}
+    saver = SafeCheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=n_saved)
+    for epoch in (5, 6):
+        saver.interval_completed(_engine(epoch))
+    assert sorted(int(p.stem.split("=")[1]) for p in tmp_path.glob("checkpoint_epoch=*.pt")) == kept
+
+
 REAL_RUNNER = textwrap.dedent(
     """
     import json, sys

@@ -4,7 +4,8 @@
   inference: a run into a folder that already holds an earlier run's models (metrics, label maps) is refused
   unless it resumes (``resume_checkpoint``, training) or ``overwrite`` is set.
 - :class:`SafeCheckpointSaver` is MONAI's ``CheckpointSaver`` that writes atomically, keeps exactly the newest
-  ``checkpoint_epoch=*.pt`` (also those left by the run before a resume) and never writes non-finite weights
+  ``n_saved`` ``checkpoint_epoch=*.pt`` (also counting those left by the run before a resume; ``None``: every one)
+  and never writes non-finite weights
   (neither at an interval, nor as the best model, nor as the final checkpoint MONAI writes when training stops on
   an error). As the best-model saver (``save_key_metric=True, key_metric_filename="model.pt"``, an evaluator
   handler) it writes ``model.pt`` (a plain ``state_dict``) when the key metric beats the best so far; its state
@@ -157,8 +158,9 @@ class SafeCheckpointSaver(CheckpointSaver):
     the file group/other read permission; MONAI turns atomic writes off), so a kill never leaves a partial file.
     A fixed-name best model (``key_metric_filename``) is replaced by that rename, never deleted first.
 
-    After each interval save, every other ``*_epoch=N.pt`` in ``save_dir`` is deleted (MONAI's ``n_saved`` only
-    counts the files of the current process, so a resumed run would leave the old one). Before saving, the
+    After each interval save, the ``*_epoch=N.pt`` files in ``save_dir`` beyond the newest ``n_saved`` epochs are
+    deleted (MONAI's ``n_saved`` only counts the files of the current process, so a resumed run would leave the old
+    ones); ``n_saved=None`` keeps every one. Before saving, the
     modules of ``save_dict`` are checked for non-finite weights: an interval save then stops training with
     :class:`TrainingGuardError`, and the final checkpoint MONAI writes when training stops on an error is skipped.
 
@@ -167,6 +169,7 @@ class SafeCheckpointSaver(CheckpointSaver):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.n_saved: int | None = kwargs.get("n_saved")
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None and hasattr(checkpoint.save_handler, "_atomic"):
                 checkpoint.save_handler._atomic = True
@@ -223,7 +226,10 @@ class SafeCheckpointSaver(CheckpointSaver):
         super().exception_raised(engine, e)  # type: ignore[arg-type]
 
     def prune(self) -> list[str]:
-        """Delete every interval checkpoint in ``save_dir`` except the newest epoch's; returns the deleted files."""
+        """Delete the interval checkpoints in ``save_dir`` beyond the newest ``n_saved`` epochs (none when ``n_saved``
+        is None); returns the deleted files."""
+        if self.n_saved is None:
+            return []
         found: dict[str, list[tuple[int, Path]]] = {}
         for p in Path(self.save_dir).glob("*_epoch=*.pt"):
             m = _EPOCH_FILE.match(p.name)
@@ -232,7 +238,7 @@ class SafeCheckpointSaver(CheckpointSaver):
         removed = []
         for files in found.values():
             files.sort()
-            for _, p in files[:-1]:
+            for _, p in files[: -self.n_saved]:
                 p.unlink(missing_ok=True)
                 removed.append(str(p))
         return removed
