@@ -28,8 +28,8 @@ discriminator's accuracy on the iteration's real and generated batches (:func:`d
 every epoch ``engine.state.metrics`` receives the epoch mean of every term (``epoch_<term>``, averaged over all
 ranks when training on several processes), the loss weight ``lambda_c`` of the last iteration and the learning
 rates ``lr_g`` / ``lr_d``, so the epoch-level log of ``--tracking mlflow`` records them. TF-GAN also reports the
-texture of the refined and of the real tumours of each batch (``texture_refined``, ``texture_real``:
-:func:`tumour_texture`), whether G leaves the blobs flat, matches the real tumours or overshoots them.
+texture inside the tumour classes of the refined and of the real images of each batch (``texture_refined``,
+``texture_real``: :func:`tumour_texture`), whether G leaves the blobs flat, matches the real tumours or overshoots them.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from custom_components.handlers.checkpoints import guard_loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, split_logits
 from custom_components.losses.hinge_l1 import HingeL1Loss, refinement_change
 from custom_components.networks.tf_gan import condition_channels, keep_coarse_outside_roi, roi_noise
-from custom_components.quality.texture import masked_highpass_std
+from custom_components.quality.texture import class_interiors, masked_highpass_std
 
 LOSS_KEYS: tuple[str, ...] = (
     "loss",
@@ -153,23 +153,26 @@ def training_change(refined: torch.Tensor, coarse: torch.Tensor, roi: torch.Tens
     }
 
 
-def tumour_texture(image: torch.Tensor, label: torch.Tensor, sigma: float = 1.0) -> float:
+def tumour_texture(image: torch.Tensor, label: torch.Tensor, sigma: float = 1.0, erode: int = 2) -> float:
     """Texture of a batch's tumours: the spread of the high-pass image (:func:`masked_highpass_std`, the C2ST's
-    ``highpass_std``) over the tumour voxels (label > 0) of each sample, combined as the root of the samples' variances
-    averaged with their voxel counts as weights; NaN when no sample has tumour voxels.
+    ``highpass_std``) over the interior of each tumour class (:func:`class_interiors`: ``erode`` voxels inside it, so
+    that the steps between classes and at the border, which a flat blob has too, do not count), per sample, combined
+    as the root of the samples' variances averaged with their voxel counts as weights; NaN when no sample has such
+    voxels.
 
     Args:
         image: ``(B, C, *spatial)`` images.
         label: ``(B, 1, *spatial)`` label maps.
         sigma: Gaussian sigma in voxels of the smoothing the high-pass part removes.
+        erode: voxels left out at each class's border.
     """
     x, lab = image.detach().float().cpu().numpy(), label.detach().cpu().numpy()
     values, counts = [], []
     for i in range(len(x)):
-        tumour = lab[i, 0] > 0
-        if tumour.any():
-            values.append(masked_highpass_std(x[i], tumour, sigma) ** 2)
-            counts.append(int(tumour.sum()) * x.shape[1])
+        inside = class_interiors(lab[i, 0], erode)
+        if inside.any():
+            values.append(masked_highpass_std(x[i], inside, sigma) ** 2)
+            counts.append(int(inside.sum()) * x.shape[1])
     if not counts:
         return float("nan")
     return float(np.sqrt(np.average(values, weights=counts)))

@@ -439,7 +439,8 @@ GAN_CURVES_NOTE = (
     "on real patches (d_acc_real) and on refined ones (d_acc_fake), 0.5 on average being chance; the generator's "
     "adversarial (patch head), hinge and perceptual terms; and the mean |refined - coarse| of the training patches "
     "inside m_roi and on brain voxels outside it (hinge margin 0.05); and the texture of the tumours of the refined "
-    "and of the real training patches (spread of the high-pass image inside the tumour, the C2ST's highpass_std): "
+    "and of the real training patches (spread of the high-pass image inside each tumour class, 2 voxels in from its "
+    "border; the C2ST's highpass_std): "
     "refined below real is a blob still too flat, above it a generator that overshoots."
 )
 GAN_CURVE_KEYS: tuple[str, ...] = (

@@ -23,6 +23,23 @@ def highpass(channel: np.ndarray, sigma: float) -> np.ndarray:
     return channel - ndimage.gaussian_filter(channel, sigma, mode="nearest")
 
 
+def class_interiors(label: np.ndarray, erode: int) -> np.ndarray:
+    """The voxels of each tumour class (label > 0, class by class) that lie at least ``erode`` voxels (26-connected
+    erosion) inside it: a class's texture without the steps between classes and at the tumour's border.
+
+    Args:
+        label: ``spatial`` label map.
+        erode: erosions of each class mask (0: the whole tumour).
+    """
+    label = np.asarray(label)
+    inside = np.zeros(label.shape, dtype=bool)
+    structure = ndimage.generate_binary_structure(label.ndim, label.ndim)
+    for value in np.unique(label[label > 0]):
+        mask = label == value
+        inside |= ndimage.binary_erosion(mask, structure, iterations=erode) if erode > 0 else mask
+    return inside
+
+
 def masked_highpass_std(image: np.ndarray, mask: np.ndarray, sigma: float = 1.0) -> float:
     """Standard deviation of the high-pass part of ``image`` over the voxels of ``mask``, every channel's voxels
     pooled; NaN when the mask is empty.
