@@ -103,8 +103,12 @@ def test_report_table(finished):
     rows = {line.split("|")[1].strip(): line for line in dice_md.splitlines() if line.startswith("| ")}
     assert set(rows) == {"Arm", "baseline", "real_matched", "tf", "dtss_mas"}
     # a realism row per synthetic method, against the held-out (validation) real cases
+    realism_md, features_md = realism_md.split("What the C2ST's classifier sees")
     realism_rows = {line.split("|")[1].strip() for line in realism_md.splitlines() if line.startswith("| ")}
     assert realism_rows == {"Method", "TF-Aug", "TF", "DTSS"}
+    # what the classifier sees: the real tumours' feature means, then each method's
+    feature_rows = [line.split("|")[1].strip() for line in features_md.splitlines() if line.startswith("| ")]
+    assert feature_rows == ["tumours", "real (held-out)", "TF-Aug", "TF", "DTSS"]
     realism = json.loads((exp.work / "report" / "realism.json").read_text())
     n_held_out = len(read_datalist(exp.real_datalist)["validation"])
     for method in ("TF-Aug", "TF", "DTSS"):

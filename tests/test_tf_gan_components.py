@@ -39,9 +39,8 @@ from custom_components.networks.tf_gan import (
     keep_coarse_outside_roi,
     roi_noise,
 )
-from custom_components.quality.texture import class_interiors, highpass, masked_highpass_std
 from custom_components.synthesis.tf_gan import GeneratorInputs, case_noise_seed, check_outputs
-from custom_components.transforms import BrainMaskd, RoiMaskd, roi_mask
+from custom_components.transforms import BrainMaskd, RoiMaskd, class_interiors, highpass, masked_highpass_std, roi_mask
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTHS = (8, 8, 8, 8, 8, 8)

@@ -57,7 +57,7 @@ from custom_components.handlers.checkpoints import guard_loss
 from custom_components.losses.adversarial import DualHeadAdversarialLoss, split_logits
 from custom_components.losses.hinge_l1 import HingeL1Loss, refinement_change
 from custom_components.networks.tf_gan import condition_channels, keep_coarse_outside_roi, roi_noise
-from custom_components.quality.texture import class_interiors, masked_highpass_std
+from custom_components.transforms.texture import class_interiors, masked_highpass_std
 
 LOSS_KEYS: tuple[str, ...] = (
     "loss",

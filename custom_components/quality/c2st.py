@@ -68,7 +68,7 @@ from scipy import ndimage, stats
 from sklearn.linear_model import LogisticRegression
 
 from custom_components.data.labels import INTERNAL_CLASSES, TUMOUR_CLASSES
-from custom_components.quality.texture import highpass
+from custom_components.transforms.texture import highpass
 
 FEATURES: tuple[str, ...] = ("mean", "std", "p10", "p90", "highpass_std", "gradient")
 WHOLE_TUMOUR = "all"

@@ -32,6 +32,7 @@ from custom_components.transforms.mass_effect import MassEffect, MassEffectd, Ma
 from custom_components.transforms.roi_blur import RoiGaussianBlur, RoiGaussianBlurd, gaussian_kernel
 from custom_components.transforms.roi_mask import RoiMask, RoiMaskd, roi_mask
 from custom_components.transforms.seeded import ApplySeeded, ApplySeededd
+from custom_components.transforms.texture import class_interiors, highpass, masked_highpass_std
 
 __all__ = [
     "BrainMask",
@@ -64,10 +65,13 @@ __all__ = [
     "TumorMaskAugmentd",
     "carve_lambda",
     "carve_region",
+    "class_interiors",
     "deformation_area",
     "fuse_image",
     "gaussian_kernel",
+    "highpass",
     "mass_effect_field",
+    "masked_highpass_std",
     "monomer_mask",
     "roi_mask",
     "signed_distance",
