@@ -38,7 +38,10 @@ def snapshots(models: Path) -> list[tuple[str, Path]]:
 
 
 def refine(overrides: dict, checkpoint: Path, out: Path) -> Path:
-    """Refine the run's coarse cases with ``checkpoint`` into ``out``; returns the refined datalist."""
+    """Refine the run's coarse cases with ``checkpoint`` into ``out`` (kept from an earlier call of this probe, so that
+    a rerun refines only the new snapshots); returns the refined datalist."""
+    if (out / "refined" / "datalist.json").is_file():
+        return out / "refined" / "datalist.json"
     settings = {
         **overrides,
         "generator_checkpoint": str(checkpoint),
