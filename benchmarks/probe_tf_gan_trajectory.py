@@ -26,6 +26,7 @@ from custom_components.pipeline.experiment import Experiment
 from custom_components.pipeline.runner import bundle_command
 from custom_components.quality.c2st import FEATURES, c2st_scores
 from custom_components.quality.realism import load_cases
+from custom_components.synthesis.tf_gan import summarise_change
 
 _EPOCH = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -81,8 +82,7 @@ def main() -> None:
         else:
             datalist = refine(overrides, checkpoint, out / label.replace(" ", "_"))
             cases = load_cases(datalist, mods)[0]
-            items = read_datalist(datalist)["training"]
-            change = sorted(it["provenance"]["change"]["roi_mean_abs"] for it in items)[len(items) // 2]
+            change = summarise_change(read_datalist(datalist)["training"])["roi_mean_abs"]
         result = c2st_scores(cases, real, mods)
         means = result["feature_means"]
         per_class = "  ".join(
