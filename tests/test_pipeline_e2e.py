@@ -122,7 +122,9 @@ def test_report_table(finished):
         assert r["ET"] == pytest.approx(metrics["dice_ET"]) and 0.0 <= r["mean"] <= 1.0
         assert f"{100 * r['mean']:.2f} ±" in rows[r["arm"]]
     assert (exp.work / "report" / "report.html").is_file()
-    assert len(list((exp.work / "report" / "qc").glob("*.png"))) == 3  # tf_aug, tf, dtss montages
+    # tf_aug, tf, dtss montages and the texture panel (real, TF-Aug, TF, DTSS side by side), shown in its section
+    assert len(list((exp.work / "report" / "qc").glob("*.png"))) == 4
+    assert "## Texture: real tumours beside the synthetic ones" in md and "(qc/texture.png)" in md
 
 
 def test_rerun_skips_completed_stages(finished):

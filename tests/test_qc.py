@@ -18,7 +18,7 @@ from custom_components.quality.qc import (
     LABEL_COLOURS,
     PANEL_INCHES,
     VIEWS,
-    _slice,
+    display_slice,
     label_contours,
     montage_rows,
     save_montage,
@@ -70,10 +70,12 @@ def test_plain_panel_is_the_windowed_slice_and_contours_only_on_boundaries() -> 
     assert (vmin, vmax) == tuple(np.percentile(brain, [0.5, 99.5]))  # brain percentiles, background excluded
     for view in VIEWS:
         plain, contours = rows[0][view]
-        expected = windowed(_slice(image, view, index[view]), vmin, vmax, _slice(image > 0, view, index[view]))
+        expected = windowed(
+            display_slice(image, view, index[view]), vmin, vmax, display_slice(image > 0, view, index[view])
+        )
         for ch in range(3):  # grey, no overlay: r = g = b = the windowed slice
             np.testing.assert_array_equal(plain[..., ch], expected)
-        lab2d = _slice(label, view, index[view])
+        lab2d = display_slice(label, view, index[view])
         coloured = (contours != plain).any(-1)
         # every coloured pixel is a labelled voxel with a 4-neighbour of another class (a boundary)
         edges = label_contours(lab2d)
@@ -123,7 +125,7 @@ def test_source_and_difference_rows(tmp_path: Path) -> None:
     rows, index, _ = montage_rows(image, label, source=source)
     assert [r["kind"] for r in rows] == ["image", "source", "difference"]
     diff_plain, diff_contours = rows[2]["axial"]
-    lab2d = _slice(label, "axial", index["axial"])
+    lab2d = display_slice(label, "axial", index["axial"])
     assert diff_plain[lab2d == 0].max() < 0.02  # black (inferno at 0) where image == source
     assert diff_plain[lab2d == 3].max() > 0.5  # bright where they differ
     assert (diff_contours != diff_plain).any()

@@ -562,6 +562,14 @@ def _refinement_section(
     return md, parts
 
 
+TEXTURE_HEADING = "Texture: real tumours beside the synthetic ones"
+TEXTURE_NOTE = (
+    "The axial slice through each tumour's centre, zoomed, as it is and with the class contours: the held-out real "
+    "tumours (left) beside the first cases of each method, all on one intensity scale (the brain-normalised image of "
+    "the realism test, window [-1, 1]), so that a tumour flatter, darker or brighter than the real ones looks it."
+)
+
+
 def write_report(
     results: Sequence[ArmResult],
     out_dir: str | os.PathLike,
@@ -574,6 +582,7 @@ def write_report(
     refinement: Mapping[str, float] | None = None,
     provenance: Sequence[Mapping[str, Any]] = (),
     gan_curves: Sequence[Mapping[str, float]] = (),
+    texture_panel: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``dice.png`` into ``out_dir``; returns their paths.
 
@@ -594,6 +603,9 @@ def write_report(
             than one combination adds a "MIXED" warning.
         gan_curves: TF-GAN's per-epoch metrics (:func:`custom_components.handlers.read_epoch_metrics`), a table and
             ``tf_gan_curves.png`` in the refinement section.
+        texture_panel: PNG of real tumours beside each method's
+            (:func:`custom_components.quality.texture_panel.save_texture_panel`), a "Texture" section after the
+            realism table.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -628,6 +640,8 @@ def write_report(
         if frows := c2st_feature_rows(realism):
             md += ["", C2ST_FEATURES_NOTE, "", *md_table(frows)]
         md += ["", f"![Realism per method]({rel(rplot)})", ""]
+    if texture_panel is not None:
+        md += [f"## {TEXTURE_HEADING}", "", TEXTURE_NOTE, "", f"![{TEXTURE_HEADING}]({rel(texture_panel)})", ""]
     curves_png = plot_gan_curves(gan_curves, out / "tf_gan_curves.png") if gan_curves else None
     if curves_png is not None:
         paths_extra["gan_curves"] = curves_png
@@ -667,6 +681,12 @@ def write_report(
                 else []
             ),
             f"<img src='{html.escape(rel(paths_extra['realism_plot']))}' alt='Realism per method'>",
+        ]
+    if texture_panel is not None:
+        parts += [
+            f"<h2>{html.escape(TEXTURE_HEADING)}</h2>",
+            f"<p>{html.escape(TEXTURE_NOTE)}</p>",
+            f"<img src='{html.escape(rel(texture_panel))}' alt='{html.escape(TEXTURE_HEADING)}'>",
         ]
     parts += refinement_html
     for method, pngs in montages.items():

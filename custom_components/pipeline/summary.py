@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from custom_components.pipeline.report import ALPHA, POWER, ArmResult, summarise
 from custom_components.pipeline.runner import code_commit, code_record, stage_provenance
 from custom_components.synthesis.methods import METHODS, SynthesisMethod
 from custom_components.synthesis.tf_gan import summarise_change
+
+if TYPE_CHECKING:
+    from custom_components.quality.realism import RealismCase
 
 
 class Experiment(Protocol):
@@ -186,6 +189,42 @@ def _montages(exp: Experiment, out_dir: Path, spec: SynthesisMethod, n: int, mas
 REALISM_MAX_CASES = 50  # synthetic cases per method scored (the first ones; loading is the cost)
 
 
+def realism_cases(exp: Experiment, spec: SynthesisMethod, mass_effect: bool, max_cases: int) -> list[RealismCase]:
+    """The first seed's cases of a method as the realism test reads them (brain-normalised, internal labels): the
+    method's case files, or for a method derived online (DTSS, CarveMix) its cases derived as ``fabricate`` derives
+    them; at most ``max_cases``."""
+    from custom_components.quality.realism import RealismCase, load_cases
+
+    if not spec.derived:
+        return load_cases(
+            exp.method_cases(spec, exp.encoder_seed, mass_effect), exp.cfg["modalities"], max_cases=max_cases
+        )[0]
+    from custom_components.synthesis.offline import derived_arrays
+
+    cases = []
+    for case, _, derived in derived_cases(exp, spec, max_cases, mass_effect):
+        image, label, affine = derived_arrays(derived)
+        cases.append(RealismCase(case["case_id"], image, label, _zooms(affine)))
+    return cases
+
+
+def texture_panel(exp: Experiment, out_png: Path, n: int) -> Path | None:
+    """The report's texture panel (:func:`~custom_components.quality.texture_panel.save_texture_panel`): the first
+    ``n`` held-out real tumours beside the first ``n`` cases of every synthesis method (the first seed's, as the
+    realism table), T1 or the first modality; None without held-out cases."""
+    from custom_components.quality.realism import load_cases
+    from custom_components.quality.texture_panel import save_texture_panel
+
+    try:
+        real, _ = load_cases(exp.real_datalist, exp.cfg["modalities"], exp.cfg["eval_section"], max_cases=n)
+    except ValueError:
+        return None
+    sets = {"real (held-out)": real} | {
+        variant_name(spec, mass): realism_cases(exp, spec, mass, n) for spec, mass in method_variants(exp)
+    }
+    return save_texture_panel(sets, out_png)
+
+
 def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
     """Realism of every synthetic method of the experiment against the held-out real cases (the evaluation
     section, which no synthesis stage reads), with F = the phase-1 encoder of the first seed, on the first seed's
@@ -198,7 +237,7 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
     method shares it (computed once).
     """
     from custom_components.networks import FrozenEncoder
-    from custom_components.quality.realism import RealismCase, load_cases, realism_scores
+    from custom_components.quality.realism import load_cases, realism_scores
 
     cfg, seg = exp.cfg, exp.cfg["seg"]
     mods = list(cfg["modalities"])
@@ -211,19 +250,10 @@ def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
     encoder = FrozenEncoder.from_checkpoint(
         exp.phase1_model(exp.encoder_seed), 3, seg["network_name"], len(mods), 4, tuple(seg["filters"])
     )
-    from custom_components.synthesis.offline import derived_arrays
-
-    sets: dict[str, list[RealismCase]] = {}
-    for spec, mass in method_variants(exp):
-        if spec.derived:
-            cases = []
-            for case, _, derived in derived_cases(exp, spec, REALISM_MAX_CASES, mass):
-                image, label, affine = derived_arrays(derived)
-                cases.append(RealismCase(case["case_id"], image, label, _zooms(affine)))
-        else:
-            datalist = exp.method_cases(spec, exp.encoder_seed, mass)
-            cases = load_cases(datalist, mods, max_cases=REALISM_MAX_CASES)[0]
-        sets[variant_name(spec, mass)] = cases
+    sets = {
+        variant_name(spec, mass): realism_cases(exp, spec, mass, REALISM_MAX_CASES)
+        for spec, mass in method_variants(exp)
+    }
     return {
         name: realism_scores(cases, held_out, mods, encoder, levels=3, null_real=null_real)
         for name, cases in sets.items()
@@ -403,6 +433,7 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         else None,
         provenance=provenance,
         gan_curves=curves,
+        texture_panel=texture_panel(exp, qc / "texture.png", n) if realism else None,
     )
     results_json = write_results(out / "results.json", results, protocol, mas, provenance)
     if cfg["mlflow"]["enabled"]:

@@ -90,7 +90,7 @@ def load_volume(
     return data, tuple(float(z) for z in np.sqrt((new_affine[:3, :3] ** 2).sum(0)))
 
 
-def _slice(volume: np.ndarray, view: str, index: int) -> np.ndarray:
+def display_slice(volume: np.ndarray, view: str, index: int) -> np.ndarray:
     """2D display array of a RAS volume: rows top to bottom, columns left to right (radiological)."""
     if view == "axial":
         s = volume[:, :, index]
@@ -222,8 +222,8 @@ def montage_rows(
         vmin, vmax = window(vol, brain)
         row: dict[str, Any] = {"kind": kind, "zooms": z}
         for view in VIEWS:
-            grey = windowed(_slice(vol, view, index[view]), vmin, vmax, _slice(brain, view, index[view]))
-            lab2d = None if row_lab is None else _slice(row_lab, view, index[view])
+            grey = windowed(display_slice(vol, view, index[view]), vmin, vmax, display_slice(brain, view, index[view]))
+            lab2d = None if row_lab is None else display_slice(row_lab, view, index[view])
             row[view] = (contoured(grey, None), contoured(grey, lab2d))
         rows.append(row)
         if kind == "source":
@@ -233,8 +233,8 @@ def montage_rows(
             dmax = dmax if dmax > 0 else float(diff.max()) or 1.0
             drow: dict[str, Any] = {"kind": "difference", "zooms": zooms, "vmax": dmax}
             for view in VIEWS:
-                d = difference_rgb(_slice(diff, view, index[view]), dmax)
-                lab2d = None if lab is None else _slice(lab, view, index[view])
+                d = difference_rgb(display_slice(diff, view, index[view]), dmax)
+                lab2d = None if lab is None else display_slice(lab, view, index[view])
                 edges = None if lab2d is None else label_contours(lab2d)
                 with_contours = d.copy()
                 if edges is not None:
@@ -317,7 +317,7 @@ def save_montage(
                 ax.set_facecolor("black")
                 ax.imshow(panel, aspect=aspect, interpolation="nearest")
                 if mask is not None and k == 1:  # the plain panel stays free of any overlay
-                    m2 = _slice(mask, view, index[view])
+                    m2 = display_slice(mask, view, index[view])
                     if m2.any() and not m2.all():
                         ax.contour(m2.astype(np.float32), levels=[0.5], colors=[OUTLINE_COLOUR], linewidths=0.8)
                 suffix = "contours" if k == 1 else ""
