@@ -570,6 +570,35 @@ TEXTURE_NOTE = (
 )
 
 
+def _realism_section(
+    realism: Mapping[str, Mapping] | None, realism_png: str | None, texture_png: str | None
+) -> tuple[list[str], list[str]]:
+    """The Markdown lines and HTML parts of the realism section (table, notes, what the C2ST sees, the plot
+    ``realism_png``) and of the texture section (``texture_png``); paths relative to the report."""
+    md: list[str] = []
+    parts: list[str] = []
+    if realism:
+        heading = "Realism: which method's tumours look most like real ones"
+        rows, notes, frows = realism_rows(realism), realism_notes(realism), c2st_feature_rows(realism)
+        md += [f"## {heading}", "", REALISM_NOTE, "", *md_table(rows), "", *(f"- {line}" for line in notes)]
+        parts += [f"<h2>{heading}</h2>", f"<p>{html.escape(REALISM_NOTE)}</p>", _html_table(rows)]
+        parts += [f"<p>{html.escape(line)}</p>" for line in notes]
+        if frows:
+            md += ["", C2ST_FEATURES_NOTE, "", *md_table(frows)]
+            parts += [f"<p>{html.escape(C2ST_FEATURES_NOTE)}</p>", _html_table(frows)]
+        if realism_png:
+            md += ["", f"![Realism per method]({realism_png})", ""]
+            parts += [f"<img src='{html.escape(realism_png)}' alt='Realism per method'>"]
+    if texture_png:
+        md += [f"## {TEXTURE_HEADING}", "", TEXTURE_NOTE, "", f"![{TEXTURE_HEADING}]({texture_png})", ""]
+        parts += [
+            f"<h2>{html.escape(TEXTURE_HEADING)}</h2>",
+            f"<p>{html.escape(TEXTURE_NOTE)}</p>",
+            f"<img src='{html.escape(texture_png)}' alt='{html.escape(TEXTURE_HEADING)}'>",
+        ]
+    return md, parts
+
+
 def write_report(
     results: Sequence[ArmResult],
     out_dir: str | os.PathLike,
@@ -630,18 +659,13 @@ def write_report(
         "",
     ]
     paths_extra: dict[str, Path] = {}
+    realism_png = None
     if realism:
-        rplot = plot_realism(realism, out / "realism.png")
-        paths_extra["realism_plot"] = rplot
-        rrows = realism_rows(realism)
-        md += ["## Realism: which method's tumours look most like real ones", "", REALISM_NOTE, ""]
-        md += md_table(rrows)
-        md += ["", *(f"- {line}" for line in realism_notes(realism))]
-        if frows := c2st_feature_rows(realism):
-            md += ["", C2ST_FEATURES_NOTE, "", *md_table(frows)]
-        md += ["", f"![Realism per method]({rel(rplot)})", ""]
-    if texture_panel is not None:
-        md += [f"## {TEXTURE_HEADING}", "", TEXTURE_NOTE, "", f"![{TEXTURE_HEADING}]({rel(texture_panel)})", ""]
+        paths_extra["realism_plot"] = plot_realism(realism, out / "realism.png")
+        realism_png = rel(paths_extra["realism_plot"])
+    texture_png = None if texture_panel is None else rel(texture_panel)
+    realism_md, realism_html = _realism_section(realism, realism_png, texture_png)
+    md += realism_md
     curves_png = plot_gan_curves(gan_curves, out / "tf_gan_curves.png") if gan_curves else None
     if curves_png is not None:
         paths_extra["gan_curves"] = curves_png
@@ -669,25 +693,7 @@ def write_report(
         f"<p>{html.escape(comparison_note(summaries))}</p>",
         f"<img src='{html.escape(rel(plot))}' alt='Dice per arm'>",
     ]
-    if realism:
-        parts += [
-            "<h2>Realism: which method's tumours look most like real ones</h2>",
-            f"<p>{html.escape(REALISM_NOTE)}</p>",
-            _html_table(realism_rows(realism)),
-            *(f"<p>{html.escape(line)}</p>" for line in realism_notes(realism)),
-            *(
-                [f"<p>{html.escape(C2ST_FEATURES_NOTE)}</p>", _html_table(frows)]
-                if (frows := c2st_feature_rows(realism))
-                else []
-            ),
-            f"<img src='{html.escape(rel(paths_extra['realism_plot']))}' alt='Realism per method'>",
-        ]
-    if texture_panel is not None:
-        parts += [
-            f"<h2>{html.escape(TEXTURE_HEADING)}</h2>",
-            f"<p>{html.escape(TEXTURE_NOTE)}</p>",
-            f"<img src='{html.escape(rel(texture_panel))}' alt='{html.escape(TEXTURE_HEADING)}'>",
-        ]
+    parts += realism_html
     parts += refinement_html
     for method, pngs in montages.items():
         parts.append(f"<h2>QC: {html.escape(method)}</h2>")
