@@ -326,21 +326,34 @@ def save_montage(
     header = PANEL_INCHES * len(rows) / height
     if title:  # upper line of the header
         fig.text(0.01, header + 0.72 * (1 - header), title, color="white", fontsize=9, va="center")
-    handles = []
-    if lab is not None:
-        handles = [Patch(color=LABEL_COLOURS[v], label=f"{v} {INTERNAL_CLASSES[v]}") for v in LABEL_COLOURS]
+    handles = class_handles() if lab is not None else []
     if mask is not None:
         handles.append(Patch(color=OUTLINE_COLOUR, label=outline_name))
     if handles:  # lower line of the header
-        fig.legend(
-            handles=handles,
-            loc="center right",
-            bbox_to_anchor=(0.99, header + 0.28 * (1 - header)),
-            ncol=len(handles),
-            fontsize=8,
-            frameon=False,
-            labelcolor="white",
-        )
+        header_legend(fig, handles, header + 0.28 * (1 - header))
+    return save_png(fig, out_png)
+
+
+def class_handles() -> list[Patch]:
+    """Legend entries of the class contour colours (1 NCR, 2 ED, 3 ET)."""
+    return [Patch(color=LABEL_COLOURS[v], label=f"{v} {INTERNAL_CLASSES[v]}") for v in LABEL_COLOURS]
+
+
+def header_legend(fig: Figure, handles: Sequence[Patch], y: float) -> None:
+    """A one-line legend at the right of a figure's header, centred at height ``y`` (figure fraction)."""
+    fig.legend(
+        handles=handles,
+        loc="center right",
+        bbox_to_anchor=(0.99, y),
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+        labelcolor="white",
+    )
+
+
+def save_png(fig: Figure, out_png: str | os.PathLike) -> Path:
+    """Write a figure as a PNG on black, atomically, without a software tag (same input, same bytes)."""
     out_png = Path(out_png)
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", facecolor="black", metadata={"Software": None})

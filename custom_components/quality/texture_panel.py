@@ -18,11 +18,17 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
-from custom_components.data.atomic import atomic_path
-from custom_components.data.labels import INTERNAL_CLASSES
-from custom_components.quality.qc import DPI, LABEL_COLOURS, PANEL_INCHES, contoured, display_slice, tumour_centre
+from custom_components.quality.qc import (
+    DPI,
+    PANEL_INCHES,
+    class_handles,
+    contoured,
+    display_slice,
+    header_legend,
+    save_png,
+    tumour_centre,
+)
 from custom_components.quality.realism import RealismCase
 
 TEXTURE_WINDOW: tuple[float, float] = (-1.0, 1.0)  # the brain's intensity range after RescaleBrainIntensity
@@ -106,17 +112,5 @@ def save_texture_panel(
     header = n_rows * PANEL_INCHES / height
     heading = title or f"tumour texture, axial, window [{lo:g}, {hi:g}] of the brain-normalised image"
     fig.text(0.01, header + 0.5 * (1 - header), heading, color="white", fontsize=9, va="center")
-    handles = [Patch(color=LABEL_COLOURS[v], label=f"{v} {INTERNAL_CLASSES[v]}") for v in LABEL_COLOURS]
-    fig.legend(
-        handles=handles,
-        loc="center right",
-        bbox_to_anchor=(0.99, header + 0.5 * (1 - header)),
-        ncol=len(handles),
-        fontsize=8,
-        frameon=False,
-        labelcolor="white",
-    )
-    out_png = Path(out_png)
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", facecolor="black", metadata={"Software": None})
-    return out_png
+    header_legend(fig, class_handles(), header + 0.5 * (1 - header))
+    return save_png(fig, out_png)
