@@ -208,52 +208,52 @@ def realism_cases(exp: Experiment, spec: SynthesisMethod, mass_effect: bool, max
     return cases
 
 
-def texture_panel(exp: Experiment, out_png: Path, n: int) -> Path | None:
-    """The report's texture panel (:func:`~custom_components.quality.texture_panel.save_texture_panel`): the first
-    ``n`` held-out real tumours beside the first ``n`` cases of every synthesis method (the first seed's, as the
-    realism table), T1 or the first modality; None without held-out cases."""
+def realism_inputs(exp: Experiment) -> tuple[list[RealismCase], dict[str, list[RealismCase]]] | None:
+    """The cases the realism table and the texture panel compare, loaded once: the held-out real cases (the
+    evaluation section, which no synthesis stage reads) and, per synthetic method (TF-Aug, TF, Pix2Pix, and the online
+    DTSS and CarveMix applied to the real training cases, where the experiment has them), the first seed's cases
+    (at most ``REALISM_MAX_CASES``; every seed draws its own: :func:`synthesis_note`). None when the evaluation section
+    has no cases."""
     from custom_components.quality.realism import load_cases
-    from custom_components.quality.texture_panel import save_texture_panel
 
     try:
-        real, _ = load_cases(exp.real_datalist, exp.cfg["modalities"], exp.cfg["eval_section"], max_cases=n)
+        held_out, _ = load_cases(exp.real_datalist, exp.cfg["modalities"], exp.cfg["eval_section"])
     except ValueError:
         return None
-    sets = {"real (held-out)": real} | {
-        variant_name(spec, mass): realism_cases(exp, spec, mass, n) for spec, mass in method_variants(exp)
+    sets = {
+        variant_name(spec, mass): realism_cases(exp, spec, mass, REALISM_MAX_CASES)
+        for spec, mass in method_variants(exp)
     }
-    return save_texture_panel(sets, out_png)
+    return held_out, sets
 
 
-def compute_realism(exp: Experiment) -> dict[str, dict[str, Any]]:
-    """Realism of every synthetic method of the experiment against the held-out real cases (the evaluation
-    section, which no synthesis stage reads), with F = the phase-1 encoder of the first seed, on the first seed's
-    synthetic cases (every seed draws its own: :func:`synthesis_note`).
+def texture_panel(held_out: list[RealismCase], sets: dict[str, list[RealismCase]], out_png: Path, n: int) -> Path:
+    """The report's texture panel (:func:`~custom_components.quality.texture_panel.save_texture_panel`): the first
+    ``n`` held-out real tumours beside the first ``n`` cases of every synthesis method (:func:`realism_inputs`), the
+    first modality."""
+    from custom_components.quality.texture_panel import save_texture_panel
 
-    Methods: TF-Aug (coarse), TF (refined), Pix2Pix, and the online DTSS and CarveMix applied to the real
-    training cases, where the experiment has them. Empty when the evaluation section has no cases. The C2ST's
-    real-vs-real null is drawn from the real training cases (the first ``REALISM_MAX_CASES``) and the held-out ones
-    together, so it can match the comparison's set size (n held-out cases per side needs 2 n real cases); every
-    method shares it (computed once).
+    return save_texture_panel({"real (held-out)": held_out[:n]} | {k: v[:n] for k, v in sets.items()}, out_png)
+
+
+def compute_realism(
+    exp: Experiment, held_out: list[RealismCase], sets: dict[str, list[RealismCase]]
+) -> dict[str, dict[str, Any]]:
+    """Realism of every synthetic method's cases against the held-out real cases (:func:`realism_inputs`), with
+    F = the phase-1 encoder of the first seed. The C2ST's real-vs-real null is drawn from the real training cases
+    (the first ``REALISM_MAX_CASES``) and the held-out ones together, so it can match the comparison's set size
+    (n held-out cases per side needs 2 n real cases); every method shares it (computed once).
     """
     from custom_components.networks import FrozenEncoder
     from custom_components.quality.realism import load_cases, realism_scores
 
-    cfg, seg = exp.cfg, exp.cfg["seg"]
-    mods = list(cfg["modalities"])
-    try:
-        held_out, _ = load_cases(exp.real_datalist, mods, cfg["eval_section"])
-    except ValueError:
-        return {}
+    seg = exp.cfg["seg"]
+    mods = list(exp.cfg["modalities"])
     # the null's pool: every real case (training and held out), so that it reaches the comparison's set size
     null_real = load_cases(exp.real_datalist, mods, "training", max_cases=REALISM_MAX_CASES)[0] + held_out
     encoder = FrozenEncoder.from_checkpoint(
         exp.phase1_model(exp.encoder_seed), 3, seg["network_name"], len(mods), 4, tuple(seg["filters"])
     )
-    sets = {
-        variant_name(spec, mass): realism_cases(exp, spec, mass, REALISM_MAX_CASES)
-        for spec, mass in method_variants(exp)
-    }
     return {
         name: realism_scores(cases, held_out, mods, encoder, levels=3, null_real=null_real)
         for name, cases in sets.items()
@@ -406,7 +406,8 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     ]
     curves = gan_curves(exp)
     notes += list(filter(None, [gan_budget_note(curves)]))
-    realism = compute_realism(exp)
+    inputs = realism_inputs(exp)
+    realism = compute_realism(exp, *inputs) if inputs else {}
     realism_json = out / "realism.json"
     atomic_write_text(realism_json, json.dumps(realism, indent=2) + "\n")
     if not realism:
@@ -433,7 +434,7 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         else None,
         provenance=provenance,
         gan_curves=curves,
-        texture_panel=texture_panel(exp, qc / "texture.png", n) if realism else None,
+        texture_panel=texture_panel(*inputs, qc / "texture.png", n) if inputs else None,
     )
     results_json = write_results(out / "results.json", results, protocol, mas, provenance)
     if cfg["mlflow"]["enabled"]:
