@@ -19,6 +19,7 @@ from custom_components.pipeline.arms import ARMS, BASELINE, CONTROL, Arm, ablati
 from custom_components.pipeline.config import load_config
 from custom_components.pipeline.experiment import Experiment
 from custom_components.synthesis.methods import METHODS, get_method
+from custom_components.synthesis.offline import derived_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRIES = {
@@ -145,3 +146,27 @@ def test_report_draws_a_derived_method_as_fabricate_does(method: str, tmp_path: 
             [nib.load(out / case["case_id"] / f"{case['case_id']}_{m}.nii.gz").get_fdata() for m in mods]
         )
         np.testing.assert_array_equal(np.asarray(derived["image"], dtype=np.float32), written.astype(np.float32))
+
+
+@pytest.mark.parametrize("method", [n for n, m in METHODS.items() if m.derived])
+def test_realism_pools_every_seeds_cases(method: str, tmp_path: Path) -> None:
+    """The realism table scores every seed's cases, seed by seed, each drawn as ``fabricate --seed <seed>`` draws
+    it (with 2 real cases one seed alone gives the C2ST 2 cases a side), and stops at the cap."""
+    demo = make_demo_data(tmp_path / "demo", n_healthy=1, n_tumour=5, spacing=4.0, seed=0, verbose=False)
+    config = tmp_path / "p.yaml"
+    real, healthy = str(demo["tumour"]), str(demo["healthy"])
+    config.write_text(
+        yaml.safe_dump({"real_datalist": real, "healthy": healthy, "modalities": ["t1n"], "seeds": [3, 7]})
+    )
+    exp = Experiment(load_config(config, arms=[BASELINE, method]))
+    spec = get_method(method)
+    per_seed = [[derived_arrays(d)[:2] for _, _, d in summary.derived_cases(exp, spec, None, seed=s)] for s in (3, 7)]
+    n = len(per_seed[0])
+    pooled = summary.realism_cases(exp, spec, False, 50)
+    assert n >= 2 and len(pooled) == 2 * n
+    for case, (image, label) in zip(pooled, per_seed[0] + per_seed[1], strict=True):
+        np.testing.assert_array_equal(case.image, image)
+        np.testing.assert_array_equal(case.label, label)
+    assert not np.array_equal(pooled[0].image, pooled[n].image)  # the second seed draws other cases
+    capped = summary.realism_cases(exp, spec, False, n + 1)
+    assert len(capped) == n + 1 and np.array_equal(capped[n].image, pooled[n].image)

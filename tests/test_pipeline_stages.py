@@ -141,7 +141,8 @@ def test_synthesis_draws_per_seed(experiment):
     assert not set(outputs[0]) & set(outputs[1])  # the seeds' synthetic datalists are distinct files
     assert synthesis_note(experiment) == (
         "Synthesis: synthetic cases drawn per seed (TF models trained once, seed 0): each seed's arms train with "
-        "that seed's cases; the realism table, QC montages and refinement table show seed 0's cases; "
+        "that seed's cases; the realism table pools every seed's cases (at most 50 a method, seed by seed), the QC "
+        "montages and refinement table show seed 0's; "
         "DTSS / CarveMix draw online from each segmentation run's seed."
     )
 
@@ -168,7 +169,7 @@ def test_synthesis_trained_per_seed(tmp_path):
         assert _overrides(exp, f"seg_tf_s{seed}")["synthetic_datalists"] == [str(exp.refined_datalist(seed))]
         assert _overrides(exp, f"seg_tf_aug_s{seed}")["synthetic_datalists"] == [str(exp.coarse_datalist(seed))]
     assert names.index("seg_phase1_s5") < names.index("tf_aug_train_s3")
-    assert "TF models trained per seed" in synthesis_note(exp) and "show seed 3's cases" in synthesis_note(exp)
+    assert "TF models trained per seed" in synthesis_note(exp) and "show seed 3's" in synthesis_note(exp)
     with pytest.raises(ValueError, match="unknown synthesis_per_seed 'once'"):
         _experiment(tmp_path, synthesis_per_seed="once")
 

@@ -149,12 +149,12 @@ def variant_name(spec: SynthesisMethod, mass_effect: bool) -> str:
 
 
 def derived_cases(
-    exp: Experiment, spec: SynthesisMethod, n: int | None, mass_effect: bool = False
+    exp: Experiment, spec: SynthesisMethod, n: int | None, mass_effect: bool = False, seed: int | None = None
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
-    """A method that derives from real cases (DTSS, CarveMix) applied as ``fabricate --seed <first seed>`` applies
-    it: the case plan of :func:`~custom_components.synthesis.offline.plan_offline` over the real training cases
-    (one case per real case, at most ``n``) and dtss_mas_seg's transforms with the pipeline's ``seg.overrides``
-    (and the method's mass effect where ``mass_effect``); yields ``(case, real, derived)``."""
+    """A method that derives from real cases (DTSS, CarveMix) applied as ``fabricate --seed <seed>`` applies it
+    (default: the first seed): the case plan of :func:`~custom_components.synthesis.offline.plan_offline` over the
+    real training cases (one case per real case, at most ``n``) and dtss_mas_seg's transforms with the pipeline's
+    ``seg.overrides`` (and the method's mass effect where ``mass_effect``); yields ``(case, real, derived)``."""
     from custom_components.synthesis.offline import TrainingTransforms, plan_offline
 
     mods = list(exp.cfg["modalities"])
@@ -164,7 +164,7 @@ def derived_cases(
         overrides[spec.mass_effect_key] = mass_effect
     transforms = TrainingTransforms(spec.name, exp.real_datalist, mods, overrides=overrides)
     count = min(len(items), n or len(items), spec.max_cases(len(items)))
-    for case in plan_offline(spec.name, items, count, exp.encoder_seed):
+    for case in plan_offline(spec.name, items, count, exp.encoder_seed if seed is None else seed):
         yield (case, *transforms.derive(case))
 
 
@@ -186,23 +186,34 @@ def _montages(exp: Experiment, out_dir: Path, spec: SynthesisMethod, n: int, mas
     return [synthetic_case_montage(out_dir / f"{stem}_{i['case_id']}.png", i, stem) for i in items]
 
 
-REALISM_MAX_CASES = 50  # synthetic cases per method scored (the first ones; loading is the cost)
+REALISM_MAX_CASES = 50  # synthetic cases per method scored (seed by seed; loading is the cost)
 
 
 def realism_cases(exp: Experiment, spec: SynthesisMethod, mass_effect: bool, max_cases: int) -> list[RealismCase]:
-    """The first seed's cases of a method as the realism test reads them (brain-normalised, internal labels): the
-    method's case files, or for a method derived online (DTSS, CarveMix) its cases derived as ``fabricate`` derives
-    them; at most ``max_cases``."""
+    """Every seed's cases of a method as the realism test reads them (brain-normalised, internal labels), pooled in
+    the order of the seeds, at most ``max_cases``: the method's case files, or for a method derived online (DTSS,
+    CarveMix) its cases derived as ``fabricate --seed <seed>`` derives them. Each seed draws its own cases
+    (:func:`synthesis_note`), so with few real cases (2 real cases: 2 TF-Aug cases a seed) the seeds together give
+    the test its cases per side; the C2ST groups its folds by these entries, so two seeds' cases never share one."""
+    cases: list[RealismCase] = []
+    for seed in exp.cfg["seeds"]:
+        if len(cases) < max_cases:
+            cases += _seed_realism_cases(exp, spec, mass_effect, int(seed), max_cases - len(cases))
+    return cases
+
+
+def _seed_realism_cases(
+    exp: Experiment, spec: SynthesisMethod, mass_effect: bool, seed: int, max_cases: int
+) -> list[RealismCase]:
+    """One seed's cases of :func:`realism_cases`."""
     from custom_components.quality.realism import RealismCase, load_cases
 
     if not spec.derived:
-        return load_cases(
-            exp.method_cases(spec, exp.encoder_seed, mass_effect), exp.cfg["modalities"], max_cases=max_cases
-        )[0]
+        return load_cases(exp.method_cases(spec, seed, mass_effect), exp.cfg["modalities"], max_cases=max_cases)[0]
     from custom_components.synthesis.offline import derived_arrays
 
     cases = []
-    for case, _, derived in derived_cases(exp, spec, max_cases, mass_effect):
+    for case, _, derived in derived_cases(exp, spec, max_cases, mass_effect, seed):
         image, label, affine = derived_arrays(derived)
         cases.append(RealismCase(case["case_id"], image, label, _zooms(affine)))
     return cases
@@ -211,9 +222,8 @@ def realism_cases(exp: Experiment, spec: SynthesisMethod, mass_effect: bool, max
 def realism_inputs(exp: Experiment) -> tuple[list[RealismCase], dict[str, list[RealismCase]]] | None:
     """The cases the realism table and the texture panel compare, loaded once: the held-out real cases (the
     evaluation section, which no synthesis stage reads) and, per synthetic method (TF-Aug, TF, Pix2Pix, and the online
-    DTSS and CarveMix applied to the real training cases, where the experiment has them), the first seed's cases
-    (at most ``REALISM_MAX_CASES``; every seed draws its own: :func:`synthesis_note`). None when the evaluation section
-    has no cases."""
+    DTSS and CarveMix applied to the real training cases, where the experiment has them), every seed's cases pooled
+    (:func:`realism_cases`, at most ``REALISM_MAX_CASES``). None when the evaluation section has no cases."""
     from custom_components.quality.realism import load_cases
 
     try:
@@ -263,15 +273,16 @@ def compute_realism(
 
 def synthesis_note(exp: Experiment) -> str | None:
     """The report's line on how the synthesis follows the seeds (``synthesis_per_seed``), and whose synthetic
-    cases the realism table, the QC montages and the refinement table show (the first seed's); None without
-    synthesis."""
+    cases the realism table (every seed's), the QC montages and the refinement table (the first seed's) show; None
+    without synthesis."""
     parts = []
     if exp.needs("tf_aug"):
         first = exp.encoder_seed
         how = SYNTHESIS_PER_SEED[exp.cfg["synthesis_per_seed"]].format(seed=first)
         parts.append(
-            f"{how}: each seed's arms train with that seed's cases; the realism table, QC montages and "
-            f"refinement table show seed {first}'s cases"
+            f"{how}: each seed's arms train with that seed's cases; the realism table pools every seed's cases "
+            f"(at most {REALISM_MAX_CASES} a method, seed by seed), the QC montages and refinement table show seed "
+            f"{first}'s"
         )
     if any(get_arm(a).online for a in exp.arms):
         parts.append("DTSS / CarveMix draw online from each segmentation run's seed")
