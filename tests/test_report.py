@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from custom_components.pipeline.arms import input_arm
 from custom_components.pipeline.report import (
     ArmResult,
     minimum_detectable_effect,
@@ -347,3 +348,29 @@ def test_gan_curves_table_picks_epochs_and_the_note_says_when_d_is_at_chance(tmp
     paths = write_report(_results(), tmp_path / "report", gan_curves=curves)
     md = paths["markdown"].read_text()
     assert "TF-GAN's training, per epoch" in md and paths["gan_curves"].is_file()
+
+
+def test_a_refining_arm_is_also_compared_with_its_input_arm(tmp_path) -> None:
+    """tf (TF-Aug's cases refined by TF-GAN) against tf_aug, paired by seed: what the refinement adds."""
+    coarse = [(0.50, 0.62, 0.70), (0.58, 0.60, 0.71), (0.52, 0.60, 0.70)]
+    results = _results() + [
+        ArmResult("tf_aug", s, dict(zip(("ET", "TC", "WT"), v, strict=True))) for s, v in enumerate(coarse)
+    ]
+    rows = {s.arm: s for s in summarise(results)}
+    assert list(rows["tf"].comparisons) == ["baseline", "tf_aug"]
+    assert list(rows["tf_aug"].comparisons) == ["baseline"]  # TF-Aug refines nothing
+    # tf - tf_aug by seed: (188 - 182) / 300, (193 - 189) / 300, (180 - 182) / 300: mean 8 / 900 = +0.89 points
+    vs = rows["tf"].comparisons["tf_aug"]
+    assert (
+        vs.n == 3
+        and vs.diff == pytest.approx(8 / 900)
+        and vs.sd_diff == pytest.approx(np.std([6, 4, -2], ddof=1) / 300)
+    )
+    table = table_rows(summarise(results))
+    assert table[0][8:11] == ["diff vs tf_aug (%) [95 % CI]", "p vs tf_aug", "MDE vs tf_aug (%)"]
+    assert table[2][0] == "tf" and table[2][8].startswith("+0.89 [") and table[3][8:11] == ["-", "-", "-"]
+    md = write_report(results, tmp_path / "report")["markdown"].read_text()
+    assert "diff vs tf_aug (filled for the arms that train with its cases refined" in md
+    # only an arm with the same settings is the input: tf_mas's would be a TF-Aug arm with MAS (none registered)
+    assert input_arm("tf_mas", ["tf_aug"]) is None and input_arm("tf", ["baseline"]) is None
+    assert input_arm("tf", ["tf_aug+mass", "tf_aug"]) == "tf_aug" and input_arm("a", ["tf_aug"]) is None

@@ -17,6 +17,7 @@ Adding an arm is one line in :data:`ARMS` (docs/architecture.md, "Adding a metho
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -167,6 +168,30 @@ ARMS: dict[str, Arm] = {
 # the reference arm and the compute-matched control (the report compares every synthetic arm with both)
 BASELINE: str = next(name for name, a in ARMS.items() if a.role == "baseline")
 CONTROL: str = next(name for name, a in ARMS.items() if a.role == "control")
+
+
+def input_arm(name: str, arms: Sequence[str]) -> str | None:
+    """The arm among ``arms`` that trains with the cases ``name``'s method refines and is otherwise the same arm
+    (``tf_aug`` for ``tf``: TF-GAN's input; the same MAS, mass-effect and ablation settings), or None (a method that
+    refines nothing, no such arm in ``arms``, or a name outside the registry). The report compares the two, paired
+    by seed: what the refinement adds to the training data."""
+    arm = _registered(name)
+    spec = None if arm is None else arm.spec
+    if arm is None or spec is None or spec.refines is None:
+        return None
+    want = (spec.refines, arm.mas, arm.mass_effect, arm.synthetic_per_real)
+    for other in arms:
+        o = _registered(other)
+        if o is not None and (o.method, o.mas, o.mass_effect, o.synthetic_per_real) == want:
+            return other
+    return None
+
+
+def _registered(name: str) -> Arm | None:
+    try:
+        return get_arm(name)
+    except ValueError:
+        return None
 
 
 def ablation_arm(ratio: float) -> Arm:

@@ -21,7 +21,7 @@ from scipy import optimize, stats  # noqa: E402
 
 from custom_components.data.atomic import atomic_path, atomic_write_text  # noqa: E402
 from custom_components.data.labels import REGION_NAMES  # noqa: E402
-from custom_components.pipeline.arms import BASELINE, CONTROL  # noqa: E402
+from custom_components.pipeline.arms import BASELINE, CONTROL, input_arm  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,8 @@ def summarise(results: Sequence[ArmResult], references: str | Sequence[str] = RE
 
     Every arm is compared (:func:`paired_comparison`) with each reference arm present in ``results``; a reference
     arm itself only with the references listed before it (``real_matched`` against ``baseline``), so no pair
-    appears twice.
+    appears twice. An arm whose method refines another arm's cases is also compared with that arm
+    (:func:`~custom_components.pipeline.arms.input_arm`: ``tf`` with ``tf_aug``, what TF-GAN adds).
 
     Args:
         results: one entry per arm and seed.
@@ -154,6 +155,8 @@ def summarise(results: Sequence[ArmResult], references: str | Sequence[str] = RE
         ddof = 1 if len(mine) > 1 else 0
         own = _by_seed(results, arm)
         against = refs[: refs.index(arm)] if arm in refs else refs
+        source = input_arm(arm, arms)
+        against = [*against, source] if source is not None and source not in against else against
         found = {ref: paired_comparison(own, _by_seed(results, ref), ref) for ref in against}
         rows.append(
             ArmSummary(
@@ -208,6 +211,12 @@ def comparison_note(summaries: Sequence[ArmSummary]) -> str:
         "solved for the effect). A |diff| below the MDE with p above 0.05 means the experiment could not tell the "
         f"arms apart, not that they are equal. With one seed there is no interval, p-value or MDE ('{ONE_SEED}')."
     )
+    inputs = sorted({ref for s in summaries for ref in s.comparisons if input_arm(s.arm, [ref]) == ref})
+    if inputs:
+        note += (
+            f" diff vs {', '.join(inputs)} (filled for the arms that train with its cases refined, TF's rows for "
+            "TF-Aug): what the refinement adds, with the same real cases and seeds."
+        )
     if CONTROL_ARM in refs:
         others = ", ".join(r for r in refs if r != CONTROL_ARM)
         note += (
