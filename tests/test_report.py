@@ -18,14 +18,15 @@ from custom_components.pipeline.report import (
 )
 
 
+def _arm(arm: str, values: list[tuple[float, float, float]]) -> list[ArmResult]:
+    """An arm's results, seed i with Dice (ET, TC, WT) ``values[i]``."""
+    return [ArmResult(arm, seed, dict(zip(("ET", "TC", "WT"), v, strict=True))) for seed, v in enumerate(values)]
+
+
 def _results() -> list[ArmResult]:
     base = [(0.50, 0.60, 0.70), (0.52, 0.61, 0.72), (0.49, 0.58, 0.71)]
     tf = [(0.55, 0.62, 0.71), (0.56, 0.64, 0.73), (0.53, 0.61, 0.66)]
-    out = []
-    for arm, values in (("baseline", base), ("tf", tf)):
-        for seed, (et, tc, wt) in enumerate(values):
-            out.append(ArmResult(arm, seed, {"ET": et, "TC": tc, "WT": wt}))
-    return out
+    return _arm("baseline", base) + _arm("tf", tf)
 
 
 def test_summary_matches_hand_computation():
@@ -177,9 +178,7 @@ def test_minimum_detectable_effect_matches_a_hand_computation() -> None:
 
 def test_every_arm_is_compared_with_the_baseline_and_the_compute_matched_control(tmp_path) -> None:
     matched = [(0.53, 0.62, 0.70), (0.51, 0.63, 0.74), (0.50, 0.60, 0.69)]
-    results = _results() + [
-        ArmResult("real_matched", s, dict(zip(("ET", "TC", "WT"), v, strict=True))) for s, v in enumerate(matched)
-    ]
+    results = _results() + _arm("real_matched", matched)
     rows = {s.arm: s for s in summarise(results)}
     assert list(rows["tf"].comparisons) == ["baseline", "real_matched"]
     assert list(rows["real_matched"].comparisons) == ["baseline"] and rows["baseline"].comparisons == {}
@@ -353,9 +352,7 @@ def test_gan_curves_table_picks_epochs_and_the_note_says_when_d_is_at_chance(tmp
 def test_a_refining_arm_is_also_compared_with_its_input_arm(tmp_path) -> None:
     """tf (TF-Aug's cases refined by TF-GAN) against tf_aug, paired by seed: what the refinement adds."""
     coarse = [(0.50, 0.62, 0.70), (0.58, 0.60, 0.71), (0.52, 0.60, 0.70)]
-    results = _results() + [
-        ArmResult("tf_aug", s, dict(zip(("ET", "TC", "WT"), v, strict=True))) for s, v in enumerate(coarse)
-    ]
+    results = _results() + _arm("tf_aug", coarse)
     rows = {s.arm: s for s in summarise(results)}
     assert list(rows["tf"].comparisons) == ["baseline", "tf_aug"]
     assert list(rows["tf_aug"].comparisons) == ["baseline"]  # TF-Aug refines nothing
