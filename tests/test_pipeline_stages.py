@@ -10,7 +10,7 @@ import yaml
 
 from custom_components.pipeline.config import load_config
 from custom_components.pipeline.experiment import Experiment
-from custom_components.pipeline.summary import synthesis_note
+from custom_components.pipeline.summary import batch_note, synthesis_note
 
 
 @pytest.fixture
@@ -415,6 +415,7 @@ def test_union_sampling_real_matched_is_the_baseline(tmp_path):
         o = _overrides(exp, f"seg_{arm}_s1")
         assert (o["synthetic_sampling"], o["real_per_case"], o["init_checkpoint"]) == ("union", 0, None)
     assert len(stages) + 1 == exp.count_model_stages()
+    assert batch_note(exp) == "batch 2 samples drawn from the real and synthetic cases together (union sampling)"
     # union under the DSMA protocol: the control is the baseline arm's continued model
     (tmp_path / "d").mkdir()
     dsma = _experiment(tmp_path / "d", seeds=[0], arms=["baseline", "tf"], synthetic_sampling="union")
@@ -435,6 +436,9 @@ def test_online_arms_keep_companions_under_union(tmp_path):
     o = _overrides(exp, "seg_real_matched_s0")
     assert (o["real_per_case"], o["synthetic_sampling"], o["init_checkpoint"]) == (1.0, "companion", None)
     assert o["max_epochs"] == exp.cfg["seg"]["phase1_epochs"]
+    assert batch_note(exp).endswith("(union sampling); dtss_mas: 2 real samples + their online companions")
+    companion = _experiment(tmp_path, seeds=[0], arms=["baseline", "tf"])
+    assert batch_note(companion) == "batch 2 real samples (+ their synthetic companions)"
 
 
 def test_control_arm_and_sampling_config(tmp_path):

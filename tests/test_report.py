@@ -10,6 +10,7 @@ from scipy import stats
 from custom_components.pipeline.arms import input_arm
 from custom_components.pipeline.report import (
     ArmResult,
+    comparison_note,
     minimum_detectable_effect,
     paired_comparison,
     summarise,
@@ -150,7 +151,9 @@ def test_results_json_carries_the_comparisons_and_the_mean_dice_by_arm(tmp_path)
     assert (vs["diff"], vs["ci_low"], vs["ci_high"], vs["mde"], vs["sd_diff"]) == pytest.approx(
         (0.02, -0.008684, 0.048684, 0.037690, 0.011547), abs=2e-6
     )
-    assert got["provenance"] == provenance
+    assert got["provenance"] == provenance and got["control_is_baseline"] is False
+    union = write_results(tmp_path / "u.json", _results(), "tf", {}, provenance, control_is_baseline=True)
+    assert json.loads(union.read_text())["control_is_baseline"] is True
     dice = mean_dice_by_arm(path)
     assert list(dice) == ["baseline", "tf"]
     assert dice["baseline"] == pytest.approx((180 + 185 + 178) / 900) and dice["tf"] == pytest.approx(
@@ -196,6 +199,24 @@ def test_every_arm_is_compared_with_the_baseline_and_the_compute_matched_control
     assert table[3][0] == "real_matched" and table[3][8:11] == ["-", "-", "-"]
     md = write_report(results, tmp_path / "report")["markdown"].read_text()
     assert 'diff vs real_matched answers "does the synthesis help?"' in md
+
+
+def test_the_dice_note_says_what_each_reference_counts(tmp_path) -> None:
+    """diff vs baseline counts the synthetic arms' extra samples per step under companion sampling, not diff vs an
+    input arm (TF-Aug: same samples per step as TF); under union sampling the control is the baseline itself."""
+    matched = [(0.53, 0.62, 0.70), (0.51, 0.63, 0.74), (0.50, 0.60, 0.69)]
+    coarse = [(0.50, 0.62, 0.70), (0.58, 0.60, 0.71), (0.52, 0.60, 0.70)]
+    results = _results() + _arm("real_matched", matched) + _arm("tf_aug", coarse)
+    note = comparison_note(summarise(results))
+    assert note.endswith(
+        'diff vs real_matched answers "does the synthesis help?", while diff vs baseline also counts the synthetic '
+        "arms' extra samples per step."
+    )
+    union = comparison_note(summarise(results), control_is_baseline=True)
+    assert "extra samples per step" not in union
+    assert "real_matched is the baseline's model here" in union and "(union sampling)" in union
+    md = write_report(results, tmp_path / "report", control_is_baseline=True)["markdown"].read_text()
+    assert union in md and note not in md
 
 
 def test_report_provenance_section_marks_a_mix(tmp_path) -> None:

@@ -104,6 +104,25 @@ def test_dice_table_commit_and_command(tmp_path: Path) -> None:
     )
 
 
+def test_union_sampling_note(tmp_path: Path) -> None:
+    """A results.json whose control is the baseline's model (union sampling) gives RESULTS.md that Dice note."""
+    report = _report(tmp_path / "exp")
+    results = json.loads((report / "results.json").read_text())
+    matched = {
+        **results["arms"][0],
+        "arm": "real_matched",
+        "comparisons": {"baseline": _comparison("baseline", 0, 0, 0, 1, 0)},
+    }
+    dtss = results["arms"][1]
+    dtss["comparisons"]["real_matched"] = _comparison("real_matched", 0.0417, 0.0123, 0.0711, 0.0312, 0.0456)
+    arms = [results["arms"][0], matched, dtss]
+    for union in (False, True):
+        (report / "results.json").write_text(json.dumps({**results, "arms": arms, "control_is_baseline": union}))
+        text = write_results_file([report], tmp_path / f"R{union}.md").read_text()
+        assert ("real_matched is the baseline's model here" in text) is union
+        assert ("while diff vs baseline also counts the synthetic arms' extra samples per step" in text) is not union
+
+
 def test_realism_table(tmp_path: Path) -> None:
     text = write_results_file([_report(tmp_path / "exp")], tmp_path / "R.md").read_text()
     row = "| TF-Aug | 0.88 [0.75, 0.95] | 0.0099 | 0.52 [0.31, 0.74] | 4 (4) | 7.5 | 7.1 | 0.0696 | 0.0938 | 12.4 | 9.17 |"

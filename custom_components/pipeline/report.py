@@ -199,8 +199,14 @@ def table_rows(summaries: Sequence[ArmSummary]) -> list[list[str]]:
     return rows
 
 
-def comparison_note(summaries: Sequence[ArmSummary]) -> str:
-    """What the Dice table's columns mean (printed under it)."""
+def comparison_note(summaries: Sequence[ArmSummary], control_is_baseline: bool = False) -> str:
+    """What the Dice table's columns mean (printed under it).
+
+    Args:
+        summaries: the table's rows (:func:`summarise`).
+        control_is_baseline: whether the compute-matched control is the baseline's model (union sampling without
+            online arms: :attr:`custom_components.pipeline.experiment.Experiment.control_is_baseline`).
+    """
     refs = list(dict.fromkeys(ref for s in summaries for ref in s.comparisons))
     note = (
         "Dice in % as mean ± std over seeds. diff vs REF: the arm's mean Dice minus REF's, paired by seed, mean over "
@@ -217,14 +223,21 @@ def comparison_note(summaries: Sequence[ArmSummary]) -> str:
             f" diff vs {', '.join(inputs)} (filled for the arms that train with its cases refined, TF's rows for "
             "TF-Aug): what the refinement adds, with the same real cases and seeds."
         )
-    if CONTROL_ARM in refs:
-        others = ", ".join(r for r in refs if r != CONTROL_ARM)
-        note += (
-            f" {CONTROL_ARM} is the compute-matched control (real data only, as many samples per step as the "
-            f'synthetic arms): diff vs {CONTROL_ARM} answers "does the synthesis help?"'
-            + (f", while diff vs {others} also counts the synthetic arms' extra samples per step." if others else ".")
+    if CONTROL_ARM not in refs:
+        return note
+    if control_is_baseline:
+        return note + (
+            f" {CONTROL_ARM} is the baseline's model here: every batch holds the same number of samples drawn from "
+            "the real and synthetic cases together (union sampling), so the baseline is already matched in steps "
+            f'and samples per step, and diff vs {CONTROL_ARM} (= diff vs the baseline) answers "does the synthesis '
+            'help?".'
         )
-    return note
+    others = ", ".join(r for r in refs if r != CONTROL_ARM and r not in inputs)
+    return note + (
+        f" {CONTROL_ARM} is the compute-matched control (real data only, as many samples per step as the "
+        f'synthetic arms): diff vs {CONTROL_ARM} answers "does the synthesis help?"'
+        + (f", while diff vs {others} also counts the synthetic arms' extra samples per step." if others else ".")
+    )
 
 
 def plot_dice(results: Sequence[ArmResult], out_png: str | os.PathLike) -> Path:
@@ -621,6 +634,7 @@ def write_report(
     provenance: Sequence[Mapping[str, Any]] = (),
     gan_curves: Sequence[Mapping[str, float]] = (),
     texture_panel: str | os.PathLike | None = None,
+    control_is_baseline: bool = False,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``dice.png`` into ``out_dir``; returns their paths.
 
@@ -644,6 +658,8 @@ def write_report(
         texture_panel: PNG of real tumours beside each method's
             (:func:`custom_components.quality.texture_panel.save_texture_panel`), a "Texture" section after the
             realism table.
+        control_is_baseline: whether the compute-matched control is the baseline's model (the Dice note says so;
+            :func:`comparison_note`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -662,7 +678,7 @@ def write_report(
     md += md_table(rows)
     md += [
         "",
-        comparison_note(summaries),
+        comparison_note(summaries, control_is_baseline),
         "",
         f"![Dice per arm]({rel(plot)})",
         "",
@@ -699,7 +715,7 @@ def write_report(
             else []
         ),
         _html_table(rows),
-        f"<p>{html.escape(comparison_note(summaries))}</p>",
+        f"<p>{html.escape(comparison_note(summaries, control_is_baseline))}</p>",
         f"<img src='{html.escape(rel(plot))}' alt='Dice per arm'>",
     ]
     parts += realism_html

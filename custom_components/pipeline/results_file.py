@@ -105,7 +105,8 @@ def report_section(report: Path, command: str | None = None) -> list[str]:
     commits = sorted({str(p["commit"]) for p in results["provenance"]})
     lines += [f"- commit: {', '.join(commits)}", "", *md_table(provenance_summary_rows(results["provenance"])), ""]
     summaries = arm_summaries(results)
-    lines += ["### Held-out Dice", "", *md_table(table_rows(summaries)), "", comparison_note(summaries), ""]
+    note = comparison_note(summaries, bool(results.get("control_is_baseline")))
+    lines += ["### Held-out Dice", "", *md_table(table_rows(summaries)), "", note, ""]
     realism_json = report / "realism.json"
     realism = json.loads(realism_json.read_text()) if realism_json.is_file() else {}
     if realism:

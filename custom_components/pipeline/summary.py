@@ -320,10 +320,12 @@ def write_results(
     protocol: str,
     mas: dict[tuple[str, int], dict[str, Any]],
     provenance: list[dict[str, Any]],
+    control_is_baseline: bool = False,
 ) -> Path:
     """Write ``results.json``: the Dice of every run, every arm's summary over seeds with its comparisons
     against each reference arm (:func:`~custom_components.pipeline.report.summarise`: diff, ci_low, ci_high,
-    p_value, mde, sd_diff, n), and the provenance of the stages (Dice as fractions throughout)."""
+    p_value, mde, sd_diff, n), whether the compute-matched control is the baseline's model
+    (``control_is_baseline``), and the provenance of the stages (Dice as fractions throughout)."""
     runs = [
         {
             "arm": r.arm,
@@ -342,6 +344,7 @@ def write_results(
         "mde": f"minimum detectable effect: {100 * POWER:.0f} % power, two-sided alpha {ALPHA}, paired t-test, exact "
         "noncentral t; null with one seed",
         "protocol": protocol,
+        "control_is_baseline": control_is_baseline,
         "runs": runs,
         "arms": [s.as_json() for s in summarise(results)],
         "provenance": provenance,
@@ -378,6 +381,19 @@ def gan_budget_note(curves: list[dict[str, float]]) -> str | None:
     )
 
 
+def batch_note(exp: Experiment) -> str:
+    """What one batch of the segmentation trainings holds, for the report's segmentation line: ``batch_size`` real
+    samples plus the synthetic arms' companions (companion sampling), or ``batch_size`` samples drawn from the real
+    and synthetic cases together (union sampling; online arms still add companions)."""
+    n = int(exp.cfg["seg"]["batch_size"])
+    if exp.cfg["synthetic_sampling"] != "union":
+        return f"batch {n} real samples (+ their synthetic companions)"
+    online = [a for a in exp.arms if get_arm(a).online]
+    return f"batch {n} samples drawn from the real and synthetic cases together (union sampling)" + (
+        f"; {', '.join(online)}: {n} real samples + their online companions" if online else ""
+    )
+
+
 def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     """Write the report of an experiment (and its MLflow runs when enabled)."""
     cfg = exp.cfg
@@ -410,8 +426,8 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     notes = [
         provenance_note(cfg),
         f"Data: {data}; {exp.n_real()} real training cases; evaluation on section '{cfg['eval_section']}'.",
-        f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, batch "
-        f"{seg['batch_size']} real samples (+ their synthetic companions); {schedule}",
+        f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, "
+        f"{batch_note(exp)}; {schedule}",
         "Arms: " + "; ".join(f"{a}: {get_arm(a).description}" for a in exp.arms),
         *filter(None, [synthesis_note(exp)]),
     ]
@@ -446,8 +462,11 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         provenance=provenance,
         gan_curves=curves,
         texture_panel=texture_panel(*inputs, qc / "texture.png", n) if inputs else None,
+        control_is_baseline=exp.control_is_baseline,
     )
-    results_json = write_results(out / "results.json", results, protocol, mas, provenance)
+    results_json = write_results(
+        out / "results.json", results, protocol, mas, provenance, control_is_baseline=exp.control_is_baseline
+    )
     if cfg["mlflow"]["enabled"]:
         log_to_mlflow(
             results,
