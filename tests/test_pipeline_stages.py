@@ -10,7 +10,7 @@ import yaml
 
 from custom_components.pipeline.config import load_config
 from custom_components.pipeline.experiment import Experiment
-from custom_components.pipeline.summary import batch_note, synthesis_note
+from custom_components.pipeline.summary import batch_note, evaluation_note, synthesis_note
 
 
 @pytest.fixture
@@ -459,3 +459,20 @@ def test_control_arm_and_sampling_config(tmp_path):
         _experiment(tmp_path, synthetic_sampling="random")
     with pytest.raises(ValueError, match="control_arm must be true or false"):
         _experiment(tmp_path, control_arm="yes")
+
+
+def test_largest_component_postprocessing_reaches_every_evaluation(tmp_path):
+    """``seg.overrides.keep_largest_component`` (the demo's) reaches each arm's evaluation stage and the report's
+    evaluation line; without it the line names the section only."""
+    seg = {"overrides": {"keep_largest_component": True}}
+    exp = _experiment(tmp_path, seeds=[0], arms=["baseline", "tf"], seg=seg)
+    exp.model_stages()
+    assert all(_overrides(exp, f"evaluate_{arm}_s0")["keep_largest_component"] for arm in ("baseline", "tf"))
+    assert evaluation_note(exp) == (
+        "evaluation on section 'validation', every prediction cut to its largest connected tumour component "
+        "(keep_largest_component, nnU-Net's postprocessing)"
+    )
+    (tmp_path / "plain").mkdir()
+    assert evaluation_note(_experiment(tmp_path / "plain", seeds=[0])) == "evaluation on section 'validation'"
+    demo = yaml.safe_load((Path(__file__).parents[1] / "custom_components/pipeline/demo.yaml").read_text())
+    assert demo["seg"]["overrides"]["keep_largest_component"] is True

@@ -394,6 +394,18 @@ def batch_note(exp: Experiment) -> str:
     )
 
 
+def evaluation_note(exp: Experiment) -> str:
+    """The report's line on what the arms are evaluated on: the section, and the postprocessing of each prediction
+    when the segmentation overrides set ``keep_largest_component`` (dtss_mas_seg's common.yaml)."""
+    note = f"evaluation on section '{exp.cfg['eval_section']}'"
+    if exp.cfg["seg"]["overrides"].get("keep_largest_component"):
+        note += (
+            ", every prediction cut to its largest connected tumour component (keep_largest_component, nnU-Net's "
+            "postprocessing)"
+        )
+    return note
+
+
 def write_experiment_report(exp: Experiment) -> dict[str, Path]:
     """Write the report of an experiment (and its MLflow runs when enabled)."""
     cfg = exp.cfg
@@ -425,7 +437,7 @@ def write_experiment_report(exp: Experiment) -> dict[str, Path]:
         )
     notes = [
         provenance_note(cfg),
-        f"Data: {data}; {exp.n_real()} real training cases; evaluation on section '{cfg['eval_section']}'.",
+        f"Data: {data}; {exp.n_real()} real training cases; {evaluation_note(exp)}.",
         f"Segmentation: {seg['network_name']} filters {seg['filters']}, crops {seg['crop_size']}, "
         f"{batch_note(exp)}; {schedule}",
         "Arms: " + "; ".join(f"{a}: {get_arm(a).description}" for a in exp.arms),
