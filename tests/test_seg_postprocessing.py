@@ -34,14 +34,16 @@ def _logits(labels: torch.Tensor) -> torch.Tensor:
 
 def _prediction() -> tuple[torch.Tensor, torch.Tensor]:
     """A 16^3 label map: a tumour (ED shell 6^3 around an ET core 2^3, beside an NCR 2^3 that touches it) and,
-    far away, a false-positive blob of NCR and ED that touches nothing (2^3 voxels each)."""
+    far away, a false-positive blob of 16 voxels that touches nothing: NCR 2x2x3 and ED 2x2x1. The blob's NCR is
+    larger than the tumour's, so keeping each class's largest component instead of the tumour's as a whole would
+    keep the blob's NCR and drop the tumour's."""
     tumour = torch.zeros(16, 16, 16)
     tumour[1:7, 1:7, 1:7] = 2
     tumour[3:5, 3:5, 3:5] = 3
     tumour[5:7, 3:5, 3:5] = 1
     pred = tumour.clone()
-    pred[12:14, 12:14, 12:14] = 1
-    pred[12:14, 12:14, 14:16] = 2
+    pred[12:14, 12:14, 12:15] = 1
+    pred[12:14, 12:14, 15] = 2
     return tumour, pred
 
 
@@ -50,13 +52,13 @@ def test_largest_component_removes_the_distant_blob(workflow: str) -> None:
     tumour, pred = _prediction()
     label = tumour[None]
     regions = _postprocessing(workflow, True)({"pred": _logits(pred), "label": label})
-    # the blob (NCR + ED, one component of 16 voxels) is gone and the tumour, with its NCR, kept: the regions equal
-    # the label's (ET, TC, WT)
+    # the blob (one component of 16 voxels) is gone and the tumour, with its NCR, kept: the regions equal the
+    # label's (ET, TC, WT)
     assert torch.equal(regions["pred"], regions["label"])
     assert regions["pred"][2].sum() == 6**3 and regions["pred"][1].sum() == 16
     kept = _postprocessing(workflow, False)({"pred": _logits(pred), "label": label})
-    # off (the bundle's default): the blob stays in TC (its NCR) and WT (all 16 voxels)
-    assert kept["pred"][2].sum() == 6**3 + 16 and kept["pred"][1].sum() == 16 + 8
+    # off (the bundle's default): the blob stays in TC (its 12 NCR voxels) and WT (all 16)
+    assert kept["pred"][2].sum() == 6**3 + 16 and kept["pred"][1].sum() == 16 + 12
     assert torch.equal(kept["pred"][0], regions["pred"][0])
 
 
