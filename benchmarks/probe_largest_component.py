@@ -5,7 +5,9 @@ probe reruns the stage's evaluation (dtss_mas_seg's ``evaluate.yaml`` with the s
 sliding window) and prints, per arm and seed, the number of connected tumour components the model predicts per
 held-out case and the mean Dice (ET, TC, WT averaged, :func:`~custom_components.quality.evaluation.region_metrics`)
 with every component kept and with the largest kept (``keep_largest_component``, the bundle's own postprocessing).
-A stage whose evaluation set the key itself is measured both ways all the same.
+A stage whose evaluation set the key itself is measured both ways all the same. Components are counted
+face-connected (scipy's default 6-connectivity); the cut joins diagonal neighbours too (full connectivity), so
+it sees at most as many components as printed.
 
 Usage::
 
@@ -84,7 +86,7 @@ def main() -> None:
     stages = args.stages or sorted(p.stem for p in folder.glob("evaluate_*.json"))
     if not stages:
         raise SystemExit(f"no evaluate_*.json stage overrides in {folder}")
-    print(f"{'stage':32} cases components/case (median, range)  Dice every / largest")
+    print(f"{'stage':32} cases components/case (6-connected; median, range)  Dice every / largest")
     out = {}
     for stage in stages:
         out[stage] = r = probe_stage(folder / f"{stage}.json")
