@@ -113,7 +113,8 @@ def test_grouped_cross_validation_does_not_learn_case_identity() -> None:
     aucs = []
     for _ in range(20):
         cases = [c + 0.01 * rng.normal(size=(16, 6)) for c in rng.normal(size=(8, 1, 6))]
-        aucs.append(cross_validated_auc(cases, rng.permutation(np.r_[np.ones(4, int), np.zeros(4, int)]), 4, rng))
+        labels = rng.permutation(np.r_[np.ones(4, int), np.zeros(4, int)])
+        aucs.append(cross_validated_auc(cases, labels, paired_folds(labels, 4, rng)))
     assert 0.35 < np.mean(aucs) < 0.65
 
 
@@ -185,3 +186,28 @@ def test_the_null_is_computed_once_per_pool(monkeypatch) -> None:
     c2st.cached_split_half_test(pool, 3, FAST, 2)
     c2st.cached_split_half_test(pool[:5], 3, FAST, 1)
     assert len(calls) == 4
+
+
+def test_parallel_cross_validations_equal_the_serial_ones(monkeypatch) -> None:
+    """FAST's 92 cross-validations a test run in forked processes (2 CPUs or more); every random choice is drawn
+    before them, so the result is the serial one to the last digit, and the same as one cross-validation by hand."""
+    from custom_components.quality import c2st
+
+    rng = np.random.default_rng(5)
+    synthetic = [rng.normal(size=(8, 3)) + 0.5 for _ in range(5)]
+    real = [rng.normal(size=(8, 3)) for _ in range(5)]
+    forked = []
+    real_pool = c2st.ProcessPoolExecutor
+    monkeypatch.setattr(c2st, "ProcessPoolExecutor", lambda *a, **k: forked.append(a) or real_pool(*a, **k))
+    monkeypatch.setattr(c2st.os, "sched_getaffinity", lambda pid: {0, 1})
+    parallel = two_sample_test(synthetic, real, FAST)
+    assert len(forked) == 1 and forked[0][0] == 2
+    monkeypatch.setattr(c2st, "PARALLEL_FROM", 10**9)
+    assert two_sample_test(synthetic, real, FAST) == parallel and len(forked) == 1
+    # the AUC by hand: the repeats' subsamples, then each repeat's folds, from the test's generator in that order
+    gen = np.random.default_rng([FAST.seed, 1, 0])
+    draws = [([synthetic[i] for i in gen.choice(5, 5, replace=False)], [real[i] for i in gen.choice(5, 5, replace=False)])
+             for _ in range(FAST.n_repeats)]  # fmt: skip
+    labels = np.r_[np.ones(5, int), np.zeros(5, int)]
+    by_hand = [cross_validated_auc([*s, *r], labels, paired_folds(labels, FAST.max_folds, gen)) for s, r in draws]
+    assert parallel["auc"] == float(np.mean(by_hand))

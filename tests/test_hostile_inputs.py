@@ -377,7 +377,7 @@ FAKE_BUNDLE = textwrap.dedent(
     out.mkdir(parents=True, exist_ok=True)
     # a worker like a data-loader process, in the same process group
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    (out / "pids").write_text(f"{os.getpid()} {worker.pid}")
+    (out / "pids").write_text(f"{os.getpid()} {worker.pid} {os.getppid()}")
     if os.environ.get("FAKE_FAST") != "1":
         time.sleep(600)
     worker.kill()
@@ -392,8 +392,10 @@ RUNNER = textwrap.dedent(
     work = Path(sys.argv[1])
     stage = Stage("bundle", command=[sys.executable, sys.argv[2], str(work / "bundle")],
                   outputs=[work / "bundle" / "result.txt"], clean=[work / "bundle"])
+    # "exec": an environment other than the stage server's, so the runner execs the stage instead of forking it
+    env = {"STAGE_BY_EXEC": "1"} if sys.argv[3] == "exec" else None
     try:
-        print(run_stages([stage], work, log=lambda line: print(line, flush=True)))
+        print(run_stages([stage], work, log=lambda line: print(line, flush=True), env=env))
     except StageInterrupted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)
@@ -418,14 +420,16 @@ def _as_from_a_background_shell() -> None:  # runs in the child between fork and
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
 
 
-def _start_runner(tmp_path: Path, work: Path, fast: bool = False) -> subprocess.Popen:
+def _start_runner(tmp_path: Path, work: Path, fast: bool = False, how: str = "fork") -> subprocess.Popen:
+    """A runner of one fake bundle stage, started as from a background shell; ``how``: "fork" (the stage server
+    forks the stage) or "exec"."""
     fake, runner = tmp_path / "fake_bundle.py", tmp_path / "runner.py"
     fake.write_text(FAKE_BUNDLE)
     runner.write_text(RUNNER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "FAKE_FAST": "1" if fast else "0"}
     return subprocess.Popen(
-        [sys.executable, str(runner), str(work), str(fake)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        text=True, preexec_fn=_as_from_a_background_shell,
+        [sys.executable, str(runner), str(work), str(fake), how], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, text=True, preexec_fn=_as_from_a_background_shell,
     )  # fmt: skip
 
 
@@ -435,21 +439,26 @@ def _ignores(pid: int, sig: signal.Signals) -> bool:
     return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
 
 
-def _wait_for_pids(work: Path, proc: subprocess.Popen) -> list[int]:
+def _wait_for_pids(work: Path, proc: subprocess.Popen, how: str) -> list[int]:
+    """The fake stage's pid and its worker's, once written; checks that the stage was forked by the stage server
+    (its parent is not the runner) or exec'd by the runner itself, as ``how`` says."""
     pids_file = work / "bundle" / "pids"
     deadline = time.monotonic() + 60
-    while not pids_file.is_file() or len(pids_file.read_text().split()) < 2:
+    while not pids_file.is_file() or len(pids_file.read_text().split()) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.1)
-    return [int(p) for p in pids_file.read_text().split()]
+    stage, worker, parent = (int(p) for p in pids_file.read_text().split())
+    assert (parent == proc.pid) == (how == "exec")
+    return [stage, worker]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["fork", "exec"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_runner_forwards_signal_and_redoes_the_stage(tmp_path: Path, sig: signal.Signals) -> None:
+def test_runner_forwards_signal_and_redoes_the_stage(tmp_path: Path, sig: signal.Signals, how: str) -> None:
     work = tmp_path / "work"
-    proc = _start_runner(tmp_path, work)
-    pids = _wait_for_pids(work, proc)
+    proc = _start_runner(tmp_path, work, how=how)
+    pids = _wait_for_pids(work, proc, how)
     # the runner started with SIGINT ignored (_start_runner); its stage must still stop at the forwarded signal,
     # not by the SIGKILL fallback after KILL_AFTER_S
     assert not any(_ignores(p, signal.SIGINT) for p in pids)  # the stage's processes: default handling
@@ -465,7 +474,7 @@ def test_runner_forwards_signal_and_redoes_the_stage(tmp_path: Path, sig: signal
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)  # neither the bundle nor its worker is left
     assert not (work / "bundle" / "stage.json").exists()
-    rerun = _start_runner(tmp_path, work, fast=True)
+    rerun = _start_runner(tmp_path, work, fast=True, how=how)
     out, err = rerun.communicate(timeout=60)
     assert rerun.returncode == 0, err
     assert "found an unfinished run (no finished marker); redoing it" in out and "{'bundle': 'ran'}" in out
@@ -473,11 +482,14 @@ def test_runner_forwards_signal_and_redoes_the_stage(tmp_path: Path, sig: signal
 
 
 @pytest.mark.slow
-def test_runner_killed_takes_its_stage_with_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["fork", "exec"])
+def test_runner_killed_takes_its_stage_with_it(tmp_path: Path, how: str) -> None:
     work = tmp_path / "work"
-    proc = _start_runner(tmp_path, work)
-    child, _ = _wait_for_pids(work, proc)
-    proc.kill()  # SIGKILL: nothing to forward; the stage's process gets SIGTERM from the kernel
+    proc = _start_runner(tmp_path, work, how=how)
+    child, _ = _wait_for_pids(work, proc, how)
+    # SIGKILL: nothing to forward; the stage's process gets SIGTERM from the kernel, when its parent dies (exec) or
+    # when the stage server, whose requests pipe closed with the runner, exits (fork)
+    proc.kill()
     proc.communicate(timeout=30)
     deadline = time.monotonic() + 10
     while _alive(child) and time.monotonic() < deadline:
@@ -678,6 +690,17 @@ def _group_members(pgid: int) -> list[int]:
     return out
 
 
+def _stage_leaders(pid: int) -> list[int]:
+    """Descendants of ``pid`` that lead their own process group: the stage processes a runner started."""
+    children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    leaders = []
+    for child in children:
+        if os.getpgid(child) == child:
+            leaders.append(child)
+        leaders += _stage_leaders(child)
+    return leaders
+
+
 @pytest.mark.slow
 def test_sigterm_to_runner_stops_a_real_bundle_stage_and_rerun_redoes_it(
     inputs: dict[str, Any], tmp_path: Path
@@ -697,7 +720,7 @@ def test_sigterm_to_runner_stops_a_real_bundle_stage_and_rerun_redoes_it(
     while not (log.is_file() and "Epoch[1]" in log.read_text()):
         assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
         time.sleep(0.2)
-    [bundle] = [int(p) for p in Path(f"/proc/{runner.pid}/task/{runner.pid}/children").read_text().split()]
+    [bundle] = _stage_leaders(runner.pid)  # forked by the runner's stage server, in its own session
     # signal while the bundle has a data-loader worker (workers live while an epoch iterates)
     while len(_group_members(bundle)) < 2:
         assert runner.poll() is None and time.monotonic() < deadline, "no data-loader worker seen"

@@ -176,3 +176,74 @@ def test_stage_provenance_groups_stages_and_reads_old_state_files(tmp_path):
     ]
     # a folder of a stage the experiment no longer has (a removed arm) is not part of its provenance: no mix
     assert stage_provenance(tmp_path, {"report": made}, names=["data", "seg_s0", "report"]) == [got[0]]
+
+
+def test_uncommitted_changes_are_those_of_the_code_hash_files(tmp_path, monkeypatch):
+    """A report's commit reads "+ uncommitted changes" for an edited module or bundle config, not for edited docs."""
+    import subprocess
+
+    from custom_components.pipeline import runner
+
+    repo = tmp_path / "repo"
+    files = {"custom_components/pipeline/x.py": "a = 1\n", "bundles/b/configs/c.yaml": "k: 1\n"}
+    files |= {"bundles/b/docs/README.md": "docs\n", "custom_components/notes.md": "notes\n"}
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.setattr(runner, "REPO", repo)
+    commit = runner.code_commit.__wrapped__
+    for name in ("bundles/b/docs/README.md", "custom_components/notes.md"):
+        (repo / name).write_text("edited\n")
+    assert commit() == sha
+    for name in ("custom_components/pipeline/x.py", "bundles/b/configs/c.yaml"):
+        subprocess.run([*git, "checkout", "-q", "--", "."], check=True)
+        (repo / name).write_text("edited\n")
+        assert commit() == f"{sha} + uncommitted changes"
+
+
+STAGE_SCRIPT = """
+import json, os, sys
+out = sys.argv[1]
+if out == "fail":
+    raise SystemExit("boom: " + os.environ["STAGE_NOTE"])
+print("to the log")
+with open(out, "w") as fh:
+    json.dump({"argv": sys.argv, "path0": sys.path[0], "cwd": os.getcwd(), "name": __name__, "ppid": os.getppid(),
+               "leader": os.getpgid(0) == os.getpid(), "note": os.environ["STAGE_NOTE"],
+               "unbuffered": os.environ.get("PYTHONUNBUFFERED")}, fh)
+"""
+
+
+@pytest.mark.parametrize("how", ["fork", "exec"])
+def test_a_python_stage_runs_as_the_interpreter_would_run_it(tmp_path, monkeypatch, how):
+    """Forked by the stage server or exec'd (an environment other than the server's), a stage sees the same
+    argv, sys.path[0], working directory, __name__, environment and its own session, and fails the same way."""
+    from custom_components.pipeline import runner, stage_server
+
+    monkeypatch.setenv("STAGE_NOTE", "from the runner")
+    monkeypatch.setattr(stage_server, "_SERVER", None)  # a server with this environment
+    script, out = tmp_path / "stage.py", tmp_path / "out.json"
+    script.write_text(STAGE_SCRIPT)
+    env = {"STAGE_BY_EXEC": "1"} if how == "exec" else None
+    stage = Stage("py", command=[sys.executable, str(script), str(out)], outputs=[out])
+    assert run_stages([stage], tmp_path / "w", log=lambda _: None, env=env) == {"py": "ran"}
+    seen = json.loads(out.read_text())
+    assert seen["argv"] == [str(script), str(out)] and seen["path0"] == str(tmp_path) and seen["name"] == "__main__"
+    assert seen["cwd"] == str(runner.REPO) and seen["leader"] and seen["note"] == "from the runner"
+    assert seen["unbuffered"] == "1" and (seen["ppid"] == os.getpid()) == (how == "exec")
+    assert "to the log" in (tmp_path / "w" / "logs" / "py.log").read_text()
+    failing = Stage("bad", command=[sys.executable, str(script), "fail"])
+    with pytest.raises(StageError, match=r"bad failed \(exit 1\)") as err:
+        run_stages([failing], tmp_path / "w", log=lambda _: None, env=env)
+    assert "boom: from the runner" in str(err.value)
+    if how == "fork":  # python -m, forked too: the module runs as __main__
+        module = Stage("m", command=[sys.executable, "-m", "json.tool", str(out), str(tmp_path / "copy.json")])
+        run_stages([module], tmp_path / "w", log=lambda _: None)
+        assert json.loads((tmp_path / "copy.json").read_text()) == seen
+        assert stage_server._SERVER is not None and stage_server._SERVER.proc.poll() is None
+        stage_server._SERVER.close()

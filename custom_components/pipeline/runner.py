@@ -9,10 +9,16 @@ the stage is skipped when the fingerprint is unchanged and every output exists; 
 state file of an older version, without these fields, never matches), and so (through their inputs) does every
 stage that consumes its outputs: a resumed run never mixes stages made with other code or thread counts.
 
+Stage processes: a Python command (``python -m MODULE ...``, ``python SCRIPT.py ...``: every bundle stage) is forked
+by the runner's stage server (:mod:`custom_components.pipeline.stage_server`), which has imported torch, MONAI and
+this package once, so a stage no longer spends about 9 s importing them; any other command, or a stage whose
+environment differs from the runner's, is exec'd. Either way the stage sees the same argv, working directory,
+environment and signals.
+
 Interruptions:
 
-- a stage's command runs in its own process group (``start_new_session``; on Linux it also gets SIGTERM
-  when the runner dies, even by SIGKILL) with default SIGINT / SIGTERM handling, even when the runner was
+- a stage's command runs in its own process group (its own session; on Linux it also gets SIGTERM when the runner
+  dies, even by SIGKILL) with default SIGINT / SIGTERM handling, even when the runner was
   started with them ignored (``nohup ... &``); SIGTERM / SIGINT sent to the runner are forwarded to that group,
   the runner waits for it (SIGKILL after ``KILL_AFTER_S``) and stops with :class:`StageInterrupted`, leaving
   the stage unmarked;
@@ -48,6 +54,7 @@ from filelock import FileLock, Timeout
 
 from custom_components.data.atomic import atomic_write_text
 from custom_components.export.zoo_bundle import PACKAGE_DIR, find_bundles_dir
+from custom_components.pipeline import stage_server
 
 # the checkout's root (site-packages for an installed wheel): the stages' working directory and git's folder
 REPO = PACKAGE_DIR.parent
@@ -136,6 +143,8 @@ def _file_identity(path: Path) -> dict[str, Any]:
 # configs of the bundles folder in use, BUNDLE_CONFIGS under find_bundles_dir()
 CODE_FILES: tuple[tuple[Path, str], ...] = ((PACKAGE_DIR, "**/*.py"),)
 BUNDLE_CONFIGS = "**/configs/*"
+# the same files in a checkout, as git pathspecs (:func:`code_commit`)
+CODE_PATHSPECS = (":(glob)custom_components/**/*.py", ":(glob)bundles/**/configs/*")
 
 
 def code_hash() -> str:
@@ -158,9 +167,9 @@ def _hash_files(files: tuple[tuple[Path, str], ...]) -> str:
 
 @functools.cache
 def code_commit() -> str:
-    """The git commit of the code that runs (``<sha>``, ``<sha> + uncommitted changes``, or ``unknown`` outside a git
-    checkout, e.g. an installed wheel); for display, :func:`code_hash` is what the fingerprint uses. Cached per
-    process."""
+    """The git commit of the code that runs (``<sha>``, ``<sha> + uncommitted changes`` when a tracked file that
+    :func:`code_hash` covers differs from it, or ``unknown`` outside a git checkout, e.g. an installed wheel); for
+    display, :func:`code_hash` is what the fingerprint uses. Cached per process."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -169,7 +178,8 @@ def code_commit() -> str:
 
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "custom_components", "bundles")
+        # the files code_hash covers, not the docs beside them: editing a README does not mark a run
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHSPECS)
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return f"{sha} + uncommitted changes" if dirty else sha
@@ -384,6 +394,11 @@ def _run_stages(
 ) -> dict[str, str]:
     status: dict[str, str] = {}
     total = time.perf_counter()
+    forks = stage_server.same_environment(_stage_env(env), os.environ)
+    if forks and any(
+        s.command and stage_server.forkable(s.command) and not is_up_to_date(workdir, s, env) for s in stages
+    ):
+        stage_server.start(cwd=REPO)  # its imports overlap the stages before the first one it forks
     for i, stage in enumerate(stages):
         offset, count = numbering or (0, len(stages))
         prefix = f"[{offset + i + 1}/{count}] {stage.name}"
@@ -418,14 +433,22 @@ def _run_stages(
     return status
 
 
+def _stage_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """A stage process's environment: this process's, with the stages' extra variables, unbuffered output."""
+    return {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+
+
 def _run_command(workdir: Path, stage: Stage, env: Mapping[str, str] | None) -> None:
     log_file = workdir / "logs" / f"{stage.name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    full_env = _stage_env(env)
     with open(log_file, "w") as fh:
         fh.write(" ".join(stage.command or []) + "\n\n")
         fh.flush()
-        returncode, signum = _run_in_own_group(stage.command or [], fh, full_env)
+        try:
+            returncode, signum = _run_in_own_group(stage.command or [], fh, log_file, full_env)
+        except OSError as e:  # the stage server died while the stage ran (its process got SIGTERM with it)
+            raise StageError(f"stage {stage.name} lost: {e}; log: {log_file}") from e
     if signum is not None:
         raise StageInterrupted(
             f"stage {stage.name} interrupted by {signal.Signals(signum).name}: its processes were stopped and it is "
@@ -456,13 +479,17 @@ def _prepare_stage_process() -> None:  # pragma: no cover - runs in the child be
             libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def _run_in_own_group(command: Sequence[str], log: Any, env: Mapping[str, str]) -> tuple[int, int | None]:
-    """Run ``command`` in a new session; forward SIGTERM/SIGINT to its process group and wait for it.
-
-    Returns:
-        (exit status, the first signal forwarded or None).
-    """
-    got: dict[str, Any] = {"signum": None, "at": 0.0}
+def _start_stage_process(
+    command: Sequence[str], log: Any, log_file: Path, env: Mapping[str, str]
+) -> tuple[int, Callable[[float], int | None]]:
+    """Start ``command`` in its own session: forked by the stage server when it can (:mod:`stage_server`: the
+    imports are done), else exec'd. Returns its pid and ``wait(timeout)``: the exit status (negative: the signal
+    that ended it), or None while it still runs after ``timeout`` seconds."""
+    server = stage_server.start(cwd=REPO) if stage_server.forkable(command) else None
+    if server is not None and server.can_run(command, env):
+        with contextlib.suppress(OSError):  # the server is gone: exec instead
+            pid = server.start(command, log_file, env, REPO)
+            return pid, functools.partial(server.wait, pid)
     proc = subprocess.Popen(
         list(command),
         stdout=log,
@@ -473,27 +500,53 @@ def _run_in_own_group(command: Sequence[str], log: Any, env: Mapping[str, str]) 
         preexec_fn=_prepare_stage_process,  # noqa: PLW1509 - only signal and prctl, no locks
     )
 
+    def wait(timeout: float) -> int | None:
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    return proc.pid, wait
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    """``signum`` to the process group of stage process ``pid`` (to ``pid`` alone before it leads one)."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+    except PermissionError:
+        pass
+
+
+def _run_in_own_group(
+    command: Sequence[str], log: Any, log_file: Path, env: Mapping[str, str]
+) -> tuple[int, int | None]:
+    """Run ``command`` in a new session (:func:`_start_stage_process`); forward SIGTERM/SIGINT to its process group
+    and wait for it.
+
+    Returns:
+        (exit status, the first signal forwarded or None).
+    """
+    got: dict[str, Any] = {"signum": None, "at": 0.0}
+    pid, wait = _start_stage_process(command, log, log_file, env)
+
     def forward(signum: int, frame: Any) -> None:
         if got["signum"] is None:
             got.update(signum=signum, at=time.monotonic())
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signum)
+        _signal_group(pid, signum)
 
     main = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
     try:
-        while True:
-            try:
-                returncode = proc.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if got["signum"] is not None and time.monotonic() - got["at"] > KILL_AFTER_S:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+        while (returncode := wait(0.5)) is None:
+            if got["signum"] is not None and time.monotonic() - got["at"] > KILL_AFTER_S:
+                _signal_group(pid, signal.SIGKILL)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if got["signum"] is not None:  # stragglers of the group (data-loader workers, torchrun children)
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
     return returncode, got["signum"]

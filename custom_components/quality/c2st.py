@@ -51,15 +51,19 @@ cannot tell the two sets apart, 1 = it always can.
 
 A test needs at least 2 cases with patches on each side (training folds need both labels); otherwise its values
 are None with a ``reason``. Cost: features take milliseconds per case; the fits dominate: ``(n_repeats + n_boot +
-n_perm) x folds`` logistic regressions of about 1 ms, about 1 s per test at 4 cases per side, two tests (method
-and null) per class group.
+n_perm) x folds`` logistic regressions of a few ms each (scikit-learn's input checks included), two tests (method
+and null) per class group. Every random choice of a test is drawn first, then its cross-validations run on every
+CPU the process may use (forked workers, :func:`_cross_validations`): the result does not depend on the CPU count.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Sequence
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
@@ -72,6 +76,8 @@ from custom_components.transforms.texture import highpass
 
 FEATURES: tuple[str, ...] = ("mean", "std", "p10", "p90", "highpass_std", "gradient")
 WHOLE_TUMOUR = "all"
+# a test with this many cross-validations or more runs them on every CPU (the demo's whole-tumour tests: 305 each)
+PARALLEL_FROM = 64
 
 
 class TumourCase(Protocol):
@@ -270,8 +276,7 @@ def fold_aucs(x: np.ndarray, y: np.ndarray, splits: Sequence[tuple[np.ndarray, n
 def cross_validated_auc(
     cases: Sequence[np.ndarray],
     labels: np.ndarray,
-    max_folds: int,
-    rng: np.random.Generator,
+    folds: np.ndarray,
     case_ids: np.ndarray | None = None,
 ) -> float | None:
     """Mean over balanced folds grouped by case of the AUC of the fold's held-out synthetic patches against its
@@ -280,14 +285,29 @@ def cross_validated_auc(
     Args:
         cases: ``(patches, features)`` per case entry.
         labels: 1 (synthetic) or 0 (real) per entry, as many of each.
-        max_folds: most folds.
-        rng: deals the folds.
+        folds: fold of every entry (:func:`paired_folds`).
         case_ids: identity of every entry (copies of a case in a bootstrap sample share one).
     """
     case_of_patch = np.repeat(np.arange(len(cases)), [len(c) for c in cases])
-    splits = fold_splits(paired_folds(labels, max_folds, rng), case_of_patch, case_ids)
+    splits = fold_splits(folds, case_of_patch, case_ids)
     aucs = fold_aucs(np.concatenate(cases), np.asarray(labels)[case_of_patch], splits)
     return None if np.isnan(aucs).all() else float(np.nanmean(aucs))
+
+
+def _cross_validation(job: tuple[Sequence[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]) -> float | None:
+    return cross_validated_auc(*job)
+
+
+def _cross_validations(jobs: Sequence[tuple[Sequence[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]]) -> list:
+    """:func:`cross_validated_auc` of every ``(cases, labels, folds, case_ids)`` job, in order: in processes forked
+    from this one, one per CPU this process may use, when there are several CPUs and :data:`PARALLEL_FROM` jobs or
+    more (liblinear is single-threaded; each job is deterministic, so the results equal the serial ones)."""
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    if workers < 2 or len(jobs) < PARALLEL_FROM:
+        return [_cross_validation(job) for job in jobs]
+    # fork: the workers need no imports and only run NumPy / scikit-learn (no OpenMP region of the parent's torch)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_cross_validation, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
 
 
 def _unavailable(reason: str, n: int) -> dict[str, Any]:
@@ -299,20 +319,23 @@ def _test(
     draws: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]], settings: C2STSettings, rng: np.random.Generator
 ) -> dict[str, Any]:
     """AUC (mean over the draws), bootstrap interval and permutation p-value of ``(synthetic, real)`` draws of
-    ``n`` cases per side."""
+    ``n`` cases per side. Every random choice (folds, bootstrap samples, permutations) is drawn first, in one
+    order, then the cross-validations run (:func:`_cross_validations`)."""
     n = len(draws[0][0])
     labels = np.r_[np.ones(n, int), np.zeros(n, int)]
-    value = float(np.mean([cross_validated_auc([*s, *r], labels, settings.max_folds, rng) for s, r in draws]))
-    boots = []
+    jobs = [([*s, *r], labels, paired_folds(labels, settings.max_folds, rng), None) for s, r in draws]
     for b in range(settings.n_boot):
         s, r = draws[b % len(draws)]
         pick = np.r_[rng.integers(n, size=n), n + rng.integers(n, size=n)]
-        boots.append(cross_validated_auc([[*s, *r][i] for i in pick], labels, settings.max_folds, rng, pick))
-    boots = [v for v in boots if v is not None]
-    exceed = 0
+        jobs.append(([[*s, *r][i] for i in pick], labels, paired_folds(labels, settings.max_folds, rng), pick))
     for k in range(settings.n_perm):
         s, r = draws[k % len(draws)]
-        exceed += cross_validated_auc([*s, *r], rng.permutation(labels), settings.max_folds, rng) >= value
+        permuted = rng.permutation(labels)
+        jobs.append(([*s, *r], permuted, paired_folds(permuted, settings.max_folds, rng), None))
+    aucs = _cross_validations(jobs)
+    value = float(np.mean(aucs[: len(draws)]))
+    boots = [v for v in aucs[len(draws) : len(draws) + settings.n_boot] if v is not None]
+    exceed = sum(v is not None and v >= value for v in aucs[len(draws) + settings.n_boot :])
     low, high = np.percentile(boots, (2.5, 97.5)) if boots else (None, None)
     return {
         "auc": value,
@@ -365,6 +388,15 @@ def split_half_test(pool: Sequence[np.ndarray], n: int, settings: C2STSettings, 
     return _test(draws, settings, rng)
 
 
+def content_digest(arrays: Iterable[np.ndarray]) -> str:
+    """SHA-256 of the shapes, dtypes and contents of ``arrays``: equal inputs, not equal objects, share a cache key."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}{array.dtype}".encode() + array.tobytes())
+    return digest.hexdigest()
+
+
 # nulls already computed in this process, keyed by the content of their pool's features (every method of a report
 # is compared with the same real cases, so it shares one null per class group and set size)
 _NULL_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -376,10 +408,7 @@ def cached_split_half_test(
 ) -> dict[str, Any]:
     """:func:`split_half_test`, computed once per process for the same pool features, ``n``, settings and stream
     (a SHA-256 of the features is the key, so equal inputs, not equal objects, share a result)."""
-    digest = hashlib.sha256()
-    for features in pool:
-        digest.update(str(features.shape).encode() + np.ascontiguousarray(features).tobytes())
-    key = (digest.hexdigest(), n, settings, stream)
+    key = (content_digest(pool), n, settings, stream)
     if key not in _NULL_CACHE:
         if len(_NULL_CACHE) >= _NULL_CACHE_SIZE:
             _NULL_CACHE.pop(next(iter(_NULL_CACHE)))
