@@ -241,6 +241,7 @@ def test_a_python_stage_runs_as_the_interpreter_would_run_it(tmp_path, monkeypat
     with pytest.raises(StageError, match=r"bad failed \(exit 1\)") as err:
         run_stages([failing], tmp_path / "w", log=lambda _: None, env=env)
     assert "boom: from the runner" in str(err.value)
+    assert (stage_server._SERVER is None) == (how == "exec")  # no server started for stages it cannot fork
     if how == "fork":  # python -m, forked too: the module runs as __main__
         module = Stage("m", command=[sys.executable, "-m", "json.tool", str(out), str(tmp_path / "copy.json")])
         run_stages([module], tmp_path / "w", log=lambda _: None)

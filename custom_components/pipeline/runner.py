@@ -485,7 +485,8 @@ def _start_stage_process(
     """Start ``command`` in its own session: forked by the stage server when it can (:mod:`stage_server`: the
     imports are done), else exec'd. Returns its pid and ``wait(timeout)``: the exit status (negative: the signal
     that ended it), or None while it still runs after ``timeout`` seconds."""
-    server = stage_server.start(cwd=REPO) if stage_server.forkable(command) else None
+    forks = stage_server.forkable(command) and stage_server.same_environment(env, os.environ)
+    server = stage_server.start(cwd=REPO) if forks else None  # no server for a stage it could not fork
     if server is not None and server.can_run(command, env):
         with contextlib.suppress(OSError):  # the server is gone: exec instead
             pid = server.start(command, log_file, env, REPO)
