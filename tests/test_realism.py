@@ -312,3 +312,33 @@ def test_cli_prints_finite_numbers_and_writes_json(tmp_path: Path, capsys: pytes
     assert mods == ["b"] and cases[0].image.shape[0] == 1 and set(np.unique(cases[0].label)) == {0, 1, 2, 3}
     with pytest.raises(SystemExit):
         realism(str(syn), str(tmp_path / "missing.json"))
+
+
+def test_frd_features_are_extracted_once_per_case_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A case whose image, whole-tumour mask and voxel size equal one already measured (a copy, another id) reuses
+    its vectors; another image, mask or voxel size is measured anew, and every call gives the same vectors."""
+    from frd_score import frd as frd_lib
+
+    from custom_components.quality import realism
+
+    monkeypatch.setattr(realism, "_FRD_CACHE", {})
+    calls = []
+    extract = frd_lib.process_image_mask_pair
+    monkeypatch.setattr(frd_lib, "process_image_mask_pair", lambda *a, **k: calls.append(a) or extract(*a, **k))
+    case = _case("a", 0)
+    n = len(case.image)
+    first = frd_case_features([case])
+    assert len(calls) == n and len(first[0]) == n
+    copy = RealismCase("other id", case.image.copy(), case.label.copy(), case.zooms)
+    again = frd_case_features([copy, case])
+    assert len(calls) == n
+    assert all(np.array_equal(a, b) for a, b in zip(first[0], again[0], strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(first[0], again[1], strict=True))
+    # ED relabelled ET: the same whole-tumour mask, so the same vectors (FRD reads label > 0)
+    relabelled = np.where(case.label == 2, 3, case.label).astype(case.label.dtype)
+    frd_case_features([RealismCase("a", case.image, relabelled, case.zooms)])
+    assert len(calls) == n
+    brighter = RealismCase("a", case.image + 0.1, case.label, case.zooms)
+    coarser = RealismCase("a", case.image, case.label, (2.0, 2.0, 2.0))
+    frd_case_features([brighter, coarser])
+    assert len(calls) == 3 * n
