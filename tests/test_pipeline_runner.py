@@ -248,3 +248,22 @@ def test_a_python_stage_runs_as_the_interpreter_would_run_it(tmp_path, monkeypat
         assert json.loads((tmp_path / "copy.json").read_text()) == seen
         assert stage_server._SERVER is not None and stage_server._SERVER.proc.poll() is None
         stage_server._SERVER.close()
+
+
+def test_a_forked_bundle_stage_logs_what_an_execd_one_logs(tmp_path, monkeypatch):
+    """``python -m monai.bundle`` (every bundle stage's command; without arguments it prints its help and exits 0)
+    writes the same log forked by the stage server as exec'd: no warning of the fork path (runpy warns when the
+    module it runs was imported before, as a preloaded one would be)."""
+    from custom_components.pipeline import stage_server
+
+    monkeypatch.setattr(stage_server, "_SERVER", None)
+    logs = {}
+    for how, env in (("fork", None), ("exec", {"STAGE_BY_EXEC": "1"})):
+        stage = Stage(f"help_{how}", command=[sys.executable, "-m", "monai.bundle"])
+        assert run_stages([stage], tmp_path / "w", log=lambda _: None, env=env) == {stage.name: "ran"}
+        logs[how] = (tmp_path / "w" / "logs" / f"{stage.name}.log").read_text()
+        if how == "fork":
+            assert stage_server._SERVER is not None
+            stage_server._SERVER.close()
+    assert "ckpt_export" in logs["exec"] and "Warning" not in logs["exec"]
+    assert logs["fork"] == logs["exec"]

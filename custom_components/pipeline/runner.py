@@ -474,9 +474,7 @@ def _prepare_stage_process() -> None:  # pragma: no cover - runs in the child be
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(Exception):
             libc.signal(int(signum), 0)  # 0 = SIG_DFL
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    stage_server.set_parent_death_signal()
 
 
 def _start_stage_process(

@@ -14,6 +14,10 @@ process is what ``exec`` of the same command would give:
   even when the runner was started with them ignored (``nohup ... &``), and SIGTERM when the server dies; the
   server exits when the runner does (its requests pipe closes), so a stage never outlives its runner.
 
+Not :mod:`multiprocessing`'s forkserver: each process it starts imports the parent's main module again (as
+``__mp_main__``), so a script that calls the runner without an ``if __name__ == "__main__"`` guard would run its
+pipeline again in every stage; and its processes run functions, not commands with their own ``sys.argv``.
+
 Only what an import reads from the environment differs from a fresh interpreter: a library that reads a variable
 when it loads (``OMP_NUM_THREADS`` for OpenMP, ``ONEDNN_MAX_CPU_ISA``) saw the server's. The runner therefore
 forks only when the stage's environment is the server's (:meth:`StageServer.can_run`) and otherwise execs.
@@ -40,9 +44,9 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 # what the server imports before its first fork: what a bundle stage imports before its config is parsed
+# (not ``monai.bundle.__main__``: runpy warns when the module that ``-m`` runs was imported before)
 PRELOAD = (
     "monai.bundle",
-    "monai.bundle.__main__",
     "fire",
     "custom_components.transforms",
     "custom_components.networks",
@@ -67,16 +71,25 @@ def same_environment(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
     }
 
 
+def set_parent_death_signal() -> None:
+    """(Linux) Have the kernel send this process SIGTERM when its parent dies, even by SIGKILL; elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class StageServer:
-    """The runner's side: start the server, have it fork a stage process, wait for that process.
+    """The runner's side: start the server (in this process's environment: stages are forked only in that one),
+    have it fork a stage process, wait for that process.
 
     Args:
-        env: the server's environment (default: this process's); stages are forked only in that environment.
         cwd: the server's working directory.
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None) -> None:
-        self.env = dict(os.environ if env is None else env)
+    def __init__(self, cwd: str | os.PathLike | None = None) -> None:
+        self.env = dict(os.environ)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", __name__],
             stdin=subprocess.PIPE,
@@ -179,11 +192,7 @@ def _run_stage(argv: Sequence[str], log: str, cwd: str, env: Mapping[str, str]) 
     os.setsid()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a fresh interpreter's: KeyboardInterrupt
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    set_parent_death_signal()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)

@@ -294,20 +294,17 @@ def cross_validated_auc(
     return None if np.isnan(aucs).all() else float(np.nanmean(aucs))
 
 
-def _cross_validation(job: tuple[Sequence[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]) -> float | None:
-    return cross_validated_auc(*job)
-
-
 def _cross_validations(jobs: Sequence[tuple[Sequence[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]]) -> list:
     """:func:`cross_validated_auc` of every ``(cases, labels, folds, case_ids)`` job, in order: in processes forked
     from this one, one per CPU this process may use, when there are several CPUs and :data:`PARALLEL_FROM` jobs or
     more (liblinear is single-threaded; each job is deterministic, so the results equal the serial ones)."""
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
     if workers < 2 or len(jobs) < PARALLEL_FROM:
-        return [_cross_validation(job) for job in jobs]
+        return [cross_validated_auc(*job) for job in jobs]
     # fork: the workers need no imports and only run NumPy / scikit-learn (no OpenMP region of the parent's torch)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(_cross_validation, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+        chunksize = max(1, len(jobs) // (4 * workers))
+        return list(pool.map(cross_validated_auc, *zip(*jobs, strict=True), chunksize=chunksize))
 
 
 def _unavailable(reason: str, n: int) -> dict[str, Any]:
