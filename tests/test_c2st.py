@@ -191,15 +191,16 @@ def test_the_null_is_computed_once_per_pool(monkeypatch) -> None:
 def test_parallel_cross_validations_equal_the_serial_ones(monkeypatch) -> None:
     """FAST's 92 cross-validations a test run in forked processes (2 CPUs or more); every random choice is drawn
     before them, so the result is the serial one to the last digit, and the same as one cross-validation by hand."""
+    from custom_components.data import parallel
     from custom_components.quality import c2st
 
     rng = np.random.default_rng(5)
     synthetic = [rng.normal(size=(8, 3)) + 0.5 for _ in range(5)]
     real = [rng.normal(size=(8, 3)) for _ in range(5)]
     forked = []
-    real_pool = c2st.ProcessPoolExecutor
-    monkeypatch.setattr(c2st, "ProcessPoolExecutor", lambda *a, **k: forked.append(a) or real_pool(*a, **k))
-    monkeypatch.setattr(c2st.os, "sched_getaffinity", lambda pid: {0, 1})
+    real_pool = parallel.ProcessPoolExecutor
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", lambda *a, **k: forked.append(a) or real_pool(*a, **k))
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1})
     parallel = two_sample_test(synthetic, real, FAST)
     assert len(forked) == 1 and forked[0][0] == 2
     monkeypatch.setattr(c2st, "PARALLEL_FROM", 10**9)

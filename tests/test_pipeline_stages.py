@@ -227,6 +227,23 @@ def test_dsma_protocol_continues_phase1(tmp_path):
         o = _overrides(exp, f"seg_{arm}_s0")
         assert o["init_checkpoint"] == str(exp.phase1_model(0)) and o["max_epochs"] == 4 and "lr_phase2" not in o
         assert exp.arm_iterations(arm) == (30 + 4) * 3
+        # the default val_interval 0: no training validates; each model is its final weights
+        assert o["val_interval"] == 0
+    assert _overrides(exp, "seg_phase1_s0")["val_interval"] == 0
+
+
+def test_a_val_interval_is_capped_at_each_trainings_epochs(tmp_path):
+    """seg.val_interval > 0: phase 1 validates every val_interval epochs (at most its epoch count, so at least at
+    its end); a DSMA arm's short continuation validates once, at its end; a negative value is refused."""
+    seg = {"batch_size": 2, "phase1_epochs": 30, "phase2_epochs": 4, "val_interval": 50}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    exp = _experiment(tmp_path / "a", n_train=5, protocol="dsma", seeds=[0], arms=["baseline"], seg=seg)
+    exp.model_stages()
+    assert _overrides(exp, "seg_phase1_s0")["val_interval"] == 30
+    assert _overrides(exp, "seg_baseline_s0")["val_interval"] == 4
+    with pytest.raises(ValueError, match="val_interval must be a whole number >= 0"):
+        _experiment(tmp_path / "b", n_train=5, seeds=[0], arms=["baseline"], seg={**seg, "val_interval": -1})
 
 
 def test_fractional_synthetic_per_real(tmp_path):

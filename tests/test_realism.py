@@ -316,11 +316,15 @@ def test_cli_prints_finite_numbers_and_writes_json(tmp_path: Path, capsys: pytes
 
 def test_frd_features_are_extracted_once_per_case_content(monkeypatch: pytest.MonkeyPatch) -> None:
     """A case whose image, whole-tumour mask and voxel size equal one already measured (a copy, another id) reuses
-    its vectors; another image, mask or voxel size is measured anew, and every call gives the same vectors."""
+    its vectors; another image, mask or voxel size is measured anew, and every call gives the same vectors. New
+    cases are measured in forked processes when there are 2 CPUs or more, with the serial vectors."""
     from frd_score import frd as frd_lib
 
+    from custom_components.data import parallel
     from custom_components.quality import realism
 
+    usable_cpus = parallel.usable_cpus
+    monkeypatch.setattr(parallel, "usable_cpus", lambda limit=8: 1)  # serial: the calls are counted here
     monkeypatch.setattr(realism, "_FRD_CACHE", {})
     calls = []
     extract = frd_lib.process_image_mask_pair
@@ -340,5 +344,11 @@ def test_frd_features_are_extracted_once_per_case_content(monkeypatch: pytest.Mo
     assert len(calls) == n
     brighter = RealismCase("a", case.image + 0.1, case.label, case.zooms)
     coarser = RealismCase("a", case.image, case.label, (2.0, 2.0, 2.0))
-    frd_case_features([brighter, coarser])
+    serial = frd_case_features([brighter, coarser])
     assert len(calls) == 3 * n
+    monkeypatch.setattr(realism, "_FRD_CACHE", {})
+    monkeypatch.setattr(parallel, "usable_cpus", usable_cpus)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1})
+    forked = frd_case_features([brighter, coarser])
+    assert len(calls) == 3 * n  # measured in the forked processes
+    assert all(np.array_equal(a, b) for s, f in zip(serial, forked, strict=True) for a, b in zip(s, f, strict=True))

@@ -200,6 +200,47 @@ def test_poly_schedule_decays_the_lr_every_epoch(demo: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_val_interval_0_skips_validation_and_keeps_the_final_weights(demo: Path, tmp_path: Path) -> None:
+    """val_interval 0 (the pipeline's): no validation pass, and model.pt holds the same weights, to the bit, as the
+    best model of a run that validates once, at its end (its only, hence best, validation)."""
+    models = {}
+    for interval in (0, 2):
+        out = tmp_path / f"val{interval}"
+        wf = run_workflow(
+            BUNDLE, ["common.yaml", "train.yaml"], "train", run_id="training", **TINY, datalist=str(demo),
+            output_dir=str(out), max_epochs=2, phase2_start_epoch=2, val_interval=interval, use_dtss=False,
+            use_mas=False,
+        )  # fmt: skip
+        evaluator = wf.parser.get_parsed_content("validate#evaluator")
+        assert evaluator.state.iteration == (0 if interval == 0 else 1)  # 1 validation case, validated once
+        models[interval] = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+        assert (out / "models" / "checkpoint_final.pt").is_file()
+    assert models[0].keys() == models[2].keys()
+    assert all(torch.equal(models[0][k], models[2][k]) for k in models[0])
+
+
+@pytest.mark.slow
+def test_channels_last_trains_the_same_network_in_another_memory_layout(demo: Path, tmp_path: Path) -> None:
+    """channels_last: the network's 5-D weights are channels_last_3d during training; 2 epochs give the weights of
+    the default layout up to float rounding (another order of the same operations), saved as a plain state_dict."""
+    models = {}
+    for channels_last in (False, True):
+        out = tmp_path / f"cl{int(channels_last)}"
+        wf = run_workflow(
+            BUNDLE, ["common.yaml", "train.yaml"], "train", run_id="training", **TINY, datalist=str(demo),
+            output_dir=str(out), max_epochs=2, phase2_start_epoch=2, val_interval=0, use_dtss=False, use_mas=False,
+            channels_last=channels_last,
+        )  # fmt: skip
+        conv = next(p for p in wf.parser.get_parsed_content("network").parameters() if p.ndim == 5)
+        assert conv.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+        assert conv.is_contiguous() != channels_last
+        models[channels_last] = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert models[True].keys() == models[False].keys()
+    for k, v in models[False].items():
+        torch.testing.assert_close(models[True][k], v, rtol=1e-3, atol=2e-4)
+
+
+@pytest.mark.slow
 def test_phase2_from_checkpoint_with_synthetic_datalist(demo: Path, trained: Path, tmp_path: Path) -> None:
     # the demo cases stand in for a synthetic datalist (labels in the internal convention)
     synthetic = tmp_path / "synthetic.json"

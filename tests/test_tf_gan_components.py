@@ -685,3 +685,30 @@ def test_lambda_schedule_refuses_an_unknown_step() -> None:
 
     with pytest.raises(ValueError, match="lambda_schedule must be one of"):
         hinge_weight_schedule(Engine(lambda e, b: None), 10.0, 1.0, 2, None, [0, 1], per="batch")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_puts_generator_and_discriminator_in_the_3d_channels_last_layout(channels_last: bool) -> None:
+    """tf_gan's channels_last (the dtss_mas_seg key of the same name): G's and D's 5-D weights in
+    torch.channels_last_3d, and a refinement in that layout equals the default one up to float rounding."""
+    from monai.bundle import ConfigParser
+
+    configs = REPO / "bundles" / "tf_gan" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "common.yaml"), str(configs / "train.yaml")])
+    small = {"gen_channels": [4] * 6, "disc_channels": [4] * 5, "modalities": ["t1n"], "device": "cpu"}
+    parser.update({**small, "channels_last": channels_last})
+    torch.manual_seed(0)
+    g, d = parser.get_parsed_content("network"), parser.get_parsed_content("d_network")
+    for net in (g, d):
+        conv = next(p for p in net.parameters() if p.ndim == 5)
+        assert conv.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+        assert conv.is_contiguous() != channels_last
+    default = ConfigParser()
+    default.read_config([str(configs / "common.yaml"), str(configs / "train.yaml")])
+    default.update({**small, "channels_last": False})
+    torch.manual_seed(0)
+    g0 = default.get_parsed_content("network")
+    x = torch.randn(1, g0.in_channels + g0.num_classes + g0.noise_channels, 64, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(g(x), g0(x), rtol=1e-4, atol=1e-5)

@@ -23,7 +23,8 @@ pathology and no accuracy measured on them means anything clinically.
 
 Every array is drawn from ``numpy.random.default_rng([seed, kind, index])``, so a seed gives
 byte-identical files (nibabel writes gzip with mtime 0 and no file name) and case ``i`` does not
-depend on how many cases are generated.
+depend on how many cases are generated: the cases are made in processes forked from the caller, one per CPU
+(:func:`~custom_components.data.parallel.fork_map`), and the files are those of a serial loop.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from scipy import ndimage
 from custom_components.data.atomic import atomic_write_text, save_nifti
 from custom_components.data.datalist import write_datalist
 from custom_components.data.labels import INTERNAL_CLASSES, TUMOUR_CLASSES
+from custom_components.data.parallel import fork_map
 
 TEMPLATE_NAME = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 DEMO_MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
@@ -405,23 +407,41 @@ def _check_existing(path: Path, generator: dict[str, Any], overwrite: bool) -> N
         )
 
 
+def _write_healthy_case(tpl: _Template, folder: Path, seed: int, i: int) -> dict[str, Any]:
+    """Write healthy scan ``i`` (its own generator ``[seed, healthy, i]``) and return its datalist item."""
+    case = f"demo-healthy-{i:03d}"
+    img, brain, params = _healthy_case(tpl, np.random.default_rng([seed, _KIND["healthy"], i]))
+    image = save_nifti(img, tpl.grid_affine, folder / f"{case}_t1n.nii.gz")
+    mask = save_nifti(brain.astype(np.uint8), tpl.grid_affine, folder / f"{case}_brainmask.nii.gz")
+    return {
+        "case_id": case,
+        "image": [str(image.resolve())],
+        "brain_mask": str(mask.resolve()),
+        "provenance": {"stage": "demo", "source": TEMPLATE_NAME, "seed": int(seed), "index": i, **params},
+    }
+
+
+def _write_tumour_case(tpl: _Template, folder: Path, seed: int, i: int) -> dict[str, Any]:
+    """Write PHANTOM tumour case ``i`` (its own generator ``[seed, tumour, i]``) and return its datalist item."""
+    case = f"demo-tumour-{i:03d}"
+    images, label, brain, params = _tumour_case(tpl, np.random.default_rng([seed, _KIND["tumour"], i]))
+    affine = tpl.grid_affine
+    files = [str(save_nifti(images[m], affine, folder / f"{case}_{m}.nii.gz").resolve()) for m in images]
+    seg = save_nifti(label, affine, folder / f"{case}_seg.nii.gz", dtype=np.uint8)
+    mask = save_nifti(brain.astype(np.uint8), affine, folder / f"{case}_brainmask.nii.gz")
+    return {
+        "case_id": case,
+        "image": files,
+        "label": str(seg.resolve()),
+        "brain_mask": str(mask.resolve()),
+        "phantom": True,
+        "provenance": {"stage": "demo", "source": TEMPLATE_NAME, "seed": int(seed), "index": i, **params},
+    }
+
+
 def _write_healthy(tpl: _Template, folder: Path, n_healthy: int, seed: int, generator: dict[str, Any]) -> Path:
     """Write the demo healthy scans and their datalist; returns the datalist path."""
-    affine = tpl.grid_affine
-    healthy_items = []
-    for i in range(n_healthy):
-        case = f"demo-healthy-{i:03d}"
-        img, brain, params = _healthy_case(tpl, np.random.default_rng([seed, _KIND["healthy"], i]))
-        image = save_nifti(img, affine, folder / f"{case}_t1n.nii.gz")
-        mask = save_nifti(brain.astype(np.uint8), affine, folder / f"{case}_brainmask.nii.gz")
-        healthy_items.append(
-            {
-                "case_id": case,
-                "image": [str(image.resolve())],
-                "brain_mask": str(mask.resolve()),
-                "provenance": {"stage": "demo", "source": TEMPLATE_NAME, "seed": int(seed), "index": i, **params},
-            }
-        )
+    healthy_items = fork_map(lambda i: _write_healthy_case(tpl, folder, seed, i), n_healthy)
     healthy_path = write_datalist(
         folder / "datalist.json",
         {
@@ -441,24 +461,7 @@ def _write_tumours(
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Write the demo PHANTOM tumour cases and their datalist (the last ``n_val`` held out as "validation");
     returns its path and the items."""
-    affine = tpl.grid_affine
-    tumour_items = []
-    for i in range(n_tumour):
-        case = f"demo-tumour-{i:03d}"
-        images, label, brain, params = _tumour_case(tpl, np.random.default_rng([seed, _KIND["tumour"], i]))
-        files = [str(save_nifti(images[m], affine, folder / f"{case}_{m}.nii.gz").resolve()) for m in images]
-        seg = save_nifti(label, affine, folder / f"{case}_seg.nii.gz", dtype=np.uint8)
-        mask = save_nifti(brain.astype(np.uint8), affine, folder / f"{case}_brainmask.nii.gz")
-        tumour_items.append(
-            {
-                "case_id": case,
-                "image": files,
-                "label": str(seg.resolve()),
-                "brain_mask": str(mask.resolve()),
-                "phantom": True,
-                "provenance": {"stage": "demo", "source": TEMPLATE_NAME, "seed": int(seed), "index": i, **params},
-            }
-        )
+    tumour_items = fork_map(lambda i: _write_tumour_case(tpl, folder, seed, i), n_tumour)
     tumour_path = write_datalist(
         folder / "datalist.json",
         {

@@ -77,8 +77,10 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 2,
         "phase1_epochs": 4,
         "phase2_epochs": 2,
-        # validation (and best-model selection) every this many phase-1 epochs
-        "val_interval": 1,
+        # validation on the evaluation section (and best-model selection) every this many epochs; 0: none, each
+        # model is its final weights (the evaluation stage measures it on the same cases, which therefore do not
+        # select it)
+        "val_interval": 0,
         "overrides": {},
     },
     "tf_aug": {"epochs": 5, "crop_size": [32, 32, 32], "synthetic_per_real": 1, "overrides": {}},
@@ -165,6 +167,9 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> dict[str, Any]:
         raise ValueError(f"{path}: n_real must be a whole number of cases or null, got {cfg['n_real']!r}")
     if cfg["n_real"] is not None and cfg["n_real"] < 1:
         raise ValueError(f"{path}: n_real must be >= 1, got {cfg['n_real']}")
+    interval = cfg["seg"]["val_interval"]
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+        raise ValueError(f"{path}: seg.val_interval must be a whole number >= 0 (0: no validation), got {interval!r}")
     ratios = [*cfg["synthetic_per_real"], cfg["tf_aug"]["synthetic_per_real"]]
     if any(isinstance(r, bool) or not isinstance(r, int | float) or not r > 0 for r in ratios):
         raise ValueError(f"{path}: synthetic_per_real values must be numbers > 0, got {ratios}")

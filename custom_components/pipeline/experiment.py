@@ -346,6 +346,13 @@ class Experiment:
             **seg["overrides"],
         }
 
+    def val_interval(self, epochs: int) -> int:
+        """The bundle's ``val_interval`` for a training of ``epochs`` epochs: ``seg.val_interval`` capped at
+        ``epochs`` (so a training validates at least at its end), or 0 (no validation; model.pt is the final
+        weights, measured by the evaluation stage) when it is 0."""
+        interval = int(self.cfg["seg"]["val_interval"])
+        return 0 if interval == 0 else max(1, min(interval, epochs))
+
     def phase1_stage(self, seed: int) -> Stage:
         epochs = int(self.cfg["seg"]["phase1_epochs"])
         name = f"seg_phase1_s{seed}"
@@ -354,7 +361,7 @@ class Experiment:
             "output_dir": str(self.stage_dir(name)),
             "max_epochs": epochs,
             "phase2_start_epoch": epochs,
-            "val_interval": max(1, min(int(self.cfg["seg"]["val_interval"]), epochs)),
+            "val_interval": self.val_interval(epochs),
             "use_dtss": False,
             "use_mas": False,
         }
@@ -591,10 +598,12 @@ class Experiment:
                 **base,
                 "init_checkpoint": None,
                 "lr_phase2": "@lr_phase1",
-                "val_interval": max(1, min(int(self.cfg["seg"]["val_interval"]), epochs)),
+                "val_interval": self.val_interval(epochs),
             }
-        # continue the seed's phase-1 model; validate (and keep the model) at the end of the short continuation
-        return {**base, "init_checkpoint": str(self.phase1_model(seed)), "val_interval": epochs}
+        # continue the seed's phase-1 model; validate (and keep the model) at the end of the short continuation,
+        # or not at all
+        val_interval = epochs if self.val_interval(epochs) else 0
+        return {**base, "init_checkpoint": str(self.phase1_model(seed)), "val_interval": val_interval}
 
     def arm_stages(self, arm: str, seed: int) -> list[Stage]:
         model = self.arm_model(arm, seed)

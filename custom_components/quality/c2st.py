@@ -60,10 +60,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import multiprocessing
-import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
@@ -72,6 +69,7 @@ from scipy import ndimage, stats
 from sklearn.linear_model import LogisticRegression
 
 from custom_components.data.labels import INTERNAL_CLASSES, TUMOUR_CLASSES
+from custom_components.data.parallel import fork_map
 from custom_components.transforms.texture import highpass
 
 FEATURES: tuple[str, ...] = ("mean", "std", "p10", "p90", "highpass_std", "gradient")
@@ -296,15 +294,10 @@ def cross_validated_auc(
 
 def _cross_validations(jobs: Sequence[tuple[Sequence[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]]) -> list:
     """:func:`cross_validated_auc` of every ``(cases, labels, folds, case_ids)`` job, in order: in processes forked
-    from this one, one per CPU this process may use, when there are several CPUs and :data:`PARALLEL_FROM` jobs or
-    more (liblinear is single-threaded; each job is deterministic, so the results equal the serial ones)."""
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if workers < 2 or len(jobs) < PARALLEL_FROM:
-        return [cross_validated_auc(*job) for job in jobs]
-    # fork: the workers need no imports and only run NumPy / scikit-learn (no OpenMP region of the parent's torch)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        chunksize = max(1, len(jobs) // (4 * workers))
-        return list(pool.map(cross_validated_auc, *zip(*jobs, strict=True), chunksize=chunksize))
+    from this one (:func:`~custom_components.data.parallel.fork_map`), one per CPU this process may use, when there
+    are several CPUs and :data:`PARALLEL_FROM` jobs or more (liblinear is single-threaded; each job is
+    deterministic, so the results equal the serial ones)."""
+    return fork_map(lambda i: cross_validated_auc(*jobs[i]), len(jobs), min_items=PARALLEL_FROM)
 
 
 def _unavailable(reason: str, n: int) -> dict[str, Any]:

@@ -70,6 +70,7 @@ from scipy import linalg, ndimage, stats
 from custom_components.data.atomic import save_nifti
 from custom_components.data.datalist import label_convention_of, read_datalist, select_modalities
 from custom_components.data.labels import INTERNAL_CLASSES, TUMOUR_CLASSES, to_internal
+from custom_components.data.parallel import fork_map
 from custom_components.quality.c2st import C2STSettings, c2st_scores, content_digest, mask_box
 from custom_components.transforms.intensity import RescaleBrainIntensity
 
@@ -299,7 +300,8 @@ def frd_case_features(cases: Sequence[RealismCase]) -> list[list[np.ndarray | No
     frd-score reads files: each channel and the mask are written as temporary NIfTI files with the case's voxel
     size and passed to its ``process_image_mask_pair`` with its v1 3-D extractor (``get_feature_extractor``).
     A case's vectors are computed once per process (keyed by its content: a report compares every method with the
-    same held-out cases, and the extraction takes about a second a case and modality).
+    same held-out cases, and the extraction takes about a second a case and modality), the new cases in processes
+    forked from this one, one per CPU (:func:`~custom_components.data.parallel.fork_map`).
 
     Args:
         cases: the cases (brain-normalised images, internal labels).
@@ -314,19 +316,21 @@ def frd_case_features(cases: Sequence[RealismCase]) -> list[list[np.ndarray | No
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     radiomics.setVerbosity(logging.ERROR)
     extractor = frd_lib.get_feature_extractor(frd_version=frd_lib.FRD_VERSION_V1, image_dim=3)
-    out = []
+    keys = [content_digest([c.image, (c.label > 0).astype(np.uint8), np.asarray(c.zooms, np.float64)]) for c in cases]
+    found = {key: _FRD_CACHE[key] for key in keys if key in _FRD_CACHE}
+    todo = [keys.index(key) for key in dict.fromkeys(keys) if key not in found]  # each new content once
+
     with tempfile.TemporaryDirectory(prefix="frd_") as tmp:
-        for case in cases:
-            mask_array = (case.label > 0).astype(np.uint8)
-            key = content_digest([case.image, mask_array, np.asarray(case.zooms, np.float64)])
-            if key in _FRD_CACHE:
-                out.append(list(_FRD_CACHE[key]))
-                continue
+
+        def extract(j: int) -> list[np.ndarray | None]:
+            case = cases[todo[j]]
+            folder = Path(tmp) / str(j)
+            folder.mkdir()
             affine = np.diag([*case.zooms, 1.0])
-            mask = save_nifti(mask_array, affine, Path(tmp) / "mask.nii")
+            mask = save_nifti((case.label > 0).astype(np.uint8), affine, folder / "mask.nii")
             vectors: list[np.ndarray | None] = []
             for channel in case.image:
-                image = save_nifti(channel, affine, Path(tmp) / "image.nii")
+                image = save_nifti(channel, affine, folder / "image.nii")
                 try:
                     res = frd_lib.process_image_mask_pair(
                         (image, mask), feature_extractor=extractor, frd_version=frd_lib.FRD_VERSION_V1
@@ -335,11 +339,15 @@ def frd_case_features(cases: Sequence[RealismCase]) -> list[list[np.ndarray | No
                     logger.warning("FRD: no radiomic features for case %s: %s", case.case_id, e)
                     res = None
                 vectors.append(None if res is None else np.asarray(res[0], dtype=np.float64))
+            return vectors
+
+        # one case a call, on every CPU (PyRadiomics runs one thread a case); the vectors are the serial ones
+        for i, vectors in zip(todo, fork_map(extract, len(todo)), strict=True):
+            found[keys[i]] = vectors
             if len(_FRD_CACHE) >= _FRD_CACHE_SIZE:
                 _FRD_CACHE.pop(next(iter(_FRD_CACHE)))
-            _FRD_CACHE[key] = vectors
-            out.append(list(vectors))
-    return out
+            _FRD_CACHE[keys[i]] = vectors
+    return [list(found[key]) for key in keys]
 
 
 def frd_from_features(
